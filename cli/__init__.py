@@ -1,0 +1,1 @@
+"""The vlft command line: one small module per subcommand."""

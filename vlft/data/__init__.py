@@ -1,0 +1,1 @@
+"""The data pipeline: loading, formats, media, grounding, template encoding."""

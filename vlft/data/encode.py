@@ -1,0 +1,241 @@
+"""Encoding a `Sample` into the exact tokens and tensors a Qwen-VL model sees, labels included.
+
+The conversation is rendered to text with one pad token per image/video, tokenized once (so the ids
+equal the HF processor's), labelled from character offsets, and then each pad is expanded into the
+number of vision tokens the processor's grid gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers.video_utils import VideoMetadata
+
+from vlft.data.grounding import ImageGeometry, fill_grounding
+from vlft.data.media import load_image, local_video_path
+from vlft.data.sample import Message, Sample
+from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, LossScale, Template, render
+from vlft.data.truncate import truncate
+from vlft.data.video import VideoFrames, VideoSampling, read_video
+from vlft.errors import DataError
+from vlft.families.base import Family, frame_timestamps
+
+IGNORE_INDEX = -100
+TruncationStrategy = Literal["delete", "left", "right", "error"]
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Everything besides the model that decides a sample's encoding (part of the cache key)."""
+
+    max_length: int | None = None
+    truncation_strategy: TruncationStrategy = "delete"
+    loss_scale: LossScale = "default"
+    system: str | None = None
+    image_min_pixels: int | None = None  # None: the processor's own setting
+    image_max_pixels: int | None = None
+    video: VideoSampling = field(default_factory=VideoSampling)
+
+
+@dataclass
+class EncodedSample:
+    """Model inputs of one sample; media tensors are concatenated over its images / videos."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None  # (n_images, 3)
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None  # (n_videos, 3)
+    second_per_grid_ts: list[float] | None = None  # Qwen2.5-VL only
+    source: str | None = None
+    line: int | None = None
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class MediaSpan:
+    """Token range [start, end) of one image or video (vision_start..vision_end inclusive)."""
+
+    kind: Literal["image", "video"]
+    index: int
+    start: int
+    end: int
+
+
+class Encoder:
+    """Turns samples into `EncodedSample`s for one model family, tokenizer and processor."""
+
+    def __init__(self, family: Family, template: Template, tokenizer, image_processor, video_processor,
+                 settings: EncodeSettings):
+        self.family = family
+        self.template = template
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.video_processor = video_processor
+        self.settings = settings
+        ids = tokenizer.convert_tokens_to_ids
+        self.image_pad_id = ids(template.image_pad)
+        self.video_pad_id = ids(template.video_pad)
+        self.vision_start_id = ids(template.vision_start)
+        self.vision_end_id = ids(template.vision_end)
+
+    def encode(self, sample: Sample, *, add_generation_prompt: bool = False) -> EncodedSample:
+        """The sample's model inputs; DataError (placed at the sample's file and line) on bad input."""
+        try:
+            return self._encode(sample, add_generation_prompt)
+        except DataError as e:
+            raise e.at(sample.source, sample.line) from None
+
+    def _encode(self, sample: Sample, add_generation_prompt: bool) -> EncodedSample:
+        messages = list(sample.messages)
+        if self.settings.system is not None and not (messages and messages[0].role == "system"):
+            messages.insert(0, Message("system", self.settings.system))
+        _check_placeholders(messages, IMAGE_PLACEHOLDER, len(sample.images), "images")
+        _check_placeholders(messages, VIDEO_PLACEHOLDER, len(sample.videos), "videos")
+        image_inputs, geometries = self._process_images(sample)
+        video_inputs, videos = self._process_videos(sample)
+        texts = fill_grounding([m.content for m in messages], sample.objects, geometries, self.family)
+        messages = [Message(m.role, t, m.loss) for m, t in zip(messages, texts)]
+        segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
+                          add_generation_prompt=add_generation_prompt)
+        input_ids, labels = self._tokenize(segments)
+        input_ids, labels, spans = self._expand_media(input_ids, labels, image_inputs, video_inputs, videos)
+        encoded = EncodedSample(input_ids=input_ids, labels=labels, source=sample.source, line=sample.line,
+                                **image_inputs, **video_inputs)
+        if self.settings.max_length is not None and encoded.length > self.settings.max_length:
+            encoded = self._truncate(encoded, spans)
+        return encoded
+
+    def _tokenize(self, segments) -> tuple[list[int], list[int]]:
+        text = "".join(s.text for s in segments)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        trained_chars = []
+        position = 0
+        for segment in segments:
+            if segment.trained:
+                trained_chars.append((position, position + len(segment.text)))
+            position += len(segment.text)
+        labels = []
+        span = 0
+        for token_id, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+            # A token is trained when it starts inside a trained segment.
+            while span < len(trained_chars) and trained_chars[span][1] <= start:
+                span += 1
+            inside = span < len(trained_chars) and trained_chars[span][0] <= start
+            labels.append(token_id if inside else IGNORE_INDEX)
+        return list(encoding["input_ids"]), labels
+
+    def _process_images(self, sample: Sample) -> tuple[dict, list[ImageGeometry]]:
+        if not sample.images:
+            return {}, []
+        images = []
+        for i, ref in enumerate(sample.images):
+            try:
+                images.append(load_image(ref, sample.base_dir))
+            except DataError as e:
+                raise e.within(f"images[{i}]") from None
+        kwargs = {}
+        if self.settings.image_min_pixels is not None:
+            kwargs["min_pixels"] = self.settings.image_min_pixels
+        if self.settings.image_max_pixels is not None:
+            kwargs["max_pixels"] = self.settings.image_max_pixels
+        try:
+            out = self.image_processor(images=images, return_tensors="pt", **kwargs)
+        except ValueError as e:  # e.g. an aspect ratio over 200
+            raise DataError(f"cannot process image: {e}", field="images") from None
+        grid = out["image_grid_thw"]
+        patch = self.image_processor.patch_size
+        geometries = [
+            ImageGeometry(im.width, im.height, int(g[2]) * patch, int(g[1]) * patch) for im, g in zip(images, grid)
+        ]
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}, geometries
+
+    def _process_videos(self, sample: Sample) -> tuple[dict, list[VideoFrames]]:
+        if not sample.videos:
+            return {}, []
+        videos = []
+        for i, ref in enumerate(sample.videos):
+            try:
+                videos.append(read_video(local_video_path(ref, sample.base_dir), self.settings.video,
+                                         self.family.image_factor))
+            except DataError as e:
+                raise e.within(f"videos[{i}]") from None
+        metadata = [VideoMetadata(total_num_frames=v.total_frames, fps=v.video_fps, frames_indices=v.frame_indices)
+                    for v in videos]
+        extra = {"cap_pixels_per_frame": False} if hasattr(self.video_processor, "cap_pixels_per_frame") else {}
+        # Frames are already sampled and sized by read_video (qwen-vl-utils' rules), so no resize here.
+        out = self.video_processor(videos=[v.frames for v in videos], video_metadata=metadata, do_resize=False,
+                                   do_sample_frames=False, return_tensors="pt", **extra)
+        inputs = {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
+        if self.family.video_second_per_grid:
+            inputs["second_per_grid_ts"] = [self.family.temporal_patch_size / v.sample_fps for v in videos]
+        return inputs, videos
+
+    def _expand_media(self, input_ids, labels, image_inputs, video_inputs, videos):
+        merge = self.family.merge_size**2
+        image_grid = image_inputs.get("image_grid_thw")
+        video_grid = video_inputs.get("video_grid_thw")
+        ids_out: list[int] = []
+        labels_out: list[int] = []
+        spans: list[MediaSpan] = []
+        n_image = n_video = 0
+        for token_id, label in zip(input_ids, labels):
+            if token_id == self.image_pad_id:
+                expansion = [self.image_pad_id] * (int(image_grid[n_image].prod()) // merge)
+                spans.append(MediaSpan("image", n_image, len(ids_out) - 1, len(ids_out) + len(expansion) + 1))
+                n_image += 1
+            elif token_id == self.video_pad_id:
+                expansion = self._video_tokens(video_grid[n_video], videos[n_video])
+                spans.append(MediaSpan("video", n_video, len(ids_out) - 1, len(ids_out) + len(expansion) + 1))
+                n_video += 1
+            else:
+                ids_out.append(token_id)
+                labels_out.append(label)
+                continue
+            ids_out += expansion
+            labels_out += [IGNORE_INDEX] * len(expansion)
+        return ids_out, labels_out, spans
+
+    def _video_tokens(self, grid_thw: torch.Tensor, video: VideoFrames) -> list[int]:
+        t, h, w = (int(v) for v in grid_thw)
+        per_frame = h * w // self.family.merge_size**2
+        if not self.family.video_timestamps:
+            return [self.video_pad_id] * (t * per_frame)
+        # Qwen3-VL: each temporal patch group is `<t seconds><|vision_start|>pads<|vision_end|>`,
+        # inside the template's own vision_start/vision_end pair.
+        seconds = frame_timestamps(video.frame_indices, video.video_fps, self.family.temporal_patch_size)
+        tokens: list[int] = []
+        for second in seconds[:t]:
+            tokens += self.tokenizer.encode(f"<{second:.1f} seconds>", add_special_tokens=False)
+            tokens += [self.vision_start_id] + [self.video_pad_id] * per_frame + [self.vision_end_id]
+        return tokens
+
+    def _truncate(self, encoded: EncodedSample, spans: list[MediaSpan]) -> EncodedSample:
+        strategy = self.settings.truncation_strategy
+        if strategy in ("delete", "error"):
+            raise DataError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length}"
+                            + (" (dropped; --truncation_strategy left|right keeps it)" if strategy == "delete" else ""))
+        return truncate(encoded, spans, self.settings.max_length, strategy, merge_size=self.family.merge_size)
+
+
+def _check_placeholders(messages: list[Message], placeholder: str, given: int, media_field: str) -> None:
+    counts = [m.content.count(placeholder) for m in messages]
+    total = sum(counts)
+    if total == given:
+        return
+    noun = media_field[:-1] if given == 1 else media_field
+    if total > given:
+        seen = 0
+        for i, count in enumerate(counts):
+            seen += count
+            if seen > given:
+                raise DataError(f"{seen} {placeholder} placeholders up to here but {given} {noun} given",
+                                field=f"messages[{i}].content")
+    raise DataError(f"{given} {noun} given but {total} {placeholder} placeholders in the messages", field=media_field)

@@ -1,0 +1,167 @@
+"""Dataset rows in the formats users bring (messages, OpenAI content lists, sharegpt, alpaca,
+query/response/history) normalised into `Sample`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlft.data.sample import ROLES, Message, Sample
+from vlft.errors import DataError
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
+
+
+def rename_columns(row: dict, columns: dict[str, str] | None) -> dict:
+    """Row with its columns renamed by a `--columns` mapping ({source: target})."""
+    if not columns:
+        return row
+    return {columns.get(k, k): v for k, v in row.items()}
+
+
+def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
+              base_dir: Path | None = None) -> Sample:
+    """Normalise one row; raise DataError naming the field at fault (the caller adds file and line)."""
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}")
+    images = _media_list(row, "images", "image")
+    videos = _media_list(row, "videos", "video")
+    if "messages" in row:
+        messages = _from_messages(row["messages"], images, videos, "messages")
+    elif "conversations" in row:
+        messages = _from_sharegpt(row["conversations"])
+    elif "instruction" in row:
+        messages = _from_alpaca(row)
+    elif "query" in row or "response" in row:
+        messages = _from_query_response(row)
+    else:
+        raise DataError("no conversation found: expected one of messages, conversations, instruction, "
+                        f"query/response (columns: {', '.join(map(str, row))}); map others with --columns")
+    if isinstance(row.get("system"), str) and not (messages and messages[0].role == "system"):
+        messages.insert(0, Message("system", row["system"]))
+    _check_turns(messages)
+    objects = row.get("objects")
+    if objects is not None and not isinstance(objects, dict):
+        raise DataError(f"expected an object with ref and bbox lists, got {type(objects).__name__}", field="objects")
+    return Sample(messages=messages, images=images, videos=videos, objects=objects or None,
+                  source=source, line=line, base_dir=base_dir)
+
+
+def _media_list(row: dict, plural: str, singular: str) -> list:
+    value = row.get(plural, row.get(singular))
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        return [value]
+    if isinstance(value, list):
+        return list(value)
+    raise DataError(f"expected a list of paths or URLs, got {type(value).__name__}", field=plural)
+
+
+def _from_messages(messages: Any, images: list, videos: list, field: str) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError("expected a non-empty list of messages", field=field)
+    out = []
+    for i, message in enumerate(messages):
+        where = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(f"expected an object with role and content, got {type(message).__name__}", field=where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise DataError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})", field=f"{where}.role")
+        content = message.get("content")
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            content = ""
+        if isinstance(content, list):
+            before = "".join(m.content for m in out)
+            content = _flatten_content(content, images, videos, f"{where}.content", before)
+        elif not isinstance(content, str):
+            raise DataError(f"expected a string or a list of content parts, got {type(content).__name__}",
+                            field=f"{where}.content")
+        loss = message.get("loss")
+        if loss is not None and not isinstance(loss, bool):
+            raise DataError(f"expected true or false, got {loss!r}", field=f"{where}.loss")
+        out.append(Message(role, content, loss))
+    return out
+
+
+def _flatten_content(parts: list, images: list, videos: list, field: str, before: str) -> str:
+    """OpenAI-style content parts as text with placeholders; each media item is inserted into `images`
+    or `videos` at the index of its placeholder among all placeholders so far (`before`: earlier turns)."""
+    text = []
+    for j, part in enumerate(parts):
+        where = f"{field}[{j}]"
+        if isinstance(part, str):
+            text.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise DataError(f"expected a content part object, got {type(part).__name__}", field=where)
+        kind = part.get("type") or next((k for k in ("text", "image", "image_url", "video", "video_url") if k in part), None)
+        if kind == "text":
+            text.append(str(part.get("text", "")))
+        elif kind in ("image", "image_url", "video", "video_url"):
+            ref = part.get(kind, part.get("image") if kind.startswith("image") else part.get("video"))
+            if isinstance(ref, dict) and "url" in ref:
+                ref = ref["url"]
+            if ref is None:
+                raise DataError(f"{kind} part without a {kind}", field=where)
+            is_image = kind.startswith("image")
+            placeholder = "<image>" if is_image else "<video>"
+            target = images if is_image else videos
+            seen = before.count(placeholder) + sum(t.count(placeholder) for t in text)
+            target.insert(seen, ref)
+            text.append(placeholder)
+        else:
+            raise DataError(f"unknown content part type {kind!r}", field=f"{where}.type")
+    return "".join(text)
+
+
+def _from_sharegpt(conversations: Any) -> list[Message]:
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError("expected a non-empty list of turns", field="conversations")
+    out = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise DataError("expected an object with from and value", field=f"conversations[{i}]")
+        speaker = turn.get("from", turn.get("role"))
+        role = SHAREGPT_ROLES.get(speaker)
+        if role is None:
+            raise DataError(f"unknown role {speaker!r}", field=f"conversations[{i}].from")
+        value = turn.get("value", turn.get("content"))
+        if not isinstance(value, str):
+            raise DataError(f"expected a string, got {type(value).__name__}", field=f"conversations[{i}].value")
+        out.append(Message(role, value))
+    return out
+
+
+def _from_alpaca(row: dict) -> list[Message]:
+    instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
+    for name, value in (("instruction", instruction), ("output", output)):
+        if not isinstance(value, str):
+            raise DataError(f"expected a string, got {type(value).__name__}", field=name)
+    query = instruction if not extra else f"{instruction}\n{extra}"
+    return [Message("user", query), Message("assistant", output)]
+
+
+def _from_query_response(row: dict) -> list[Message]:
+    out = []
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise DataError("expected a list of [query, response] pairs", field="history")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise DataError("expected a [query, response] pair of strings", field=f"history[{i}]")
+        out += [Message("user", pair[0]), Message("assistant", pair[1])]
+    for name in ("query", "response"):
+        if not isinstance(row.get(name), str):
+            raise DataError(f"expected a string, got {type(row.get(name)).__name__}", field=name)
+    return out + [Message("user", row["query"]), Message("assistant", row["response"])]
+
+
+def _check_turns(messages: list[Message]) -> None:
+    for i, message in enumerate(messages):
+        if message.role == "system" and i != 0:
+            raise DataError("a system message may only come first", field=f"messages[{i}].role")
+    if not any(m.role == "assistant" for m in messages):
+        raise DataError("no assistant turn to train on", field="messages")

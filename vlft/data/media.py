@@ -1,0 +1,130 @@
+"""Loading the images and videos a dataset line points at: paths, file:// URLs, http(s), data URIs, PIL objects."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vlft.errors import DataError
+
+URL_TIMEOUT_S = 30
+
+
+def resolve_media_path(ref: str, base_dir: Path | None) -> Path:
+    """A local path for a media reference: relative paths are taken from the dataset file's folder."""
+    if ref.startswith("file://"):
+        ref = ref[len("file://"):]
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def _is_url(ref: str) -> bool:
+    return ref.startswith(("http://", "https://"))
+
+
+def _decode_data_uri(ref: str) -> bytes:
+    header, _, payload = ref.partition(",")
+    if ";base64" not in header:
+        raise DataError("data URI is not base64-encoded")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError) as e:
+        raise DataError(f"bad base64 in data URI: {e}") from None
+
+
+def _download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            return response.read()
+    except OSError as e:
+        raise DataError(f"cannot download {url}: {e}") from None
+
+
+def read_media_bytes(ref: str, base_dir: Path | None) -> bytes:
+    """The raw bytes behind a media reference (file, URL or data URI)."""
+    if ref.startswith("data:"):
+        return _decode_data_uri(ref)
+    if _is_url(ref):
+        return _download(ref)
+    path = resolve_media_path(ref, base_dir)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+
+
+def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
+    """An RGB PIL image from a path, URL, data URI, raw base64 string, `{"path"|"bytes"}` dict or PIL object."""
+    if isinstance(ref, Image.Image):
+        image = ref
+    else:
+        data = _image_bytes(ref, base_dir)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(f"corrupt or unsupported image {_describe(ref)}: {e}") from None
+    if image.mode != "RGB":
+        # Transparent pixels become white rather than the black a bare convert() gives.
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        image = image.convert("RGB")
+    return image
+
+
+def _image_bytes(ref: Any, base_dir: Path | None) -> bytes:
+    if isinstance(ref, dict):  # the HF datasets Image feature: {"bytes": ..., "path": ...}
+        if ref.get("bytes"):
+            return ref["bytes"]
+        ref = ref.get("path")
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if not isinstance(ref, str) or not ref:
+        raise DataError(f"expected an image path, URL or data URI, got {type(ref).__name__}")
+    if not (ref.startswith(("data:", "file://", "/", ".", "~")) or _is_url(ref)) and len(ref) > 256 and "." not in ref[-6:]:
+        try:  # a bare base64 string, as some datasets store images
+            return base64.b64decode(ref, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    return read_media_bytes(ref, base_dir)
+
+
+def _describe(ref: Any) -> str:
+    if isinstance(ref, str):
+        return ref if len(ref) < 120 else ref[:60] + "..."
+    return type(ref).__name__
+
+
+def local_video_path(ref: str, base_dir: Path | None, cache_dir: Path | None = None) -> Path:
+    """A local file for a video reference; URLs and data URIs are written to a content-addressed cache."""
+    if not isinstance(ref, str) or not ref:
+        raise DataError(f"expected a video path, URL or data URI, got {type(ref).__name__}")
+    if not (ref.startswith("data:") or _is_url(ref)):
+        path = resolve_media_path(ref, base_dir)
+        if not path.is_file():
+            raise DataError(f"file not found: {path}")
+        return path
+    data = read_media_bytes(ref, base_dir)
+    cache_dir = cache_dir or Path(tempfile.gettempdir()) / "vlft-media"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / (hashlib.sha256(data).hexdigest()[:32] + ".mp4")
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path

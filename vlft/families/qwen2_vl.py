@@ -1,0 +1,24 @@
+"""Qwen2-VL: boxes as `(x1,y1),(x2,y2)` in 0-1000 between box special tokens; refs in object-ref tokens."""
+
+from vlft.families.base import Family
+
+
+def _format_box(box: list[int]) -> str:
+    x1, y1, x2, y2 = box
+    return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+
+
+QWEN2_VL = Family(
+    name="qwen2_vl",
+    model_types=("qwen2_vl",),
+    template="qwen2_vl",
+    patch_size=14,
+    merge_size=2,
+    temporal_patch_size=2,
+    box_convention="norm1000",
+    format_box=_format_box,
+    format_ref=lambda ref: f"<|object_ref_start|>{ref}<|object_ref_end|>",
+    vit_prefixes=("model.visual.",),
+    aligner_prefixes=("model.visual.merger.",),
+    llm_prefixes=("model.language_model.", "lm_head."),
+)

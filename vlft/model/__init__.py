@@ -1,0 +1,1 @@
+"""Model directories: resolving `--model`, tokenizers and the built-in tiny models."""
