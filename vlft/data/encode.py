@@ -23,6 +23,10 @@ from vlft.errors import DataError
 from vlft.families.base import Family, frame_timestamps
 
 IGNORE_INDEX = -100
+
+
+class TooLongError(DataError):
+    """A sample over --max_length that --truncation_strategy delete drops (and reports)."""
 TruncationStrategy = Literal["delete", "left", "right", "error"]
 
 
@@ -219,9 +223,11 @@ class Encoder:
 
     def _truncate(self, encoded: EncodedSample, spans: list[MediaSpan]) -> EncodedSample:
         strategy = self.settings.truncation_strategy
-        if strategy in ("delete", "error"):
-            raise DataError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length}"
-                            + (" (dropped; --truncation_strategy left|right keeps it)" if strategy == "delete" else ""))
+        if strategy == "delete":
+            raise TooLongError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length} "
+                               "(dropped; --truncation_strategy left|right cuts it instead)")
+        if strategy == "error":
+            raise DataError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length}")
         return truncate(encoded, spans, self.settings.max_length, strategy, merge_size=self.family.merge_size)
 
 

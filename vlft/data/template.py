@@ -33,6 +33,10 @@ class Template:
     vision_start: str
     vision_end: str
     stop_words: tuple[str, ...]
+    # Qwen3-VL wraps runs of tool results into one user turn of <tool_response> items; None: a plain turn.
+    tool_start: str | None = None
+    tool_item: str | None = None
+    tool_end: str | None = None
 
     @property
     def generation_prompt(self) -> str:
@@ -78,6 +82,12 @@ def render(template: Template, messages: list[Message], *, loss_scale: LossScale
     for i, message in enumerate(messages):
         start = template.turn_start.format(role=message.role)
         content = _with_media(template, message.content)
+        if message.role == "tool" and template.tool_item is not None:
+            first = i == 0 or messages[i - 1].role != "tool"
+            last = i == len(messages) - 1 or messages[i + 1].role != "tool"
+            text = (template.tool_start if first else "") + template.tool_item.format(content=content)
+            segments.append(Segment(text + (template.tool_end if last else ""), everything))
+            continue
         if message.role != "assistant":
             segments.append(Segment(start + content + template.turn_end + template.turn_separator, everything))
             continue

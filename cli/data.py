@@ -1,0 +1,63 @@
+"""`vlft data check` (validate every line, print a report) and `vlft data encode` (one JSON per line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from vlft.arguments import DataCheckArguments, DataEncodeArguments
+from vlft.cli.parsing import build_parser, parse_args
+
+SUBCOMMANDS = {"check": DataCheckArguments, "encode": DataEncodeArguments}
+USAGE = "usage: vlft data {check,encode} --model M --dataset D [...]   (`vlft data check --help`)"
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        print(f"vlft data: unknown subcommand {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    name, cls = argv[0], SUBCOMMANDS[argv[0]]
+    if "-h" in argv or "--help" in argv:
+        build_parser(cls, f"vlft data {name}").print_help()
+        return 0
+    args = parse_args(cls, argv[1:], f"vlft data {name}")
+    return check(args) if name == "check" else encode(args)
+
+
+def _encode_all(args: DataCheckArguments):
+    from vlft.data.pipeline import build_encoder, encode_dataset
+
+    encoder, model_dir, family = build_encoder(args)
+    return encoder, encode_dataset(args, encoder, model_dir, args.dataset)
+
+
+def check(args: DataCheckArguments) -> int:
+    from vlft.data.report import check_report
+
+    _, results = _encode_all(args)
+    report, ok = check_report(results, args.max_length, args.max_errors)
+    print(report)
+    return 0 if ok else 1
+
+
+def encode(args: DataEncodeArguments) -> int:
+    from vlft.data.report import encoded_line
+
+    encoder, results = _encode_all(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + f".{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for result in results:
+            f.write(json.dumps(encoded_line(result, encoder.tokenizer), ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    errors = [r for r in results if r.error is not None]
+    for r in errors:
+        print(r.error, file=sys.stderr)
+    print(f"wrote {len(results)} lines ({len(results) - len(errors)} encoded, {len(errors)} with errors) to {output}")
+    return 1 if errors else 0

@@ -1,0 +1,49 @@
+"""`vlft <command>`: dispatch to one small module per subcommand."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from vlft.errors import VlftError
+
+# command -> (module under vlft.cli, one-line description)
+COMMANDS = {
+    "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
+    "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
+}
+
+USAGE = "usage: vlft <command> [<args>]\n\ncommands:\n" + "\n".join(
+    f"  {name:<8} {description}" for name, (_, description) in COMMANDS.items()
+) + "\n\n`vlft <command> --help` describes a command's arguments."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vlft` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        import vlft
+
+        print(f"vlft {vlft.__version__}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(command, COMMANDS, n=1)
+        print(f"vlft: unknown command {command!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+              + f"\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return module.run(argv[1:])
+    except VlftError as e:
+        print(f"vlft {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Typed, inert arguments shared by the commands (ms-swift's names). Constructing one validates and
+does nothing else: no downloads, no directories, no environment writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlft.errors import VlftError
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise VlftError(f"--{name} must be positive, got {value}")
+
+
+@dataclass
+class ModelArguments:
+    """Which model: a local dir, `vlft/tiny-*`, or a hub id (ModelScope, or the HF Hub with --use_hf)."""
+
+    model: str | None = field(default=None, metadata={"help": "model dir, hub id, or vlft/tiny-qwen3-vl"})
+    model_type: str | None = field(default=None, metadata={"help": "family, overriding config.json's model_type"})
+    template: str | None = field(default=None, metadata={"help": "template name (default: the family's)"})
+    model_revision: str | None = field(default=None, metadata={"help": "hub revision to download"})
+    use_hf: bool = field(default=False, metadata={"help": "download from the HF Hub instead of ModelScope",
+                                                   "env": "USE_HF"})
+    hub_token: str | None = field(default=None, metadata={"help": "hub token (never written to disk)",
+                                                          "secret": True})
+    cache_dir: str | None = field(default=None, metadata={"help": "vlft's cache (tiny models, encodings)",
+                                                          "env": "VLFT_CACHE_HOME"})
+
+
+@dataclass
+class TemplateArguments:
+    """How samples are rendered and encoded: system prompt, lengths, labels and media sizes."""
+
+    system: str | None = field(default=None, metadata={"help": "system prompt for samples without one"})
+    max_length: int | None = field(default=None, metadata={"help": "max tokens per sample"})
+    truncation_strategy: Literal["delete", "left", "right", "error"] = field(
+        default="delete", metadata={"help": "over max_length: drop and report (delete), cut (left/right), or fail"})
+    loss_scale: Literal["default", "last_round", "all"] = field(
+        default="default", metadata={"help": "trained tokens: every assistant turn, the last one, or all"})
+    image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",
+                                                                    "help": "max vision tokens per image"})
+    image_min_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MIN_TOKEN_NUM",
+                                                                    "help": "min vision tokens per image"})
+    max_pixels: int | None = field(default=None, metadata={"env": "MAX_PIXELS", "help": "max pixels per image"})
+    min_pixels: int | None = field(default=None, metadata={"env": "MIN_PIXELS", "help": "min pixels per image"})
+    video_max_token_num: int | None = field(default=None, metadata={"env": "VIDEO_MAX_TOKEN_NUM",
+                                                                    "help": "max vision tokens per frame pair"})
+    video_min_token_num: int | None = field(default=None, metadata={"env": "VIDEO_MIN_TOKEN_NUM",
+                                                                    "help": "min vision tokens per frame pair"})
+    video_max_pixels: int | None = field(default=None, metadata={"env": "VIDEO_MAX_PIXELS",
+                                                                 "help": "max pixels per video frame"})
+    video_min_pixels: int | None = field(default=None, metadata={"env": "VIDEO_MIN_PIXELS",
+                                                                 "help": "min pixels per video frame"})
+    video_total_pixels: int | None = field(default=None, metadata={"env": "VIDEO_TOTAL_PIXELS",
+                                                                   "help": "max pixels over all frames"})
+    fps: float = field(default=2.0, metadata={"env": "FPS", "help": "video frames sampled per second"})
+    fps_min_frames: int = field(default=4, metadata={"env": "FPS_MIN_FRAMES", "help": "min frames per video"})
+    fps_max_frames: int = field(default=768, metadata={"env": "FPS_MAX_FRAMES", "help": "max frames per video"})
+
+    def __post_init__(self):
+        for name in ("max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
+                     "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
+                     "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass
+class DatasetArguments:
+    """Which data: local files or hub ids (`ID[:SUBSET][#N]`), the split, and the encoding cache."""
+
+    dataset: list[str] = field(default_factory=list, metadata={"help": "files, folders or ID[:SUBSET][#N]"})
+    val_dataset: list[str] = field(default_factory=list, metadata={"help": "validation data, same forms"})
+    split_dataset_ratio: float = field(default=0.0, metadata={"help": "share of --dataset held out for eval"})
+    columns: dict[str, str] | None = field(default=None, metadata={"help": "JSON map of column renames"})
+    dataset_num_proc: int = field(default=1, metadata={"help": "processes that encode samples"})
+    load_from_cache_file: bool = field(default=True, metadata={"help": "reuse encodings cached by a previous run"})
+    seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.split_dataset_ratio < 1.0:
+            raise VlftError(f"--split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
+        _positive("dataset_num_proc", self.dataset_num_proc)
+
+
+@dataclass
+class DataCheckArguments(ModelArguments, TemplateArguments, DatasetArguments):
+    """`vlft data check`: validate every line and print a report."""
+
+    max_errors: int = field(default=50, metadata={"help": "errors listed in full (all are counted)"})
+
+    def __post_init__(self):
+        TemplateArguments.__post_init__(self)
+        DatasetArguments.__post_init__(self)
+        if not self.model:
+            raise VlftError("--model is required")
+        if not self.dataset:
+            raise VlftError("--dataset is required")
+
+
+@dataclass
+class DataEncodeArguments(DataCheckArguments):
+    """`vlft data encode`: write each line's encoding as one JSON object."""
+
+    output: str | None = field(default=None, metadata={"help": "output .jsonl path"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.output:
+            raise VlftError("--output is required")
+
+
+@dataclass
+class TinyModelArguments:
+    """`vlft model tiny`: write a built-in tiny model dir."""
+
+    family: Literal["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl"] = field(
+        default="qwen3_vl", metadata={"help": "model family"})
+    output: str | None = field(default=None, metadata={"help": "output dir"})
+    seed: int = field(default=0, metadata={"help": "seed of the random weights"})
+
+    def __post_init__(self):
+        if not self.output:
+            raise VlftError("--output is required")

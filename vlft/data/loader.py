@@ -1,0 +1,146 @@
+"""Reading `--dataset` specs into raw rows that remember their file and line.
+
+A spec is a local file or folder (.jsonl/.json/.csv/.parquet) or a hub dataset id, with ms-swift's
+syntax `ID[:SUBSET][#N]`: N rows, drawn with the seed, repeating the set when N exceeds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlft.errors import DataError, VlftError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SPEC = re.compile(r"^(?P<name>.+?)(?::(?P<subset>[^:#/]+))?(?:#(?P<n>\d+))?$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One `--dataset` entry, parsed."""
+
+    name: str
+    subset: str | None = None
+    n: int | None = None
+
+
+@dataclass
+class RawRow:
+    """One row as read, or the error that made it unreadable; `line` counts from 1."""
+
+    row: dict | None
+    source: str
+    line: int
+    base_dir: Path | None
+    error: DataError | None = None
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+    """`path_or_id[:subset][#N]` -> DatasetSpec. A local path wins over the subset syntax."""
+    if Path(spec).expanduser().exists():
+        return DatasetSpec(spec)
+    match = SPEC.match(spec)
+    if not match:
+        raise VlftError(f"--dataset {spec!r}: expected PATH or ID[:SUBSET][#N]")
+    name, subset, n = match["name"], match["subset"], match["n"]
+    if Path(name).expanduser().exists() and subset:
+        raise VlftError(f"--dataset {spec!r}: a local file has no subsets")
+    return DatasetSpec(name, subset, int(n) if n is not None else None)
+
+
+def read_local(path: Path) -> Iterator[RawRow]:
+    """Rows of a local file or of every data file in a folder, in file order."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        if not files:
+            raise VlftError(f"--dataset {path}: folder holds no {'/'.join(SUFFIXES)} files")
+        for file in files:
+            yield from read_local(file)
+        return
+    if path.suffix not in SUFFIXES:
+        raise VlftError(f"--dataset {path}: unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
+    source, base_dir = str(path), path.parent.resolve()
+    if path.suffix == ".jsonl":
+        yield from _read_jsonl(path, source, base_dir)
+    elif path.suffix == ".json":
+        yield from _read_json(path, source, base_dir)
+    elif path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                yield RawRow(_csv_values(row), source, i + 2, base_dir)  # line 1 is the header
+    else:
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield RawRow(row, source, i + 1, base_dir)
+
+
+def _read_jsonl(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield RawRow(None, source, i, base_dir, DataError(f"malformed JSON: {e.msg} (column {e.colno})"))
+                continue
+            yield RawRow(row, source, i, base_dir)
+
+
+def _read_json(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield RawRow(None, source, e.lineno, base_dir, DataError(f"malformed JSON: {e.msg} (column {e.colno})"))
+        return
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        yield RawRow(None, source, 1, base_dir, DataError("expected a list of objects"))
+        return
+    for i, row in enumerate(data):
+        # A JSON array has no per-row lines: the "line" is the item's position, 1-based.
+        yield RawRow(row, source, i + 1, base_dir)
+
+
+def _csv_values(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells that hold JSON lists or objects (images, messages) are decoded."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                out[key] = json.loads(value)
+                continue
+            except json.JSONDecodeError:
+                pass
+        out[key] = value
+    return out
+
+
+def sample_rows(rows: list[RawRow], n: int | None, seed: int) -> list[RawRow]:
+    """`#N`: N rows drawn with the seed; whole copies of the set first when N exceeds it."""
+    if n is None:
+        return rows
+    rng = random.Random(seed)
+    whole, rest = divmod(n, len(rows)) if rows else (0, 0)
+    return rows * whole + [rows[i] for i in sorted(rng.sample(range(len(rows)), rest))]
+
+
+def load_dataset_rows(spec_text: str, *, seed: int, use_hf: bool, cache_root: Path) -> list[RawRow]:
+    """All rows of one `--dataset` spec (local or hub), with `#N` applied."""
+    spec = parse_spec(spec_text)
+    path = Path(spec.name).expanduser()
+    if path.exists():
+        rows = list(read_local(path))
+    else:
+        from vlft.data.registry import load_hub_rows
+
+        rows = load_hub_rows(spec, use_hf=use_hf, cache_root=cache_root)
+    return sample_rows(rows, spec.n, seed)

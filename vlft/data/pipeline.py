@@ -1,0 +1,113 @@
+"""From arguments to encoded samples: resolve the model, build the encoder, read every dataset line,
+encode each once (in worker processes if asked), and cache the result."""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlft.arguments import DatasetArguments, ModelArguments, TemplateArguments
+from vlft.data.cache import EncodingCache, cache_key
+from vlft.data.encode import EncodedSample, Encoder
+from vlft.data.formats import rename_columns, to_sample
+from vlft.data.loader import RawRow, load_dataset_rows
+from vlft.data.settings import encode_settings
+from vlft.data.template import load_template
+from vlft.errors import DataError
+from vlft.families import detect_family
+from vlft.families.base import Family
+from vlft.model.hub import resolve_model_dir
+from vlft.paths import cache_root
+
+
+@dataclass
+class EncodeResult:
+    """The outcome for one dataset line: its encoding, or the error that names what is wrong."""
+
+    source: str
+    line: int
+    sample: EncodedSample | None = None
+    error: DataError | None = None
+
+
+def load_processor(model_dir: Path):
+    """The model dir's HF processor (tokenizer, image and video processors, chat template)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_dir)
+
+
+def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Path, Family]:
+    """The encoder for the model the arguments name (downloading a hub id if needed)."""
+    root = cache_root(args.cache_dir)
+    model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=root, hub_token=args.hub_token,
+                                  revision=args.model_revision)
+    family = detect_family(model_dir, args.model_type)
+    template = load_template(args.template or family.template)
+    processor = load_processor(model_dir)
+    encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
+                      getattr(processor, "video_processor", None), encode_settings(args, family))
+    return encoder, model_dir, family
+
+
+def read_rows(args: DatasetArguments, specs: list[str], root: Path) -> list[RawRow]:
+    """Every row of every spec, in order."""
+    rows: list[RawRow] = []
+    for spec in specs:
+        rows += load_dataset_rows(spec, seed=args.seed, use_hf=getattr(args, "use_hf", False), cache_root=root)
+    return rows
+
+
+def encode_row(encoder: Encoder, raw: RawRow, columns: dict | None) -> EncodeResult:
+    """Encode one raw row; every DataError is kept, placed at the row's file and line."""
+    result = EncodeResult(raw.source, raw.line)
+    if raw.error is not None:
+        result.error = raw.error.at(raw.source, raw.line)
+        return result
+    try:
+        sample = to_sample(rename_columns(raw.row, columns), source=raw.source, line=raw.line,
+                           base_dir=raw.base_dir)
+        result.sample = encoder.encode(sample)
+    except DataError as e:
+        result.error = e.at(raw.source, raw.line)
+    return result
+
+
+_worker_state: tuple[Encoder, dict | None] | None = None
+
+
+def _init_worker(encoder: Encoder, columns: dict | None) -> None:
+    global _worker_state
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+    _worker_state = (encoder, columns)
+
+
+def _encode_in_worker(raw: RawRow) -> EncodeResult:
+    encoder, columns = _worker_state
+    return encode_row(encoder, raw, columns)
+
+
+def encode_rows(encoder: Encoder, rows: list[RawRow], columns: dict | None, num_proc: int) -> list[EncodeResult]:
+    """Encode all rows in order, in `num_proc` processes."""
+    if num_proc <= 1 or len(rows) < 2:
+        return [encode_row(encoder, raw, columns) for raw in rows]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(num_proc, initializer=_init_worker, initargs=(encoder, columns)) as pool:
+        return pool.map(_encode_in_worker, rows, chunksize=max(1, len(rows) // (num_proc * 8)))
+
+
+def encode_dataset(args, encoder: Encoder, model_dir: Path, specs: list[str]) -> list[EncodeResult]:
+    """Encode every line of `specs`, reusing a cached encoding when data, model and settings are unchanged."""
+    root = cache_root(args.cache_dir)
+    rows = read_rows(args, specs, root)
+    cache = EncodingCache(root / "encoded", cache_key(rows, encoder, model_dir, args.columns))
+    if args.load_from_cache_file:
+        cached = cache.load()
+        if cached is not None:
+            return cached
+    results = encode_rows(encoder, rows, args.columns, args.dataset_num_proc)
+    cache.save(results)
+    return results
