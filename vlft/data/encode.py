@@ -118,23 +118,16 @@ class Encoder:
         return encoded
 
     def _tokenize(self, segments) -> tuple[list[int], list[int]]:
-        text = "".join(s.text for s in segments)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        trained_chars = []
-        position = 0
-        for segment in segments:
-            if segment.trained:
-                trained_chars.append((position, position + len(segment.text)))
-            position += len(segment.text)
-        labels = []
-        span = 0
-        for token_id, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]):
-            # A token is trained when it starts inside a trained segment.
-            while span < len(trained_chars) and trained_chars[span][1] <= start:
-                span += 1
-            inside = span < len(trained_chars) and trained_chars[span][0] <= start
-            labels.append(token_id if inside else IGNORE_INDEX)
-        return list(encoding["input_ids"]), labels
+        # Runs of equal trainedness are tokenized separately: the prompt before an answer is then exactly
+        # the HF processor's (add_generation_prompt=True) and the answer exactly what the model generates
+        # after it. (Whole-text BPE could merge an answer's leading "\n" into the prompt's last token.)
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for trained, run in _runs(segments):
+            ids = self.tokenizer.encode(run, add_special_tokens=False)
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+        return input_ids, labels
 
     def _process_images(self, sample: Sample) -> tuple[dict, list[ImageGeometry]]:
         if not sample.images:
@@ -229,6 +222,17 @@ class Encoder:
         if strategy == "error":
             raise DataError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length}")
         return truncate(encoded, spans, self.settings.max_length, strategy, merge_size=self.family.merge_size)
+
+
+def _runs(segments) -> list[tuple[bool, str]]:
+    """Adjacent segments merged while their trainedness stays the same."""
+    runs: list[tuple[bool, str]] = []
+    for segment in segments:
+        if runs and runs[-1][0] == segment.trained:
+            runs[-1] = (segment.trained, runs[-1][1] + segment.text)
+        elif segment.text:
+            runs.append((segment.trained, segment.text))
+    return runs
 
 
 def _check_placeholders(messages: list[Message], placeholder: str, given: int, media_field: str) -> None:

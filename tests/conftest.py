@@ -1,0 +1,90 @@
+"""Shared fixtures: built-in tiny models in a per-session cache, small images and videos made here.
+
+Nothing is fetched from a hub: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl"]
+TINY_NAMES = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen3_vl_moe": "vlft/tiny-qwen3-vl-moe",
+              "qwen2_5_vl": "vlft/tiny-qwen2.5-vl", "qwen2_vl": "vlft/tiny-qwen2-vl"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def vlft_cache(tmp_path_factory) -> Path:
+    """A cache dir shared by the whole session (tiny models are built once into it)."""
+    path = Path(os.environ.get("VLFT_TEST_CACHE") or tmp_path_factory.mktemp("vlft-cache"))
+    os.environ["VLFT_CACHE_HOME"] = str(path)  # CLI subprocesses started by tests find it too
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(vlft_cache):
+    """family -> the built-in tiny model's dir (built on first use)."""
+    from vlft.model.tiny import ensure_tiny_model
+
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = ensure_tiny_model(family, vlft_cache)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def processor_of(tiny_model_dir):
+    """family -> the HF processor loaded with AutoProcessor from the tiny model dir."""
+    from transformers import AutoProcessor
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = AutoProcessor.from_pretrained(tiny_model_dir(family))
+        return cache[family]
+
+    return get
+
+
+def write_video(path: Path, frames: int = 16, fps: int = 8, size=(64, 48)) -> Path:
+    """A small H.264 mp4 of a bar moving right, written with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            frame = np.full((size[1], size[0], 3), 240, np.uint8)
+            frame[:, (i * 3) % size[0]:(i * 3) % size[0] + 8] = (30, 30, 200)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Images a.png (96x64 gradient), b.png (50x70), c.jpg (120x90) and video v.mp4 (16 frames, 8 fps)."""
+    d = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(d / "a.png")
+    Image.fromarray(rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)).save(d / "b.png")
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(d / "c.jpg")
+    write_video(d / "v.mp4")
+    return d
