@@ -75,8 +75,11 @@ def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"corrupt or unsupported image {_describe(ref)}: {e}") from None
+        except UnidentifiedImageError:
+            raise DataError(f"corrupt or unsupported image {_describe(ref, base_dir)}: not a known image format"
+                            ) from None
+        except (OSError, SyntaxError) as e:
+            raise DataError(f"corrupt or unsupported image {_describe(ref, base_dir)}: {e}") from None
     if image.mode != "RGB":
         # Transparent pixels become white rather than the black a bare convert() gives.
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -104,9 +107,11 @@ def _image_bytes(ref: Any, base_dir: Path | None) -> bytes:
     return read_media_bytes(ref, base_dir)
 
 
-def _describe(ref: Any) -> str:
+def _describe(ref: Any, base_dir: Path | None) -> str:
     if isinstance(ref, str):
-        return ref if len(ref) < 120 else ref[:60] + "..."
+        if ref.startswith("data:") or _is_url(ref):
+            return ref if len(ref) < 120 else ref[:60] + "..."
+        return str(resolve_media_path(ref, base_dir)) if len(ref) < 4096 else "(base64 image)"
     return type(ref).__name__
 
 

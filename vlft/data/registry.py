@@ -47,16 +47,19 @@ def load_hub_rows(spec: DatasetSpec, *, use_hf: bool, cache_root: Path) -> list[
     """Download a hub dataset's train split; VlftError naming the id when it cannot be had."""
     hub_id, subset, entry = resolve_hub_dataset(spec, use_hf)
     hub = "the HF Hub" if use_hf else "ModelScope"
+    name = None if subset in (None, "default") else subset
     try:
+        import datasets
+
         if use_hf:
-            import datasets
-
-            rows = datasets.load_dataset(hub_id, None if subset == "default" else subset, split="train")
+            rows = datasets.load_dataset(hub_id, name, split="train")
         else:
-            from modelscope import MsDataset
+            # ModelScope dataset repos are plain file repos with the same layout and README configs as
+            # the HF Hub's, so after the download `datasets` reads them (without MsDataset's extra deps).
+            from modelscope import dataset_snapshot_download
 
-            rows = MsDataset.load(hub_id, subset_name=subset or "default", split="train",
-                                  cache_dir=str(cache_root / "modelscope"))
+            local = dataset_snapshot_download(hub_id, cache_dir=str(cache_root / "modelscope"))
+            rows = datasets.load_dataset(local, name, split="train")
     except Exception as e:  # offline, 404, auth: the clients raise many types
         raise VlftError(f"--dataset {spec.name}: downloading {hub_id} from {hub} failed: {type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}") from None

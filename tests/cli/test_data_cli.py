@@ -1,0 +1,155 @@
+"""`vlft data check` and `vlft data encode` end to end: the real console script on the example data and
+on a file holding one bad line per kind of problem, each reported as `file:line: field: problem`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from vlft.cli.main import main
+
+EXAMPLES = REPO / "examples" / "data"
+
+
+def vlft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the installed `vlft` console script."""
+    exe = Path(sys.executable).with_name("vlft")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy(),
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bad_dataset(tmp_path_factory, media_dir) -> tuple[Path, dict[int, str]]:
+    """A jsonl whose line N holds one problem; returns (path, {line: expected message})."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "corrupt.png").write_bytes(b"not a png at all")
+    (d / "corrupt.mp4").write_bytes(os.urandom(2000))
+    good_image = str(media_dir / "a.png")
+    user, answer = {"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Hello"}
+    lines = [
+        ('{"messages": [', "malformed JSON"),
+        (dict(messages=[{"role": "robot", "content": "x"}, answer]), "messages[0].role: unknown role 'robot'"),
+        (dict(messages=[{"role": "user", "content": "hi"}]), "messages: no assistant turn"),
+        (dict(messages=[{"role": "user", "content": "<image><image>Hi"}, answer], images=[good_image]),
+         "messages[0].content: 2 <image> placeholders up to here but 1 image given"),
+        (dict(messages=[user, answer], images=[good_image, good_image]),
+         "images: 2 images given but 1 <image> placeholders in the messages"),
+        (dict(messages=[user, answer], images=["missing.png"]), f"images[0]: file not found: {d / 'missing.png'}"),
+        (dict(messages=[user, answer], images=["corrupt.png"]), "images[0]: corrupt or unsupported image"),
+        (dict(messages=[{"role": "user", "content": "<video>Hi"}, answer], videos=["corrupt.mp4"]),
+         "videos[0]: corrupt or unsupported video"),
+        (dict(messages=[{"role": "user", "content": "<video>Hi"}, answer]),
+         "messages[0].content: 1 <video> placeholders up to here but 0 videos given"),
+        (dict(messages=[{"role": "user", "content": "<image>Find it"}, {"role": "assistant", "content": "<bbox>"}],
+              images=[good_image], objects={"ref": [], "bbox": [[0, 0, 200, 10]]}),
+         "objects.bbox[0]: box [0, 0, 200, 10] lies outside the image (96x64)"),
+        (dict(messages=[{"role": "user", "content": "<image>Find it"}, {"role": "assistant", "content": "<bbox>"}],
+              images=[good_image], objects={"ref": [], "bbox": [[50, 0, 10, 10]]}),
+         "objects.bbox[0]: box [50, 0, 10, 10] has x2 < x1"),
+        (dict(messages=[{"role": "user", "content": "fine"}, answer]), None),
+    ]
+    path = d / "bad.jsonl"
+    expected = {}
+    with open(path, "w") as f:
+        for i, (row, message) in enumerate(lines, start=1):
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+            if message:
+                expected[i] = f"{path}:{i}: {message}"
+    return path, expected
+
+
+def test_check_examples_with_console_script(vlft_cache):
+    result = vlft("data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"))
+    assert result.returncode == 0, result.stderr
+    lines = sum(1 for line in open(EXAMPLES / "train.jsonl") if line.strip())
+    assert f"lines: {lines} ({lines} ok, 0 bad" in result.stdout
+    assert "modalities:" in result.stdout and "video" in result.stdout and "token lengths:" in result.stdout
+
+
+def test_check_reports_every_bad_line(bad_dataset, vlft_cache):
+    path, expected = bad_dataset
+    result = vlft("data", "check", "--model", "vlft/tiny-qwen2.5-vl", "--dataset", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    for message in expected.values():
+        assert message in result.stdout, f"{message!r} not in\n{result.stdout}"
+    assert f"({1} ok, {len(expected)} bad" in result.stdout
+
+
+def test_encode_writes_one_line_per_input_line(bad_dataset, vlft_cache, tmp_path, capsys):
+    path, expected = bad_dataset
+    out = tmp_path / "enc.jsonl"
+    code = main(["data", "encode", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path), "--output", str(out)])
+    assert code == 1
+    written = [json.loads(line) for line in open(out)]
+    assert len(written) == len(open(path).read().splitlines())
+    for item in written:
+        if item["line"] in expected:
+            assert item["error"].startswith(expected[item["line"]])
+        else:
+            assert "input_ids" in item and "error" not in item
+
+
+def test_encode_matches_hf_processor_on_examples(vlft_cache, processor_of, tmp_path):
+    out = tmp_path / "enc.jsonl"
+    assert main(["data", "encode", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
+                 "--output", str(out)]) == 0
+    items = [json.loads(line) for line in open(out)]
+    image_line = next(i for i in items if i["image_grid_thw"] and not i["video_grid_thw"]
+                      and len(i["image_grid_thw"]) == 1)
+    row = json.loads(open(EXAMPLES / "train.jsonl").read().splitlines()[image_line["line"] - 1])
+    processor = processor_of("qwen3_vl")
+    content = row["messages"][0]["content"].replace("<image>", "")
+    expected = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image", "image": str(EXAMPLES / row["images"][0])},
+                                      {"type": "text", "text": content}]},
+         {"role": "assistant", "content": row["messages"][1]["content"]}],
+        tokenize=True, return_dict=True, return_tensors="pt")
+    assert image_line["input_ids"] == expected["input_ids"][0].tolist()
+    pixels = expected["pixel_values"].to(torch.float32).contiguous().numpy().tobytes()
+    assert image_line["pixel_values_sha256"] == hashlib.sha256(pixels).hexdigest()
+    assert image_line["pixel_values_shape"] == list(expected["pixel_values"].shape)
+    assert image_line["image_grid_thw"] == expected["image_grid_thw"].tolist()
+    assert image_line["text"] == processor.tokenizer.decode(expected["input_ids"][0])
+    trained = [t for t in image_line["labels"] if t != -100]
+    assert processor.tokenizer.decode(trained) == row["messages"][1]["content"] + "<|im_end|>"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "no/such-dataset-id-xyz:sub"], "downloading no/such-dataset-id-xyz"),
+    (["--dataset", "nonexistent.jsonl"], "no such file, and not a known dataset id"),
+    (["--dataset", "AI-ModelScope/LaTeX_OCR:nope"], "unknown subset"),
+    (["--datset", "x.jsonl"], "unknown argument --datset; did you mean --dataset?"),
+    (["--max_length", "-3", "--dataset", "x.jsonl"], "--max_length must be positive"),
+])
+def test_bad_dataset_arguments(argv, message, vlft_cache, capsys, monkeypatch):
+    import modelscope
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network here")
+
+    monkeypatch.setattr(modelscope, "dataset_snapshot_download", offline)  # fail fast, not 20 s of retries
+    assert main(["data", "check", "--model", "vlft/tiny-qwen3-vl", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_model_dirs(tmp_path, capsys, vlft_cache):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "check", "--model", str(empty), "--dataset", "x.jsonl"]) == 2
+    assert "not a model dir (no config.json)" in capsys.readouterr().err
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert main(["data", "check", "--model", str(odd), "--dataset", str(EXAMPLES / "train.jsonl")]) == 2
+    assert "model_type: unsupported 'llama'" in capsys.readouterr().err
+    assert main(["data", "check", "--model", str(tmp_path / "nowhere" / "model"), "--dataset", "x.jsonl"]) == 2
+    assert "no such directory" in capsys.readouterr().err
