@@ -139,10 +139,13 @@ class Encoder:
             except DataError as e:
                 raise e.within(f"images[{i}]") from None
         kwargs = {}
-        if self.settings.image_min_pixels is not None:
-            kwargs["min_pixels"] = self.settings.image_min_pixels
-        if self.settings.image_max_pixels is not None:
-            kwargs["max_pixels"] = self.settings.image_max_pixels
+        if self.settings.image_min_pixels is not None or self.settings.image_max_pixels is not None:
+            size = dict(self.image_processor.size)
+            if self.settings.image_min_pixels is not None:
+                size["shortest_edge"] = self.settings.image_min_pixels
+            if self.settings.image_max_pixels is not None:
+                size["longest_edge"] = self.settings.image_max_pixels
+            kwargs["size"] = size  # shortest/longest_edge are total pixel bounds for Qwen-VL processors
         try:
             out = self.image_processor(images=images, return_tensors="pt", **kwargs)
         except ValueError as e:  # e.g. an aspect ratio over 200

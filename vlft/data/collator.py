@@ -1,0 +1,102 @@
+"""Batches for the model: padding-free rows of concatenated samples, or padded batches.
+
+A padding-free row carries position ids of shape (4, 1, L): row 0 the text positions restarting at 0
+for every sample (transformers finds the sample boundaries from them and builds a block-diagonal
+mask, or varlen attention uses them), rows 1-3 each sample's own mRoPE ids. No attention mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlft.data.encode import IGNORE_INDEX, EncodedSample
+from vlft.data.mrope import mrope_position_ids, token_types
+from vlft.families.base import Family
+
+
+@dataclass(frozen=True)
+class VisionTokens:
+    """Token ids the collator needs to know."""
+
+    image_pad_id: int
+    video_pad_id: int
+    pad_id: int
+
+
+def _media(samples: list[EncodedSample]) -> dict:
+    batch: dict = {}
+    images = [s for s in samples if s.image_grid_thw is not None]
+    if images:
+        batch["pixel_values"] = torch.cat([s.pixel_values for s in images])
+        batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in images])
+    videos = [s for s in samples if s.video_grid_thw is not None]
+    if videos:
+        batch["pixel_values_videos"] = torch.cat([s.pixel_values_videos for s in videos])
+        batch["video_grid_thw"] = torch.cat([s.video_grid_thw for s in videos])
+        seconds = [t for s in videos for t in (s.second_per_grid_ts or [])]
+        if seconds:
+            batch["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
+    return batch
+
+
+def sample_position_ids(sample: EncodedSample, family: Family, tokens: VisionTokens,
+                        tokens_per_second: float | None) -> torch.Tensor:
+    """(3, L) mRoPE ids of one sample."""
+    types = token_types(sample.input_ids, tokens.image_pad_id, tokens.video_pad_id)
+    intervals = None
+    if sample.second_per_grid_ts is not None and tokens_per_second is not None:
+        intervals = [tokens_per_second * s for s in sample.second_per_grid_ts]
+    return mrope_position_ids(
+        types,
+        sample.image_grid_thw.tolist() if sample.image_grid_thw is not None else [],
+        sample.video_grid_thw.tolist() if sample.video_grid_thw is not None else [],
+        family.merge_size, intervals, split_video_frames=family.video_timestamps)
+
+
+class PaddingFreeCollator:
+    """All samples of a batch concatenated into one row, each keeping its own positions."""
+
+    def __init__(self, family: Family, tokens: VisionTokens, tokens_per_second: float | None = None):
+        self.family = family
+        self.tokens = tokens
+        self.tokens_per_second = tokens_per_second
+
+    def __call__(self, batch: list[EncodedSample | list[EncodedSample]]) -> dict:
+        samples = [s for item in batch for s in (item if isinstance(item, list) else [item])]
+        input_ids, labels, text_positions, rope = [], [], [], []
+        for sample in samples:
+            input_ids += sample.input_ids
+            # The first token of a sample is never a target: the previous sample's last logit predicts it.
+            labels += [IGNORE_INDEX] + sample.labels[1:]
+            text_positions.append(torch.arange(sample.length))
+            rope.append(sample_position_ids(sample, self.family, self.tokens, self.tokens_per_second))
+        ids = torch.tensor([input_ids])
+        position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]
+        types = torch.tensor([token_types(input_ids, self.tokens.image_pad_id, self.tokens.video_pad_id)])
+        lengths = torch.tensor([s.length for s in samples])
+        return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
+                "mm_token_type_ids": types, "use_cache": False,
+                "cu_seq_lens": torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)]),
+                **_media(samples)}
+
+
+class PaddedCollator:
+    """A classic right-padded batch with an attention mask; the model computes mRoPE itself."""
+
+    def __init__(self, tokens: VisionTokens):
+        self.tokens = tokens
+
+    def __call__(self, batch: list[EncodedSample]) -> dict:
+        longest = max(s.length for s in batch)
+        ids = torch.full((len(batch), longest), self.tokens.pad_id)
+        labels = torch.full((len(batch), longest), IGNORE_INDEX)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for i, s in enumerate(batch):
+            ids[i, :s.length] = torch.tensor(s.input_ids)
+            labels[i, :s.length] = torch.tensor(s.labels)
+            mask[i, :s.length] = 1
+        types = (ids == self.tokens.image_pad_id).long() + 2 * (ids == self.tokens.video_pad_id).long()
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "mm_token_type_ids": types,
+                **_media(batch)}
