@@ -124,3 +124,83 @@ class TinyModelArguments:
     def __post_init__(self):
         if not self.output:
             raise VlftError("--output is required")
+
+
+@dataclass
+class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
+    """`vlft sft`: LoRA or full fine-tuning (ms-swift's `swift sft` arguments)."""
+
+    train_type: Literal["lora", "full"] = field(default="lora", metadata={"help": "lora or full fine-tuning"})
+    tuner_type: Literal["lora", "full"] | None = field(default=None, metadata={"help": "alias of --train_type"})
+    torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
+        default=None, metadata={"help": "weights dtype (default: bfloat16 on GPU, float32 on CPU)"})
+    attn_impl: str | None = field(default=None, metadata={
+        "help": "attention: varlen (torch's FlashAttention, CUDA default), flash_attn, sdpa (CPU default), eager"})
+    padding_free: bool = field(default=False, metadata={"help": "concatenate a batch's samples into one row"})
+    packing: bool = field(default=False, metadata={"help": "pack samples into rows of --max_length (implies "
+                                                           "--padding_free)"})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps (overrides epochs when > 0)"})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "samples (or packed rows) per step"})
+    per_device_eval_batch_size: int = field(default=1, metadata={"help": "eval batch size"})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "micro-batches per step "
+                                                                                    "(default 1)"})
+    learning_rate: float | None = field(default=None, metadata={"help": "default 1e-4 for lora, 1e-5 for full"})
+    vit_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower"})
+    aligner_lr: float | None = field(default=None, metadata={"help": "learning rate of the aligner (merger)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps warming up the lr"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "all-linear, module names, or one regex"})
+    modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained fully with LoRA"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA"})
+    freeze_vit: bool = field(default=True, metadata={"help": "freeze the vision tower"})
+    freeze_aligner: bool = field(default=True, metadata={"help": "freeze the aligner (merger, deepstack mergers)"})
+    freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute LLM activations"})
+    vit_gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
+    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int | None = field(default=None, metadata={"help": "checkpoints kept (best and last)"})
+    logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
+    output_dir: str = field(default="output", metadata={"help": "runs go to OUTPUT_DIR/v{N}-{time}"})
+    add_version: bool = field(default=True, metadata={"help": "put the run in a new v{N}-{time} subdir"})
+    deepspeed: str | None = field(default=None, metadata={
+        "help": "zero0, zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path"})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint dir to resume"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "tensorboard or none"})
+
+    def __post_init__(self):
+        TemplateArguments.__post_init__(self)
+        DatasetArguments.__post_init__(self)
+        if self.tuner_type is not None:
+            self.train_type = self.tuner_type
+        if not self.model:
+            raise VlftError("--model is required")
+        if not self.dataset:
+            raise VlftError("--dataset is required")
+        if self.packing:
+            self.padding_free = True
+            if self.max_length is None:
+                raise VlftError("--packing true needs --max_length (the row length)")
+        if self.vit_gradient_checkpointing is None:
+            self.vit_gradient_checkpointing = self.gradient_checkpointing
+        if self.gradient_accumulation_steps is None:
+            self.gradient_accumulation_steps = 1
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.train_type == "lora" else 1e-5
+        if self.eval_steps is None:
+            self.eval_steps = self.save_steps
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "save_steps", "eval_steps", "logging_steps", "lora_rank", "learning_rate"):
+            _positive(name, getattr(self, name))
+        if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
+            raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")

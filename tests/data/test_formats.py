@@ -292,8 +292,6 @@ def test_row_without_a_conversation_lists_its_columns():
     assert "--columns" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _check_turns reports sharegpt rows' turn errors under "
-                                       "'messages'/'messages[i].role', a column the row does not have")
 @pytest.mark.parametrize("row, field", [
     ({"conversations": [{"from": "human", "value": "q"}]}, "conversations"),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "S"},

@@ -166,8 +166,6 @@ def test_read_csv_decodes_json_cells(tmp_path):
     assert all(r.source == str(path) and r.base_dir == tmp_path.resolve() for r in rows)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_local numbers CSV records, not lines: a quoted cell holding a "
-                                       "newline shifts the line of every later row")
 def test_read_csv_line_numbers_with_multiline_cells(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text('query,response\nq1,"line one\nline two"\nq2,r2\n', encoding="utf-8")
@@ -348,3 +346,33 @@ def test_load_dataset_rows_from_hub_with_count(monkeypatch, tmp_path):
     rows = load_dataset_rows("AI-ModelScope/alpaca-gpt4-data-zh#4", seed=0, use_hf=True, cache_root=tmp_path)
     assert len(rows) == 4 and len({r.line for r in rows}) == 4
     assert all(r.row == {"instruction": f"i{r.line - 1}", "input": "", "output": "o"} for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# known problems
+
+
+def test_empty_spec_is_rejected():
+    with pytest.raises(VlftError):
+        parse_spec("")
+
+
+def test_read_csv_with_byte_order_mark(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeffquery,response\nq,r\n".encode())
+    assert pd.read_csv(path).columns.tolist() == ["query", "response"]  # what `datasets`' csv loader sees
+    assert [r.row for r in read_local(path)] == [{"query": "q", "response": "r"}]
+
+
+def test_read_jsonl_with_byte_order_mark(tmp_path):
+    import pyarrow.json
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('\ufeff{"query": "q", "response": "r"}\n{"query": "q2", "response": "r2"}\n'.encode())
+    expected = [{"query": "q", "response": "r"}, {"query": "q2", "response": "r2"}]
+    assert pyarrow.json.read_json(path).to_pylist() == expected  # what `datasets`' json loader sees
+    rows = list(read_local(path))
+    assert [r.error for r in rows] == [None, None]
+    assert [r.row for r in rows] == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
-import io
 import threading
 
 import numpy as np
@@ -24,12 +23,6 @@ def pixels(image):
 def expected(path):
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
-
-
-def png_bytes(image):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def check_same(image, path):
@@ -192,3 +185,35 @@ def test_http_video_is_cached_locally(server, media_dir, tmp_path, no_proxy):
     assert local_video_path("v.mp4", media_dir) == media_dir / "v.mp4"
     with pytest.raises(DataError, match="file not found"):
         local_video_path("gone.mp4", media_dir)
+
+
+class CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 100000 bytes, sends 104 and closes: a connection dropped mid-download."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\x89PNG" + b"0" * 100)
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+def test_http_download_cut_short(no_proxy):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShortHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DataError, match="cannot download"):
+            load_image(f"http://127.0.0.1:{httpd.server_address[1]}/a.png")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_malformed_url():
+    with pytest.raises(DataError, match="cannot download"):
+        load_image("http://127.0.0.1:notaport/a.png")

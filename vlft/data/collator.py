@@ -75,11 +75,10 @@ class PaddingFreeCollator:
         ids = torch.tensor([input_ids])
         position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]
         types = torch.tensor([token_types(input_ids, self.tokens.image_pad_id, self.tokens.video_pad_id)])
-        lengths = torch.tensor([s.length for s in samples])
+        # No attention mask and no cu_seqlens kwargs (they would reach the vision tower too): attention
+        # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample.
         return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
-                "mm_token_type_ids": types, "use_cache": False,
-                "cu_seq_lens": torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)]),
-                **_media(samples)}
+                "mm_token_type_ids": types, "use_cache": False, **_media(samples)}
 
 
 class PaddedCollator:

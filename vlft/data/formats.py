@@ -40,7 +40,12 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
                         f"query/response (columns: {', '.join(map(str, row))}); map others with --columns")
     if isinstance(row.get("system"), str) and not (messages and messages[0].role == "system"):
         messages.insert(0, Message("system", row["system"]))
-    _check_turns(messages)
+    if "messages" in row:
+        _check_turns(messages, "messages", "role")
+    elif "conversations" in row:
+        _check_turns(messages, "conversations", "from")
+    else:
+        _check_turns(messages, "messages", "role")
     objects = row.get("objects")
     if objects is not None and not isinstance(objects, dict):
         raise DataError(f"expected an object with ref and bbox lists, got {type(objects).__name__}", field="objects")
@@ -159,9 +164,9 @@ def _from_query_response(row: dict) -> list[Message]:
     return out + [Message("user", row["query"]), Message("assistant", row["response"])]
 
 
-def _check_turns(messages: list[Message]) -> None:
+def _check_turns(messages: list[Message], field: str, role_key: str) -> None:
     for i, message in enumerate(messages):
         if message.role == "system" and i != 0:
-            raise DataError("a system message may only come first", field=f"messages[{i}].role")
+            raise DataError("a system message may only come first", field=f"{field}[{i}].{role_key}")
     if not any(m.role == "assistant" for m in messages):
-        raise DataError("no assistant turn to train on", field="messages")
+        raise DataError("no assistant turn to train on", field=field)

@@ -42,6 +42,8 @@ class RawRow:
 
 def parse_spec(spec: str) -> DatasetSpec:
     """`path_or_id[:subset][#N]` -> DatasetSpec. A local path wins over the subset syntax."""
+    if not spec.strip():
+        raise VlftError("--dataset: empty dataset spec")
     if Path(spec).expanduser().exists():
         return DatasetSpec(spec)
     match = SPEC.match(spec)
@@ -70,9 +72,12 @@ def read_local(path: Path) -> Iterator[RawRow]:
     elif path.suffix == ".json":
         yield from _read_json(path, source, base_dir)
     elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f)):
-                yield RawRow(_csv_values(row), source, i + 2, base_dir)  # line 1 is the header
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            start = 2  # line 1 is the header; a quoted cell may span lines
+            for row in reader:
+                yield RawRow(_csv_values(row), source, start, base_dir)
+                start = reader.line_num + 1
     else:
         import pyarrow.parquet as pq
 
@@ -81,7 +86,7 @@ def read_local(path: Path) -> Iterator[RawRow]:
 
 
 def _read_jsonl(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for i, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -94,7 +99,7 @@ def _read_jsonl(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
 
 
 def _read_json(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
 import io
 import os
 import tempfile
@@ -47,8 +48,8 @@ def _download(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
             return response.read()
-    except OSError as e:
-        raise DataError(f"cannot download {url}: {e}") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:  # network, protocol, malformed URL
+        raise DataError(f"cannot download {url}: {type(e).__name__}: {e}") from None
 
 
 def read_media_bytes(ref: str, base_dir: Path | None) -> bytes:

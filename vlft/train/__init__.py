@@ -1,0 +1,1 @@
+"""Training: DeepSpeed configs, launching, run dirs, callbacks, and the `vlft sft` recipe."""

@@ -1,0 +1,1 @@
+"""Built-in DeepSpeed configs (JSON, HF Trainer "auto" values), read with importlib.resources."""

@@ -1,0 +1,84 @@
+"""Which parameters belong to the vision tower (ViT), the aligner and the LLM; freezing; LoRA targets.
+
+| family | ViT | aligner | LLM |
+| --- | --- | --- | --- |
+| Qwen2-VL, Qwen2.5-VL | model.visual.* (patch_embed, blocks) | model.visual.merger.* | model.language_model.*, lm_head |
+| Qwen3-VL (+MoE) | model.visual.* (patch_embed, pos_embed, blocks) | model.visual.merger.*, model.visual.deepstack_merger_list.* | model.language_model.*, lm_head |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Literal
+
+from torch import nn
+
+from vlft.families.base import Family
+
+Part = Literal["vit", "aligner", "llm"]
+PEFT_PREFIX = "base_model.model."
+
+
+def module_part(name: str, family: Family) -> Part | None:
+    """The part a parameter or module name belongs to (PEFT's wrapper prefix ignored)."""
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    name += "."
+    if name.startswith(family.aligner_prefixes):  # inside model.visual, so test it first
+        return "aligner"
+    if name.startswith(family.vit_prefixes):
+        return "vit"
+    if name.startswith(family.llm_prefixes):
+        return "llm"
+    return None
+
+
+def trainable_parts(freeze_vit: bool, freeze_aligner: bool, freeze_llm: bool) -> set[Part]:
+    """The parts left unfrozen by the three freeze flags."""
+    return {part for part, frozen in (("vit", freeze_vit), ("aligner", freeze_aligner), ("llm", freeze_llm))
+            if not frozen}
+
+
+def freeze_parts(model: nn.Module, family: Family, parts: set[Part]) -> None:
+    """Full fine-tuning: parameters of `parts` train, all others are frozen."""
+    for name, param in model.named_parameters():
+        param.requires_grad = module_part(name, family) in parts
+
+
+def _is_router(name: str, model: nn.Module) -> bool:
+    """MoE routers (`mlp.gate` beside `mlp.experts`) are not LoRA targets."""
+    if not name.endswith(".gate"):
+        return False
+    parent = model.get_submodule(name.rsplit(".", 1)[0])
+    return hasattr(parent, "experts")
+
+
+def linear_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str]:
+    """Names of every nn.Linear inside `parts`, never lm_head nor an MoE router."""
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or name.split(".")[-1] == "lm_head":
+            continue
+        if module_part(name, family) in parts and not _is_router(name, model):
+            names.append(name)
+    return names
+
+
+def lora_target_modules(model: nn.Module, family: Family, targets: Iterable[str], parts: set[Part]) -> str:
+    """A regex of the exact module names LoRA adapts.
+
+    `all-linear`: every linear of the unfrozen parts. Names (`q_proj`): those linears of the unfrozen
+    parts whose name ends with one of them. A single entry with regex syntax is used as given.
+    """
+    targets = list(targets)
+    if len(targets) == 1 and targets[0] != "all-linear" and re.search(r"[\\^$*+?()\[\]|]", targets[0]):
+        return targets[0]
+    candidates = linear_names(model, family, parts)
+    if "all-linear" not in targets:
+        suffixes = tuple(t for t in targets if t != "all-linear")
+        candidates = [n for n in candidates if n.split(".")[-1] in suffixes or n.endswith(
+            tuple("." + s for s in suffixes))]
+    if not candidates:
+        raise ValueError(f"no linear layer matches --target_modules {' '.join(targets)} in the unfrozen parts "
+                         f"({', '.join(sorted(parts)) or 'none'})")
+    return "^(?:" + "|".join(re.escape(n) for n in candidates) + ")$"
