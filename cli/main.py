@@ -9,6 +9,7 @@ from vlft.errors import VlftError
 
 # command -> (module under vlft.cli, one-line description)
 COMMANDS = {
+    "sft": ("vlft.cli.sft", "fine-tune with LoRA or in full (ms-swift's `swift sft` arguments)"),
     "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
     "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
 }

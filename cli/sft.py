@@ -1,0 +1,43 @@
+"""`vlft sft`: fine-tune (ms-swift's `swift sft` arguments); starts torchrun itself for NPROC_PER_NODE > 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from vlft.arguments import SftArguments
+from vlft.cli.parsing import build_parser, parse_args
+
+
+def run(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        build_parser(SftArguments, "vlft sft").print_help()
+        return 0
+    args = parse_args(SftArguments, argv, "vlft sft")  # bad arguments fail here, before anything loads
+    from vlft.train.launch import is_distributed_worker, launch_plan, torchrun_command
+
+    plan = launch_plan(os.environ)
+    if plan is not None and not is_distributed_worker(os.environ):
+        from vlft.train.deepspeed import resolve_deepspeed_config
+        from vlft.train.model import resolve_attention
+        from vlft.train.run_dir import check_writable, new_run_dir
+
+        resolve_deepspeed_config(args.deepspeed)
+        resolve_attention(args.attn_impl, args.padding_free, cuda=_cuda())
+        check_writable(Path(args.output_dir))
+        # The parent picks the run dir once, so every rank writes to the same one.
+        run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
+        worker_argv = argv + ["--output_dir", str(run_dir), "--add_version", "false"]
+        return subprocess.call(torchrun_command(plan, worker_argv))
+    from vlft.train.sft import run_sft
+
+    run_sft(args)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,110 @@
+"""Trainer callbacks: logging.jsonl, loss and lr plots at the end, checkpoints that reload on their own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "logging.jsonl"
+# image name -> logged key, as ms-swift's plots (train loss, eval loss, learning rate, throughput)
+PLOTS = {"train_loss": "loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate",
+         "tokens_per_second": "tokens_per_second"}
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append each log (`{"step", "epoch", **logs}`) to a JSON-lines file."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def read_log_series(path: Path, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` in a logging.jsonl file, in file order."""
+    steps, values = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if isinstance(record.get(key), (int, float)):
+            steps.append(record["step"])
+            values.append(float(record[key]))
+    return steps, values
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """TensorBoard's exponential moving average, debiased so the first points are not pulled to zero."""
+    out, last = [], 0.0
+    for i, value in enumerate(values, start=1):
+        last = weight * last + (1 - weight) * value
+        out.append(last / (1 - weight**i))
+    return out
+
+
+def plot_series(steps: list[int], values: list[float], title: str, path: Path) -> None:
+    """Write one value-against-step line plot as a PNG (Agg canvas: no display, no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    few = len(values) < 20
+    axes.plot(steps, values, color="#1f77b4", alpha=0.4 if len(values) > 1 else 1.0, marker="." if few else None)
+    if len(values) > 1:
+        axes.plot(steps, smooth(values), color="#1f77b4")
+    axes.set(title=title, xlabel="step")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+class PlotCallback(TrainerCallback):
+    """At the end of training, plot the series of `run_dir/logging.jsonl` into `run_dir/images/*.png`."""
+
+    def __init__(self, run_dir: Path | str):
+        self.run_dir = Path(run_dir)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        log_file = self.run_dir / LOG_FILE
+        if not state.is_world_process_zero or not log_file.is_file():
+            return
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            # The run itself succeeded; missing plots are not worth failing it over.
+            logger.warning("matplotlib is not installed: no plots written to %s", self.run_dir / "images")
+            return
+        images = self.run_dir / "images"
+        images.mkdir(exist_ok=True)
+        for name, key in PLOTS.items():
+            steps, values = read_log_series(log_file, key)
+            if values:
+                plot_series(steps, values, name, images / f"{name}.png")
+
+
+class CheckpointExtrasCallback(TrainerCallback):
+    """Put the processor and args.json into each checkpoint, so a checkpoint dir loads and resumes on its own."""
+
+    def __init__(self, processor: Any, args_json: dict[str, Any]):
+        self.processor = processor
+        self.args_json = args_json
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        self.processor.save_pretrained(checkpoint)
+        text = json.dumps(self.args_json, indent=2, ensure_ascii=False, default=str)
+        (checkpoint / "args.json").write_text(text + "\n", encoding="utf-8")

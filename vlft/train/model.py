@@ -1,0 +1,77 @@
+"""Loading the model for training: dtype, attention kernel, cache off, gradient checkpointing."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from vlft.errors import VlftError
+from vlft.train.attention import ATTENTION_NAME, register_varlen_attention
+
+logger = logging.getLogger("vlft")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+ATTN_ALIASES = {"flash_attn": "flash_attn", "flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn",
+                "fa2": "flash_attn", "fa3": "flash_attn", "varlen": "varlen", ATTENTION_NAME: "varlen",
+                "sdpa": "sdpa", "eager": "eager"}
+
+
+def resolve_dtype(torch_dtype: str | None, cuda: bool) -> torch.dtype:
+    """--torch_dtype, or bfloat16 on CUDA and float32 on CPU."""
+    if torch_dtype is None:
+        return torch.bfloat16 if cuda else torch.float32
+    return DTYPES[torch_dtype]
+
+
+def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> tuple[str, str]:
+    """(transformers attn_implementation, a sentence saying which kernel runs)."""
+    asked = ATTN_ALIASES.get(attn_impl or ("varlen" if cuda and padding_free else "sdpa"))
+    if asked is None:
+        raise VlftError(f"--attn_impl {attn_impl}: unknown; use varlen, flash_attn, sdpa or eager"
+                        + ("" if attn_impl != "flex_attention" else " (transformers refuses flex_attention for "
+                                                                     "Qwen-VL models)"))
+    if not cuda:
+        if asked in ("varlen", "flash_attn"):
+            return "sdpa", f"attention: sdpa (CPU; --attn_impl {attn_impl} needs CUDA), block mask from positions"
+        return asked, f"attention: {asked} (CPU)"
+    if asked == "flash_attn":
+        if importlib.util.find_spec("flash_attn_interface") is not None:
+            return "flash_attention_3", "attention: flash-attn 3 (flash_attn_interface)"
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2", "attention: flash-attn 2"
+        asked = "varlen"
+        note = "flash-attn is not installed: "
+    else:
+        note = ""
+    if asked == "varlen":
+        if not padding_free:
+            return "sdpa", "attention: sdpa (varlen attention needs --padding_free true or --packing true)"
+        return register_varlen_attention(), f"attention: {note}torch.nn.attention.varlen (PyTorch FlashAttention)"
+    return asked, f"attention: {asked}"
+
+
+def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
+    """The HF model, with the KV cache off on the text config (else packed samples attend to each other)."""
+    from transformers import AutoModelForImageTextToText
+
+    if attn_implementation == ATTENTION_NAME:
+        register_varlen_attention()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype,
+                                                        attn_implementation=attn_implementation)
+    model.config.use_cache = False
+    model.config.text_config.use_cache = False
+    return model
+
+
+def enable_gradient_checkpointing(model, llm: bool, vit: bool) -> None:
+    """Recompute activations in the LLM and/or the ViT blocks (non-reentrant: frozen inputs are fine)."""
+    if not (llm or vit):
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for part, keep in ((model.model.visual, vit), (model.model.language_model, llm)):
+        if not keep:
+            for module in part.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False

@@ -1,0 +1,148 @@
+"""`vlft sft`, top to bottom: check the arguments, encode the data once, load the model, choose what
+trains, build the batches, train with transformers' Trainer, save."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from vlft.arguments import SftArguments
+from vlft.cli.parsing import public_args
+from vlft.data.collator import PaddedCollator, PaddingFreeCollator, VisionTokens
+from vlft.data.encode import EncodedSample, TooLongError
+from vlft.data.packing import pack_samples
+from vlft.data.pipeline import build_encoder, encode_dataset, load_processor
+from vlft.errors import VlftError
+from vlft.train.callbacks import CheckpointExtrasCallback, JsonlLogCallback, PlotCallback
+from vlft.train.deepspeed import resolve_deepspeed_config
+from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
+from vlft.train.run_dir import check_writable, new_run_dir, write_args_json
+from vlft.train.trainer import SftTrainer
+from vlft.train.tuners import count_parameters, prepare_trainable
+
+logger = logging.getLogger("vlft")
+MAX_LISTED_ERRORS = 20
+
+
+def run_sft(args: SftArguments) -> Path:
+    """Train as the arguments say; returns the run dir (output/v{N}-{time})."""
+    # 1. What can fail fast fails before any data or model is loaded.
+    cuda = torch.cuda.is_available()
+    dtype = resolve_dtype(args.torch_dtype, cuda)
+    attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
+    ds_config = resolve_deepspeed_config(args.deepspeed)
+    check_writable(Path(args.output_dir))
+    run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
+    training_args = trainer_arguments(args, run_dir, ds_config, dtype, cuda, has_eval=bool(
+        args.val_dataset or args.split_dataset_ratio))
+    if training_args.process_index == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_args_json(run_dir / "args.json", args)
+
+    # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here.
+    encoder, model_dir, family = build_encoder(args)
+    with training_args.main_process_first(desc="encoding"):
+        train = encoded_samples(args, encoder, model_dir, args.dataset)
+        val = encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset else []
+    if args.split_dataset_ratio and not val:
+        train, val = split_samples(train, args.split_dataset_ratio, args.seed)
+
+    # 3. The model, and what of it trains.
+    logger.warning(attention_note)
+    model = load_model(model_dir, dtype, attn_implementation)
+    enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
+    model = prepare_trainable(model, family, args)
+    trainable, total = count_parameters(model)
+    logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+
+    # 4. Batches: packed rows, padding-free rows, or padded batches.
+    tokenizer = encoder.tokenizer
+    tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, tokenizer.pad_token_id)
+    if args.padding_free:
+        tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
+        collator = PaddingFreeCollator(family, tokens, tokens_per_second)
+    else:
+        collator = PaddedCollator(tokens)
+    train_dataset = pack(train, args.max_length, args.seed) if args.packing else train
+    eval_dataset = (pack(val, args.max_length, args.seed) if args.packing else val) or None
+
+    # 5. Train.
+    part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
+    trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         data_collator=collator, processing_class=load_processor(model_dir),
+                         callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir),
+                                    CheckpointExtrasCallback(None, public_args(args))],
+                         family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+
+    # 6. The last step is always saved.
+    last = run_dir / f"checkpoint-{trainer.state.global_step}"
+    if not last.exists():
+        trainer.save_model(str(last))
+        if trainer.is_world_process_zero():
+            write_args_json(last / "args.json", args)
+    logger.warning(f"last checkpoint: {last}")
+    return run_dir
+
+
+def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None, dtype: torch.dtype, cuda: bool,
+                      has_eval: bool):
+    """transformers TrainingArguments from vlft's (ms-swift's) arguments."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(run_dir), num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, warmup_steps=args.warmup_ratio,
+        lr_scheduler_type=args.lr_scheduler_type, logging_steps=args.logging_steps, save_strategy="steps",
+        save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if has_eval else "no", eval_steps=args.eval_steps,
+        metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False if has_eval else None,
+        seed=args.seed, data_seed=args.seed, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        use_cpu=not cuda, ddp_backend=None if cuda else "gloo", deepspeed=ds_config,
+        dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
+        remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
+    )
+
+
+def encoded_samples(args: SftArguments, encoder, model_dir: Path, specs: list[str]) -> list[EncodedSample]:
+    """The encodings of every line; a VlftError listing every bad line if there is one."""
+    results = encode_dataset(args, encoder, model_dir, specs)
+    bad = [r.error for r in results if r.error is not None and not isinstance(r.error, TooLongError)]
+    if bad:
+        listed = "\n  ".join(str(e) for e in bad[:MAX_LISTED_ERRORS])
+        more = f"\n  ... and {len(bad) - MAX_LISTED_ERRORS} more" if len(bad) > MAX_LISTED_ERRORS else ""
+        raise VlftError(f"{len(bad)} bad dataset line(s) (`vlft data check` lists them all):\n  {listed}{more}")
+    dropped = [r.error for r in results if isinstance(r.error, TooLongError)]
+    for error in dropped:
+        logger.warning(f"dropped: {error}")
+    samples = [r.sample for r in results if r.sample is not None]
+    if not samples:
+        raise VlftError(f"no usable samples in {' '.join(specs)}")
+    return samples
+
+
+def split_samples(samples: list, ratio: float, seed: int) -> tuple[list, list]:
+    """(train, val): a seeded random `ratio` of the samples held out, at least one."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(samples) * ratio))
+    if n_val >= len(samples):
+        raise VlftError(f"--split_dataset_ratio {ratio} leaves no training sample of {len(samples)}")
+    held = set(order[:n_val])
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
+def pack(samples: list[EncodedSample], max_length: int, seed: int) -> list[list[EncodedSample]]:
+    """Samples grouped into rows of at most max_length tokens."""
+    return [[samples[i] for i in row] for row in pack_samples([s.length for s in samples], max_length, seed)]
+
+
+def _zero_stage(ds_config: dict | None) -> int:
+    return int((ds_config or {}).get("zero_optimization", {}).get("stage", 0))
