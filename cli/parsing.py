@@ -98,11 +98,6 @@ def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str]
     return cls(**values)
 
 
-def public_args(args: Any) -> dict:
-    """The arguments as a JSON-able dict, secrets (hub tokens) left out."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if not f.metadata.get("secret")}
-
-
 def print_help_and_exit(parser: argparse.ArgumentParser) -> None:
     parser.print_help()
     sys.exit(0)

@@ -16,9 +16,10 @@ def run(argv: list[str]) -> int:
         build_parser(SftArguments, "vlft sft").print_help()
         return 0
     args = parse_args(SftArguments, argv, "vlft sft")  # bad arguments fail here, before anything loads
-    from vlft.train.launch import is_distributed_worker, launch_plan, torchrun_command
+    from vlft.train.launch import LaunchPlan, is_distributed_worker, launch_plan, torchrun_command
 
-    plan = launch_plan(os.environ)
+    # DeepSpeed needs a process group even for one process: torchrun provides it.
+    plan = launch_plan(os.environ) or (LaunchPlan(nproc_per_node=1) if args.deepspeed else None)
     if plan is not None and not is_distributed_worker(os.environ):
         from vlft.train.deepspeed import resolve_deepspeed_config
         from vlft.train.model import resolve_attention

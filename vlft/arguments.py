@@ -3,10 +3,16 @@ does nothing else: no downloads, no directories, no environment writes."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from vlft.errors import VlftError
+
+
+def public_args(args) -> dict:
+    """The arguments as a JSON-able dict, secrets (hub tokens) left out."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if not f.metadata.get("secret")}
 
 
 def _positive(name: str, value: int | float | None) -> None:

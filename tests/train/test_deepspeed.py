@@ -112,8 +112,11 @@ def single_process_distributed(monkeypatch):
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
-    # TrainingArguments(deepspeed=...) sets ACCELERATE_USE_DEEPSPEED; monkeypatch puts the old value back.
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    # TrainingArguments(deepspeed=...) sets ACCELERATE_USE_DEEPSPEED=true in os.environ; setting it here makes
+    # monkeypatch restore the old value (delenv of an absent variable records nothing to restore).
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    # Without it accelerate calls torch.set_num_threads for "multi-CPU", which would outlive this test.
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     AcceleratorState._reset_state(True)
     yield
     unset_hf_deepspeed_config()
@@ -122,7 +125,8 @@ def single_process_distributed(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600)  # the first DeepSpeed engine on a machine compiles a CPU comm op (~40 s)
+@pytest.mark.filterwarnings("ignore:`torch.distributed.*` is deprecated:FutureWarning")
 def test_every_builtin_config_trains_on_cpu_like_plain_torch(tmp_path, single_process_distributed):
     from transformers import Trainer, TrainingArguments
 

@@ -13,9 +13,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "logging.jsonl"
-# image name -> logged key, as ms-swift's plots (train loss, eval loss, learning rate, throughput)
-PLOTS = {"train_loss": "loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate",
-         "tokens_per_second": "tokens_per_second"}
+# image name -> (logged key, add a smoothed curve): noisy per-step series get one, sparse or exact ones don't
+PLOTS = {"train_loss": ("loss", True), "eval_loss": ("eval_loss", False),
+         "learning_rate": ("learning_rate", False), "tokens_per_second": ("tokens_per_second", True)}
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -52,7 +52,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def plot_series(steps: list[int], values: list[float], title: str, path: Path) -> None:
+def plot_series(steps: list[int], values: list[float], title: str, path: Path, smoothed: bool = False) -> None:
     """Write one value-against-step line plot as a PNG (Agg canvas: no display, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -60,9 +60,10 @@ def plot_series(steps: list[int], values: list[float], title: str, path: Path) -
     figure = Figure(figsize=(8, 5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    few = len(values) < 20
-    axes.plot(steps, values, color="#1f77b4", alpha=0.4 if len(values) > 1 else 1.0, marker="." if few else None)
-    if len(values) > 1:
+    smoothed = smoothed and len(values) > 1
+    marker = "." if len(values) < 20 else None
+    axes.plot(steps, values, color="#1f77b4", alpha=0.4 if smoothed else 1.0, marker=marker)
+    if smoothed:
         axes.plot(steps, smooth(values), color="#1f77b4")
     axes.set(title=title, xlabel="step")
     axes.grid(alpha=0.3)
@@ -87,10 +88,10 @@ class PlotCallback(TrainerCallback):
             return
         images = self.run_dir / "images"
         images.mkdir(exist_ok=True)
-        for name, key in PLOTS.items():
+        for name, (key, smoothed) in PLOTS.items():
             steps, values = read_log_series(log_file, key)
             if values:
-                plot_series(steps, values, name, images / f"{name}.png")
+                plot_series(steps, values, name, images / f"{name}.png", smoothed)
 
 
 class CheckpointExtrasCallback(TrainerCallback):

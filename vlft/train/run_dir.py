@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vlft.cli.parsing import public_args
+from vlft.arguments import public_args
 from vlft.errors import VlftError
 
 _VERSION_DIR = re.compile(r"^v(\d+)-")

@@ -4,6 +4,7 @@ trains, build the batches, train with transformers' Trainer, save."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from vlft.arguments import SftArguments
-from vlft.cli.parsing import public_args
+from vlft.arguments import public_args
 from vlft.data.collator import PaddedCollator, PaddingFreeCollator, VisionTokens
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
@@ -19,6 +20,7 @@ from vlft.data.pipeline import build_encoder, encode_dataset, load_processor
 from vlft.errors import VlftError
 from vlft.train.callbacks import CheckpointExtrasCallback, JsonlLogCallback, PlotCallback
 from vlft.train.deepspeed import resolve_deepspeed_config
+from vlft.train.launch import is_distributed_worker
 from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
 from vlft.train.run_dir import check_writable, new_run_dir, write_args_json
 from vlft.train.trainer import SftTrainer
@@ -72,10 +74,11 @@ def run_sft(args: SftArguments) -> Path:
 
     # 5. Train.
     part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
+    processor = load_processor(model_dir)
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=collator, processing_class=load_processor(model_dir),
+                         data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir),
-                                    CheckpointExtrasCallback(None, public_args(args))],
+                                    CheckpointExtrasCallback(processor, public_args(args))],
                          family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
@@ -105,7 +108,8 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
         eval_strategy="steps" if has_eval else "no", eval_steps=args.eval_steps,
         metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False if has_eval else None,
         seed=args.seed, data_seed=args.seed, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        use_cpu=not cuda, ddp_backend=None if cuda else "gloo", deepspeed=ds_config,
+        use_cpu=not cuda, ddp_backend="gloo" if not cuda and is_distributed_worker(os.environ) else None,
+        deepspeed=ds_config,
         dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
         remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
     )
