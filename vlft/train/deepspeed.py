@@ -33,3 +33,14 @@ def resolve_deepspeed_config(name_or_path: str | None) -> dict | None:
         raise VlftError(f"--deepspeed {name_or_path}: no such file, and not a built-in config "
                         f"({', '.join(BUILTIN_CONFIGS)})")
     return _read_json(path.read_text(encoding="utf-8"), name_or_path)
+
+
+def init_deepspeed_comm(cuda: bool) -> None:
+    """Make DeepSpeed's own comm layer use the process group torch already has.
+
+    On CPU, accelerate starts a plain gloo group and leaves deepspeed.comm uninitialised, so
+    `zero.Init` (ZeRO-3 model construction) would see a world size of 1 on every rank.
+    """
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)

@@ -19,7 +19,7 @@ from vlft.data.packing import pack_samples
 from vlft.data.pipeline import build_encoder, encode_dataset, load_processor
 from vlft.errors import VlftError
 from vlft.train.callbacks import CheckpointExtrasCallback, JsonlLogCallback, PlotCallback
-from vlft.train.deepspeed import resolve_deepspeed_config
+from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.launch import is_distributed_worker
 from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
 from vlft.train.run_dir import check_writable, new_run_dir, write_args_json
@@ -41,7 +41,10 @@ def run_sft(args: SftArguments) -> Path:
     run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
     training_args = trainer_arguments(args, run_dir, ds_config, dtype, cuda, has_eval=bool(
         args.val_dataset or args.split_dataset_ratio))
-    if training_args.process_index == 0:
+    if ds_config is not None:
+        init_deepspeed_comm(cuda)
+    main_process = training_args.process_index == 0
+    if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_args_json(run_dir / "args.json", args)
 
@@ -54,12 +57,14 @@ def run_sft(args: SftArguments) -> Path:
         train, val = split_samples(train, args.split_dataset_ratio, args.seed)
 
     # 3. The model, and what of it trains.
-    logger.warning(attention_note)
+    if main_process:
+        logger.warning(attention_note)
     model = load_model(model_dir, dtype, attn_implementation)
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
     trainable, total = count_parameters(model)
-    logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    if main_process:
+        logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     # 4. Batches: packed rows, padding-free rows, or padded batches.
     tokenizer = encoder.tokenizer

@@ -1,5 +1,5 @@
 """transformers' Trainer with what vlft adds through its public methods: per-part learning rates,
-real-token throughput and memory in the logs, and a vision pass on text-only batches under ZeRO-3."""
+real-token throughput and memory in the logs, and balanced vision-tower calls under ZeRO-3."""
 
 from __future__ import annotations
 
@@ -11,16 +11,7 @@ from transformers import Trainer
 
 from vlft.families.base import Family
 from vlft.train.modules import Part, module_part
-
-
-def _tensors(output) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _tensors(item)]
-    if hasattr(output, "values"):
-        return [t for item in output.values() for t in _tensors(item)]
-    return []
+from vlft.train.zero3 import BalancedVisionCalls
 
 
 class SftTrainer(Trainer):
@@ -30,7 +21,7 @@ class SftTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.family = family
         self.part_lrs = part_lrs
-        self.zero3 = zero3
+        self.vision_calls = BalancedVisionCalls(self.model) if zero3 else None
         self._tokens = 0
         self._tokens_since = time.perf_counter()
 
@@ -58,23 +49,10 @@ class SftTrainer(Trainer):
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        if self.zero3 and model.training and "pixel_values" not in inputs and "pixel_values_videos" not in inputs:
-            # Under ZeRO-3 every rank must gather the vision tower's shards in step; a text-only batch on
-            # one rank would otherwise hang the others. The dummy pass adds exactly zero to the loss.
-            dummy = self._dummy_vision_loss(model)
-            result = (result[0] + dummy, result[1]) if return_outputs else result + dummy
-        return result
-
-    def _dummy_vision_loss(self, model) -> torch.Tensor:
-        visual = next(m for name, m in model.named_modules() if name.split(".")[-1] == "visual")
-        config = visual.config
-        patch_dim = config.in_channels * config.temporal_patch_size * config.patch_size ** 2
-        merge = config.spatial_merge_size
-        pixels = torch.zeros(merge * merge, patch_dim, dtype=visual.dtype, device=visual.device)
-        grid = torch.tensor([[1, merge, merge]], device=visual.device)
-        return sum(t.float().sum() for t in _tensors(visual(pixels, grid_thw=grid))) * 0.0
+        if self.vision_calls is not None:
+            self.vision_calls.expect(inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Adds tokens_per_second (real tokens, all ranks) and peak memory to the training logs."""

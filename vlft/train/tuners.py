@@ -29,5 +29,7 @@ def prepare_trainable(model, family: Family, args):
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions parameters: ds_numel is the full size
+
+    return sum(numel(p) for p in model.parameters() if p.requires_grad), sum(numel(p) for p in model.parameters())

@@ -1,0 +1,81 @@
+"""ViT / aligner / LLM membership of every parameter, freezing and LoRA targets, per family."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES
+from tests.train.test_packing_parity import lora_args
+from vlft.families import get_family
+from vlft.train.model import load_model
+from vlft.train.modules import lora_target_modules, module_part, trainable_parts
+from vlft.train.tuners import prepare_trainable
+
+LLM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    return {f: load_model(tiny_model_dir(f), torch.float32, "sdpa") for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_every_parameter_has_one_part(family_name, models):
+    family, model = get_family(family_name), models[family_name]
+    parts = {name: module_part(name, family) for name, _ in model.named_parameters()}
+    assert None not in parts.values(), [n for n, p in parts.items() if p is None]
+    aligner = {n for n, p in parts.items() if p == "aligner"}
+    assert aligner and all(".visual.merger." in n or ".visual.deepstack_merger_list." in n for n in aligner)
+    if family_name.startswith("qwen3_vl"):
+        assert any("deepstack_merger_list" in n for n in aligner)
+    vit = {n for n, p in parts.items() if p == "vit"}
+    assert any(".visual.blocks." in n for n in vit) and any("patch_embed" in n for n in vit)
+    llm = {n for n, p in parts.items() if p == "llm"}
+    assert all(n.startswith(("model.language_model.", "lm_head.")) for n in llm)
+    assert any("embed_tokens" in n for n in llm)
+
+
+def _targets(model, family, parts, targets=("all-linear",)):
+    regex = re.compile(lora_target_modules(model, family, targets, parts))
+    return [name for name, _ in model.named_modules() if regex.fullmatch(name)]
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_all_linear_is_the_unfrozen_parts_linears(family_name, models):
+    family, model = get_family(family_name), models[family_name]
+    default = _targets(model, family, trainable_parts(True, True, False))
+    assert default and all(n.startswith("model.language_model.") for n in default)
+    assert "lm_head" not in default
+    leaves = {n.split(".")[-1] for n in default}
+    if family_name == "qwen3_vl_moe":
+        # experts are fused 3D parameters, not nn.Linear; the router (mlp.gate) is never a LoRA target
+        assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    else:
+        assert leaves == LLM_LINEARS
+    layers = model.config.text_config.num_hidden_layers
+    assert len(default) == layers * len(leaves)
+    with_vit = _targets(model, family, trainable_parts(False, True, False))
+    vit_only = set(with_vit) - set(default)
+    assert vit_only and all(module_part(n, family) == "vit" for n in vit_only)
+    with_aligner = set(_targets(model, family, trainable_parts(True, False, True)))
+    assert with_aligner and all(module_part(n, family) == "aligner" for n in with_aligner)
+
+
+def test_named_targets_stay_inside_unfrozen_parts(models):
+    family, model = get_family("qwen2_5_vl"), models["qwen2_5_vl"]
+    # Qwen2.5-VL's ViT MLP also has gate_proj/up_proj/down_proj: a frozen ViT keeps them out.
+    names = _targets(model, family, trainable_parts(True, True, False), targets=("gate_proj", "q_proj"))
+    assert names and all(n.startswith("model.language_model.") for n in names)
+    assert {n.split(".")[-1] for n in names} == {"gate_proj", "q_proj"}
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_vl"])
+def test_lora_model_trains_only_adapters(family_name, tiny_model_dir):
+    model = prepare_trainable(load_model(tiny_model_dir(family_name), torch.float32, "sdpa"),
+                              get_family(family_name), lora_args())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(".visual." in n for n in trainable)
