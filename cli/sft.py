@@ -28,9 +28,15 @@ def run(argv: list[str]) -> int:
         resolve_deepspeed_config(args.deepspeed)
         resolve_attention(args.attn_impl, args.padding_free, cuda=_cuda())
         check_writable(Path(args.output_dir))
-        # The parent picks the run dir once, so every rank writes to the same one.
+        # The parent resolves the model (a download or a tiny build happens once, not once per rank) and
+        # picks the run dir, so every rank reads the same model and writes to the same run.
+        from vlft.model.hub import resolve_model_dir
+        from vlft.paths import cache_root
+
+        model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
+                                      hub_token=args.hub_token, revision=args.model_revision)
         run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
-        worker_argv = argv + ["--output_dir", str(run_dir), "--add_version", "false"]
+        worker_argv = argv + ["--model", str(model_dir), "--output_dir", str(run_dir), "--add_version", "false"]
         return subprocess.call(torchrun_command(plan, worker_argv))
     from vlft.train.sft import run_sft
 

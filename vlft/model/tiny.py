@@ -122,20 +122,23 @@ def tiny_cache_dir(cache_root: Path) -> Path:
 
 
 def ensure_tiny_model(family: str, cache_root: Path) -> Path:
-    """The cached tiny model dir of `family`, built on first use (atomically, safe across processes)."""
+    """The cached tiny model dir of `family`, built on first use (one process builds, others wait)."""
+    from filelock import FileLock
+
     target = tiny_cache_dir(cache_root) / family
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=target.parent))
-    try:
-        build_tiny_model(family, staging)
+    with FileLock(str(target.parent / f".{family}.lock")):
+        if (target / "config.json").is_file():  # built by another process while we waited
+            return target
+        if target.exists():  # a build that was interrupted before its rename cannot be: staging is separate
+            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=target.parent))
         try:
+            build_tiny_model(family, staging)
             os.rename(staging, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return target

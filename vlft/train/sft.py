@@ -59,6 +59,9 @@ def run_sft(args: SftArguments) -> Path:
     # 3. The model, and what of it trains.
     if main_process:
         logger.warning(attention_note)
+    from transformers import set_seed
+
+    set_seed(args.seed)  # LoRA's initial weights come from the global RNG
     model = load_model(model_dir, dtype, attn_implementation)
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)

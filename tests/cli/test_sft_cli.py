@@ -1,0 +1,198 @@
+"""`vlft sft` end to end on CPU through the real console script: the ms-swift Qwen3-VL guide's dense
+command (swift -> vlft, a built-in tiny model and local data), two processes with ZeRO-2 and ZeRO-3,
+a task a tiny model can learn, kill-and-resume, and bad arguments failing before any model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO
+from vlft.cli.main import main
+
+EXAMPLES = REPO / "examples" / "data"
+VLFT = str(Path(sys.executable).with_name("vlft"))
+
+
+def seed_command(output_dir: Path, deepspeed: str) -> list[str]:
+    """Seed 001's dense `swift sft` command with swift -> vlft, the tiny model and the example data."""
+    return [VLFT, "sft",
+            "--model", "vlft/tiny-qwen3-vl",
+            "--dataset", f"{EXAMPLES / 'train.jsonl'}#20", f"{EXAMPLES / 'val.jsonl'}#10",
+            "--load_from_cache_file", "true", "--split_dataset_ratio", "0.01", "--train_type", "lora",
+            "--torch_dtype", "bfloat16", "--num_train_epochs", "1", "--per_device_train_batch_size", "1",
+            "--per_device_eval_batch_size", "1", "--attn_impl", "flash_attn", "--padding_free", "true",
+            "--learning_rate", "1e-4", "--lora_rank", "8", "--lora_alpha", "32", "--target_modules", "all-linear",
+            "--freeze_vit", "true", "--freeze_aligner", "true", "--packing", "true",
+            "--gradient_checkpointing", "true", "--vit_gradient_checkpointing", "false",
+            "--gradient_accumulation_steps", "2", "--eval_steps", "100", "--save_steps", "100",
+            "--save_total_limit", "2", "--logging_steps", "5", "--max_length", "4096",
+            "--output_dir", str(output_dir), "--warmup_ratio", "0.05", "--deepspeed", deepspeed,
+            "--dataset_num_proc", "4", "--dataloader_num_workers", "4"]
+
+
+def seed_env(port: int) -> dict:
+    return {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "IMAGE_MAX_TOKEN_NUM": "1024",
+            "VIDEO_MAX_TOKEN_NUM": "128", "FPS_MAX_FRAMES": "16", "NPROC_PER_NODE": "2",
+            "CUDA_VISIBLE_DEVICES": "0,1", "MASTER_PORT": str(port)}
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    runs = [p for p in output_dir.iterdir() if p.name.startswith("v")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in open(run_dir / "logging.jsonl")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deepspeed, port", [("zero2", 29611), ("zero3", 29612)])
+def test_seed_command_two_processes(deepspeed, port, tmp_path, vlft_cache):
+    result = subprocess.run(seed_command(tmp_path / "output", deepspeed), env=seed_env(port), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "output")
+    assert run_dir.name.startswith("v0-")
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["deepspeed"] == deepspeed and args["image_max_token_num"] == 1024 and "hub_token" not in args
+    log = read_log(run_dir)
+    assert any("eval_loss" in entry for entry in log)
+    checkpoints = sorted(run_dir.glob("checkpoint-*"))
+    assert checkpoints
+    last = checkpoints[-1]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "args.json", "chat_template.jinja",
+                 "tokenizer.json"):
+        assert (last / name).is_file(), name
+    assert (run_dir / "images" / "eval_loss.png").is_file()
+
+
+def _train_args(output_dir: Path, *extra: str) -> list[str]:
+    return ["sft", "--model", "vlft/tiny-qwen2.5-vl", "--dataset", f"{EXAMPLES / 'train.jsonl'}#24",
+            "--max_steps", "6", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
+            "--packing", "true", "--max_length", "1024", "--image_max_token_num", "64", "--report_to", "none",
+            "--output_dir", str(output_dir), *extra]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_log(run_dir) if "loss" in e}
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reproduces_the_losses(tmp_path, vlft_cache):
+    assert main(_train_args(tmp_path / "whole")) == 0
+    whole = _losses(only_run_dir(tmp_path / "whole"))
+    assert sorted(whole) == [1, 2, 3, 4, 5, 6]
+
+    process = subprocess.Popen([VLFT, *_train_args(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "killed").glob("v*/checkpoint-2/trainer_state.json")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = only_run_dir(tmp_path / "killed")
+    checkpoint = run_dir / "checkpoint-2"
+    assert (checkpoint / "trainer_state.json").is_file()
+    for later in run_dir.glob("checkpoint-*"):  # keep the state as of the checkpoint we resume from
+        if later != checkpoint:
+            import shutil
+            shutil.rmtree(later)
+
+    assert main(_train_args(run_dir, "--add_version", "false", "--resume_from_checkpoint", str(checkpoint))) == 0
+    resumed = _losses(run_dir)
+    for step in (3, 4, 5, 6):
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-5), step
+    state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def colour_rows(directory: Path, n: int, seed: int) -> list[dict]:
+    """Solid images of four colours, shade and size jittered, asking for the colour."""
+    rng = random.Random(seed)
+    (directory / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = rng.choice(list(COLOURS))
+        colour = tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in COLOURS[name])
+        Image.new("RGB", (rng.randint(32, 96), rng.randint(32, 96)), colour).save(directory / "img" / f"{i}.png")
+        rows.append({"messages": [{"role": "user", "content": "<image>What colour is this image?"},
+                                  {"role": "assistant", "content": name}],
+                     "images": [str(directory / "img" / f"{i}.png")]})
+    return rows
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_colours_and_answers_held_out_images(tmp_path, vlft_cache):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlft.arguments import SftArguments
+    from vlft.data.formats import to_sample
+    from vlft.data.pipeline import build_encoder
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in colour_rows(tmp_path / "train", 200, 0)) + "\n")
+    argv = ["--model", "vlft/tiny-qwen3-vl", "--image_max_token_num", "16", "--image_min_token_num", "4"]
+    assert main(["sft", *argv, "--dataset", str(train), "--train_type", "lora", "--num_train_epochs", "6",
+                 "--learning_rate", "5e-3", "--lora_rank", "16", "--lora_alpha", "32", "--packing", "true",
+                 "--max_length", "512", "--logging_steps", "10", "--save_steps", "1000", "--report_to", "none",
+                 "--gradient_checkpointing", "false", "--output_dir", str(tmp_path / "out")]) == 0
+    checkpoint = sorted(only_run_dir(tmp_path / "out").glob("checkpoint-*"))[-1]
+
+    from vlft.cli.parsing import parse_args
+
+    encoder, model_dir, _ = build_encoder(parse_args(SftArguments, [*argv, "--dataset", "unused"], "t"))
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir), checkpoint).eval()
+    held_out = colour_rows(tmp_path / "test", 40, 1)
+    correct = 0
+    for row in held_out:
+        sample = to_sample(row)
+        answer = sample.messages.pop()
+        encoded = encoder.encode(sample, add_generation_prompt=True)
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, mm_token_type_ids=(ids == encoder.image_pad_id).long(),
+                                 pixel_values=encoded.pixel_values, image_grid_thw=encoded.image_grid_thw,
+                                 max_new_tokens=4, do_sample=False)
+        correct += encoder.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == answer.content
+    assert correct / len(held_out) >= 0.9, f"{correct}/{len(held_out)}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lora_rnak", "8"], "unknown argument --lora_rnak; did you mean --lora_rank?"),
+    (["--deepspeed", "zero9"], "zero9"),
+    (["--packing", "true"], "--packing true needs --max_length"),
+    (["--attn_impl", "flex_attention", "--packing", "true", "--max_length", "64"], "flex_attention"),
+    (["--output_dir", "__FILE__/out"], "is not a directory"),
+    (["--train_type", "full", "--freeze_llm", "true"], "nothing to train"),
+])
+def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", no_loading)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    argv = [a.replace("__FILE__", str(a_file)) for a in argv]
+    code = main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
+                 "--output_dir", str(tmp_path / "out"), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
