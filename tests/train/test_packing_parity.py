@@ -36,7 +36,7 @@ def lora_args(freeze_vit=True):
 
 def token_losses(logits, labels):
     """Summed next-token loss and the count of trained targets of one sample's logits/labels."""
-    targets = labels[1:]
+    targets = labels[1:].to(logits.device)
     loss = F.cross_entropy(logits[:-1].float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, int((targets != IGNORE_INDEX).sum())
 
