@@ -92,6 +92,8 @@ def hf_encode(processor, family, messages, add_generation_prompt):
         out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
                                             add_generation_prompt=add_generation_prompt)
         return out
+    # qwen-vl-utils picks its reader at import; without decord it falls back to torchvision's removed one
+    pytest.importorskip("decord", reason="the qwen-vl-utils reference reads videos with decord")
     images = [Image.open(p["image"]).convert("RGB") for m in messages if not isinstance(m["content"], str)
               for p in m["content"] if p["type"] == "image"]
     text_ = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
