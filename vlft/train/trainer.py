@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer
 
 from vlft.families.base import Family
+from vlft.train.flops import device_peak_flops, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.zero3 import BalancedVisionCalls
 
@@ -23,7 +24,9 @@ class SftTrainer(Trainer):
         self.part_lrs = part_lrs
         self.vision_calls = BalancedVisionCalls(self.model) if zero3 else None
         self._tokens = 0
+        self._vision_tokens = 0
         self._tokens_since = time.perf_counter()
+        self._peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
     def create_optimizer(self, model=None):
         """AdamW with one group per (learning rate, weight decay) pair; --vit_lr / --aligner_lr apply."""
@@ -49,18 +52,23 @@ class SftTrainer(Trainer):
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            if self._peak is not None and "mm_token_type_ids" in inputs:
+                self._vision_tokens += int((inputs["mm_token_type_ids"] > 0).sum())
         if self.vision_calls is not None:
             self.vision_calls.expect(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        """Adds tokens_per_second (real tokens, all ranks) and peak memory to the training logs."""
+        """Adds tokens_per_second (real tokens, all ranks), MFU on known GPUs and peak memory to the logs."""
         if "loss" in logs:
             now = time.perf_counter()
-            logs["tokens_per_second"] = round(self._tokens * self.args.world_size / max(now - self._tokens_since,
-                                                                                        1e-9), 1)
-            self._tokens, self._tokens_since = 0, now
+            elapsed = max(now - self._tokens_since, 1e-9)
+            logs["tokens_per_second"] = round(self._tokens * self.args.world_size / elapsed, 1)
+            if self._peak is not None:  # per GPU, from this rank's tokens
+                config = self.accelerator.unwrap_model(self.model).config
+                logs["mfu"] = round(training_flops(config, self._tokens, self._vision_tokens) / elapsed / self._peak, 4)
+            self._tokens, self._vision_tokens, self._tokens_since = 0, 0, now
             if torch.cuda.is_available():
                 logs["memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             else:

@@ -1,0 +1,43 @@
+"""Rough training FLOPs for MFU: 6 x LLM parameters per token (forward + backward) plus the ViT's forward
+(2 x its parameters per patch, 4 patches per merged vision token). Attention's quadratic term is left
+out, so the figure slightly understates the work done at long sequence lengths."""
+
+from __future__ import annotations
+
+# Dense bf16 peaks (datasheets), by a substring of torch.cuda.get_device_name().
+BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def llm_parameters(text_config) -> int:
+    """Parameters of the decoder's projections and the output head (active ones for MoE)."""
+    t = text_config
+    heads, kv = t.num_attention_heads, t.num_key_value_heads
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // heads
+    attention = t.hidden_size * head_dim * (2 * heads + 2 * kv)
+    experts = getattr(t, "num_experts_per_tok", None)
+    if experts:
+        mlp = 3 * t.hidden_size * t.moe_intermediate_size * experts
+    else:
+        mlp = 3 * t.hidden_size * t.intermediate_size
+    return t.num_hidden_layers * (attention + mlp) + t.vocab_size * t.hidden_size
+
+
+def vit_parameters(vision_config) -> int:
+    """Parameters of the vision blocks (attention + MLP)."""
+    v = vision_config
+    hidden = getattr(v, "embed_dim", None) or v.hidden_size
+    intermediate = getattr(v, "intermediate_size", None) or hidden * getattr(v, "mlp_ratio", 4)
+    mlp_matrices = 3 if v.model_type.startswith("qwen2_5") else 2  # Qwen2.5-VL's ViT MLP is gated (SwiGLU)
+    return v.depth * (4 * hidden * hidden + mlp_matrices * hidden * intermediate)
+
+
+def training_flops(config, tokens: int, vision_tokens: int) -> float:
+    """FLOPs of one training pass over `tokens` tokens of which `vision_tokens` are image/video tokens."""
+    merge = config.vision_config.spatial_merge_size ** 2
+    return 6 * llm_parameters(config.text_config) * tokens + 2 * vit_parameters(config.vision_config) * merge * \
+        vision_tokens
+
+
+def device_peak_flops(device_name: str) -> float | None:
+    """bf16 dense peak of a known GPU, else None (no MFU is logged)."""
+    return next((peak for key, peak in BF16_PEAK_FLOPS.items() if key in device_name), None)
