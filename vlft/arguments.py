@@ -210,3 +210,32 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             _positive(name, getattr(self, name))
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
             raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+
+
+@dataclass
+class InferArguments(ModelArguments, TemplateArguments):
+    """`vlft infer`: answer a dataset or chat interactively, with or without LoRA adapters."""
+
+    adapters: list[str] = field(default_factory=list, metadata={"help": "LoRA checkpoint dir(s); the base "
+                                                                       "model comes from their args.json"})
+    stream: bool = field(default=False, metadata={"help": "print tokens as they come"})
+    max_new_tokens: int = field(default=512, metadata={"help": "tokens generated per answer"})
+    temperature: float = field(default=0.0, metadata={"help": "0 is greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    top_k: int = field(default=50, metadata={"help": "top-k sampling"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "repetition penalty"})
+    seed: int = field(default=42, metadata={"help": "sampling seed"})
+    torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
+        default=None, metadata={"help": "weights dtype (default: bfloat16 on GPU, float32 on CPU)"})
+    val_dataset: list[str] = field(default_factory=list, metadata={"help": "answer these datasets"})
+    load_data_args: bool = field(default=False, metadata={"help": "answer the training run's val split"})
+    result_path: str | None = field(default=None, metadata={"help": "result jsonl (default: in the "
+                                                                    "checkpoint dir)"})
+
+    def __post_init__(self):
+        TemplateArguments.__post_init__(self)
+        if not self.model and not self.adapters:
+            raise VlftError("--model or --adapters is required")
+        if self.load_data_args and not self.adapters:
+            raise VlftError("--load_data_args true reads a training run's val split: it needs --adapters")
+        _positive("max_new_tokens", self.max_new_tokens)

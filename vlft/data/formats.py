@@ -21,8 +21,11 @@ def rename_columns(row: dict, columns: dict[str, str] | None) -> dict:
 
 
 def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
-              base_dir: Path | None = None) -> Sample:
-    """Normalise one row; raise DataError naming the field at fault (the caller adds file and line)."""
+              base_dir: Path | None = None, require_answer: bool = True) -> Sample:
+    """Normalise one row; raise DataError naming the field at fault (the caller adds file and line).
+
+    `require_answer=False` (inference) accepts conversations that end before the assistant's turn.
+    """
     if not isinstance(row, dict):
         raise DataError(f"expected a JSON object, got {type(row).__name__}")
     images = _media_list(row, "images", "image")
@@ -40,12 +43,10 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
                         f"query/response (columns: {', '.join(map(str, row))}); map others with --columns")
     if isinstance(row.get("system"), str) and not (messages and messages[0].role == "system"):
         messages.insert(0, Message("system", row["system"]))
-    if "messages" in row:
-        _check_turns(messages, "messages", "role")
-    elif "conversations" in row:
-        _check_turns(messages, "conversations", "from")
+    if "conversations" in row:
+        _check_turns(messages, "conversations", "from", require_answer)
     else:
-        _check_turns(messages, "messages", "role")
+        _check_turns(messages, "messages", "role", require_answer)
     objects = row.get("objects")
     if objects is not None and not isinstance(objects, dict):
         raise DataError(f"expected an object with ref and bbox lists, got {type(objects).__name__}", field="objects")
@@ -164,9 +165,9 @@ def _from_query_response(row: dict) -> list[Message]:
     return out + [Message("user", row["query"]), Message("assistant", row["response"])]
 
 
-def _check_turns(messages: list[Message], field: str, role_key: str) -> None:
+def _check_turns(messages: list[Message], field: str, role_key: str, require_answer: bool) -> None:
     for i, message in enumerate(messages):
         if message.role == "system" and i != 0:
             raise DataError("a system message may only come first", field=f"{field}[{i}].{role_key}")
-    if not any(m.role == "assistant" for m in messages):
+    if require_answer and not any(m.role == "assistant" for m in messages):
         raise DataError("no assistant turn to train on", field=field)

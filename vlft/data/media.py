@@ -134,3 +134,17 @@ def local_video_path(ref: str, base_dir: Path | None, cache_dir: Path | None = N
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
+
+
+def with_absolute_media(row: dict, base_dir: Path | None) -> dict:
+    """A row whose relative image/video paths are made absolute (so it can be written elsewhere)."""
+    out = dict(row)
+    for key in ("images", "image", "videos", "video"):
+        value = out.get(key)
+        refs = [value] if isinstance(value, str) else value
+        if not isinstance(refs, list):
+            continue
+        fixed = [str(resolve_media_path(r, base_dir)) if isinstance(r, str) and not (
+            r.startswith("data:") or _is_url(r)) else r for r in refs]
+        out[key] = fixed[0] if isinstance(value, str) else fixed
+    return out

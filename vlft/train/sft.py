@@ -3,6 +3,7 @@ trains, build the batches, train with transformers' Trainer, save."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -55,6 +56,8 @@ def run_sft(args: SftArguments) -> Path:
         val = encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset else []
     if args.split_dataset_ratio and not val:
         train, val = split_samples(train, args.split_dataset_ratio, args.seed)
+    if main_process and val:
+        write_val_rows(run_dir / "val_dataset.jsonl", val, args)  # for `vlft infer --load_data_args true`
 
     # 3. The model, and what of it trains.
     if main_process:
@@ -138,6 +141,25 @@ def encoded_samples(args: SftArguments, encoder, model_dir: Path, specs: list[st
     if not samples:
         raise VlftError(f"no usable samples in {' '.join(specs)}")
     return samples
+
+
+def write_val_rows(path: Path, val: list[EncodedSample], args: SftArguments) -> None:
+    """The validation split's original rows (media paths made absolute), one JSON object per line."""
+    from vlft.data.media import with_absolute_media
+    from vlft.data.pipeline import read_rows
+    from vlft.paths import cache_root
+
+    rows = {(r.source, r.line): r for r in read_rows(args, args.dataset + args.val_dataset,
+                                                     cache_root(args.cache_dir))}
+    with open(path, "w", encoding="utf-8") as f:
+        for sample in val:
+            raw = rows.get((sample.source, sample.line))
+            if raw is None or raw.row is None:
+                continue
+            try:
+                f.write(json.dumps(with_absolute_media(raw.row, raw.base_dir), ensure_ascii=False) + "\n")
+            except TypeError:  # in-memory media (hub rows with PIL images) cannot be written as JSON
+                logger.warning(f"{sample.source}:{sample.line}: not written to {path.name} (media not JSON)")
 
 
 def split_samples(samples: list, ratio: float, seed: int) -> tuple[list, list]:

@@ -1,0 +1,163 @@
+"""`vlft infer`: answer a dataset ([QUERY] / [LABELS] / [RESPONSE] and a result jsonl) or chat
+interactively (`<<<` prompt, `<image>`/`<video>` ask for a path or URL, `clear`, `exit`, Ctrl-D)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from vlft.arguments import InferArguments
+from vlft.cli.parsing import build_parser, parse_args
+from vlft.errors import DataError
+
+SEPARATOR = "-" * 50
+
+
+def run(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        build_parser(InferArguments, "vlft infer").print_help()
+        return 0
+    args = parse_args(InferArguments, argv, "vlft infer")
+    from vlft.infer.engine import InferEngine
+    from vlft.infer.protocol import RequestConfig
+
+    engine = InferEngine(args=args)
+    config = RequestConfig(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                           stream=args.stream)
+    if args.val_dataset or args.load_data_args:
+        return answer_dataset(engine, args, config)
+    return chat(engine, config, sys.stdin)
+
+
+def _answer(engine, request, config) -> str:
+    if not config.stream:
+        text = engine.infer([request], config)[0].choices[0].message.content
+        print(text, flush=True)
+        return text
+    pieces = []
+    for chunk in engine.infer([request], config)[0]:
+        piece = chunk.choices[0].delta.content
+        if piece:
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    print(flush=True)
+    return "".join(pieces)
+
+
+def val_rows(args: InferArguments) -> list:
+    """Rows to answer: --val_dataset, or the training run's val split (--load_data_args)."""
+    from vlft.data.loader import load_dataset_rows
+    from vlft.paths import cache_root
+
+    specs = list(args.val_dataset)
+    if args.load_data_args:
+        run_val = _run_dir(Path(args.adapters[0])) / "val_dataset.jsonl"
+        if not run_val.is_file():
+            from vlft.errors import VlftError
+
+            raise VlftError(f"--load_data_args: {run_val} not found (the run had no validation split)")
+        specs.append(str(run_val))
+    rows = []
+    for spec in specs:
+        rows += load_dataset_rows(spec, seed=args.seed, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir))
+    return rows
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    return checkpoint.parent if checkpoint.name.startswith("checkpoint-") else checkpoint
+
+
+def answer_dataset(engine, args: InferArguments, config) -> int:
+    from vlft.data.formats import to_sample
+    from vlft.infer.protocol import InferRequest
+
+    result_path = Path(args.result_path) if args.result_path else (
+        Path(args.adapters[-1]) / "infer_result.jsonl" if args.adapters else Path("infer_result.jsonl"))
+    failures = 0
+    with open(result_path, "w", encoding="utf-8") as out:
+        for raw in val_rows(args):
+            try:
+                if raw.error:
+                    raise raw.error
+                sample = to_sample(raw.row, source=raw.source, line=raw.line, base_dir=raw.base_dir)
+                labels = sample.messages.pop().content if sample.messages[-1].role == "assistant" else None
+                request = InferRequest(messages=[{"role": m.role, "content": m.content} for m in sample.messages],
+                                       images=[_absolute(i, raw.base_dir) for i in sample.images],
+                                       videos=[_absolute(v, raw.base_dir) for v in sample.videos],
+                                       objects=sample.objects)
+                print(SEPARATOR)
+                print(f"[QUERY] {sample.messages[-1].content}")
+                print(f"[LABELS] {labels}")
+                print("[RESPONSE] ", end="", flush=True)
+                response = _answer(engine, request, config)
+            except DataError as e:
+                failures += 1
+                print(f"error: {e.at(raw.source, raw.line)}", file=sys.stderr)
+                continue
+            out.write(json.dumps({"source": raw.source, "line": raw.line, "messages": request.messages,
+                                  "images": request.images, "videos": request.videos, "labels": labels,
+                                  "response": response}, ensure_ascii=False, default=str) + "\n")
+    print(SEPARATOR)
+    print(f"results: {result_path}")
+    return 1 if failures else 0
+
+
+def _absolute(ref, base_dir):
+    from vlft.data.media import resolve_media_path
+
+    if isinstance(ref, str) and not ref.startswith(("http://", "https://", "data:")) and base_dir is not None:
+        return str(resolve_media_path(ref, base_dir))
+    return ref
+
+
+def chat(engine, config, stream) -> int:
+    """The interactive loop; history is kept until `clear`."""
+    from vlft.infer.protocol import InferRequest
+
+    messages, images, videos = [], [], []
+    while True:
+        query = _read(stream, "<<< ")
+        if query is None or query.strip() in ("exit", "quit"):
+            print()
+            return 0
+        if query.strip() == "clear":
+            messages, images, videos = [], [], []
+            print("history cleared")
+            continue
+        new_images = [_read_media(stream, "image") for _ in range(query.count("<image>"))]
+        new_videos = [_read_media(stream, "video") for _ in range(query.count("<video>"))]
+        if None in new_images or None in new_videos:
+            print()
+            return 0
+        request = InferRequest(messages + [{"role": "user", "content": query}], images + new_images,
+                               videos + new_videos)
+        try:
+            answer = _answer(engine, request, config)
+        except DataError as e:
+            print(f"error: {e}")
+            continue
+        messages = request.messages + [{"role": "assistant", "content": answer}]
+        images, videos = request.images, request.videos
+        print(SEPARATOR)
+
+
+def _read(stream, prompt: str) -> str | None:
+    print(prompt, end="", flush=True)
+    line = stream.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def _read_media(stream, kind: str) -> str | None:
+    """Ask until the path exists (or is a URL); None on end of input."""
+    from vlft.data.media import resolve_media_path
+
+    while True:
+        ref = _read(stream, f"Input {'an image' if kind == 'image' else 'a video'} path or URL <<< ")
+        if ref is None:
+            return None
+        ref = ref.strip()
+        if ref.startswith(("http://", "https://", "data:")) or resolve_media_path(ref, Path.cwd()).is_file():
+            return str(resolve_media_path(ref, Path.cwd())) if not ref.startswith(("http", "data:")) else ref
+        print(f"not found: {ref}")

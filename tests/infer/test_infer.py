@@ -1,0 +1,101 @@
+"""`vlft infer` and the Python API on a checkpoint trained here: dataset mode, streaming, the
+interactive loop through stdin, bad input, and sft -> infer -> export -> infer giving the same answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from vlft.cli.main import main
+
+EXAMPLES = REPO / "examples" / "data"
+MEDIA = ["--image_max_token_num", "16", "--image_min_token_num", "4"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, vlft_cache) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
+                 "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2", *MEDIA,
+                 "--report_to", "none", "--output_dir", str(out)]) == 0
+    return sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
+
+
+def test_dataset_mode_answers_the_runs_val_split(checkpoint, capsys):
+    assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "6"]) == 0
+    printed = capsys.readouterr().out
+    val = (checkpoint.parent / "val_dataset.jsonl").read_text().splitlines()
+    assert len(val) == 3  # 30% of the 10 example lines
+    assert printed.count("[QUERY]") == printed.count("[LABELS]") == printed.count("[RESPONSE]") == len(val)
+    results = [json.loads(line) for line in open(checkpoint / "infer_result.jsonl")]
+    assert len(results) == len(val) and all(isinstance(r["response"], str) for r in results)
+
+
+def test_python_api_and_streaming_agree_with_peft_generate(checkpoint):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlft import InferEngine, InferRequest, RequestConfig
+
+    engine = InferEngine(adapters=[str(checkpoint)])
+    request = InferRequest(messages=[{"role": "user", "content": "<image>What colour is this image?"}],
+                           images=[str(EXAMPLES / "images" / "red.png")])
+    resp = engine.infer([request], request_config=RequestConfig(max_tokens=8, temperature=0))[0]
+    answer = resp.choices[0].message.content
+    chunks = engine.infer([request], request_config=RequestConfig(max_tokens=8, temperature=0, stream=True))[0]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c is not None)
+    assert streamed == answer
+
+    # Ground truth by another path: the base model with the adapter unmerged, HF generate.
+    base = AutoModelForImageTextToText.from_pretrained(engine.base_model_dir)
+    model = PeftModel.from_pretrained(base, str(checkpoint)).eval()
+    inputs = engine._inputs(request)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=engine.stop_ids)
+    expected = engine.encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer == expected
+
+
+def test_interactive_loop_through_stdin(checkpoint):
+    script = "\n".join(["<image>What colour is this image?", "missing.png", str(EXAMPLES / "images" / "blue.png"),
+                        "clear", "Hello", ""])
+    result = subprocess.run([str(Path(sys.executable).with_name("vlft")), "infer", "--adapters", str(checkpoint),
+                             "--max_new_tokens", "4", "--stream", "true"], input=script, capture_output=True,
+                            text=True, timeout=300, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "Input an image path or URL <<< " in out
+    assert "not found: missing.png" in out
+    assert "history cleared" in out
+    assert out.count("<<< ") >= 4 and "Traceback" not in result.stderr
+
+
+def test_checkpoint_without_args_json_needs_model(tmp_path, capsys):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert main(["infer", "--adapters", str(tmp_path)]) == 2
+    assert "args.json" in capsys.readouterr().err
+
+
+def test_adapter_from_another_base_is_refused(checkpoint, capsys):
+    assert main(["infer", "--model", "vlft/tiny-qwen2-vl", "--adapters", str(checkpoint)]) == 2
+    assert "trained on a qwen3_vl model" in capsys.readouterr().err
+
+
+def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, capsys):
+    first = tmp_path / "adapter.jsonl"
+    assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "6",
+                 "--result_path", str(first)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(merged)]) == 0
+    second = tmp_path / "merged.jsonl"
+    assert main(["infer", "--model", str(merged), "--val_dataset", str(checkpoint.parent / "val_dataset.jsonl"),
+                 *MEDIA, "--max_new_tokens", "6", "--result_path", str(second)]) == 0
+    answers = [[json.loads(line)["response"] for line in open(p)] for p in (first, second)]
+    assert answers[0] == answers[1] and len(answers[0]) == 3

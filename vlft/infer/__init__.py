@@ -1,0 +1,1 @@
+"""Inference: an engine over a (base + adapters) model, OpenAI-shaped requests and responses."""

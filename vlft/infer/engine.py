@@ -1,0 +1,162 @@
+"""InferEngine: a base model (plus LoRA adapters) answering InferRequests, whole or streamed."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from vlft.arguments import InferArguments, TemplateArguments
+from vlft.data.formats import to_sample
+from vlft.data.pipeline import build_encoder
+from vlft.errors import DataError, VlftError
+from vlft.infer.protocol import (ChatCompletionResponse, ChatCompletionStreamResponse, ChatMessage, Choice,
+                                 DeltaMessage, InferRequest, RequestConfig, StreamChoice, Usage)
+from vlft.train.model import resolve_dtype
+
+TEMPLATE_FIELDS = [f.name for f in dataclasses.fields(TemplateArguments)]
+
+
+def with_training_settings(args: InferArguments) -> InferArguments:
+    """Base model, family and media settings taken from the first adapter's args.json where unset."""
+    if not args.adapters:
+        return args
+    from vlft.export.checkpoint import args_json_path, read_checkpoint_args
+
+    if args.model and args_json_path(Path(args.adapters[0])) is None:
+        return args  # an adapter dir without a run record: --model says the base
+    trained = read_checkpoint_args(Path(args.adapters[0]))
+    defaults = InferArguments(model="unused")
+    updates = {name: trained[name] for name in ["model", "model_type", "template", *TEMPLATE_FIELDS]
+               if name in trained and getattr(args, name) == getattr(defaults, name) and name != "model"}
+    if not args.model:
+        updates["model"] = trained.get("model")
+        if not updates["model"]:
+            raise VlftError(f"{args.adapters[0]}: args.json names no model; pass --model")
+    return dataclasses.replace(args, **updates)
+
+
+class InferEngine:
+    """Loads the model once; `infer` answers a list of requests (ms-swift's PtEngine, vlft names)."""
+
+    def __init__(self, model: str | None = None, adapters: list[str] | None = None, **settings):
+        args = settings.pop("args", None) or InferArguments(model=model, adapters=list(adapters or []), **settings)
+        self.args = with_training_settings(args)
+        self.encoder, model_dir, self.family = build_encoder(self.args)
+        self.base_model_dir = model_dir
+        cuda = torch.cuda.is_available()
+        from transformers import AutoModelForImageTextToText
+
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=resolve_dtype(self.args.torch_dtype, cuda), attn_implementation="sdpa")
+        for adapter in self.args.adapters:
+            self.model = _with_adapter(self.model, Path(adapter))
+        self.model.eval().to("cuda" if cuda else "cpu")
+        self.model_name = self.args.adapters[-1] if self.args.adapters else str(self.args.model)
+        tokenizer = self.encoder.tokenizer
+        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in self.encoder.template.stop_words]
+
+    def infer(self, requests: list[InferRequest], request_config: RequestConfig | None = None):
+        """A response per request; with `stream=True`, a generator of chunks per request."""
+        config = request_config or RequestConfig()
+        if config.stream:
+            return [self._stream(r, config) for r in requests]
+        return [self._answer(r, config) for r in requests]
+
+    def _inputs(self, request: InferRequest) -> dict:
+        row = {"messages": request.messages, "images": request.images, "videos": request.videos}
+        if request.objects:
+            row["objects"] = request.objects
+        sample = to_sample(row, require_answer=False)
+        if sample.messages and sample.messages[-1].role == "assistant":
+            raise DataError("the last message is the assistant's: nothing to answer", field="messages")
+        encoded = self.encoder.encode(sample, add_generation_prompt=True)
+        ids = torch.tensor([encoded.input_ids])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                  "mm_token_type_ids": (ids == self.encoder.image_pad_id).long()
+                  + 2 * (ids == self.encoder.video_pad_id).long()}
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+            if getattr(encoded, key) is not None:
+                inputs[key] = getattr(encoded, key)
+        if encoded.second_per_grid_ts:
+            inputs["second_per_grid_ts"] = torch.tensor(encoded.second_per_grid_ts)
+        return {k: v.to(self.model.device) for k, v in inputs.items()}
+
+    def _generate_kwargs(self, config: RequestConfig) -> dict:
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        sampling = config.temperature > 0
+        kwargs = {"max_new_tokens": config.max_tokens, "do_sample": sampling, "eos_token_id": self.stop_ids,
+                  "pad_token_id": self.encoder.tokenizer.pad_token_id,
+                  "repetition_penalty": config.repetition_penalty}
+        if sampling:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        return kwargs
+
+    def _answer(self, request: InferRequest, config: RequestConfig) -> ChatCompletionResponse:
+        inputs = self._inputs(request)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **self._generate_kwargs(config))
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        finished = bool(new) and new[-1] in self.stop_ids
+        text = self.encoder.tokenizer.decode(new, skip_special_tokens=True)
+        return ChatCompletionResponse(
+            model=self.model_name, usage=Usage(inputs["input_ids"].shape[1], len(new)),
+            choices=[Choice(0, ChatMessage("assistant", text), "stop" if finished else "length")])
+
+    def _stream(self, request: InferRequest, config: RequestConfig) -> Iterator[ChatCompletionStreamResponse]:
+        from transformers import TextIteratorStreamer
+
+        inputs = self._inputs(request)  # errors surface here, before the generator starts
+        streamer = TextIteratorStreamer(self.encoder.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {**inputs, **self._generate_kwargs(config), "streamer": streamer}
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+        def chunks():
+            thread = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
+            thread.start()
+            for piece in streamer:
+                if piece:
+                    yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(
+                        "assistant", piece))], chunk_id)
+            thread.join()
+            yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(), "stop")], chunk_id)
+
+        return chunks()
+
+    def _generate_quietly(self, **kwargs) -> None:
+        with torch.no_grad():
+            self.model.generate(**kwargs)
+
+
+def _with_adapter(model, adapter: Path):
+    """The model with a LoRA checkpoint applied and merged (so several can stack)."""
+    import json
+
+    from peft import PeftConfig, PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise VlftError(f"--adapters {adapter}: no adapter_config.json (not a LoRA checkpoint)")
+    peft_config = PeftConfig.from_pretrained(str(adapter))
+    trained_on = Path(peft_config.base_model_name_or_path or "") / "config.json"
+    if trained_on.is_file():
+        trained_type = json.loads(trained_on.read_text()).get("model_type")
+        if trained_type != model.config.model_type:
+            raise VlftError(f"--adapters {adapter}: trained on a {trained_type} model "
+                            f"({trained_on.parent}), but the base here is {model.config.model_type}")
+    names = {name for name, _ in model.named_modules()}
+    targets = peft_config.target_modules
+    if isinstance(targets, str):
+        import re
+
+        fits = any(re.fullmatch(targets, n) for n in names)
+    else:
+        fits = any(n.split(".")[-1] in set(targets) for n in names)
+    if not fits:
+        raise VlftError(f"--adapters {adapter}: its target modules are not in this base model "
+                        "(was it trained on another base?)")
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

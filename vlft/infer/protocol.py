@@ -1,0 +1,90 @@
+"""Requests and OpenAI-shaped responses of the Python inference API (ms-swift's names)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class InferRequest:
+    """One conversation to answer; media as in datasets (`<image>` / `<video>` placeholders)."""
+
+    messages: list[dict]
+    images: list[Any] = field(default_factory=list)
+    videos: list[Any] = field(default_factory=list)
+    objects: dict | None = None
+
+
+@dataclass
+class RequestConfig:
+    """Sampling settings; temperature 0 means greedy."""
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stream: bool = False
+
+
+@dataclass
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass
+class Choice:
+    index: int
+    message: ChatMessage
+    finish_reason: str
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ChatCompletionResponse:
+    """`resp.choices[0].message.content`, as OpenAI's client returns it."""
+
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    object: str = "chat.completion"
+
+
+@dataclass
+class DeltaMessage:
+    role: str | None = None
+    content: str | None = None
+
+
+@dataclass
+class StreamChoice:
+    index: int
+    delta: DeltaMessage
+    finish_reason: str | None = None
+
+
+@dataclass
+class ChatCompletionStreamResponse:
+    """One streamed chunk: `chunk.choices[0].delta.content`."""
+
+    model: str
+    choices: list[StreamChoice]
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    object: str = "chat.completion.chunk"
