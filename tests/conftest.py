@@ -88,3 +88,17 @@ def media_dir(tmp_path_factory) -> Path:
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(d / "c.jpg")
     write_video(d / "v.mp4")
     return d
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, vlft_cache) -> Path:
+    """A LoRA checkpoint of the tiny Qwen3-VL, trained 2 steps on the example data by `vlft sft`
+    (30% held out, so the run writes val_dataset.jsonl)."""
+    from vlft.cli.main import main
+
+    out = tmp_path_factory.mktemp("run")
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                 "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
+                 "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "none",
+                 "--output_dir", str(out)]) == 0
+    return sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]

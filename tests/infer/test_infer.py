@@ -19,15 +19,6 @@ EXAMPLES = REPO / "examples" / "data"
 MEDIA = ["--image_max_token_num", "16", "--image_min_token_num", "4"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, vlft_cache) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
-                 "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2", *MEDIA,
-                 "--report_to", "none", "--output_dir", str(out)]) == 0
-    return sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
-
-
 def test_dataset_mode_answers_the_runs_val_split(checkpoint, capsys):
     assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "6"]) == 0
     printed = capsys.readouterr().out

@@ -1,0 +1,144 @@
+"""`vlft export --merge_lora true` on tiny LoRA checkpoints built here (no training run): the merged dir
+loads with plain transformers, and its logits equal base + PeftModel's (fp32, 1e-4), ViT LoRA included."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
+from vlft.cli.export import run
+from vlft.data.formats import to_sample
+from vlft.errors import VlftError
+from vlft.families import detect_family
+from vlft.train.model import load_model
+from vlft.train.tuners import prepare_trainable
+
+TINY = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen2_vl": "vlft/tiny-qwen2-vl"}
+
+
+@pytest.fixture
+def lora_checkpoint(tiny_model_dir, vlft_cache, tmp_path, monkeypatch):
+    """(family, freeze_vit, args_json) -> a checkpoint dir as `vlft sft` writes it, lora_B non-zero."""
+    monkeypatch.setenv("VLFT_CACHE_HOME", str(vlft_cache))  # `vlft/tiny-*` in args.json resolves to the fixture
+
+    def build(family="qwen3_vl", freeze_vit=True, args_json=True):
+        model_dir = tiny_model_dir(family)
+        args = SimpleNamespace(train_type="lora", freeze_vit=freeze_vit, freeze_aligner=True, freeze_llm=False,
+                               target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                               use_dora=False, use_rslora=False, modules_to_save=[])
+        torch.manual_seed(0)
+        model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), args)
+        for name, param in model.named_parameters():  # LoRA B starts at zero: a merge of it would be a no-op
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+        ckpt = tmp_path / f"{family}-vit{not freeze_vit}" / "v0-20260101-000000" / "checkpoint-1"
+        model.save_pretrained(ckpt)
+        AutoProcessor.from_pretrained(model_dir).save_pretrained(ckpt)
+        if args_json:
+            (ckpt / "args.json").write_text(json.dumps({"model": TINY[family], "train_type": "lora"}))
+        return ckpt
+
+    return build
+
+
+def image_logits(model, family, tiny_model_dir, processor_of, media_dir):
+    """Logits of one encoded image sample; mm_token_type_ids marks image (1) and video (2) pads."""
+    encoder, _, _ = make_encoder(family, tiny_model_dir, processor_of)
+    sample = encoder.encode(to_sample(to_vlft_row(SHAPES["one_image"], media_dir)))
+    ids = torch.tensor([sample.input_ids])
+    types = (ids == encoder.image_pad_id).long() + 2 * (ids == encoder.video_pad_id).long()
+    with torch.no_grad():
+        return model(input_ids=ids, mm_token_type_ids=types, pixel_values=sample.pixel_values,
+                     image_grid_thw=sample.image_grid_thw, use_cache=False).logits[0]
+
+
+@pytest.mark.parametrize("freeze_vit", [True, False])
+def test_merged_model_matches_base_plus_adapter(freeze_vit, lora_checkpoint, tiny_model_dir, processor_of, media_dir):
+    ckpt = lora_checkpoint("qwen3_vl", freeze_vit=freeze_vit)
+    assert run(["--adapters", str(ckpt), "--merge_lora", "true"]) == 0
+    merged_dir = ckpt.parent / "checkpoint-1-merged"
+    assert (merged_dir / "generation_config.json").is_file() and (merged_dir / "args.json").is_file()
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert not [p for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+    assert AutoProcessor.from_pretrained(merged_dir).chat_template
+
+    base_dir = tiny_model_dir("qwen3_vl")
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32).eval()
+    plain = image_logits(base, "qwen3_vl", tiny_model_dir, processor_of, media_dir)
+    reference = image_logits(PeftModel.from_pretrained(base, ckpt).eval(), "qwen3_vl", tiny_model_dir,
+                             processor_of, media_dir)
+    ours = image_logits(merged, "qwen3_vl", tiny_model_dir, processor_of, media_dir)
+    assert (reference - plain).abs().max() > 1e-2  # the adapter changes the output: the check below can fail
+    assert (ours - reference).abs().max() <= 1e-4
+
+    weights = load_file(merged_dir / "model.safetensors")
+    base_weights = load_file(base_dir / "model.safetensors")
+    qkv, patch = "model.visual.blocks.0.attn.qkv.weight", "model.visual.patch_embed.proj.weight"
+    assert qkv in weights and patch in weights and not any("lora" in k for k in weights)
+    assert torch.equal(weights[patch], base_weights[patch])  # never adapted
+    assert torch.equal(weights[qkv], base_weights[qkv]) == freeze_vit  # adapted only with freeze_vit false
+
+
+def test_adapter_of_another_family_is_refused(lora_checkpoint, tiny_model_dir):
+    ckpt = lora_checkpoint("qwen2_vl", freeze_vit=False)
+    argv = ["--adapters", str(ckpt), "--merge_lora", "true", "--model", str(tiny_model_dir("qwen3_vl"))]
+    with pytest.raises(VlftError, match="Qwen2VLForConditionalGeneration.*does not fit.*"
+                                        "Qwen3VLForConditionalGeneration"):
+        run(argv)
+    # Without PEFT's record of the model class, the module names still tell (Qwen2-VL's ViT has mlp.fc1).
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    (ckpt / "adapter_config.json").write_text(json.dumps({**config, "auto_mapping": None}))
+    with pytest.raises(VlftError, match=r"does not fit.*target module\(s\) differ:\n.*mlp\.fc1: not in the base"):
+        run(argv)
+    assert list(ckpt.parent.iterdir()) == [ckpt]  # nothing written, no staging dir left
+
+
+def test_missing_args_json_needs_model(lora_checkpoint, tiny_model_dir, tmp_path):
+    ckpt = lora_checkpoint("qwen3_vl", args_json=False)
+    with pytest.raises(VlftError, match="has no args.json.*pass --model"):
+        run(["--adapters", str(ckpt), "--merge_lora", "true"])
+    out = tmp_path / "out" / "merged"
+    assert run(["--adapters", str(ckpt), "--merge_lora", "true", "--model", str(tiny_model_dir("qwen3_vl")),
+                "--output_dir", str(out)]) == 0
+    assert (out / "config.json").is_file() and not (out / "args.json").exists()
+
+
+def test_run_dir_args_json_is_read_when_the_checkpoint_has_none(tmp_path):
+    from vlft.export.checkpoint import read_checkpoint_args
+
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "args.json").write_text('{"model": "org/name"}')
+    assert read_checkpoint_args(tmp_path / "checkpoint-5") == {"model": "org/name"}
+
+
+def test_full_and_empty_checkpoints_have_nothing_to_merge(tiny_model_dir, tmp_path):
+    with pytest.raises(VlftError, match="not a LoRA checkpoint: nothing to merge .it is a full model dir"):
+        run(["--adapters", str(tiny_model_dir("qwen3_vl")), "--merge_lora", "true", "--output_dir",
+             str(tmp_path / "x")])
+    with pytest.raises(VlftError, match="not a LoRA checkpoint: nothing to merge .no adapter_config.json"):
+        run(["--adapters", str(tmp_path), "--merge_lora", "true"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adapters", "c", "--merge_lora", "true", "--push_to_hub", "true"], "--push_to_hub is not implemented yet"),
+    (["--adapters", "c"], "--merge_lora true is required"),
+    (["--merge_lora", "true"], "--adapters is required"),
+    (["--adapters", "c", "d", "--merge_lora", "true"], "one checkpoint, got 2"),
+])
+def test_bad_arguments(argv, message):
+    with pytest.raises(VlftError, match=message):
+        run(argv)
+
+
+def test_existing_output_dir_is_never_overwritten(lora_checkpoint, tmp_path):
+    ckpt = lora_checkpoint("qwen3_vl")
+    with pytest.raises(VlftError, match="exists"):
+        run(["--adapters", str(ckpt), "--merge_lora", "true", "--output_dir", str(tmp_path)])

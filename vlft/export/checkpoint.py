@@ -1,0 +1,69 @@
+"""What a training checkpoint is and which base model it was trained on (from the run's args.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlft.errors import VlftError
+from vlft.model.hub import resolve_model_dir
+from vlft.paths import cache_root
+
+# A full-training checkpoint is a complete model dir: a config and its weights (one file or shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def args_json_path(checkpoint: Path) -> Path | None:
+    """The checkpoint's args.json, else its run dir's (`output/v{N}-.../args.json`), else None."""
+    for path in (checkpoint / "args.json", checkpoint.parent / "args.json"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_checkpoint_args(checkpoint: Path) -> dict:
+    """The arguments of the run that wrote `checkpoint` (its args.json, else the run dir's)."""
+    path = args_json_path(checkpoint)
+    if path is None:
+        raise VlftError(f"{checkpoint} has no args.json (nor has its run dir {checkpoint.parent}); pass --model")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VlftError(f"{path}: not valid JSON ({e}); pass --model") from None
+
+
+def is_full_model_dir(path: Path) -> bool:
+    """True for a complete HF model dir (config.json and weights), such as a `--train_type full` checkpoint."""
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES)
+
+
+def require_lora_checkpoint(checkpoint: Path) -> None:
+    """Raise VlftError unless `checkpoint` is a dir holding a LoRA adapter (adapter_config.json)."""
+    if not checkpoint.is_dir():
+        raise VlftError(f"--adapters {checkpoint}: no such directory")
+    if (checkpoint / "adapter_config.json").is_file():
+        return
+    if is_full_model_dir(checkpoint):
+        raise VlftError(f"{checkpoint}: not a LoRA checkpoint: nothing to merge (it is a full model dir, from "
+                        f"--train_type full; load it directly, e.g. --model {checkpoint})")
+    raise VlftError(f"{checkpoint}: not a LoRA checkpoint: nothing to merge (no adapter_config.json)")
+
+
+def base_model_of(checkpoint: Path, model_override: str | None, cache_dir: str | None, *, use_hf: bool = False,
+                  hub_token: str | None = None) -> Path:
+    """The base model dir: `--model` when given, else the `model` of the run's args.json."""
+    if model_override:
+        return resolve_model_dir(model_override, use_hf=use_hf, cache_root=cache_root(cache_dir),
+                                 hub_token=hub_token)
+    args = read_checkpoint_args(checkpoint)
+    model = args.get("model")
+    if not model:
+        raise VlftError(f"{args_json_path(checkpoint)} names no model; pass --model")
+    try:
+        # The run's own hub and cache settings, unless this command sets them.
+        return resolve_model_dir(model, use_hf=use_hf or bool(args.get("use_hf")),
+                                 cache_root=cache_root(cache_dir or args.get("cache_dir")),
+                                 hub_token=hub_token, revision=args.get("model_revision"))
+    except VlftError as e:
+        raise VlftError(f"the base model {model!r} of {args_json_path(checkpoint)}: {e}; pass --model") from None

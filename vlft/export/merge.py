@@ -1,0 +1,107 @@
+"""Merging a LoRA checkpoint into its base model: a model dir that loads with plain transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vlft.errors import VlftError
+from vlft.export.checkpoint import args_json_path, require_lora_checkpoint
+from vlft.train.run_dir import check_writable
+
+PEFT_PREFIX = "base_model.model."
+MAX_LISTED = 5
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise VlftError if `output_dir` exists (a model dir is never overwritten) or cannot be created."""
+    if output_dir.exists():
+        raise VlftError(f"--output_dir {output_dir} exists; remove it or pass another --output_dir")
+    check_writable(output_dir)
+
+
+def adapted_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
+    """Module name -> (in_features, out_features) of each LoRA A/B pair in the adapter's weights."""
+    from safetensors import safe_open
+
+    path = checkpoint / "adapter_model.safetensors"
+    if not path.is_file():
+        raise VlftError(f"{checkpoint}: no adapter_model.safetensors")
+    shapes: dict[str, dict[str, list[int]]] = {}
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            for half in ("lora_A", "lora_B"):
+                if f".{half}." in key:
+                    name = key.split(f".{half}.")[0].removeprefix(PEFT_PREFIX)
+                    shapes.setdefault(name, {})[half] = f.get_slice(key).get_shape()
+    # lora_A is (r, in_features), lora_B is (out_features, r)
+    return {name: (s["lora_A"][1], s["lora_B"][0]) for name, s in shapes.items() if len(s) == 2}
+
+
+def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
+    """Raise VlftError naming the adapter and the base when the adapter was trained on another model."""
+    config = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    trained_on = (config.get("auto_mapping") or {}).get("base_model_class")
+    adapter = (f"the adapter {checkpoint} (trained on {trained_on or 'a model'} at "
+               f"{config.get('base_model_name_or_path') or 'an unrecorded path'})")
+    base_name = f"the base model {base_model_dir} ({type(base).__name__})"
+    if trained_on and trained_on != type(base).__name__:
+        raise VlftError(f"{adapter} does not fit {base_name}: another model family; pass the --model it was "
+                        "trained on")
+    # PEFT loads an adapter whose modules are missing with only a warning, and the merge is then a no-op:
+    # check the modules the adapter's weights name (target_modules may be a regex) against the base's.
+    modules = dict(base.named_modules())
+    misfits = []
+    for name, (n_in, n_out) in adapted_modules(checkpoint).items():
+        module = modules.get(name)
+        if module is None:
+            misfits.append(f"{name}: not in the base")
+        elif isinstance(module, torch.nn.Linear) and (module.in_features, module.out_features) != (n_in, n_out):
+            misfits.append(f"{name}: {n_in}->{n_out} in the adapter, {module.in_features}->"
+                           f"{module.out_features} in the base")
+    if misfits:
+        more = f"\n  ... and {len(misfits) - MAX_LISTED} more" if len(misfits) > MAX_LISTED else ""
+        raise VlftError(f"{adapter} does not fit {base_name}: {len(misfits)} target module(s) differ:\n  "
+                        + "\n  ".join(misfits[:MAX_LISTED]) + more)
+
+
+def load_processor(checkpoint: Path, base_model_dir: Path):
+    """The processor saved with the checkpoint (the chat template it trained with), else the base model's."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError):  # an adapter saved without processor files
+        return AutoProcessor.from_pretrained(base_model_dir)
+
+
+def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the base with the LoRA merged in, its processor, generation config and args.json to output_dir."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    require_lora_checkpoint(checkpoint)
+    check_output_dir(output_dir)
+    base = AutoModelForImageTextToText.from_pretrained(base_model_dir, dtype=dtype or "auto")
+    check_adapter_fits(checkpoint, base, base_model_dir)
+    merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    # Written beside output_dir (same filesystem) and renamed at the end: an interrupted export leaves no
+    # half-written model dir where a later command would take it for a model.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        merged.save_pretrained(staging)
+        load_processor(checkpoint, base_model_dir).save_pretrained(staging)
+        for source in (base_model_dir / "generation_config.json", args_json_path(checkpoint)):
+            if source is not None and source.is_file():
+                shutil.copyfile(source, staging / source.name)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
