@@ -8,7 +8,7 @@ number of vision tokens the processor's grid gives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformers.video_utils import VideoMetadata
