@@ -239,3 +239,12 @@ class InferArguments(ModelArguments, TemplateArguments):
         if self.load_data_args and not self.adapters:
             raise VlftError("--load_data_args true reads a training run's val split: it needs --adapters")
         _positive("max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class DeployArguments(InferArguments):
+    """`vlft deploy`: an OpenAI-compatible server (`/v1/models`, `/v1/chat/completions`)."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port (0 picks a free one)"})
+    allow_local_media: bool = field(default=False, metadata={"help": "accept local file paths as image/video URLs"})
