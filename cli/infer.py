@@ -70,38 +70,57 @@ def _run_dir(checkpoint: Path) -> Path:
 
 
 def answer_dataset(engine, args: InferArguments, config) -> int:
-    from vlft.data.formats import to_sample
-    from vlft.infer.protocol import InferRequest
-
     result_path = Path(args.result_path) if args.result_path else (
         Path(args.adapters[-1]) / "infer_result.jsonl" if args.adapters else Path("infer_result.jsonl"))
-    failures = 0
+    items, failures = dataset_requests(args)
+    size = 1 if config.stream else args.max_batch_size
     with open(result_path, "w", encoding="utf-8") as out:
-        for raw in val_rows(args):
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
             try:
-                if raw.error:
-                    raise raw.error
-                sample = to_sample(raw.row, source=raw.source, line=raw.line, base_dir=raw.base_dir)
-                labels = sample.messages.pop().content if sample.messages[-1].role == "assistant" else None
-                request = InferRequest(messages=[{"role": m.role, "content": m.content} for m in sample.messages],
-                                       images=[_absolute(i, raw.base_dir) for i in sample.images],
-                                       videos=[_absolute(v, raw.base_dir) for v in sample.videos],
-                                       objects=sample.objects)
-                print(SEPARATOR)
-                print(f"[QUERY] {sample.messages[-1].content}")
-                print(f"[LABELS] {labels}")
-                print("[RESPONSE] ", end="", flush=True)
-                response = _answer(engine, request, config)
+                answers = None if config.stream else [
+                    r.choices[0].message.content for r in engine.infer([item[1] for item in chunk], config)]
             except DataError as e:
                 failures += 1
-                print(f"error: {e.at(raw.source, raw.line)}", file=sys.stderr)
+                print(f"error: {e}", file=sys.stderr)
                 continue
-            out.write(json.dumps({"source": raw.source, "line": raw.line, "messages": request.messages,
-                                  "images": request.images, "videos": request.videos, "labels": labels,
-                                  "response": response}, ensure_ascii=False, default=str) + "\n")
+            for i, (raw, request, labels) in enumerate(chunk):
+                print(SEPARATOR)
+                print(f"[QUERY] {request.messages[-1]['content']}")
+                print(f"[LABELS] {labels}")
+                print("[RESPONSE] ", end="", flush=True)
+                response = _answer(engine, request, config) if config.stream else answers[i]
+                if not config.stream:
+                    print(response, flush=True)
+                out.write(json.dumps({"source": raw.source, "line": raw.line, "messages": request.messages,
+                                      "images": request.images, "videos": request.videos, "labels": labels,
+                                      "response": response}, ensure_ascii=False, default=str) + "\n")
     print(SEPARATOR)
     print(f"results: {result_path}")
     return 1 if failures else 0
+
+
+def dataset_requests(args: InferArguments) -> tuple[list, int]:
+    """[(raw row, InferRequest, label)] of the rows to answer, and how many rows were bad (reported)."""
+    from vlft.data.formats import to_sample
+    from vlft.infer.protocol import InferRequest
+
+    items, failures = [], 0
+    for raw in val_rows(args):
+        try:
+            if raw.error:
+                raise raw.error
+            sample = to_sample(raw.row, source=raw.source, line=raw.line, base_dir=raw.base_dir)
+        except DataError as e:
+            failures += 1
+            print(f"error: {e.at(raw.source, raw.line)}", file=sys.stderr)
+            continue
+        labels = sample.messages.pop().content if sample.messages[-1].role == "assistant" else None
+        request = InferRequest(messages=[{"role": m.role, "content": m.content} for m in sample.messages],
+                               images=[_absolute(i, raw.base_dir) for i in sample.images],
+                               videos=[_absolute(v, raw.base_dir) for v in sample.videos], objects=sample.objects)
+        items.append((raw, request, labels))
+    return items, failures
 
 
 def _absolute(ref, base_dir):

@@ -231,6 +231,7 @@ class InferArguments(ModelArguments, TemplateArguments):
     load_data_args: bool = field(default=False, metadata={"help": "answer the training run's val split"})
     result_path: str | None = field(default=None, metadata={"help": "result jsonl (default: in the "
                                                                     "checkpoint dir)"})
+    max_batch_size: int = field(default=1, metadata={"help": "requests generated together (left-padded)"})
 
     def __post_init__(self):
         TemplateArguments.__post_init__(self)
@@ -239,6 +240,7 @@ class InferArguments(ModelArguments, TemplateArguments):
         if self.load_data_args and not self.adapters:
             raise VlftError("--load_data_args true reads a training run's val split: it needs --adapters")
         _positive("max_new_tokens", self.max_new_tokens)
+        _positive("max_batch_size", self.max_batch_size)
 
 
 @dataclass

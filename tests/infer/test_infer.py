@@ -81,7 +81,7 @@ def test_adapter_from_another_base_is_refused(checkpoint, capsys):
 def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, capsys):
     first = tmp_path / "adapter.jsonl"
     assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "6",
-                 "--result_path", str(first)]) == 0
+                 "--result_path", str(first), "--max_batch_size", "2"]) == 0
     merged = tmp_path / "merged"
     assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(merged)]) == 0
     second = tmp_path / "merged.jsonl"
@@ -89,3 +89,20 @@ def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, cap
                  *MEDIA, "--max_new_tokens", "6", "--result_path", str(second)]) == 0
     answers = [[json.loads(line)["response"] for line in open(p)] for p in (first, second)]
     assert answers[0] == answers[1] and len(answers[0]) == 3
+
+
+def test_batched_generation_equals_one_at_a_time(checkpoint):
+    from vlft import InferEngine, InferRequest, RequestConfig
+
+    images = EXAMPLES / "images"
+    requests = [InferRequest(messages=[{"role": "user", "content": "<image>What colour is this image?"}],
+                             images=[str(images / f"{c}.png")]) for c in ("red", "blue")]
+    requests.append(InferRequest(messages=[{"role": "user", "content": "Where is the capital of Zhejiang?"}]))
+    requests.append(InferRequest(messages=[{"role": "user", "content": "<image><image>Compare them."}],
+                                 images=[str(images / "green.png"), str(images / "square1.png")]))
+    config = RequestConfig(max_tokens=6, temperature=0)
+    single = InferEngine(adapters=[str(checkpoint)])
+    batched = InferEngine(adapters=[str(checkpoint)], max_batch_size=4)
+    one = [r.choices[0].message.content for r in single.infer(requests, config)]
+    together = [r.choices[0].message.content for r in batched.infer(requests, config)]
+    assert together == one

@@ -65,7 +65,9 @@ class InferEngine:
         config = request_config or RequestConfig()
         if config.stream:
             return [self._stream(r, config) for r in requests]
-        return [self._answer(r, config) for r in requests]
+        size = self.args.max_batch_size
+        return [answer for start in range(0, len(requests), size)
+                for answer in self._answer_batch(requests[start:start + size], config)]
 
     def _inputs(self, request: InferRequest) -> dict:
         row = {"messages": request.messages, "images": request.images, "videos": request.videos}
@@ -97,16 +99,24 @@ class InferEngine:
             kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
         return kwargs
 
-    def _answer(self, request: InferRequest, config: RequestConfig) -> ChatCompletionResponse:
-        inputs = self._inputs(request)
+    def _answer_batch(self, requests: list[InferRequest], config: RequestConfig) -> list[ChatCompletionResponse]:
+        """Generate for several requests at once: prompts left-padded, media concatenated in order."""
+        each = [self._inputs(r) for r in requests]
+        inputs = _left_padded(each, self.encoder.tokenizer.pad_token_id) if len(each) > 1 else each[0]
         with torch.no_grad():
             out = self.model.generate(**inputs, **self._generate_kwargs(config))
-        new = out[0, inputs["input_ids"].shape[1]:].tolist()
-        finished = bool(new) and new[-1] in self.stop_ids
-        text = self.encoder.tokenizer.decode(new, skip_special_tokens=True)
-        return ChatCompletionResponse(
-            model=self.model_name, usage=Usage(inputs["input_ids"].shape[1], len(new)),
-            choices=[Choice(0, ChatMessage("assistant", text), "stop" if finished else "length")])
+        prompt_length = inputs["input_ids"].shape[1]
+        responses = []
+        for row, single in zip(out, each):
+            new = row[prompt_length:].tolist()
+            stop = next((i for i, t in enumerate(new) if t in self.stop_ids), None)
+            finished = stop is not None
+            new = new[:stop + 1] if finished else new
+            text = self.encoder.tokenizer.decode(new, skip_special_tokens=True)
+            responses.append(ChatCompletionResponse(
+                model=self.model_name, usage=Usage(single["input_ids"].shape[1], len(new)),
+                choices=[Choice(0, ChatMessage("assistant", text), "stop" if finished else "length")]))
+        return responses
 
     def _stream(self, request: InferRequest, config: RequestConfig) -> Iterator[ChatCompletionStreamResponse]:
         from transformers import TextIteratorStreamer
@@ -131,6 +141,20 @@ class InferEngine:
     def _generate_quietly(self, **kwargs) -> None:
         with torch.no_grad():
             self.model.generate(**kwargs)
+
+
+def _left_padded(inputs: list[dict], pad_id: int) -> dict:
+    """One batch from single-request inputs: token tensors left-padded, media tensors concatenated."""
+    longest = max(x["input_ids"].shape[1] for x in inputs)
+    batch: dict = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
+        batch[key] = torch.cat([torch.nn.functional.pad(x[key], (longest - x[key].shape[1], 0), value=fill)
+                                for x in inputs])
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        parts = [x[key] for x in inputs if key in x]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch
 
 
 def _with_adapter(model, adapter: Path):
