@@ -21,13 +21,12 @@ def run(argv: list[str]) -> int:
     # DeepSpeed needs a process group even for one process: torchrun provides it.
     plan = launch_plan(os.environ) or (LaunchPlan(nproc_per_node=1) if args.deepspeed else None)
     if plan is not None and not is_distributed_worker(os.environ):
-        from vlft.train.deepspeed import resolve_deepspeed_config
-        from vlft.train.model import resolve_attention
-        from vlft.train.run_dir import check_writable, new_run_dir
+        import torch
 
-        resolve_deepspeed_config(args.deepspeed)
-        resolve_attention(args.attn_impl, args.padding_free, cuda=_cuda())
-        check_writable(Path(args.output_dir))
+        from vlft.train.run_dir import new_run_dir
+        from vlft.train.sft import check_run_arguments
+
+        check_run_arguments(args, torch.cuda.is_available())
         # The parent resolves the model (a download or a tiny build happens once, not once per rank) and
         # picks the run dir, so every rank reads the same model and writes to the same run.
         from vlft.model.hub import resolve_model_dir
@@ -43,8 +42,3 @@ def run(argv: list[str]) -> int:
     run_sft(args)
     return 0
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from vlft.data.encode import IGNORE_INDEX, EncodedSample
-from vlft.data.mrope import mrope_position_ids, token_types
+from vlft.data.mrope import mm_token_types, mrope_position_ids, token_types
 from vlft.families.base import Family
 
 
@@ -25,7 +25,8 @@ class VisionTokens:
     pad_id: int
 
 
-def _media(samples: list[EncodedSample]) -> dict:
+def media_inputs(samples: list[EncodedSample]) -> dict:
+    """Pixel values, grids (and Qwen2.5-VL's seconds per grid) of the samples, concatenated in order."""
     batch: dict = {}
     images = [s for s in samples if s.image_grid_thw is not None]
     if images:
@@ -78,7 +79,7 @@ class PaddingFreeCollator:
         # No attention mask and no cu_seqlens kwargs (they would reach the vision tower too): attention
         # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample.
         return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
-                "mm_token_type_ids": types, "use_cache": False, **_media(samples)}
+                "mm_token_type_ids": types, "use_cache": False, **media_inputs(samples)}
 
 
 class PaddedCollator:
@@ -96,6 +97,6 @@ class PaddedCollator:
             ids[i, :s.length] = torch.tensor(s.input_ids)
             labels[i, :s.length] = torch.tensor(s.labels)
             mask[i, :s.length] = 1
-        types = (ids == self.tokens.image_pad_id).long() + 2 * (ids == self.tokens.video_pad_id).long()
+        types = mm_token_types(ids, self.tokens.image_pad_id, self.tokens.video_pad_id)
         return {"input_ids": ids, "labels": labels, "attention_mask": mask, "mm_token_type_ids": types,
-                **_media(batch)}
+                **media_inputs(batch)}

@@ -19,6 +19,11 @@ def token_types(input_ids: list[int], image_pad_id: int, video_pad_id: int) -> l
     return [IMAGE if t == image_pad_id else VIDEO if t == video_pad_id else TEXT for t in input_ids]
 
 
+def mm_token_types(input_ids: torch.Tensor, image_pad_id: int, video_pad_id: int) -> torch.Tensor:
+    """`token_types` for a tensor of ids (any shape)."""
+    return (input_ids == image_pad_id).long() + VIDEO * (input_ids == video_pad_id).long()
+
+
 def vision_positions(start: int, grid_thw: tuple[int, int, int], merge: int, time_interval: float) -> torch.Tensor:
     """(3, t*h*w/merge^2) positions of one image or video block starting at `start`."""
     t, h, w = grid_thw[0], grid_thw[1] // merge, grid_thw[2] // merge

@@ -11,7 +11,9 @@ from typing import Iterator
 import torch
 
 from vlft.arguments import InferArguments, TemplateArguments
+from vlft.data.collator import media_inputs
 from vlft.data.formats import to_sample
+from vlft.data.mrope import mm_token_types
 from vlft.data.pipeline import build_encoder
 from vlft.errors import DataError, VlftError
 from vlft.infer.protocol import (ChatCompletionResponse, ChatCompletionStreamResponse, ChatMessage, Choice,
@@ -54,7 +56,7 @@ class InferEngine:
         self.model = AutoModelForImageTextToText.from_pretrained(
             model_dir, dtype=resolve_dtype(self.args.torch_dtype, cuda), attn_implementation="sdpa")
         for adapter in self.args.adapters:
-            self.model = _with_adapter(self.model, Path(adapter))
+            self.model = _with_adapter(self.model, Path(adapter), model_dir)
         self.model.eval().to("cuda" if cuda else "cpu")
         self.model_name = self.args.adapters[-1] if self.args.adapters else str(self.args.model)
         tokenizer = self.encoder.tokenizer
@@ -79,13 +81,8 @@ class InferEngine:
         encoded = self.encoder.encode(sample, add_generation_prompt=True)
         ids = torch.tensor([encoded.input_ids])
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                  "mm_token_type_ids": (ids == self.encoder.image_pad_id).long()
-                  + 2 * (ids == self.encoder.video_pad_id).long()}
-        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
-            if getattr(encoded, key) is not None:
-                inputs[key] = getattr(encoded, key)
-        if encoded.second_per_grid_ts:
-            inputs["second_per_grid_ts"] = torch.tensor(encoded.second_per_grid_ts)
+                  "mm_token_type_ids": mm_token_types(ids, self.encoder.image_pad_id, self.encoder.video_pad_id),
+                  **media_inputs([encoded])}
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _generate_kwargs(self, config: RequestConfig) -> dict:
@@ -157,30 +154,13 @@ def _left_padded(inputs: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def _with_adapter(model, adapter: Path):
+def _with_adapter(model, adapter: Path, base_model_dir: Path):
     """The model with a LoRA checkpoint applied and merged (so several can stack)."""
-    import json
+    from peft import PeftModel
 
-    from peft import PeftConfig, PeftModel
+    from vlft.export.merge import check_adapter_fits
 
     if not (adapter / "adapter_config.json").is_file():
         raise VlftError(f"--adapters {adapter}: no adapter_config.json (not a LoRA checkpoint)")
-    peft_config = PeftConfig.from_pretrained(str(adapter))
-    trained_on = Path(peft_config.base_model_name_or_path or "") / "config.json"
-    if trained_on.is_file():
-        trained_type = json.loads(trained_on.read_text()).get("model_type")
-        if trained_type != model.config.model_type:
-            raise VlftError(f"--adapters {adapter}: trained on a {trained_type} model "
-                            f"({trained_on.parent}), but the base here is {model.config.model_type}")
-    names = {name for name, _ in model.named_modules()}
-    targets = peft_config.target_modules
-    if isinstance(targets, str):
-        import re
-
-        fits = any(re.fullmatch(targets, n) for n in names)
-    else:
-        fits = any(n.split(".")[-1] in set(targets) for n in names)
-    if not fits:
-        raise VlftError(f"--adapters {adapter}: its target modules are not in this base model "
-                        "(was it trained on another base?)")
+    check_adapter_fits(adapter, model, base_model_dir)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -36,9 +36,7 @@ def run_sft(args: SftArguments) -> Path:
     # 1. What can fail fast fails before any data or model is loaded.
     cuda = torch.cuda.is_available()
     dtype = resolve_dtype(args.torch_dtype, cuda)
-    attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
-    ds_config = resolve_deepspeed_config(args.deepspeed)
-    check_writable(Path(args.output_dir))
+    attn_implementation, attention_note, ds_config = check_run_arguments(args, cuda)
     run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
     training_args = trainer_arguments(args, run_dir, ds_config, dtype, cuda, has_eval=bool(
         args.val_dataset or args.split_dataset_ratio))
@@ -101,6 +99,14 @@ def run_sft(args: SftArguments) -> Path:
             write_args_json(last / "args.json", args)
     logger.warning(f"last checkpoint: {last}")
     return run_dir
+
+
+def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict | None]:
+    """(attn_implementation, a note on the kernel, DeepSpeed config); VlftError for what cannot run."""
+    attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
+    ds_config = resolve_deepspeed_config(args.deepspeed)
+    check_writable(Path(args.output_dir))
+    return attn_implementation, attention_note, ds_config
 
 
 def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None, dtype: torch.dtype, cuda: bool,
