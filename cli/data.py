@@ -40,24 +40,35 @@ def check(args: DataCheckArguments) -> int:
     from vlft.data.report import check_report
 
     _, results = _encode_all(args)
-    report, ok = check_report(results, args.max_length, args.max_errors)
+    report, ok = check_report(results, args.max_length, args.max_errors, strict=args.strict)
     print(report)
     return 0 if ok else 1
 
 
 def encode(args: DataEncodeArguments) -> int:
-    from vlft.data.report import encoded_line
+    """Every line's encoding or error (--strict true), or the encoded lines only and the others listed as
+    skipped at the end (--strict false); exit 1 when a line is in error, or when nothing encoded."""
+    from vlft.data.report import encoded_line, printable
 
     encoder, results = _encode_all(args)
+    errors = [r for r in results if r.error is not None]
+    written = results if args.strict else [r for r in results if r.error is None]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + f".{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for result in results:
+        for result in written:
             f.write(json.dumps(encoded_line(result, encoder.tokenizer), ensure_ascii=False) + "\n")
     os.replace(tmp, output)
-    errors = [r for r in results if r.error is not None]
-    for r in errors:
-        print(r.error, file=sys.stderr)
-    print(f"wrote {len(results)} lines ({len(results) - len(errors)} encoded, {len(errors)} with errors) to {output}")
-    return 1 if errors else 0
+    if args.strict:
+        for r in errors:
+            print(printable(str(r.error)), file=sys.stderr)
+        print(f"wrote {len(results)} lines ({len(results) - len(errors)} encoded, {len(errors)} with errors) "
+              f"to {output}")
+        return 1 if errors else 0
+    if errors:
+        print(f"skipped {len(errors)} line(s) (--strict false):", file=sys.stderr)
+        for r in errors:
+            print(f"  {printable(str(r.error))}", file=sys.stderr)
+    print(f"wrote {len(written)} encoded lines to {output}, skipped {len(errors)}")
+    return 0 if written else 1

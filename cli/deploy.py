@@ -12,12 +12,19 @@ def run(argv: list[str]) -> int:
         return 0
     args = parse_args(DeployArguments, argv, "vlft deploy")
     from vlft.infer.engine import InferEngine
-    from vlft.infer.server import make_server
+    from vlft.infer.server import ServerLimits, make_server
+    from vlft.infer.server_media import check_media_root
 
+    limits = ServerLimits.from_args(args)
+    check_media_root(limits.request.media.root)  # before the model loads
     engine = InferEngine(args=args)
-    server = make_server(engine, args.host, args.port, args.allow_local_media)
+    server = make_server(engine, args.host, args.port, limits, api_key=args.api_key)
     host, port = server.server_address[:2]
-    print(f"serving {engine.model_name} at http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
+    root = limits.request.media.root
+    details = ["API key required" if args.api_key else "no API key",  # never the key itself
+               f"local media from {root.resolve()}" if root else "no local media",
+               f"batches of up to {args.max_batch_size}"]
+    print(f"serving {engine.model_name} at http://{host}:{port}/v1 ({', '.join(details)}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

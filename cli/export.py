@@ -1,4 +1,6 @@
-"""`vlft export --adapters CKPT --merge_lora true [--output_dir D]`: merge a LoRA checkpoint into its base."""
+"""`vlft export`: merge a LoRA checkpoint into its base (`--adapters CKPT --merge_lora true [--output_dir D]`)
+and/or push to ModelScope or the HF Hub (`--push_to_hub true --hub_model_id ID [--hub_token T]`): the merged
+dir, the adapter checkpoint as is, or a `--model DIR`."""
 
 from __future__ import annotations
 
@@ -8,11 +10,8 @@ from vlft.cli.parsing import build_parser, parse_args
 from vlft.export.arguments import ExportArguments
 
 
-def run(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        build_parser(ExportArguments, "vlft export").print_help()
-        return 0
-    args = parse_args(ExportArguments, argv, "vlft export")
+def merge(args: ExportArguments) -> Path:
+    """Merge --adapters into its base model; returns the merged model dir."""
     import torch
 
     from vlft.export.checkpoint import base_model_of, require_lora_checkpoint
@@ -26,4 +25,35 @@ def run(argv: list[str]) -> int:
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
     merge_lora(checkpoint, output_dir, base_dir, dtype)
     print(f"merged {checkpoint} into {base_dir}: wrote {output_dir}")
+    return output_dir
+
+
+def push(args: ExportArguments, folder: Path, base_override: str | None) -> None:
+    """Push `folder` to the hub the arguments name."""
+    from vlft.export.push import PushTarget, push_dir
+
+    target = PushTarget(repo_id=args.hub_model_id, private=args.hub_private_repo, use_hf=args.use_hf,
+                        token=args.hub_token)
+    url = push_dir(folder, target, base_override)
+    print(f"pushed {folder} to {target.hub}: {url}")
+
+
+def run(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        build_parser(ExportArguments, "vlft export").print_help()
+        return 0
+    args = parse_args(ExportArguments, argv, "vlft export")
+    if args.push_to_hub and not args.merge_lora:
+        # An adapter checkpoint (--adapters, or --model as in ms-swift's `swift export --model CKPT`) goes as
+        # is; with --adapters, --model names its base for the model card.
+        folder = Path(args.adapters[0] if args.adapters else args.model).expanduser()
+        push(args, folder, args.model if args.adapters else None)
+        return 0
+    if args.push_to_hub:
+        from vlft.export.push import check_hub_client
+
+        check_hub_client(args.use_hf)  # before the merge, which may take minutes
+    merged = merge(args)
+    if args.push_to_hub:
+        push(args, merged, args.model)
     return 0

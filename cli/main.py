@@ -12,7 +12,7 @@ COMMANDS = {
     "sft": ("vlft.cli.sft", "fine-tune with LoRA or in full (ms-swift's `swift sft` arguments)"),
     "infer": ("vlft.cli.infer", "answer a dataset or chat, with or without LoRA adapters (`swift infer`)"),
     "deploy": ("vlft.cli.deploy", "serve the model with an OpenAI-compatible API (`swift deploy`)"),
-    "export": ("vlft.cli.export", "merge LoRA adapters into a full model (`swift export --merge_lora`)"),
+    "export": ("vlft.cli.export", "merge LoRA adapters into a full model, push to a hub (`swift export`)"),
     "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
     "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
 }

@@ -27,15 +27,17 @@ def run(argv: list[str]) -> int:
         from vlft.train.sft import check_run_arguments
 
         check_run_arguments(args, torch.cuda.is_available())
-        # The parent resolves the model (a download or a tiny build happens once, not once per rank) and
-        # picks the run dir, so every rank reads the same model and writes to the same run.
+        # The parent resolves the model (a download or a tiny build happens once per node, not once per rank)
+        # and, on one node, picks the run dir; the nodes of a multi-node launch agree on it once connected.
         from vlft.model.hub import resolve_model_dir
         from vlft.paths import cache_root
 
         model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
                                       hub_token=args.hub_token, revision=args.model_revision)
-        run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
-        worker_argv = argv + ["--model", str(model_dir), "--output_dir", str(run_dir), "--add_version", "false"]
+        worker_argv = argv + ["--model", str(model_dir)]
+        if plan.nnodes == 1 and args.add_version:
+            run_dir = new_run_dir(Path(args.output_dir), datetime.now())
+            worker_argv += ["--output_dir", str(run_dir), "--add_version", "false"]
         return subprocess.call(torchrun_command(plan, worker_argv))
     from vlft.train.sft import run_sft
 

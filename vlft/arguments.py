@@ -65,11 +65,14 @@ class TemplateArguments:
     fps: float = field(default=2.0, metadata={"env": "FPS", "help": "video frames sampled per second"})
     fps_min_frames: int = field(default=4, metadata={"env": "FPS_MIN_FRAMES", "help": "min frames per video"})
     fps_max_frames: int = field(default=768, metadata={"env": "FPS_MAX_FRAMES", "help": "max frames per video"})
+    # = vlft.data.media.MAX_IMAGE_PIXELS (a literal here so that parsing arguments does not import PIL)
+    max_image_pixels: int = field(default=178_956_970, metadata={
+        "help": "images (and video frames) over this many pixels are refused before decoding"})
 
     def __post_init__(self):
         for name in ("max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
                      "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
-                     "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames"):
+                     "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames", "max_image_pixels"):
             _positive(name, getattr(self, name))
 
 
@@ -84,6 +87,8 @@ class DatasetArguments:
     dataset_num_proc: int = field(default=1, metadata={"help": "processes that encode samples"})
     load_from_cache_file: bool = field(default=True, metadata={"help": "reuse encodings cached by a previous run"})
     seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
+    strict: bool = field(default=True, metadata={
+        "help": "a bad line stops the run; false: bad lines are skipped and listed at the end"})
 
     def __post_init__(self):
         if not 0.0 <= self.split_dataset_ratio < 1.0:
@@ -160,7 +165,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_dropout: float | None = field(default=None, metadata={
+        "help": "LoRA dropout (default 0.05; 0 when LoRA reaches MoE experts, which take no dropout)"})
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
         "help": "all-linear, module names, or one regex"})
     modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained fully with LoRA"})
@@ -169,6 +175,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     freeze_vit: bool = field(default=True, metadata={"help": "freeze the vision tower"})
     freeze_aligner: bool = field(default=True, metadata={"help": "freeze the aligner (merger, deepstack mergers)"})
     freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model"})
+    freeze_router: bool = field(default=True, metadata={"help": "MoE: keep the routers (mlp.gate) frozen"})
+    router_aux_loss_coef: float | None = field(default=None, metadata={
+        "help": "MoE: weight of the load-balancing loss added to the loss (default: off, as the model config)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute LLM activations"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
@@ -208,6 +217,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "save_steps", "eval_steps", "logging_steps", "lora_rank", "learning_rate"):
             _positive(name, getattr(self, name))
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise VlftError(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
             raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
 
@@ -249,4 +260,33 @@ class DeployArguments(InferArguments):
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "port (0 picks a free one)"})
-    allow_local_media: bool = field(default=False, metadata={"help": "accept local file paths as image/video URLs"})
+    # Secret: left out of args.json (public_args) and of the dataclass repr, never printed.
+    api_key: str | None = field(default=None, repr=False, metadata={
+        "help": "require `Authorization: Bearer KEY` on every request", "env": "VLFT_API_KEY", "secret": True})
+    allow_local_media: str | None = field(default=None, metadata={
+        "help": "the one folder requests may name local image/video files in; unset: no local files"})
+    max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={
+        "help": "largest request body, and largest media file or download (413 above)"})
+    max_media_per_request: int = field(default=8, metadata={"help": "images plus videos allowed in one request"})
+    # TemplateArguments' flag, with a lower default: a server decodes what strangers send.
+    max_image_pixels: int = field(default=50_000_000, metadata={
+        "help": "images (and video frames) over this many pixels are refused before decoding"})
+    max_tokens_limit: int = field(default=4096, metadata={"help": "largest max_tokens a request may ask for"})
+    max_pending_requests: int = field(default=256, metadata={"help": "requests queued or running at once "
+                                                                     "(503 above)"})
+    client_timeout: float = field(default=60.0, metadata={
+        "help": "seconds a client may stall while sending its request or reading the answer"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.allow_local_media is not None and self.allow_local_media.strip().lower() in ("true", "false", ""):
+            raise VlftError(f"--allow_local_media takes a folder (the only place local media may come from), "
+                            f"got {self.allow_local_media!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise VlftError("--api_key is empty")
+        for name in ("max_body_bytes", "max_media_per_request", "max_tokens_limit", "max_pending_requests",
+                     "client_timeout"):
+            _positive(name, getattr(self, name))
+        if self.max_new_tokens > self.max_tokens_limit:
+            raise VlftError(f"--max_new_tokens {self.max_new_tokens} is above --max_tokens_limit "
+                            f"{self.max_tokens_limit}")

@@ -153,3 +153,75 @@ def test_bad_model_dirs(tmp_path, capsys, vlft_cache):
     assert "model_type: unsupported 'llama'" in capsys.readouterr().err
     assert main(["data", "check", "--model", str(tmp_path / "nowhere" / "model"), "--dataset", "x.jsonl"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# --strict false: bad lines skipped and listed at the end; --max_image_pixels
+
+
+def test_check_not_strict_lists_the_skipped_lines_last_and_passes(bad_dataset, vlft_cache, capsys):
+    path, expected = bad_dataset
+    code = main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path), "--strict", "false"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"(1 ok, {len(expected)} bad" in out and "errors (" not in out
+    skipped = out.split(f"skipped {len(expected)} bad line(s) (--strict false):\n")[1].splitlines()
+    assert len(skipped) == len(expected)
+    for listed, message in zip(skipped, expected.values()):
+        assert listed.startswith(f"  {message}"), (listed, message)
+
+
+def test_encode_not_strict_writes_only_the_good_lines(bad_dataset, vlft_cache, tmp_path, capsys):
+    path, expected = bad_dataset
+    out = tmp_path / "enc.jsonl"
+    code = main(["data", "encode", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path), "--output", str(out),
+                 "--strict", "false"])
+    captured = capsys.readouterr()
+    assert code == 0
+    written = [json.loads(line) for line in open(out)]
+    good = sorted(set(range(1, len(expected) + 2)) - set(expected))
+    assert [item["line"] for item in written] == good and all("input_ids" in item for item in written)
+    assert f"skipped {len(expected)} line(s) (--strict false):" in captured.err
+    for message in expected.values():
+        assert message in captured.err
+
+
+def test_not_strict_with_no_usable_line_fails(tmp_path, vlft_cache, capsys):
+    path = tmp_path / "all-bad.jsonl"
+    path.write_text('{"messages": []}\n[1]\n')
+    assert main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path), "--strict", "false"]) == 1
+    assert "no usable lines" in capsys.readouterr().out
+
+
+def test_max_image_pixels_names_the_line_and_the_size(media_dir, tmp_path, vlft_cache, capsys):
+    path = tmp_path / "d.jsonl"
+    row = {"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Hello"}],
+           "images": [str(media_dir / "a.png")]}
+    text = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    path.write_text(json.dumps(text) + "\n" + json.dumps(row) + "\n")
+    argv = ["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path)]
+    assert main(argv + ["--max_image_pixels", "5000"]) == 1
+    assert (f"{path}:2: images[0]: image {media_dir / 'a.png'} is 96x64 = 6,144 pixels, over the limit of 5,000 "
+            "(--max_image_pixels)") in capsys.readouterr().out
+    assert main(argv + ["--max_image_pixels", "6144"]) == 0
+
+
+@pytest.mark.slow
+def test_sft_strict_stops_and_not_strict_trains_on_the_good_lines(bad_dataset, vlft_cache, tmp_path, capsys, caplog):
+    path, expected = bad_dataset
+    argv = ["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(path), "--max_steps", "1", "--report_to", "none",
+            "--image_max_token_num", "16", "--image_min_token_num", "4"]
+    assert main(argv + ["--output_dir", str(tmp_path / "strict")]) == 2  # before the model loads
+    err = capsys.readouterr().err
+    assert f"{len(expected)} bad dataset line(s)" in err and all(m in err for m in expected.values())
+
+    assert main(argv + ["--output_dir", str(tmp_path / "lenient"), "--strict", "false"]) == 0
+    [run_dir] = (tmp_path / "lenient").iterdir()
+    assert sorted(run_dir.glob("checkpoint-*"))
+    records = [json.loads(line) for line in open(run_dir / "skipped_lines.jsonl")]
+    assert [r["line"] for r in records] == sorted(expected)
+    for r in records:
+        assert r["source"] == str(path) and r["error"].startswith(expected[r["line"]])
+        assert r["error"] == f"{path}:{r['line']}: " + (f"{r['field']}: " if r["field"] else "") + r["problem"]
+    assert f"--strict false: skipped {len(expected)} bad line(s), all listed in {run_dir / 'skipped_lines.jsonl'}" \
+        in caplog.text

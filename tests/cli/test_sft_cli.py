@@ -117,6 +117,36 @@ def test_kill_and_resume_reproduces_the_losses(tmp_path, vlft_cache):
     state = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
 
+    # Killed in the middle of writing checkpoint-4: checkpoint-2 stays whole, no checkpoint-4 appears, and
+    # the resume continues from checkpoint-2 with the uninterrupted run's losses.
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *_train_args(tmp_path / "killed_in_save")],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path / "killed_in_save")
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (run_dir / ".saving" / "checkpoint-4" / "adapter_model.safetensors").is_file()  # the cut-short save
+    assert main(_train_args(run_dir, "--add_version", "false", "--resume_from_checkpoint",
+                            str(run_dir / "checkpoint-2"))) == 0
+    assert not (run_dir / ".saving").exists()
+    resumed = _losses(run_dir)
+    for step in (3, 4, 5, 6):
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-5), step
+
+
+# Runs `vlft sft` and SIGKILLs itself when the optimizer state of checkpoint-4 is about to be written: a
+# crash in the middle of a save, after the weights are on disk.
+KILL_DURING_SAVE = """
+import os, signal, sys, torch
+save = torch.save
+def save_or_die(obj, f, *args, **kwargs):
+    if "checkpoint-4" in str(f) and str(f).endswith("optimizer.pt"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, f, *args, **kwargs)
+torch.save = save_or_die
+from vlft.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 

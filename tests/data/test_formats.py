@@ -301,3 +301,24 @@ def test_sharegpt_turn_errors_name_the_conversations_column(row, field):
     with pytest.raises(DataError) as info:
         to_sample(row)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("row, field", [
+    (_msgs({"role": "user", "content": [{"type": "text", "text": 5}]}, A), "messages[0].content[0].text"),
+    (_msgs({"role": "user", "content": [{"type": "text"}]}, A), "messages[0].content[0].text"),
+    ({**_msgs(U, A), "system": 5}, "system"),
+    ({"instruction": "i", "input": ["x"], "output": "o"}, "input"),
+    ({"conversations": [{"from": ["human"], "value": "x"}]}, "conversations[0].from"),
+])
+def test_values_of_the_wrong_type_are_not_turned_into_text(row, field):
+    with pytest.raises(DataError) as info:
+        to_sample(row)
+    assert info.value.field == field
+
+
+def test_messages_remember_their_field_in_the_row():
+    assert [m.where for m in to_sample({**_msgs(U, A), "system": "S"}).messages] == [
+        "system", "messages[0].content", "messages[1].content"]
+    assert [m.where for m in to_sample({"query": "q", "response": "r", "history": [["a", "b"]]}).messages] == [
+        "history[0][0]", "history[0][1]", "query", "response"]
+    assert [m.where for m in to_sample({"instruction": "i", "output": "o"}).messages] == ["instruction", "output"]

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import FAMILIES
 from tests.data.test_encode_parity import hf_encode, make_encoder, with_paths
 from vlft.data.formats import to_sample
-from vlft.data.grounding import ImageGeometry, check_box, convert_box, fill_grounding
+from vlft.data.grounding import ImageGeometry, check_box, check_objects, convert_box, fill_grounding
 from vlft.errors import DataError
 from vlft.families import get_family
 
@@ -71,3 +71,28 @@ def test_grounding_through_the_encoder_matches_hf(family_name, tiny_model_dir, p
                 {"role": "assistant", "content": f'[{{"bbox_2d": {EXPECTED_TEXT[family_name]}, "label": "{ref}"}}]'}]
     expected = hf_encode(processor, family, with_paths(messages, media_dir), add_generation_prompt=False)
     assert encoder.encode(to_sample(row)).input_ids == expected["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("box, problem", [
+    ([float("nan"), 1, 5, 5], "not a finite number"),
+    ([1, 1, float("inf"), 5], "not a finite number"),
+    ([1, 1, 10**400, 5], "not a finite number"),
+    ([True, 1, 5, 5], "expected [x1, y1, x2, y2] numbers"),
+])
+def test_boxes_that_are_not_finite_numbers(box, problem):
+    with pytest.raises(DataError) as info:
+        check_box(box, ImageGeometry(96, 64, 84, 56))
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize("objects, field", [
+    ({"ref": "cat", "bbox": [[1, 1, 5, 5]]}, "objects.ref"),  # a string would be read one letter per ref
+    ({"ref": ["cat"], "bbox": 5}, "objects.bbox"),
+    ({"ref": [3], "bbox": [[1, 1, 5, 5]]}, "objects.ref[0]"),
+    ({"ref": ["cat"], "bbox": [[1, 1, 5, 5]], "image_id": [0, 0]}, "objects.image_id"),
+    ({"ref": ["cat"], "bbox": [[1, 1, 5, 5]], "bbox_type": "norm1000"}, "objects.bbox_type"),
+])
+def test_malformed_objects_name_the_field(objects, field):
+    with pytest.raises(DataError) as info:
+        check_objects(objects)
+    assert info.value.field == field

@@ -376,3 +376,32 @@ def test_read_jsonl_with_byte_order_mark(tmp_path):
     rows = list(read_local(path))
     assert [r.error for r in rows] == [None, None]
     assert [r.row for r in rows] == expected
+
+
+def test_read_jsonl_bad_bytes_stray_cr_and_deep_nesting_stay_on_their_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"query": "caf\xe9", "response": "r"}\n'  # Latin-1, not UTF-8
+                     b'{"query": "a\rb", "response": "r"}\n'  # a raw CR inside a string: one line, bad JSON
+                     b'{"query": "q", "response": [' + b"[" * 5000 + b"]" * 5000 + b"]}\n"
+                     b'{"query": "q", "response": "r", "x": ' + b"[" * 120 + b"]" * 120 + b"}\n"
+                     b'{"query": "q4", "response": "r4"}\n')
+    rows = list(read_local(path))
+    assert [r.line for r in rows] == [1, 2, 3, 4, 5]
+    assert str(rows[0].error) == "not valid UTF-8: byte 0xe9 at byte 15 of the line"
+    assert "malformed JSON: Invalid control character" in str(rows[1].error)
+    assert "malformed JSON: nested too deeply" in str(rows[2].error)
+    assert str(rows[3].error) == "lists and objects nested more than 100 levels deep"
+    assert rows[4].row == {"query": "q4", "response": "r4"} and rows[4].error is None
+
+
+def test_read_json_and_csv_with_bad_bytes(tmp_path):
+    json_path = tmp_path / "d.json"
+    json_path.write_bytes(b'[{"query": "q", "response": "r"},\n {"query": "\xff", "response": "r"}]')
+    [row] = read_local(json_path)
+    assert (row.line, str(row.error)) == (2, "not valid UTF-8: byte 0xff")
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b'query,response\nq1,r1\n"q\xff\n2",r2\nq3,r3\n')
+    rows = list(read_local(csv_path))
+    assert [(r.line, r.row, str(r.error) if r.error else None) for r in rows] == [
+        (2, {"query": "q1", "response": "r1"}, None), (3, None, "query: not valid UTF-8: byte 0xff"),
+        (5, {"query": "q3", "response": "r3"}, None)]

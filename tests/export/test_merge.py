@@ -20,7 +20,7 @@ from vlft.families import detect_family
 from vlft.train.model import load_model
 from vlft.train.tuners import prepare_trainable
 
-TINY = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen2_vl": "vlft/tiny-qwen2-vl"}
+TINY = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen2_vl": "vlft/tiny-qwen2-vl", "qwen3_vl_moe": "vlft/tiny-qwen3-vl-moe"}
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def lora_checkpoint(tiny_model_dir, vlft_cache, tmp_path, monkeypatch):
         model_dir = tiny_model_dir(family)
         args = SimpleNamespace(train_type="lora", freeze_vit=freeze_vit, freeze_aligner=True, freeze_llm=False,
                                target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0,
-                               use_dora=False, use_rslora=False, modules_to_save=[])
+                               use_dora=False, use_rslora=False, modules_to_save=[], freeze_router=True)
         torch.manual_seed(0)
         model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), args)
         for name, param in model.named_parameters():  # LoRA B starts at zero: a merge of it would be a no-op
@@ -87,6 +87,37 @@ def test_merged_model_matches_base_plus_adapter(freeze_vit, lora_checkpoint, tin
     assert torch.equal(weights[qkv], base_weights[qkv]) == freeze_vit  # adapted only with freeze_vit false
 
 
+def test_merged_moe_expert_lora_matches_base_plus_adapter(lora_checkpoint, tiny_model_dir, processor_of, media_dir):
+    """LoRA on the MoE's fused 3-D expert weights merges into those weights."""
+    ckpt = lora_checkpoint("qwen3_vl_moe")
+    adapter_config = json.loads((ckpt / "adapter_config.json").read_text())
+    assert any(name.endswith("mlp.experts.gate_up_proj") for name in adapter_config["target_parameters"])
+    assert run(["--adapters", str(ckpt), "--merge_lora", "true"]) == 0
+    merged_dir = ckpt.parent / "checkpoint-1-merged"
+
+    base_dir = tiny_model_dir("qwen3_vl_moe")
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32).eval()
+    plain = image_logits(base, "qwen3_vl_moe", tiny_model_dir, processor_of, media_dir)
+    peft_model = PeftModel.from_pretrained(base, ckpt).eval()
+    reference = image_logits(peft_model, "qwen3_vl_moe", tiny_model_dir, processor_of, media_dir)
+    peft_model.disable_adapter_layers()
+    experts_only = {n for n, _ in peft_model.named_parameters() if "lora_" in n and ".experts." in n}
+    assert experts_only
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+    ours = image_logits(merged, "qwen3_vl_moe", tiny_model_dir, processor_of, media_dir)
+    assert (reference - plain).abs().max() > 1e-2
+    assert (ours - reference).abs().max() <= 1e-4
+
+    weights, base_weights = load_file(merged_dir / "model.safetensors"), load_file(base_dir / "model.safetensors")
+    experts = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    delta = (weights[experts] - base_weights[experts]).double()
+    assert delta.abs().max() > 0
+    for expert in delta:  # a rank-4 LoRA per expert: each expert's update has rank <= 4
+        assert torch.linalg.matrix_rank(expert, atol=1e-6) <= 4
+    router = "model.language_model.layers.0.mlp.gate.weight"
+    assert torch.equal(weights[router], base_weights[router])  # routers stay frozen by default
+
+
 def test_adapter_of_another_family_is_refused(lora_checkpoint, tiny_model_dir):
     ckpt = lora_checkpoint("qwen2_vl", freeze_vit=False)
     argv = ["--adapters", str(ckpt), "--merge_lora", "true", "--model", str(tiny_model_dir("qwen3_vl"))]
@@ -128,7 +159,7 @@ def test_full_and_empty_checkpoints_have_nothing_to_merge(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--adapters", "c", "--merge_lora", "true", "--push_to_hub", "true"], "--push_to_hub is not implemented yet"),
+    (["--adapters", "c", "--merge_lora", "true", "--push_to_hub", "true"], "needs --hub_model_id"),
     (["--adapters", "c"], "--merge_lora true is required"),
     (["--merge_lora", "true"], "--adapters is required"),
     (["--adapters", "c", "d", "--merge_lora", "true"], "one checkpoint, got 2"),

@@ -1,4 +1,5 @@
-"""Run callbacks driven by a real transformers Trainer on a tiny model: logging.jsonl, plots, checkpoint extras."""
+"""Run callbacks and atomic checkpoints driven by a real transformers Trainer on a tiny model: logging.jsonl,
+plots, checkpoints staged and renamed into place with their extras (processor, args.json)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from transformers import TrainerState
 
 from vlft.arguments import SftArguments
 from vlft.arguments import public_args
-from vlft.train.callbacks import (CheckpointExtrasCallback, JsonlLogCallback, PlotCallback, read_log_series,
-                                  smooth)
+from vlft.train.callbacks import JsonlLogCallback, PlotCallback, read_log_series, smooth
+from vlft.train.checkpointing import AtomicCheckpoints, write_checkpoint_extras
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -46,11 +47,16 @@ def trained_run(tmp_path_factory):
     sft_args = SftArguments(model="vlft/tiny-qwen3-vl", dataset=["train.jsonl"], hub_token="hf_secret")
     args = TrainingArguments(output_dir=str(run_dir), use_cpu=True, max_steps=4, per_device_train_batch_size=2,
                              learning_rate=1e-2, logging_steps=1, save_steps=2, eval_strategy="steps", eval_steps=2,
-                             report_to=[], disable_tqdm=True)
-    callbacks = [JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir),
-                 CheckpointExtrasCallback(tokenizer, public_args(sft_args))]
-    trainer = Trainer(model=_tiny_llama(), args=args, train_dataset=_Rows(), eval_dataset=_Rows(),
-                      callbacks=callbacks)
+                             metric_for_best_model="eval_loss", greater_is_better=False, report_to=[],
+                             disable_tqdm=True)
+    callbacks = [JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)]
+
+    class AtomicTrainer(AtomicCheckpoints, Trainer):
+        pass
+
+    trainer = AtomicTrainer(model=_tiny_llama(), args=args, train_dataset=_Rows(), eval_dataset=_Rows(),
+                            callbacks=callbacks)
+    trainer.checkpoint_extras = lambda d: write_checkpoint_extras(d, tokenizer, public_args(sft_args))
     trainer.train()
     return run_dir, tokenizer, sft_args
 
@@ -86,6 +92,11 @@ def test_checkpoints_hold_args_and_processor(trained_run):
         assert "hub_token" not in written and written["model"] == sft_args.model
         assert written["dataset"] == ["train.jsonl"]
         assert (checkpoint / "tokenizer_config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    assert not (run_dir / ".saving").exists() or not any((run_dir / ".saving").iterdir())
+    state = json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    evals = {e["step"]: e["eval_loss"] for e in map(json.loads, open(run_dir / "logging.jsonl")) if "eval_loss" in e}
+    best_step = min(evals, key=evals.get)
+    assert state["best_model_checkpoint"] == str(run_dir / f"checkpoint-{best_step}")  # the published path
     reloaded = AutoTokenizer.from_pretrained(run_dir / "checkpoint-2")
     text = "<|im_start|>user\nWhere is Hangzhou?<|im_end|>"
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]

@@ -11,7 +11,7 @@ from tests.conftest import FAMILIES
 from tests.train.test_packing_parity import lora_args
 from vlft.families import get_family
 from vlft.train.model import load_model
-from vlft.train.modules import lora_target_modules, module_part, trainable_parts
+from vlft.train.modules import lora_targets, module_part, trainable_parts
 from vlft.train.tuners import prepare_trainable
 
 LLM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -39,8 +39,8 @@ def test_every_parameter_has_one_part(family_name, models):
 
 
 def _targets(model, family, parts, targets=("all-linear",)):
-    regex = re.compile(lora_target_modules(model, family, targets, parts))
-    return [name for name, _ in model.named_modules() if regex.fullmatch(name)]
+    regex, _ = lora_targets(model, family, targets, parts)
+    return [name for name, _ in model.named_modules() if re.fullmatch(regex, name)]
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
@@ -51,7 +51,7 @@ def test_all_linear_is_the_unfrozen_parts_linears(family_name, models):
     assert "lm_head" not in default
     leaves = {n.split(".")[-1] for n in default}
     if family_name == "qwen3_vl_moe":
-        # experts are fused 3D parameters, not nn.Linear; the router (mlp.gate) is never a LoRA target
+        # experts are fused 3D parameters, not nn.Linear (targeted as parameters); the router never is
         assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj"}
     else:
         assert leaves == LLM_LINEARS
@@ -79,3 +79,57 @@ def test_lora_model_trains_only_adapters(family_name, tiny_model_dir):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any(".visual." in n for n in trainable)
+
+
+def test_moe_all_linear_reaches_every_experts_weights_but_not_the_router(models):
+    family, model = get_family("qwen3_vl_moe"), models["qwen3_vl_moe"]
+    _, experts = lora_targets(model, family, ["all-linear"], trainable_parts(True, True, False))
+    layers = model.config.text_config.num_hidden_layers
+    assert sorted(experts) == sorted(f"model.language_model.layers.{i}.mlp.experts.{p}"
+                                     for i in range(layers) for p in ("gate_up_proj", "down_proj"))
+    _, named = lora_targets(model, family, ["q_proj", "down_proj"], trainable_parts(True, True, False))
+    assert named and all(n.endswith(".experts.down_proj") for n in named)
+    _, frozen_llm = lora_targets(model, family, ["all-linear"], trainable_parts(False, True, True))
+    assert frozen_llm == []
+
+
+def test_moe_lora_trains_adapters_and_experts_and_the_router_only_when_asked(tiny_model_dir):
+    from tests.train.test_packing_parity import lora_args
+
+    family = get_family("qwen3_vl_moe")
+    model = prepare_trainable(load_model(tiny_model_dir("qwen3_vl_moe"), torch.float32, "sdpa"), family, lora_args())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in trainable) and any(".experts." in n for n in trainable)
+    assert not any(".mlp.gate." in n for n in trainable)
+
+    args = lora_args()
+    args.freeze_router = False
+    model = prepare_trainable(load_model(tiny_model_dir("qwen3_vl_moe"), torch.float32, "sdpa"), family, args)
+    routers = [n for n, p in model.named_parameters() if p.requires_grad and ".mlp.gate." in n]
+    assert len(routers) == model.config.text_config.num_hidden_layers  # one trained copy per layer
+
+
+def test_lora_dropout_defaults_to_zero_on_experts_and_refuses_an_explicit_one(tiny_model_dir):
+    from vlft.errors import VlftError
+    from vlft.train.tuners import resolve_lora_dropout
+
+    assert resolve_lora_dropout(None, adapts_experts=False) == 0.05
+    assert resolve_lora_dropout(None, adapts_experts=True) == 0.0
+    with pytest.raises(VlftError, match="--lora_dropout 0"):
+        resolve_lora_dropout(0.1, adapts_experts=True)
+
+
+def test_router_aux_loss_is_added_to_the_loss(tiny_model_dir):
+    from vlft.errors import VlftError
+    from vlft.train.model import set_router_aux_loss
+
+    model = load_model(tiny_model_dir("qwen3_vl_moe"), torch.float32, "sdpa").eval()
+    ids = torch.tensor([[151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198, 9707, 151645]])
+    with torch.no_grad():
+        plain = model(input_ids=ids, labels=ids).loss
+        set_router_aux_loss(model, 0.5)
+        out = model(input_ids=ids, labels=ids)
+    assert out.aux_loss is not None and out.aux_loss > 0
+    assert out.loss.item() == pytest.approx(plain.item() + 0.5 * out.aux_loss.item(), rel=1e-5)
+    with pytest.raises(VlftError, match="no MoE router"):
+        set_router_aux_loss(load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa"), 0.1)

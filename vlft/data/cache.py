@@ -33,6 +33,16 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def processor_digest(model_dir: Path) -> bytes:
+    """sha256 over the model dir's processor files (tokenizer, image and video processors, chat template)."""
+    h = hashlib.sha256()
+    for name in PROCESSOR_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            h.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    return h.digest()
+
+
 def cache_key(rows: list["RawRow"], encoder: "Encoder", model_dir: Path, columns: dict | None) -> str:
     """sha256 over everything that decides the encodings."""
     h = hashlib.sha256()
@@ -40,10 +50,7 @@ def cache_key(rows: list["RawRow"], encoder: "Encoder", model_dir: Path, columns
     h.update(json.dumps({"family": encoder.family.name, "template": dataclasses.asdict(encoder.template),
                          "settings": dataclasses.asdict(encoder.settings), "columns": columns},
                         sort_keys=True, default=repr).encode())
-    for name in PROCESSOR_FILES:
-        path = Path(model_dir) / name
-        if path.is_file():
-            h.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    h.update(processor_digest(model_dir))
     for raw in rows:
         h.update(f"{raw.source}:{raw.line}:{raw.base_dir}".encode())
         h.update(json.dumps(raw.row, sort_keys=True, default=_json_default).encode())

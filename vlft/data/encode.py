@@ -7,6 +7,7 @@ number of vision tokens the processor's grid gives.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,7 +15,7 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from vlft.data.grounding import ImageGeometry, fill_grounding
-from vlft.data.media import load_image, local_video_path
+from vlft.data.media import MAX_IMAGE_PIXELS, load_image, local_video_path
 from vlft.data.sample import Message, Sample
 from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, LossScale, Template, render
 from vlft.data.truncate import truncate
@@ -41,6 +42,7 @@ class EncodeSettings:
     image_min_pixels: int | None = None  # None: the processor's own setting
     image_max_pixels: int | None = None
     video: VideoSampling = field(default_factory=VideoSampling)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images and video frames are refused, not decoded
 
 
 @dataclass
@@ -100,13 +102,14 @@ class Encoder:
     def _encode(self, sample: Sample, add_generation_prompt: bool) -> EncodedSample:
         messages = list(sample.messages)
         if self.settings.system is not None and not (messages and messages[0].role == "system"):
-            messages.insert(0, Message("system", self.settings.system))
+            messages.insert(0, Message("system", self.settings.system, where="--system"))
         _check_placeholders(messages, IMAGE_PLACEHOLDER, len(sample.images), "images")
         _check_placeholders(messages, VIDEO_PLACEHOLDER, len(sample.videos), "videos")
         image_inputs, geometries = self._process_images(sample)
         video_inputs, videos = self._process_videos(sample)
         texts = fill_grounding([m.content for m in messages], sample.objects, geometries, self.family)
-        messages = [Message(m.role, t, m.loss) for m, t in zip(messages, texts)]
+        messages = [Message(m.role, t, m.loss, m.where) for m, t in zip(messages, texts)]
+        _check_text(messages, self.template)
         segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
                           add_generation_prompt=add_generation_prompt)
         input_ids, labels = self._tokenize(segments)
@@ -135,7 +138,7 @@ class Encoder:
         images = []
         for i, ref in enumerate(sample.images):
             try:
-                images.append(load_image(ref, sample.base_dir))
+                images.append(load_image(ref, sample.base_dir, self.settings.max_image_pixels))
             except DataError as e:
                 raise e.within(f"images[{i}]") from None
         kwargs = {}
@@ -164,7 +167,7 @@ class Encoder:
         for i, ref in enumerate(sample.videos):
             try:
                 videos.append(read_video(local_video_path(ref, sample.base_dir), self.settings.video,
-                                         self.family.image_factor))
+                                         self.family.image_factor, self.settings.max_image_pixels))
             except DataError as e:
                 raise e.within(f"videos[{i}]") from None
         metadata = [VideoMetadata(total_num_frames=v.total_frames, fps=v.video_fps, frames_indices=v.frame_indices)
@@ -250,5 +253,24 @@ def _check_placeholders(messages: list[Message], placeholder: str, given: int, m
             seen += count
             if seen > given:
                 raise DataError(f"{seen} {placeholder} placeholders up to here but {given} {noun} given",
-                                field=f"messages[{i}].content")
+                                field=messages[i].where or f"messages[{i}].content")
     raise DataError(f"{given} {noun} given but {total} {placeholder} placeholders in the messages", field=media_field)
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one ("\\ud800"); no tokenizer takes it
+
+
+def _check_text(messages: list[Message], template: Template) -> None:
+    """DataError for text the tokenizer cannot take, or that would pass for the model's own media tokens."""
+    special = (template.image_pad, template.video_pad, template.vision_start, template.vision_end)
+    for i, message in enumerate(messages):
+        where = message.where or f"messages[{i}].content"
+        surrogate = LONE_SURROGATE.search(message.content)
+        if surrogate:
+            raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "
+                            "(not valid Unicode)", field=where)
+        token = next((t for t in special if t in message.content), None)
+        if token is not None:
+            # A pad in the text would be expanded as if it were an image or video the sample does not have.
+            raise DataError(f"contains the model's special token {token}; mark media with <image> or <video>",
+                            field=where)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlft.data.grounding import check_objects
 from vlft.data.sample import ROLES, Message, Sample
 from vlft.errors import DataError
 
@@ -41,15 +42,18 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
     else:
         raise DataError("no conversation found: expected one of messages, conversations, instruction, "
                         f"query/response (columns: {', '.join(map(str, row))}); map others with --columns")
-    if isinstance(row.get("system"), str) and not (messages and messages[0].role == "system"):
-        messages.insert(0, Message("system", row["system"]))
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise DataError(f"expected a string, got {type(system).__name__}", field="system")
+    if system is not None and not (messages and messages[0].role == "system"):
+        messages.insert(0, Message("system", system, where="system"))
     if "conversations" in row:
         _check_turns(messages, "conversations", "from", require_answer)
     else:
         _check_turns(messages, "messages", "role", require_answer)
     objects = row.get("objects")
-    if objects is not None and not isinstance(objects, dict):
-        raise DataError(f"expected an object with ref and bbox lists, got {type(objects).__name__}", field="objects")
+    if objects is not None:
+        check_objects(objects)
     return Sample(messages=messages, images=images, videos=videos, objects=objects or None,
                   source=source, line=line, base_dir=base_dir)
 
@@ -88,7 +92,7 @@ def _from_messages(messages: Any, images: list, videos: list, field: str) -> lis
         loss = message.get("loss")
         if loss is not None and not isinstance(loss, bool):
             raise DataError(f"expected true or false, got {loss!r}", field=f"{where}.loss")
-        out.append(Message(role, content, loss))
+        out.append(Message(role, content, loss, where=f"{where}.content"))
     return out
 
 
@@ -103,9 +107,12 @@ def _flatten_content(parts: list, images: list, videos: list, field: str, before
             continue
         if not isinstance(part, dict):
             raise DataError(f"expected a content part object, got {type(part).__name__}", field=where)
-        kind = part.get("type") or next((k for k in ("text", "image", "image_url", "video", "video_url") if k in part), None)
+        kind = part.get("type") or next((k for k in ("text", "image", "image_url", "video", "video_url") if k in part),
+                                        None)
         if kind == "text":
-            text.append(str(part.get("text", "")))
+            if not isinstance(part.get("text"), str):
+                raise DataError(f"expected a string, got {type(part.get('text')).__name__}", field=f"{where}.text")
+            text.append(part["text"])
         elif kind in ("image", "image_url", "video", "video_url"):
             ref = part.get(kind, part.get("image") if kind.startswith("image") else part.get("video"))
             if isinstance(ref, dict) and "url" in ref:
@@ -131,13 +138,13 @@ def _from_sharegpt(conversations: Any) -> list[Message]:
         if not isinstance(turn, dict):
             raise DataError("expected an object with from and value", field=f"conversations[{i}]")
         speaker = turn.get("from", turn.get("role"))
-        role = SHAREGPT_ROLES.get(speaker)
+        role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise DataError(f"unknown role {speaker!r}", field=f"conversations[{i}].from")
         value = turn.get("value", turn.get("content"))
         if not isinstance(value, str):
             raise DataError(f"expected a string, got {type(value).__name__}", field=f"conversations[{i}].value")
-        out.append(Message(role, value))
+        out.append(Message(role, value, where=f"conversations[{i}].value"))
     return out
 
 
@@ -146,8 +153,10 @@ def _from_alpaca(row: dict) -> list[Message]:
     for name, value in (("instruction", instruction), ("output", output)):
         if not isinstance(value, str):
             raise DataError(f"expected a string, got {type(value).__name__}", field=name)
+    if extra is not None and not isinstance(extra, str):
+        raise DataError(f"expected a string, got {type(extra).__name__}", field="input")
     query = instruction if not extra else f"{instruction}\n{extra}"
-    return [Message("user", query), Message("assistant", output)]
+    return [Message("user", query, where="instruction"), Message("assistant", output, where="output")]
 
 
 def _from_query_response(row: dict) -> list[Message]:
@@ -158,11 +167,13 @@ def _from_query_response(row: dict) -> list[Message]:
     for i, pair in enumerate(history):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise DataError("expected a [query, response] pair of strings", field=f"history[{i}]")
-        out += [Message("user", pair[0]), Message("assistant", pair[1])]
+        out += [Message("user", pair[0], where=f"history[{i}][0]"),
+                Message("assistant", pair[1], where=f"history[{i}][1]")]
     for name in ("query", "response"):
         if not isinstance(row.get(name), str):
             raise DataError(f"expected a string, got {type(row.get(name)).__name__}", field=name)
-    return out + [Message("user", row["query"]), Message("assistant", row["response"])]
+    return out + [Message("user", row["query"], where="query"),
+                  Message("assistant", row["response"], where="response")]
 
 
 def _check_turns(messages: list[Message], field: str, role_key: str, require_answer: bool) -> None:

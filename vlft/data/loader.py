@@ -6,6 +6,7 @@ syntax `ID[:SUBSET][#N]`: N rows, drawn with the seed, repeating the set when N 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import random
@@ -18,6 +19,10 @@ from vlft.errors import DataError, VlftError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPEC = re.compile(r"^(?P<name>.+?)(?::(?P<subset>[^:#/]+))?(?:#(?P<n>\d+))?$")
+# Real rows nest a few levels (row > messages > message > content > part > image_url); deeper ones are
+# refused as read, before anything (hashing, encoding) recurses into them.
+MAX_NESTING = 100
+JSON_SPACE = " \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,15 @@ def read_local(path: Path) -> Iterator[RawRow]:
     elif path.suffix == ".json":
         yield from _read_json(path, source, base_dir)
     elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        # surrogateescape: a byte that is not UTF-8 becomes a lone surrogate, found below in its row
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             start = 2  # line 1 is the header; a quoted cell may span lines
             for row in reader:
-                yield RawRow(_csv_values(row), source, start, base_dir)
+                error = _undecodable_cell(row)
+                values = None if error else _csv_values(row)
+                error = error or _too_deep(values)
+                yield RawRow(None if error else values, source, start, base_dir, error)
                 start = reader.line_num + 1
     else:
         import pyarrow.parquet as pq
@@ -86,33 +95,88 @@ def read_local(path: Path) -> Iterator[RawRow]:
 
 
 def _read_jsonl(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for i, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
+    # Bytes, split at b"\n" only: line numbers are what `wc -l` and editors count (a stray \r or U+2028
+    # inside a line does not start a new one), and each line is decoded on its own.
+    with open(path, "rb") as f:
+        for i, data in enumerate(f, start=1):
+            if i == 1:
+                data = data.removeprefix(codecs.BOM_UTF8)
             try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield RawRow(None, source, i, base_dir, DataError(f"malformed JSON: {e.msg} (column {e.colno})"))
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRow(None, source, i, base_dir, DataError(
+                    f"not valid UTF-8: byte {data[e.start]:#04x} at byte {e.start + 1} of the line"))
                 continue
-            yield RawRow(row, source, i, base_dir)
+            if not text.strip(JSON_SPACE):
+                continue
+            row, error = parse_json(text)
+            yield RawRow(row, source, i, base_dir, error)
 
 
 def _read_json(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        data = json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield RawRow(None, source, line, base_dir, DataError(f"not valid UTF-8: byte {data[e.start]:#04x}"))
+        return
+    try:
+        parsed = json.loads(text)
     except json.JSONDecodeError as e:
         yield RawRow(None, source, e.lineno, base_dir, DataError(f"malformed JSON: {e.msg} (column {e.colno})"))
         return
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
+    except RecursionError:
+        yield RawRow(None, source, 1, base_dir, DataError("malformed JSON: nested too deeply to read"))
+        return
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
         yield RawRow(None, source, 1, base_dir, DataError("expected a list of objects"))
         return
-    for i, row in enumerate(data):
+    for i, row in enumerate(parsed):
         # A JSON array has no per-row lines: the "line" is the item's position, 1-based.
-        yield RawRow(row, source, i + 1, base_dir)
+        error = _too_deep(row)
+        yield RawRow(None if error else row, source, i + 1, base_dir, error)
+
+
+def parse_json(text: str) -> tuple[Any, DataError | None]:
+    """(value, None) for one JSON text, or (None, the DataError saying why it cannot be a row)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, DataError(f"malformed JSON: {e.msg} (column {e.colno})")
+    except RecursionError:  # the json module recurses once per nesting level
+        return None, DataError(f"malformed JSON: nested too deeply to read (at most {MAX_NESTING} levels)")
+    error = _too_deep(value)
+    return (None, error) if error else (value, None)
+
+
+def _too_deep(value: Any) -> DataError | None:
+    """A DataError if lists and objects nest more than MAX_NESTING levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            return DataError(f"lists and objects nested more than {MAX_NESTING} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a non-UTF-8 byte
+
+
+def _undecodable_cell(row: dict) -> DataError | None:
+    for key, value in row.items():
+        for text in (key, value):
+            bad = UNDECODABLE.search(text) if isinstance(text, str) else None
+            if bad:
+                return DataError(f"not valid UTF-8: byte {ord(bad.group()) - 0xDC00:#04x}",
+                                 field=key if text is value and isinstance(key, str) else None)
+    return None
 
 
 def _csv_values(row: dict[str, str]) -> dict[str, Any]:
@@ -123,7 +187,7 @@ def _csv_values(row: dict[str, str]) -> dict[str, Any]:
             try:
                 out[key] = json.loads(value)
                 continue
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # not JSON after all: the cell stays text
                 pass
         out[key] = value
     return out

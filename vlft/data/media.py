@@ -10,6 +10,7 @@ import io
 import os
 import tempfile
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,36 @@ from PIL import Image, UnidentifiedImageError
 from vlft.errors import DataError
 
 URL_TIMEOUT_S = 30
+# Images (and video frames) over this many pixels are refused from their header, before decoding.
+# PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS): every image PIL (and so ms-swift or the HF
+# processor) opens is accepted; a decompression bomb (a few KB declaring 30000x30000) is not.
+MAX_IMAGE_PIXELS = 178_956_970
 
 
 def resolve_media_path(ref: str, base_dir: Path | None) -> Path:
     """A local path for a media reference: relative paths are taken from the dataset file's folder."""
     if ref.startswith("file://"):
         ref = ref[len("file://"):]
-    path = Path(ref).expanduser()
+    path = Path(ref)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # `~user/...` for a user that does not exist: left as written (and not found)
+        pass
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    return path
+
+
+def local_file(ref: str, base_dir: Path | None) -> Path:
+    """The existing local file a path or file:// URL names; DataError if there is none."""
+    path = resolve_media_path(ref, base_dir)
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a name too long, a permission denied on a folder on the way
+        raise DataError(f"cannot read {_shorten(str(path))}: {e.strerror}") from None
+    if not is_file:
+        what = "not a file" if path.is_dir() else "file not found"
+        raise DataError(f"{what}: {_shorten(str(path))}")
     return path
 
 
@@ -58,29 +80,56 @@ def read_media_bytes(ref: str, base_dir: Path | None) -> bytes:
         return _decode_data_uri(ref)
     if _is_url(ref):
         return _download(ref)
-    path = resolve_media_path(ref, base_dir)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
+    path = local_file(ref, base_dir)
     try:
         return path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
 
 
-def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
-    """An RGB PIL image from a path, URL, data URI, raw base64 string, `{"path"|"bytes"}` dict or PIL object."""
+def load_image(ref: Any, base_dir: Path | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB PIL image from a path, URL, data URI, raw base64 string, `{"path"|"bytes"}` dict or PIL object;
+    one over `max_pixels` is refused from its header, before any pixel is decoded."""
     if isinstance(ref, Image.Image):
-        image = ref
+        image, what = ref, "image"
     else:
         data = _image_bytes(ref, base_dir)
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except UnidentifiedImageError:
-            raise DataError(f"corrupt or unsupported image {_describe(ref, base_dir)}: not a known image format"
-                            ) from None
-        except (OSError, SyntaxError) as e:
-            raise DataError(f"corrupt or unsupported image {_describe(ref, base_dir)}: {e}") from None
+        what = f"image {_describe(ref, base_dir)}"
+        image = open_image_header(data, what)
+    check_pixels(image.width, image.height, max_pixels, what)
+    try:
+        image.load()
+        return to_rgb(image)
+    except Exception as e:  # PIL's decoders raise assorted types on corrupt data (OSError, SyntaxError,
+        # ValueError, struct.error, zlib.error, EOFError, ...): all of them mean the same to the user
+        raise DataError(f"corrupt or unsupported {what}: {type(e).__name__}: {e}") from None
+
+
+def open_image_header(data: bytes, what: str) -> Image.Image:
+    """The image behind `data`, opened lazily: PIL reads the header (format and size), no pixels.
+    `what` names the image in errors."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns from half its hard limit; vlft's own limit (check_pixels) decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # only above PIL's hard limit, which --max_image_pixels cannot lift
+        raise DataError(f"{what} is too large to open: {e}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"corrupt or unsupported {what}: not a known image format") from None
+    except Exception as e:  # assorted types from PIL's header parsers, as in load_image
+        raise DataError(f"corrupt or unsupported {what}: {type(e).__name__}: {e}") from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """DataError if a `width` x `height` image (or video frame) is over `max_pixels`."""
+    if width * height > max_pixels:
+        raise DataError(f"{what} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                        f"{max_pixels:,} (--max_image_pixels)")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in mode RGB; transparent pixels become white."""
     if image.mode != "RGB":
         # Transparent pixels become white rather than the black a bare convert() gives.
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -94,13 +143,18 @@ def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
 def _image_bytes(ref: Any, base_dir: Path | None) -> bytes:
     if isinstance(ref, dict):  # the HF datasets Image feature: {"bytes": ..., "path": ...}
         if ref.get("bytes"):
-            return ref["bytes"]
+            if not isinstance(ref["bytes"], (bytes, bytearray)):
+                raise DataError(f"expected bytes under 'bytes', got {type(ref['bytes']).__name__}")
+            return bytes(ref["bytes"])
         ref = ref.get("path")
     if isinstance(ref, (bytes, bytearray)):
         return bytes(ref)
-    if not isinstance(ref, str) or not ref:
+    if not isinstance(ref, str):
         raise DataError(f"expected an image path, URL or data URI, got {type(ref).__name__}")
-    if not (ref.startswith(("data:", "file://", "/", ".", "~")) or _is_url(ref)) and len(ref) > 256 and "." not in ref[-6:]:
+    if not ref:
+        raise DataError("expected an image path, URL or data URI, got an empty string")
+    looks_like_path = ref.startswith(("data:", "file://", "/", ".", "~")) or _is_url(ref) or "." in ref[-6:]
+    if not looks_like_path and len(ref) > 256:
         try:  # a bare base64 string, as some datasets store images
             return base64.b64decode(ref, validate=True)
         except (binascii.Error, ValueError):
@@ -112,19 +166,22 @@ def _describe(ref: Any, base_dir: Path | None) -> str:
     if isinstance(ref, str):
         if ref.startswith("data:") or _is_url(ref):
             return ref if len(ref) < 120 else ref[:60] + "..."
-        return str(resolve_media_path(ref, base_dir)) if len(ref) < 4096 else "(base64 image)"
+        return _shorten(str(resolve_media_path(ref, base_dir))) if len(ref) < 4096 else "(base64 image)"
     return type(ref).__name__
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 300 else text[:150] + "..." + text[-100:]
 
 
 def local_video_path(ref: str, base_dir: Path | None, cache_dir: Path | None = None) -> Path:
     """A local file for a video reference; URLs and data URIs are written to a content-addressed cache."""
-    if not isinstance(ref, str) or not ref:
+    if not isinstance(ref, str):
         raise DataError(f"expected a video path, URL or data URI, got {type(ref).__name__}")
+    if not ref:
+        raise DataError("expected a video path, URL or data URI, got an empty string")
     if not (ref.startswith("data:") or _is_url(ref)):
-        path = resolve_media_path(ref, base_dir)
-        if not path.is_file():
-            raise DataError(f"file not found: {path}")
-        return path
+        return local_file(ref, base_dir)
     data = read_media_bytes(ref, base_dir)
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "vlft-media"
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -19,17 +21,24 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
+def printable(text: str) -> str:
+    """`text` writable as UTF-8: lone surrogates (a dataset's bad bytes quoted in a message) as \\udcXX."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def encoded_line(result: EncodeResult, tokenizer) -> dict:
     """One line of `vlft data encode` output: the encoding, or the error for a bad line."""
+    source = printable(result.source)
     if result.sample is None:
-        return {"source": result.source, "line": result.line, "error": str(result.error)}
+        return {"source": source, "line": result.line, "error": printable(str(result.error))}
     s: EncodedSample = result.sample
-    out = {"source": result.source, "line": result.line, "input_ids": s.input_ids, "labels": s.labels,
+    out = {"source": source, "line": result.line, "input_ids": s.input_ids, "labels": s.labels,
            "image_grid_thw": s.image_grid_thw.tolist() if s.image_grid_thw is not None else [],
            "video_grid_thw": s.video_grid_thw.tolist() if s.video_grid_thw is not None else [],
            "pixel_values_shape": list(s.pixel_values.shape) if s.pixel_values is not None else None,
            "pixel_values_sha256": tensor_sha256(s.pixel_values) if s.pixel_values is not None else None,
-           "pixel_values_videos_shape": list(s.pixel_values_videos.shape) if s.pixel_values_videos is not None else None,
+           "pixel_values_videos_shape": (list(s.pixel_values_videos.shape)
+                                         if s.pixel_values_videos is not None else None),
            "pixel_values_videos_sha256": (tensor_sha256(s.pixel_values_videos)
                                           if s.pixel_values_videos is not None else None),
            "text": tokenizer.decode(s.input_ids, skip_special_tokens=False)}
@@ -62,17 +71,46 @@ def _histogram(lengths: list[int]) -> list[str]:
     return rows
 
 
-def check_report(results: list[EncodeResult], max_length: int | None, max_errors: int) -> tuple[str, bool]:
-    """The report text and whether every line is good (lines dropped for length are reported, not bad)."""
-    bad = [r for r in results if r.error is not None and not isinstance(r.error, TooLongError)]
+def bad_results(results: list[EncodeResult]) -> list[EncodeResult]:
+    """The lines that failed to encode, lines only over --max_length (dropped, not bad) left out."""
+    return [r for r in results if r.error is not None and not isinstance(r.error, TooLongError)]
+
+
+def listed_errors(results: list[EncodeResult], max_listed: int, flag: str) -> list[str]:
+    """`  file:line: field: problem` for the first `max_listed` results, and a line counting the rest."""
+    lines = [f"  {r.error}" for r in results[:max_listed]]
+    if len(results) > max_listed:
+        lines.append(f"  ... and {len(results) - max_listed} more ({flag})")
+    return lines
+
+
+def write_skipped_lines(path: Path, skipped: list[EncodeResult]) -> None:
+    """One JSON object per skipped line: source, line, field, problem and the whole message."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in skipped:
+            record = {"source": r.source, "line": r.line, "field": getattr(r.error, "field", None),
+                      "problem": getattr(r.error, "problem", str(r.error)), "error": str(r.error)}
+            f.write(json.dumps({k: printable(v) if isinstance(v, str) else v for k, v in record.items()},
+                               ensure_ascii=False) + "\n")
+
+
+def skipped_summary(skipped: list[EncodeResult], path: Path, max_listed: int) -> str:
+    """The end-of-run note on lines skipped under --strict false."""
+    return printable("\n".join([f"--strict false: skipped {len(skipped)} bad line(s), all listed in {path}:",
+                                *listed_errors(skipped, max_listed, f"see {path.name}")]))
+
+
+def check_report(results: list[EncodeResult], max_length: int | None, max_errors: int,
+                 strict: bool = True) -> tuple[str, bool]:
+    """The report text and whether the data passes: every line good (strict), or at least one line good and
+    the bad ones listed as skipped (not strict). Lines dropped for length are reported, not bad."""
+    bad = bad_results(results)
     too_long = [r for r in results if isinstance(r.error, TooLongError)]
     good = [r.sample for r in results if r.sample is not None]
     lines = [f"lines: {len(results)} ({len(good)} ok, {len(bad)} bad, {len(too_long)} over --max_length)"]
-    if bad:
+    if bad and strict:
         lines.append(f"errors ({len(bad)}):")
-        lines += [f"  {r.error}" for r in bad[:max_errors]]
-        if len(bad) > max_errors:
-            lines.append(f"  ... and {len(bad) - max_errors} more (--max_errors)")
+        lines += listed_errors(bad, max_errors, "--max_errors")
     if too_long:
         lines.append(f"over --max_length {max_length}, dropped ({len(too_long)}):")
         lines += [f"  {r.error}" for r in too_long[:max_errors]]
@@ -92,4 +130,9 @@ def check_report(results: list[EncodeResult], max_length: int | None, max_errors
                      f"median {statistics.median(lengths):g}, max {max(lengths)}")
         lines.append("token lengths:")
         lines += _histogram(lengths)
-    return "\n".join(lines), not bad
+    if bad and not strict:  # last, where the end of the run shows it
+        lines.append(f"skipped {len(bad)} bad line(s) (--strict false):")
+        lines += listed_errors(bad, max_errors, "--max_errors")
+    if not good:
+        lines.append("no usable lines")
+    return printable("\n".join(lines)), (not bad) if strict else bool(good)

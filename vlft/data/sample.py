@@ -16,6 +16,7 @@ class Message:
     role: str
     content: str
     loss: bool | None = None  # per-message override of whether an assistant turn is trained
+    where: str | None = field(default=None, compare=False)  # the field in the row (`messages[2].content`)
 
 
 @dataclass

@@ -31,4 +31,4 @@ def encode_settings(args: TemplateArguments, family: Family) -> EncodeSettings:
     )
     return EncodeSettings(max_length=args.max_length, truncation_strategy=args.truncation_strategy,
                           loss_scale=args.loss_scale, system=args.system, image_min_pixels=image_min,
-                          image_max_pixels=image_max, video=video)
+                          image_max_pixels=image_max, video=video, max_image_pixels=args.max_image_pixels)

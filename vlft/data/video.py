@@ -11,6 +11,7 @@ from qwen_vl_utils.vision_process import smart_nframes, smart_resize
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvF
 
+from vlft.data.media import MAX_IMAGE_PIXELS, check_pixels
 from vlft.errors import DataError
 
 FRAME_FACTOR = 2  # frames come in pairs: the temporal patch of every Qwen-VL ViT
@@ -52,8 +53,15 @@ def frame_pixel_bounds(sampling: VideoSampling, nframes: int, image_factor: int)
     return min_pixels, int(max_pixels)
 
 
-def read_video(path: Path, sampling: VideoSampling, image_factor: int) -> VideoFrames:
-    """Decode the sampled frames of a video file and resize them for a ViT whose token covers `image_factor` px."""
+def read_video(path: Path, sampling: VideoSampling, image_factor: int,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> VideoFrames:
+    """Decode the sampled frames of a video file and resize them for a ViT whose token covers `image_factor` px;
+    frames over `max_pixels` are refused from the container header, before decoding."""
+    try:
+        width, height = frame_size(path)
+    except Exception as e:  # PyAV's assorted error types on files that are not videos
+        raise DataError(f"corrupt or unsupported video {path}: {type(e).__name__}: {e}") from None
+    check_pixels(width, height, max_pixels, f"video {path}: a frame")
     try:
         raw, video_fps, indices, total = _decode(path, sampling)
     except DataError:
@@ -62,9 +70,21 @@ def read_video(path: Path, sampling: VideoSampling, image_factor: int) -> VideoF
         raise DataError(f"corrupt or unsupported video {path}: {type(e).__name__}: {e}") from None
     nframes, _, height, width = raw.shape
     min_pixels, max_pixels = frame_pixel_bounds(sampling, nframes, image_factor)
-    resized_h, resized_w = smart_resize(height, width, factor=image_factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    resized_h, resized_w = smart_resize(height, width, factor=image_factor, min_pixels=min_pixels,
+                                        max_pixels=max_pixels)
     frames = tvF.resize(raw, [resized_h, resized_w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
     return VideoFrames(frames=frames, video_fps=float(video_fps), frame_indices=indices, total_frames=total)
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream, from the container header (nothing decoded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        context = container.streams.video[0].codec_context
+        return context.width, context.height
 
 
 def sample_indices(total_frames: int, video_fps: float, sampling: VideoSampling) -> list[int]:

@@ -2,43 +2,74 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from vlft.errors import VlftError
 
+# A hub repo id: NAME (the token's own namespace) or OWNER/NAME, as both hubs spell them.
+_REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+
 
 @dataclass
 class ExportArguments:
-    """`vlft export --adapters CKPT --merge_lora true`: merge a LoRA checkpoint into its base model."""
+    """`vlft export`: merge a LoRA checkpoint into its base model (--merge_lora) and/or push a model dir or
+    checkpoint to ModelScope or the HF Hub (--push_to_hub)."""
 
-    adapters: list[str] = field(default_factory=list, metadata={"help": "the LoRA checkpoint dir to merge"})
+    adapters: list[str] = field(default_factory=list, metadata={
+        "help": "the LoRA checkpoint dir to merge or push"})
     model: str | None = field(default=None, metadata={
-        "help": "base model (default: the `model` in the checkpoint's args.json)"})
+        "help": "base model to merge into (default: the `model` in the checkpoint's args.json); without "
+                "--adapters, the model dir or checkpoint to push"})
     merge_lora: bool = field(default=False, metadata={"help": "merge the adapter into the base weights"})
     output_dir: str | None = field(default=None, metadata={"help": "merged model dir (default: CKPT-merged)"})
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
         default=None, metadata={"help": "dtype to merge and save in (default: the base model's)"})
     cache_dir: str | None = field(default=None, metadata={"help": "vlft's cache (tiny models)",
                                                           "env": "VLFT_CACHE_HOME"})
-    use_hf: bool = field(default=False, metadata={"help": "download the base from the HF Hub instead of ModelScope",
-                                                   "env": "USE_HF"})
-    push_to_hub: bool = field(default=False, metadata={"help": "upload the merged model (not implemented yet)"})
-    hub_model_id: str | None = field(default=None, metadata={"help": "hub repo to push to (not implemented yet)"})
-    hub_token: str | None = field(default=None, metadata={"help": "hub token (never written to disk)",
-                                                          "secret": True})
-    hub_private_repo: bool = field(default=False, metadata={"help": "push as a private repo (not implemented yet)"})
+    use_hf: bool = field(default=False, metadata={"help": "use the HF Hub instead of ModelScope (to download the "
+                                                          "base and to push)", "env": "USE_HF"})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "upload the merged model, the adapter checkpoint, or the --model dir"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "repo to push to: OWNER/NAME, or NAME in "
+                                                                     "the token's own namespace"})
+    # Secrets: left out of args.json (public_args) and of the dataclass repr, never printed.
+    hub_token: str | None = field(default=None, repr=False, metadata={
+        "help": "hub token with write access (never written to disk)", "secret": True})
+    hf_token: str | None = field(default=None, repr=False, metadata={
+        "help": "token for the HF Hub when --hub_token is not given", "env": "HF_TOKEN", "secret": True})
+    modelscope_api_token: str | None = field(default=None, repr=False, metadata={
+        "help": "token for ModelScope when --hub_token is not given", "env": "MODELSCOPE_API_TOKEN",
+        "secret": True})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the repo as private"})
 
     def __post_init__(self):
-        if self.push_to_hub:
-            raise VlftError("--push_to_hub is not implemented yet: nothing is uploaded; export without it and "
-                            "upload the merged dir with your hub's own client")
-        if not self.adapters:
-            raise VlftError("--adapters is required (a LoRA checkpoint dir)")
+        if self.hub_token is None:
+            self.hub_token = (self.hf_token if self.use_hf else self.modelscope_api_token) or None
         if len(self.adapters) > 1:
-            raise VlftError(f"--adapters: merging takes one checkpoint, got {len(self.adapters)}")
-        if not self.merge_lora:
-            raise VlftError("--merge_lora true is required: merging a LoRA checkpoint is the only export so far")
-        if self.output_dir is None:
+            raise VlftError(f"--adapters: export takes one checkpoint, got {len(self.adapters)}")
+        if self.push_to_hub:
+            self._check_push()
+        elif not self.merge_lora:
+            raise VlftError("nothing to do: --merge_lora true is required to merge --adapters into its base, "
+                            "--push_to_hub true to push")
+        if self.merge_lora and not self.adapters:
+            raise VlftError("--adapters is required with --merge_lora true (a LoRA checkpoint dir)")
+        if self.merge_lora and self.output_dir is None:
             self.output_dir = f"{Path(self.adapters[0])}-merged"  # Path drops a trailing slash
+
+    def _check_push(self) -> None:
+        hub, env = ("the HF Hub", "HF_TOKEN") if self.use_hf else ("ModelScope", "MODELSCOPE_API_TOKEN")
+        if not self.hub_model_id:
+            raise VlftError("--push_to_hub true needs --hub_model_id (OWNER/NAME, or NAME in your own namespace)")
+        if not _REPO_ID.match(self.hub_model_id) or ".." in self.hub_model_id:
+            raise VlftError(f"--hub_model_id {self.hub_model_id!r}: not a repo id; expected OWNER/NAME or NAME "
+                            "(letters, digits, '-', '_', '.')")
+        if not self.hub_token:
+            raise VlftError(f"--push_to_hub true needs a token with write access to {hub}: pass --hub_token or "
+                            f"set {env}" + ("" if self.use_hf else " (or push to the HF Hub with --use_hf true)"))
+        if not self.adapters and not self.model:
+            raise VlftError("--push_to_hub true needs what to push: --model DIR (a model dir or checkpoint) or "
+                            "--adapters CKPT")

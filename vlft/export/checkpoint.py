@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from vlft.errors import VlftError
-from vlft.model.hub import resolve_model_dir
 from vlft.paths import cache_root
 
 # A full-training checkpoint is a complete model dir: a config and its weights (one file or shards).
@@ -53,6 +52,8 @@ def require_lora_checkpoint(checkpoint: Path) -> None:
 def base_model_of(checkpoint: Path, model_override: str | None, cache_dir: str | None, *, use_hf: bool = False,
                   hub_token: str | None = None) -> Path:
     """The base model dir: `--model` when given, else the `model` of the run's args.json."""
+    from vlft.model.hub import resolve_model_dir  # imports torch (tiny models): only when a base is needed
+
     if model_override:
         return resolve_model_dir(model_override, use_hf=use_hf, cache_root=cache_root(cache_dir),
                                  hub_token=hub_token)

@@ -37,7 +37,8 @@ def adapted_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
         for key in f.keys():
             for half in ("lora_A", "lora_B"):
                 if f".{half}." in key:
-                    name = key.split(f".{half}.")[0].removeprefix(PEFT_PREFIX)
+                    # A parameter-targeted module nests one PEFT wrapper per parameter (`experts.base_layer`).
+                    name = key.split(f".{half}.")[0].removeprefix(PEFT_PREFIX).replace(".base_layer", "")
                     shapes.setdefault(name, {})[half] = f.get_slice(key).get_shape()
     # lora_A is (r, in_features), lora_B is (out_features, r)
     return {name: (s["lora_A"][1], s["lora_B"][0]) for name, s in shapes.items() if len(s) == 2}
@@ -64,6 +65,10 @@ def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
         elif isinstance(module, torch.nn.Linear) and (module.in_features, module.out_features) != (n_in, n_out):
             misfits.append(f"{name}: {n_in}->{n_out} in the adapter, {module.in_features}->"
                            f"{module.out_features} in the base")
+    parameters = dict(base.named_parameters())
+    for name in config.get("target_parameters") or []:  # MoE experts' fused weights, by exact name
+        if name not in parameters and not any(n.endswith("." + name) for n in parameters):
+            misfits.append(f"{name}: no such parameter in the base")
     if misfits:
         more = f"\n  ... and {len(misfits) - MAX_LISTED} more" if len(misfits) > MAX_LISTED else ""
         raise VlftError(f"{adapter} does not fit {base_name}: {len(misfits)} target module(s) differ:\n  "

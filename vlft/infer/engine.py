@@ -124,20 +124,27 @@ class InferEngine:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def chunks():
-            thread = threading.Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
+            errors: list[BaseException] = []
+            thread = threading.Thread(target=self._generate_quietly, args=(errors,), kwargs=kwargs, daemon=True)
             thread.start()
             for piece in streamer:
                 if piece:
                     yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(
                         "assistant", piece))], chunk_id)
             thread.join()
+            if errors:  # e.g. out of memory inside generate: the caller sees it instead of a silent stop
+                raise errors[0]
             yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(), "stop")], chunk_id)
 
         return chunks()
 
-    def _generate_quietly(self, **kwargs) -> None:
-        with torch.no_grad():
-            self.model.generate(**kwargs)
+    def _generate_quietly(self, errors: list, **kwargs) -> None:
+        try:
+            with torch.no_grad():
+                self.model.generate(**kwargs)
+        except Exception as e:  # the streamer would otherwise wait for tokens forever
+            errors.append(e)
+            kwargs["streamer"].end()
 
 
 def _left_padded(inputs: list[dict], pad_id: int) -> dict:

@@ -1,4 +1,4 @@
-"""Trainer callbacks: logging.jsonl, loss and lr plots at the end, checkpoints that reload on their own."""
+"""Trainer callbacks: logging.jsonl, and loss and lr plots at the end."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +91,3 @@ class PlotCallback(TrainerCallback):
             steps, values = read_log_series(log_file, key)
             if values:
                 plot_series(steps, values, name, images / f"{name}.png", smoothed)
-
-
-class CheckpointExtrasCallback(TrainerCallback):
-    """Put the processor and args.json into each checkpoint, so a checkpoint dir loads and resumes on its own."""
-
-    def __init__(self, processor: Any, args_json: dict[str, Any]):
-        self.processor = processor
-        self.args_json = args_json
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        self.processor.save_pretrained(checkpoint)
-        text = json.dumps(self.args_json, indent=2, ensure_ascii=False, default=str)
-        (checkpoint / "args.json").write_text(text + "\n", encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -58,11 +59,38 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
 
     if attn_implementation == ATTENTION_NAME:
         register_varlen_attention()
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype,
-                                                        attn_implementation=attn_implementation)
+    with _zero3_expert_loading(model_dir):
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype,
+                                                            attn_implementation=attn_implementation)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
     return model
+
+
+def _zero3_expert_loading(model_dir: Path):
+    """Under ZeRO-3, MoE checkpoints already in transformers' expert layout load unconverted (expert_layout.py)."""
+    from transformers import AutoConfig
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from vlft.train.expert_layout import experts_loaded_as_stored, stored_in_model_layout
+
+    if is_deepspeed_zero3_enabled():
+        config = AutoConfig.from_pretrained(model_dir)
+        if hasattr(config, "text_config") and hasattr(config.text_config, "num_experts") and \
+                stored_in_model_layout(Path(model_dir), config):
+            return experts_loaded_as_stored(config.model_type)
+    return contextlib.nullcontext()
+
+
+def set_router_aux_loss(model, coef: float | None) -> None:
+    """MoE: add `coef` x the load-balancing loss to the loss (None keeps the config's setting; 0 turns it off)."""
+    if coef is None:
+        return
+    text_config = model.config.text_config
+    if not hasattr(text_config, "router_aux_loss_coef"):
+        raise VlftError(f"--router_aux_loss_coef: {model.config.model_type} has no MoE router")
+    text_config.router_aux_loss_coef = coef
+    text_config.output_router_logits = coef > 0
 
 
 def enable_gradient_checkpointing(model, llm: bool, vit: bool) -> None:

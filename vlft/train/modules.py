@@ -53,6 +53,28 @@ def _is_router(name: str, model: nn.Module) -> bool:
     return hasattr(parent, "experts")
 
 
+def router_names(model: nn.Module) -> list[str]:
+    """Names of the MoE routers (`...mlp.gate`, the module that scores the experts)."""
+    return [name for name, _ in model.named_modules() if _is_router(name, model)]
+
+
+def expert_parameter_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str]:
+    """Names of the MoE experts' fused 3-D weights inside `parts` (`...mlp.experts.gate_up_proj`, `.down_proj`).
+
+    transformers 5 holds each layer's experts as one [experts, out, in] parameter per projection instead of
+    one nn.Linear per expert, so LoRA reaches them through PEFT's parameter targeting, not module names.
+    """
+    names = []
+    for module_name, module in model.named_modules():
+        if not module_name.endswith(".experts"):
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{param_name}"
+            if len(getattr(param, "ds_shape", param.shape)) == 3 and module_part(name, family) in parts:
+                names.append(name)
+    return names
+
+
 def linear_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str]:
     """Names of every nn.Linear inside `parts`, never lm_head nor an MoE router."""
     names = []
@@ -64,21 +86,28 @@ def linear_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str
     return names
 
 
-def lora_target_modules(model: nn.Module, family: Family, targets: Iterable[str], parts: set[Part]) -> str:
-    """A regex of the exact module names LoRA adapts.
+def _matches(name: str, suffixes: tuple[str, ...]) -> bool:
+    return name.split(".")[-1] in suffixes or name.endswith(tuple("." + s for s in suffixes))
 
-    `all-linear`: every linear of the unfrozen parts. Names (`q_proj`): those linears of the unfrozen
-    parts whose name ends with one of them. A single entry with regex syntax is used as given.
+
+def lora_targets(model: nn.Module, family: Family, targets: Iterable[str], parts: set[Part]
+                 ) -> tuple[str | None, list[str]]:
+    """What LoRA adapts: (a regex of exact module names, the names of 3-D expert parameters).
+
+    `all-linear`: every linear of the unfrozen parts, and the MoE experts' fused weights. Names
+    (`q_proj`, `gate_up_proj`): those linears and expert weights whose name ends with one of them.
+    A single entry with regex syntax is used as given (modules only).
     """
     targets = list(targets)
     if len(targets) == 1 and targets[0] != "all-linear" and re.search(r"[\\^$*+?()\[\]|]", targets[0]):
-        return targets[0]
-    candidates = linear_names(model, family, parts)
+        return targets[0], []
+    linears, experts = linear_names(model, family, parts), expert_parameter_names(model, family, parts)
     if "all-linear" not in targets:
         suffixes = tuple(t for t in targets if t != "all-linear")
-        candidates = [n for n in candidates if n.split(".")[-1] in suffixes or n.endswith(
-            tuple("." + s for s in suffixes))]
-    if not candidates:
+        linears = [n for n in linears if _matches(n, suffixes)]
+        experts = [n for n in experts if _matches(n, suffixes)]
+    if not linears and not experts:
         raise ValueError(f"no linear layer matches --target_modules {' '.join(targets)} in the unfrozen parts "
                          f"({', '.join(sorted(parts)) or 'none'})")
-    return "^(?:" + "|".join(re.escape(n) for n in candidates) + ")$"
+    regex = "^(?:" + "|".join(re.escape(n) for n in linears) + ")$" if linears else None
+    return regex, experts

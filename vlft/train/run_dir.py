@@ -37,6 +37,19 @@ def new_run_dir(output_dir: Path, now: datetime) -> Path:
     raise VlftError(f"{output_dir}: could not create a new v{{N}}-{stamp} run dir")
 
 
+def agreed_run_dir(output_dir: Path, now: datetime, is_main: bool) -> Path:
+    """The `v{N}-{time}` run dir that rank 0 creates, broadcast to every rank of the process group.
+
+    Nodes of a multi-node launch start their launchers independently and cannot agree on a name
+    beforehand; once the process group is up, rank 0 names the run for all of them.
+    """
+    import torch.distributed as dist
+
+    name = [new_run_dir(output_dir, now).name if is_main else None]
+    dist.broadcast_object_list(name, src=0)
+    return output_dir / name[0]
+
+
 def check_writable(output_dir: Path) -> None:
     """Raise VlftError unless `output_dir` (or, when missing, its nearest existing parent) is a writable dir."""
     path = Path(output_dir).expanduser().absolute()

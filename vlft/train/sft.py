@@ -8,6 +8,7 @@ import logging
 import os
 import random
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,13 +18,16 @@ from vlft.arguments import public_args
 from vlft.data.collator import PaddedCollator, PaddingFreeCollator, VisionTokens
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
-from vlft.data.pipeline import build_encoder, encode_dataset, load_processor
+from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset, load_processor
+from vlft.data.report import bad_results, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
-from vlft.train.callbacks import CheckpointExtrasCallback, JsonlLogCallback, PlotCallback
+from vlft.train.callbacks import JsonlLogCallback, PlotCallback
+from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.launch import is_distributed_worker
-from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
-from vlft.train.run_dir import check_writable, new_run_dir, write_args_json
+from vlft.train.model import (enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype,
+                              set_router_aux_loss)
+from vlft.train.run_dir import agreed_run_dir, check_writable, new_run_dir, write_args_json
 from vlft.train.trainer import SftTrainer
 from vlft.train.tuners import count_parameters, prepare_trainable
 
@@ -37,21 +41,34 @@ def run_sft(args: SftArguments) -> Path:
     cuda = torch.cuda.is_available()
     dtype = resolve_dtype(args.torch_dtype, cuda)
     attn_implementation, attention_note, ds_config = check_run_arguments(args, cuda)
-    run_dir = new_run_dir(Path(args.output_dir), datetime.now()) if args.add_version else Path(args.output_dir)
+    # One process names its run itself; ranks of a multi-node launch agree on one name once they are connected.
+    distributed = is_distributed_worker(os.environ)
+    output_dir = Path(args.output_dir)
+    run_dir = new_run_dir(output_dir, datetime.now()) if args.add_version and not distributed else output_dir
     training_args = trainer_arguments(args, run_dir, ds_config, dtype, cuda, has_eval=bool(
         args.val_dataset or args.split_dataset_ratio))
     if ds_config is not None:
         init_deepspeed_comm(cuda)
     main_process = training_args.process_index == 0
+    if args.add_version and distributed:
+        run_dir = agreed_run_dir(output_dir, datetime.now(), main_process)
+        training_args.output_dir = str(run_dir)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_args_json(run_dir / "args.json", args)
+        for line in clear_interrupted_saves(run_dir):  # what a killed run left behind
+            logger.warning(line)
 
-    # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here.
+    # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here
+    # (--strict false: bad lines are skipped, written to skipped_lines.jsonl and listed at the end).
     encoder, model_dir, family = build_encoder(args)
     with training_args.main_process_first(desc="encoding"):
-        train = encoded_samples(args, encoder, model_dir, args.dataset)
-        val = encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset else []
+        train, skipped = encoded_samples(args, encoder, model_dir, args.dataset)
+        val, val_skipped = (encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset
+                            else ([], []))
+    skipped += val_skipped  # bad lines left out under --strict false
+    if main_process and skipped:
+        write_skipped_lines(run_dir / "skipped_lines.jsonl", skipped)
     if args.split_dataset_ratio and not val:
         train, val = split_samples(train, args.split_dataset_ratio, args.seed)
     if main_process and val:
@@ -64,6 +81,7 @@ def run_sft(args: SftArguments) -> Path:
 
     set_seed(args.seed)  # LoRA's initial weights come from the global RNG
     model = load_model(model_dir, dtype, attn_implementation)
+    set_router_aux_loss(model, args.router_aux_loss_coef)
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
     trainable, total = count_parameters(model)
@@ -86,18 +104,19 @@ def run_sft(args: SftArguments) -> Path:
     processor = load_processor(model_dir)
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor,
-                         callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir),
-                                    CheckpointExtrasCallback(processor, public_args(args))],
-                         family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3)
+                         callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
+                         family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3,
+                         checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
+                                                   args_json=public_args(args)))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
-    # 6. The last step is always saved.
+    # 6. The last step is always saved (a full checkpoint: it resumes too).
     last = run_dir / f"checkpoint-{trainer.state.global_step}"
     if not last.exists():
-        trainer.save_model(str(last))
-        if trainer.is_world_process_zero():
-            write_args_json(last / "args.json", args)
+        trainer.save_checkpoint()
     logger.warning(f"last checkpoint: {last}")
+    if main_process and skipped:
+        logger.warning(skipped_summary(skipped, run_dir / "skipped_lines.jsonl", MAX_LISTED_ERRORS))
     return run_dir
 
 
@@ -106,6 +125,8 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
     ds_config = resolve_deepspeed_config(args.deepspeed)
     check_writable(Path(args.output_dir))
+    if args.resume_from_checkpoint:
+        check_resumable(Path(args.resume_from_checkpoint))
     return attn_implementation, attention_note, ds_config
 
 
@@ -132,21 +153,27 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
     )
 
 
-def encoded_samples(args: SftArguments, encoder, model_dir: Path, specs: list[str]) -> list[EncodedSample]:
-    """The encodings of every line; a VlftError listing every bad line if there is one."""
+def encoded_samples(args: SftArguments, encoder, model_dir: Path,
+                    specs: list[str]) -> tuple[list[EncodedSample], list[EncodeResult]]:
+    """(the encodings of every good line, the bad lines); with --strict true a VlftError listing every bad
+    line if there is one."""
     results = encode_dataset(args, encoder, model_dir, specs)
-    bad = [r.error for r in results if r.error is not None and not isinstance(r.error, TooLongError)]
-    if bad:
+    skipped = bad_results(results)
+    bad = [r.error for r in skipped]
+    if bad and args.strict:
         listed = "\n  ".join(str(e) for e in bad[:MAX_LISTED_ERRORS])
         more = f"\n  ... and {len(bad) - MAX_LISTED_ERRORS} more" if len(bad) > MAX_LISTED_ERRORS else ""
-        raise VlftError(f"{len(bad)} bad dataset line(s) (`vlft data check` lists them all):\n  {listed}{more}")
+        raise VlftError(f"{len(bad)} bad dataset line(s) (`vlft data check` lists them all; --strict false "
+                        f"skips them):\n  {listed}{more}")
+    if bad:
+        logger.warning(f"--strict false: skipping {len(bad)} bad line(s) of {' '.join(specs)}")
     dropped = [r.error for r in results if isinstance(r.error, TooLongError)]
     for error in dropped:
         logger.warning(f"dropped: {error}")
     samples = [r.sample for r in results if r.sample is not None]
     if not samples:
         raise VlftError(f"no usable samples in {' '.join(specs)}")
-    return samples
+    return samples, skipped
 
 
 def write_val_rows(path: Path, val: list[EncodedSample], args: SftArguments) -> None:

@@ -1,5 +1,6 @@
 """transformers' Trainer with what vlft adds through its public methods: per-part learning rates,
-real-token throughput and memory in the logs, and balanced vision-tower calls under ZeRO-3."""
+real-token throughput and memory in the logs, balanced vision-tower calls under ZeRO-3, and atomic
+checkpoints (checkpointing.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import torch
 from transformers import Trainer
 
 from vlft.families.base import Family
+from vlft.train.checkpointing import AtomicCheckpoints
 from vlft.train.flops import device_peak_flops, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.zero3 import BalancedVisionCalls
 
 
-class SftTrainer(Trainer):
+class SftTrainer(AtomicCheckpoints, Trainer):
     """Trainer for Qwen-VL fine-tuning; see the module docstring for what differs."""
 
-    def __init__(self, *args, family: Family, part_lrs: dict[Part, float], zero3: bool, **kwargs):
+    def __init__(self, *args, family: Family, part_lrs: dict[Part, float], zero3: bool,
+                 checkpoint_extras=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.checkpoint_extras = checkpoint_extras
         self.family = family
         self.part_lrs = part_lrs
         self.vision_calls = BalancedVisionCalls(self.model) if zero3 else None

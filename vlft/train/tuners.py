@@ -1,29 +1,52 @@
-"""What trains: LoRA adapters on the unfrozen parts' linears, or the unfrozen parts in full."""
+"""What trains: LoRA adapters on the unfrozen parts' linears (and MoE experts), or the unfrozen parts in full."""
 
 from __future__ import annotations
 
 from vlft.errors import VlftError
 from vlft.families.base import Family
-from vlft.train.modules import freeze_parts, lora_target_modules, trainable_parts
+from vlft.train.modules import freeze_parts, lora_targets, router_names, trainable_parts
+
+DEFAULT_LORA_DROPOUT = 0.05
+
+
+def resolve_lora_dropout(lora_dropout: float | None, adapts_experts: bool) -> float:
+    """The dropout LoRA gets: 0.05 by default, 0 when it reaches MoE experts.
+
+    PEFT adapts a fused 3-D expert weight by adding B @ A to the weight itself, so there is no
+    input to drop out: it refuses any dropout there (peft 0.21, `lora.ParamWrapper`).
+    """
+    if not adapts_experts:
+        return DEFAULT_LORA_DROPOUT if lora_dropout is None else lora_dropout
+    if lora_dropout:
+        raise VlftError(f"--lora_dropout {lora_dropout}: LoRA on MoE experts (fused 3-D weights) has no dropout; "
+                        "pass --lora_dropout 0, or leave the experts out with --target_modules q_proj k_proj ...")
+    return 0.0
 
 
 def prepare_trainable(model, family: Family, args):
     """The model with LoRA applied (train_type lora) or with frozen parts (full)."""
     parts = trainable_parts(args.freeze_vit, args.freeze_aligner, args.freeze_llm)
+    routers = router_names(model) if "llm" in parts and not args.freeze_router else []
     if args.train_type == "full":
         freeze_parts(model, family, parts)
+        if args.freeze_router:
+            for name in router_names(model):
+                model.get_submodule(name).requires_grad_(False)
         return model
     from peft import LoraConfig, get_peft_model
 
     if not parts and not args.modules_to_save:
         raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: no part for LoRA to adapt")
     try:
-        targets = lora_target_modules(model, family, args.target_modules, parts)
+        modules, experts = lora_targets(model, family, args.target_modules, parts)
     except ValueError as e:
         raise VlftError(str(e)) from None
-    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=targets, use_dora=args.use_dora, use_rslora=args.use_rslora,
-                        modules_to_save=args.modules_to_save or None)
+    # An unfrozen router trains in full beside the adapters (and is saved with them).
+    modules_to_save = list(args.modules_to_save) + [name.rsplit(".", 1)[-1] for name in routers[:1]]
+    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha,
+                        lora_dropout=resolve_lora_dropout(args.lora_dropout, bool(experts)),
+                        target_modules=modules, target_parameters=experts or None, use_dora=args.use_dora,
+                        use_rslora=args.use_rslora, modules_to_save=modules_to_save or None)
     return get_peft_model(model, config)
 
 

@@ -1,0 +1,166 @@
+"""Where a `vlft sft` training step spends its time: the same model, data, LoRA and packed rows as
+bench/sft_qwen3_vl_4b.py, stepped in-process (forward, backward, AdamW) and timed by part: collate,
+host-to-device copy, vision tower, LLM forward, loss, backward, optimizer; then torch.profiler's top
+CUDA kernels. GPU machine; one command:
+
+    python bench/profile_sft_step.py --workdir /tmp/vlft-bench [--max_length 4096] [--steps 6]
+
+`--tiny` runs the same code on the built-in tiny Qwen3-VL (CPU check of the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_qwen3_vl_4b import build_model, write_data  # noqa: E402
+
+
+class PartTimer:
+    """Forward time of named submodules, from CUDA events (or perf_counter on CPU) set by forward hooks."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.open, self.spans = cuda, {}, defaultdict(list)
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def watch(self, name: str, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(lambda *_: self.open.__setitem__(name, self._now()))
+        module.register_forward_hook(lambda *_: self.spans[name].append((self.open.pop(name), self._now())))
+
+    def totals_ms(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            out = {k: sum(a.elapsed_time(b) for a, b in v) for k, v in self.spans.items()}
+        else:
+            out = {k: 1000 * sum(b - a for a, b in v) for k, v in self.spans.items()}
+        self.spans.clear()
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vlft-bench"))
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--max_length", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--no_gc", action="store_true", help="without gradient checkpointing")
+    parser.add_argument("--lora_dropout", type=float, default=0.05)
+    args = parser.parse_args()
+
+    from vlft.arguments import SftArguments
+    from vlft.cli.parsing import parse_args
+    from vlft.data.collator import PaddingFreeCollator, VisionTokens
+    from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
+    from vlft.train.sft import encoded_samples, pack
+    from vlft.train.tuners import prepare_trainable
+    from vlft.data.pipeline import build_encoder
+
+    cuda = torch.cuda.is_available()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        model = "vlft/tiny-qwen3-vl"
+    else:
+        model = str(args.workdir / "qwen3-vl-4b-random")
+        build_model(Path(model))
+    data = write_data(args.workdir / "data", args.samples)
+    sft = parse_args(SftArguments, ["--model", model, "--dataset", str(data), "--packing", "true",
+                                    "--max_length", str(args.max_length), "--lora_dropout", str(args.lora_dropout),
+                                    "--dataset_num_proc", "8"], "profile")
+    encoder, model_dir, family = build_encoder(sft)
+    t0 = time.perf_counter()
+    samples, _ = encoded_samples(sft, encoder, model_dir, sft.dataset)
+    rows = pack(samples, args.max_length, seed=0)
+    print(f"encoded {len(samples)} samples into {len(rows)} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    dtype = resolve_dtype(None, cuda)
+    attention, _ = resolve_attention(None, True, cuda)
+    net = load_model(model_dir, dtype, attention)
+    enable_gradient_checkpointing(net, llm=not args.no_gc, vit=not args.no_gc)
+    net = prepare_trainable(net, family, sft)
+    device = torch.device("cuda" if cuda else "cpu")
+    net.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=cuda)
+    tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
+    collator = PaddingFreeCollator(family, tokens, getattr(net.config.vision_config, "tokens_per_second", None))
+
+    base = net.get_base_model()
+    timer = PartTimer(cuda)
+    timer.watch("vision tower (forward)", base.model.visual)
+    timer.watch("LLM decoder (forward)", base.model.language_model)
+    timer.watch("lm_head (forward)", base.lm_head)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    table = defaultdict(list)
+    real_tokens = []
+
+    def step(row) -> None:
+        t = time.perf_counter()
+        batch = collator([row])
+        table["collate (CPU)"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        sync()
+        table["host-to-device"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        loss = net(**batch).loss
+        sync()
+        table["forward total"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        loss.backward()
+        sync()
+        table["backward (incl. recompute)"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        table["optimizer"].append(1000 * (time.perf_counter() - t))
+        for name, ms in timer.totals_ms().items():
+            table[name].append(ms)
+        real_tokens.append(batch["input_ids"].numel())
+
+    for row in rows[:args.warmup]:
+        step(row)
+    table.clear(), real_tokens.clear()
+    started = time.perf_counter()
+    for row in rows[args.warmup:args.warmup + args.steps]:
+        step(row)
+    elapsed = time.perf_counter() - started
+    print(f"\n{args.steps} steps, {sum(real_tokens):,} tokens, {sum(real_tokens) / elapsed:,.0f} tokens/s "
+          f"(in-process loop, no data-loader workers)")
+    print("\n| part | ms per step (median) |\n| --- | --- |")
+    for name, values in table.items():
+        print(f"| {name} | {statistics.median(values):.1f} |")
+    if cuda:
+        print(f"\npeak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for row in rows[args.warmup:args.warmup + 2]:
+            step(row)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

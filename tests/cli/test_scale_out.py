@@ -1,0 +1,97 @@
+"""Scale-out on CPU through the real console script: a two-node launch on one host (two launchers,
+node ranks 0 and 1, gloo, 127.0.0.1), and ZeRO-3 on the tiny MoE with expert LoRA over a dataset whose
+ranks get different modalities (text only, image, video) in the same step, then resume and merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli.test_sft_cli import EXAMPLES, VLFT, only_run_dir, read_log
+
+TEXT_ROW = {"messages": [{"role": "user", "content": "Where is the capital of Zhejiang?"},
+                         {"role": "assistant", "content": "The capital of Zhejiang is Hangzhou."}]}
+IMAGE_ROW = {"messages": [{"role": "user", "content": "<image>What colour is this image?"},
+                          {"role": "assistant", "content": "red"}],
+             "images": [str(EXAMPLES / "images" / "red.png")]}
+VIDEO_ROW = {"messages": [{"role": "user", "content": "<video>Describe the video."},
+                          {"role": "assistant", "content": "A blue bar moves from left to right."}],
+             "videos": [str(EXAMPLES / "videos" / "bar.mp4")]}
+
+
+def launch_env(port: int, **topology: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK")}
+    return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": "",
+            "IMAGE_MAX_TOKEN_NUM": "16", "VIDEO_MAX_TOKEN_NUM": "16", "FPS_MAX_FRAMES": "4", **topology}
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_host_train_and_save_one_checkpoint(tmp_path, vlft_cache):
+    argv = [VLFT, "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", f"{EXAMPLES / 'train.jsonl'}",
+            "--num_train_epochs", "1", "--save_steps", "100", "--logging_steps", "1", "--padding_free", "true",
+            "--report_to", "none", "--output_dir", str(tmp_path / "output")]
+    nodes = [subprocess.Popen(argv, env=launch_env(29631, NPROC_PER_NODE="1", NNODES="2", NODE_RANK=str(rank)),
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-3000:]
+    run_dir = only_run_dir(tmp_path / "output")  # both nodes wrote into one run
+    # 10 rows, one per rank per step: 5 steps prove a world of two processes (one alone would take 10).
+    assert [e["step"] for e in read_log(run_dir) if "loss" in e] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-5"]
+    assert (run_dir / "checkpoint-5" / "adapter_model.safetensors").is_file()
+
+
+def mixed_rows(path: Path) -> Path:
+    """12 rows, one epoch of 6 steps on 2 ranks: the image and the video rows meet text-only rows (or each
+    other) in a step, so every arrangement gives the ranks different vision calls."""
+    rows = [TEXT_ROW] * 10 + [IMAGE_ROW, VIDEO_ROW]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path, vlft_cache):
+    data = mixed_rows(tmp_path / "mixed.jsonl")
+
+    def sft(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+        argv = [VLFT, "sft", "--model", "vlft/tiny-qwen3-vl-moe", "--dataset", str(data), "--num_train_epochs", "1",
+                "--save_steps", "3", "--logging_steps", "1", "--padding_free", "true", "--deepspeed", "zero3",
+                "--router_aux_loss_coef", "0.01", "--report_to", "none", "--output_dir", str(output_dir), *extra]
+        return subprocess.run(argv, env=launch_env(29632, NPROC_PER_NODE="2"), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    whole = sft(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "whole")
+    losses = {e["step"]: e["loss"] for e in read_log(run_dir) if "loss" in e}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    adapter = json.loads((run_dir / "checkpoint-6" / "adapter_config.json").read_text())
+    assert any(name.endswith("mlp.experts.down_proj") for name in adapter["target_parameters"])
+
+    resumed_dir = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(run_dir, resumed_dir, ignore=shutil.ignore_patterns("checkpoint-6", "logging.jsonl"))
+    resumed = sft(resumed_dir, "--add_version", "false", "--resume_from_checkpoint",
+                  str(resumed_dir / "checkpoint-3"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = {e["step"]: e["loss"] for e in read_log(resumed_dir) if "loss" in e}
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(losses[step], abs=1e-4), step
+
+    merged = subprocess.run([VLFT, "export", "--adapters", str(run_dir / "checkpoint-6"), "--merge_lora", "true"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ,
+                                                                              "VLFT_CACHE_HOME": str(vlft_cache)})
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "checkpoint-6-merged")
+    assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
+    assert torch.isfinite(model.model.language_model.layers[0].mlp.experts.gate_up_proj).all()

@@ -1,0 +1,138 @@
+"""One thread owns the model and answers the server's jobs in arrival order. The model is not safe to
+run from two threads at once (Qwen-VL keeps its rope deltas on the module during generation), so HTTP
+threads only queue jobs and wait; greedy, non-streamed jobs that share their settings are answered
+together, up to the engine's max_batch_size (its batched greedy answers equal one-at-a-time ones)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from dataclasses import dataclass, field
+
+from vlft.infer.protocol import ChatCompletionResponse, InferRequest, RequestConfig
+
+STREAM_END = object()  # put on a streamed job's queue after its last chunk
+
+
+class Busy(Exception):
+    """The queue is full, or the server is stopping: the client should retry later (503)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request waiting for the engine. Whole answers land in `response` / `error` and then `done`
+    is set; streams put their chunks on `chunks`, then STREAM_END, or an exception at any point."""
+
+    request: InferRequest
+    config: RequestConfig
+    done: threading.Event = field(default_factory=threading.Event)
+    response: ChatCompletionResponse | None = None
+    error: BaseException | None = None
+    chunks: queue.Queue = field(default_factory=queue.Queue)
+
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys may share one generate call; None: this one runs alone."""
+        if self.config.stream or self.config.temperature > 0:  # sampling alone keeps seeds meaningful
+            return None
+        return self.config.max_tokens, self.config.repetition_penalty
+
+
+class EngineWorker:
+    """The model's one thread: takes jobs from a bounded queue and answers them."""
+
+    def __init__(self, engine, max_batch_size: int, max_pending: int):
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_pending = max_pending
+        self._pending: list[Job] = []
+        self._running = 0
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="vlft-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; Busy when max_pending jobs are already queued or running."""
+        with self._condition:
+            if self._stopped:
+                raise Busy("the server is stopping")
+            if len(self._pending) + self._running >= self.max_pending:
+                raise Busy(f"{self.max_pending} requests are already queued or running; retry later")
+            self._pending.append(job)
+            self._condition.notify()
+
+    def stop(self) -> None:
+        """Finish the running job, refuse the queued ones, and end the thread."""
+        with self._condition:
+            self._stopped = True
+            left, self._pending = self._pending, []
+            self._condition.notify()
+        for job in left:
+            self._fail([job], Busy("the server is stopping"))
+        self._thread.join(timeout=60)
+
+    def _take(self) -> list[Job]:
+        """The oldest job, plus later ones that may share its generate call."""
+        with self._condition:
+            while not self._pending and not self._stopped:
+                self._condition.wait()
+            if self._stopped:
+                return []
+            batch = [self._pending.pop(0)]
+            key = batch[0].batch_key()
+            if key is not None:
+                for job in [j for j in self._pending if j.batch_key() == key][:self.max_batch_size - 1]:
+                    self._pending.remove(job)
+                    batch.append(job)
+            self._running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while batch := self._take():
+            try:
+                if batch[0].config.stream:
+                    self._stream(batch[0])
+                else:
+                    self._answer(batch)
+            except BaseException as e:  # the worker must outlive any one request
+                traceback.print_exc()
+                self._fail(batch, e)
+            finally:
+                with self._condition:
+                    self._running = 0
+
+    def _answer(self, jobs: list[Job]) -> None:
+        try:
+            responses = self.engine.infer([job.request for job in jobs], jobs[0].config)
+        except Exception as e:
+            if len(jobs) == 1:
+                self._fail(jobs, e)
+            else:  # one bad request must not fail the others: answer each alone
+                for job in jobs:
+                    self._answer([job])
+            return
+        for job, response in zip(jobs, responses):
+            job.response = response
+            job.done.set()
+
+    def _stream(self, job: Job) -> None:
+        # Drained to the end even when the client has gone: generate runs in its own thread until
+        # max_tokens, and the next job must not start while it does.
+        try:
+            for chunk in self.engine.infer([job.request], job.config)[0]:
+                job.chunks.put(chunk)
+        except Exception as e:
+            job.chunks.put(e)
+        else:
+            job.chunks.put(STREAM_END)
+        job.done.set()
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: BaseException) -> None:
+        for job in jobs:
+            if job.done.is_set():
+                continue
+            job.error = error
+            job.chunks.put(error)
+            job.done.set()

@@ -1,0 +1,142 @@
+"""Atomic checkpoints: a checkpoint is written whole into `RUN/.saving/checkpoint-N`, flushed to disk, then
+renamed to `RUN/checkpoint-N`. A run killed (or out of disk) mid-save leaves the previous checkpoint as it
+was, and no partial `checkpoint-N` that a resume could pick up (transformers' own save writes in place)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from vlft.errors import VlftError
+
+STAGING_DIR = ".saving"
+COMPLETE_MARKER = "trainer_state.json"  # transformers writes it last; a published checkpoint always has it
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where checkpoints of `run_dir` are written before they are renamed into place."""
+    return Path(run_dir) / STAGING_DIR
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and dir under `root`, so a rename never publishes data still in the page cache."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file() or path.is_dir():
+            _fsync(path)
+    _fsync(root)
+
+
+def publish_checkpoint(staged: Path, final: Path) -> None:
+    """Rename the fully written `staged` dir to `final` (atomic on one filesystem); an older `final` is replaced."""
+    if not (staged / COMPLETE_MARKER).is_file():
+        raise VlftError(f"{staged}: incomplete checkpoint (no {COMPLETE_MARKER}); not published")
+    _fsync_tree(staged)
+    if final.exists():  # the same step saved again (e.g. the last step after a resume)
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(staged, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(staged, final)
+    _fsync(final.parent)
+
+
+def clear_interrupted_saves(run_dir: Path) -> list[str]:
+    """Remove what a killed save left in `run_dir`; put back a checkpoint whose replacement was cut short.
+
+    Returns a line per thing done, for the log."""
+    run_dir = Path(run_dir)
+    done = []
+    staging = staging_dir(run_dir)
+    if staging.is_dir():
+        done += [f"removed the unfinished save {p}" for p in sorted(staging.iterdir())]
+        shutil.rmtree(staging)
+    for old in sorted(run_dir.glob(".checkpoint-*.old")):
+        final = run_dir / old.name[1:-len(".old")]
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, final)
+            done.append(f"restored {final} (its replacement was interrupted)")
+    return done
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """VlftError unless `checkpoint` is a complete checkpoint dir that training can resume from."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise VlftError(f"--resume_from_checkpoint {checkpoint}: no such directory")
+    if not (checkpoint / COMPLETE_MARKER).is_file():
+        raise VlftError(f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint (no {COMPLETE_MARKER}: "
+                        "its save was interrupted, or it is not a training checkpoint)")
+
+
+def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[str, Any]) -> None:
+    """The processor and args.json beside the weights, so a checkpoint dir loads and resumes on its own."""
+    processor.save_pretrained(checkpoint)
+    text = json.dumps(args_json, indent=2, ensure_ascii=False, default=str)
+    (Path(checkpoint) / "args.json").write_text(text + "\n", encoding="utf-8")
+
+
+class AtomicCheckpoints:
+    """A transformers Trainer mixin: checkpoints are staged whole and renamed into place.
+
+    `checkpoint_extras(dir)`, when set, adds files (processor, args.json) to a checkpoint before its rename.
+    """
+
+    checkpoint_extras: Callable[[Path], None] | None = None
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = Path(self.args.output_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = staging_dir(run_dir), run_dir / name
+        self.args.output_dir = str(staging)  # transformers writes a checkpoint under args.output_dir
+        try:
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's shards are written
+            if self.args.should_save:
+                self._finish(staging / name, run_dir)
+                publish_checkpoint(staging / name, final)
+                try:
+                    staging.rmdir()  # nothing else is being saved: leave no empty dir in the run
+                except OSError:
+                    pass
+                rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
+                                   use_mtime=True)
+        except OSError as e:  # disk full, quota, permissions: the previous checkpoint is untouched
+            shutil.rmtree(staging / name, ignore_errors=True)
+            previous = sorted((p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
+                              key=lambda p: int(p.name.rsplit("-", 1)[1]))
+            kept = f"the last complete checkpoint is {previous[-1]}" if previous else "no checkpoint was completed"
+            raise VlftError(f"saving {final} failed: {e.strerror or e}; {kept}") from None
+        finally:
+            self.args.output_dir = str(run_dir)
+        self.accelerator.wait_for_everyone()  # the checkpoint is in place before any rank goes on
+
+    def _finish(self, staged: Path, run_dir: Path) -> None:
+        from transformers.trainer import TRAINER_STATE_NAME
+
+        best = self.state.best_model_checkpoint
+        if best and Path(best).parent == staged.parent:  # transformers named the staged path: name the final one
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+        if self.checkpoint_extras is not None:
+            self.checkpoint_extras(staged)
+
+    def save_checkpoint(self) -> None:
+        """A full checkpoint (model, optimizer, scheduler, state) of the current step, now."""
+        self._save_checkpoint(self.model, trial=None)
