@@ -5,6 +5,7 @@ CUDA kernels. GPU machine; one command:
 
     python bench/profile_sft_step.py --workdir /tmp/vlft-bench [--max_length 4096] [--steps 6]
 
+`--shape qwen3-vl-30b-a3b` steps the MoE (LoRA on attention and experts; H200: 60 GB of weights).
 `--tiny` runs the same code on the built-in tiny Qwen3-VL (CPU check of the script itself).
 """
 
@@ -21,6 +22,52 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_qwen3_vl_4b import build_model, write_data  # noqa: E402
+
+
+def qwen3_vl_30b_a3b_config():
+    """Qwen3-VL-30B-A3B-Instruct's architecture: 48 layers, hidden 2048, 32 heads / 4 KV heads of 128, 128 experts
+    of 768, top-8, untied embeddings; the 27-block SigLIP-2 vision tower of the Qwen3-VL 8B/30B models."""
+    from transformers import Qwen3VLMoeConfig
+
+    text = dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+                num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768,
+                num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1, max_position_embeddings=262144,
+                rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                  temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=2304, out_hidden_size=2048,
+                  deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+    return Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, image_token_id=151655,
+                            video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def write_config_only(model_dir: Path, config) -> None:
+    """A model dir with the config, the real tokenizer and the Qwen3-VL processor, and no weights."""
+    from vlft.model.tiny import build_processor
+    from vlft.model.tokenizer import build_qwen_tokenizer
+
+    if (model_dir / "config.json").is_file():
+        return
+    config.save_pretrained(model_dir)
+    build_processor("qwen3_vl_moe", build_qwen_tokenizer()).save_pretrained(model_dir)
+
+
+def random_model(model_dir: Path, dtype, attention: str):
+    """The model of `model_dir`'s config with random weights made on the GPU, set up as vlft's load_model does."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vlft.train.attention import ATTENTION_NAME, register_varlen_attention
+
+    if attention == ATTENTION_NAME:
+        register_varlen_attention()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype,
+                                                        attn_implementation=attention)
+    model.config.use_cache = False
+    model.config.text_config.use_cache = False
+    return model
 
 
 class PartTimer:
@@ -59,7 +106,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--no_gc", action="store_true", help="without gradient checkpointing")
-    parser.add_argument("--lora_dropout", type=float, default=0.05)
+    parser.add_argument("--lora_dropout", type=float, default=None, help="default: vlft's (0.05; 0 on experts)")
+    parser.add_argument("--shape", choices=["qwen3-vl-4b", "qwen3-vl-30b-a3b"], default="qwen3-vl-4b",
+                        help="30b-a3b: random bf16 weights made on the GPU (never written to disk)")
+    parser.add_argument("--no_profile", action="store_true", help="skip the torch.profiler kernel table")
     args = parser.parse_args()
 
     from vlft.arguments import SftArguments
@@ -74,13 +124,17 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         model = "vlft/tiny-qwen3-vl"
+    elif args.shape == "qwen3-vl-30b-a3b":
+        model = str(args.workdir / "qwen3-vl-30b-a3b-config")
+        write_config_only(Path(model), qwen3_vl_30b_a3b_config())
     else:
         model = str(args.workdir / "qwen3-vl-4b-random")
         build_model(Path(model))
     data = write_data(args.workdir / "data", args.samples)
+    dropout = [] if args.lora_dropout is None else ["--lora_dropout", str(args.lora_dropout)]
     sft = parse_args(SftArguments, ["--model", model, "--dataset", str(data), "--packing", "true",
-                                    "--max_length", str(args.max_length), "--lora_dropout", str(args.lora_dropout),
-                                    "--dataset_num_proc", "8"], "profile")
+                                    "--max_length", str(args.max_length), "--dataset_num_proc", "8", *dropout],
+                     "profile")
     encoder, model_dir, family = build_encoder(sft)
     t0 = time.perf_counter()
     samples, _ = encoded_samples(sft, encoder, model_dir, sft.dataset)
@@ -89,7 +143,10 @@ def main() -> int:
 
     dtype = resolve_dtype(None, cuda)
     attention, _ = resolve_attention(None, True, cuda)
-    net = load_model(model_dir, dtype, attention)
+    if args.shape == "qwen3-vl-30b-a3b":
+        net = random_model(model_dir, dtype, attention)
+    else:
+        net = load_model(model_dir, dtype, attention)
     enable_gradient_checkpointing(net, llm=not args.no_gc, vit=not args.no_gc)
     net = prepare_trainable(net, family, sft)
     device = torch.device("cuda" if cuda else "cpu")
@@ -103,6 +160,9 @@ def main() -> int:
     timer.watch("vision tower (forward)", base.model.visual)
     timer.watch("LLM decoder (forward)", base.model.language_model)
     timer.watch("lm_head (forward)", base.lm_head)
+    for name, module in base.named_modules():
+        if name.endswith("mlp.experts"):
+            timer.watch("MoE experts, all layers (forward)", module)
 
     def sync():
         if cuda:
@@ -120,7 +180,8 @@ def main() -> int:
         sync()
         table["host-to-device"].append(1000 * (time.perf_counter() - t))
         t = time.perf_counter()
-        loss = net(**batch).loss
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):  # as the Trainer does
+            loss = net(**batch).loss
         sync()
         table["forward total"].append(1000 * (time.perf_counter() - t))
         t = time.perf_counter()
@@ -151,6 +212,8 @@ def main() -> int:
     if cuda:
         print(f"\npeak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
+    if args.no_profile:
+        return 0
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -27,6 +27,37 @@ def boundaries_from_positions(position_ids: torch.Tensor, length: int) -> torch.
     return torch.cat([starts, starts.new_tensor([length])]).to(torch.int32)
 
 
+class _RowBoundaries:
+    """cu_seqlens and the longest sample of the packed row being run, computed once per forward.
+
+    Every decoder layer (and its recomputation under gradient checkpointing) receives the same
+    `position_ids` tensor; finding the restarts reads them back to the host, so doing it once instead of
+    once per layer removes two host syncs per layer (measured on an H100: the GPU idled between layers).
+    """
+
+    def __init__(self):
+        self.position_ids, self.length, self.value = None, None, None
+
+    def __call__(self, position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, int]:
+        if position_ids is not self.position_ids or length != self.length:
+            cu_seqlens = boundaries_from_positions(position_ids, length).to(position_ids.device)
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            self.position_ids, self.length, self.value = position_ids, length, (cu_seqlens, longest)
+        return self.value
+
+
+_row_boundaries = _RowBoundaries()
+_whole_sequence: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _one_sequence(length: int, device: torch.device) -> torch.Tensor:
+    """cu_seqlens of a call that is one sequence (the vision tower calls attention once per image)."""
+    key = (length, device)
+    if key not in _whole_sequence:
+        _whole_sequence[key] = torch.tensor([0, length], dtype=torch.int32, device=device)
+    return _whole_sequence[key]
+
+
 def _kernel_supports_gqa() -> bool:
     from torch.nn.attention.varlen import varlen_attn
 
@@ -53,11 +84,11 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     length = query.shape[2]
     if cu_seq_lens_q is None:
-        cu_seq_lens_q = (boundaries_from_positions(position_ids, length) if position_ids is not None
-                         else torch.tensor([0, length], dtype=torch.int32))
-        cu_seq_lens_q = cu_seq_lens_q.to(query.device)
-        cu_seq_lens_k = cu_seq_lens_q
-        max_length_q = max_length_k = int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
+        if position_ids is not None:
+            cu_seq_lens_q, max_length_q = _row_boundaries(position_ids, length)
+        else:
+            cu_seq_lens_q, max_length_q = _one_sequence(length, query.device), length
+        cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     if cu_seq_lens_k is None:
         cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)

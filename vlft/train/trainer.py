@@ -52,12 +52,25 @@ class SftTrainer(AtomicCheckpoints, Trainer):
                                        **optimizer_kwargs)
         return self.optimizer
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One micro-step; LoRA inputs stay in half precision while the step autocasts to it.
+
+        PEFT keeps adapters in float32 and by default copies every adapted layer's input to float32 (and
+        autocast copies it back for the matmul). Measured on an H100 through bench/sft_qwen3_vl_4b.py
+        (4B LoRA, same data): 5,134 tokens/s with the copies, 6,056 without. Only inside the step, where
+        autocast is on; the float32 adapter weights and everything outside training are unchanged.
+        """
+        from peft.helpers import disable_input_dtype_casting
+
+        with disable_input_dtype_casting(model, active=self.args.bf16 or self.args.fp16):
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
+        if model.training:  # counted on the device and read at log time: no host sync per step
             mask = inputs.get("attention_mask")
-            self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
             if self._peak is not None and "mm_token_type_ids" in inputs:
-                self._vision_tokens += int((inputs["mm_token_type_ids"] > 0).sum())
+                self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
             self.vision_calls.expect(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -68,10 +81,11 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         if "loss" in logs:
             now = time.perf_counter()
             elapsed = max(now - self._tokens_since, 1e-9)
-            logs["tokens_per_second"] = round(self._tokens * self.args.world_size / elapsed, 1)
+            tokens, vision_tokens = int(self._tokens), int(self._vision_tokens)
+            logs["tokens_per_second"] = round(tokens * self.args.world_size / elapsed, 1)
             if self._peak is not None:  # per GPU, from this rank's tokens
                 config = self.accelerator.unwrap_model(self.model).config
-                logs["mfu"] = round(training_flops(config, self._tokens, self._vision_tokens) / elapsed / self._peak, 4)
+                logs["mfu"] = round(training_flops(config, tokens, vision_tokens) / elapsed / self._peak, 4)
             self._tokens, self._vision_tokens, self._tokens_since = 0, 0, now
             if torch.cuda.is_available():
                 logs["memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
