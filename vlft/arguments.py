@@ -30,8 +30,8 @@ class ModelArguments:
     model_revision: str | None = field(default=None, metadata={"help": "hub revision to download"})
     use_hf: bool = field(default=False, metadata={"help": "download from the HF Hub instead of ModelScope",
                                                    "env": "USE_HF"})
-    hub_token: str | None = field(default=None, metadata={"help": "hub token (never written to disk)",
-                                                          "secret": True})
+    hub_token: str | None = field(default=None, repr=False, metadata={"help": "hub token (never written to disk)",
+                                                                      "secret": True})
     cache_dir: str | None = field(default=None, metadata={"help": "vlft's cache (tiny models, encodings)",
                                                           "env": "VLFT_CACHE_HOME"})
 

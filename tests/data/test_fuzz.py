@@ -172,6 +172,23 @@ def test_check_lists_every_skipped_line_when_not_strict(fuzz_dir, capsys):
     assert [line.split(": ")[0].rsplit(":", 1)[1] for line in listed] == [str(n) for n in bad]
 
 
+@pytest.mark.slow
+def test_sft_skips_every_bad_variant_and_trains_on_the_good_lines(fuzz_dir, tmp_path, caplog):
+    """The whole corpus through `vlft sft --strict false`: each bad line listed in skipped_lines.jsonl at
+    its own line, the good lines trained on (one optimizer step), no traceback."""
+    from vlft.cli.main import main
+
+    path, good, bad = mixed_file(fuzz_dir)
+    assert main(["sft", "--model", TINY, "--dataset", str(path), "--strict", "false", "--max_steps", "1",
+                 "--packing", "true", "--max_length", "2048", "--report_to", "none",
+                 "--output_dir", str(tmp_path / "out")]) == 0
+    [run_dir] = (tmp_path / "out").iterdir()
+    skipped = [json.loads(line) for line in open(run_dir / "skipped_lines.jsonl")]
+    assert [r["line"] for r in skipped] == sorted(bad)
+    assert all(r["error"].startswith(f"{path}:{r['line']}: ") for r in skipped)
+    assert (run_dir / "checkpoint-1" / "adapter_model.safetensors").is_file()
+
+
 NASTY = ["nested-10k-lists", "text-not-utf8", "image-bomb-png", "video-random-bytes", "box-nan",
          "unicode-lone-surrogate-high", "special-token-image_pad", "unicode-surrogate-in-key", "image-very-long-path"]
 
