@@ -29,17 +29,17 @@ def run(argv: list[str]) -> int:
     return check(args) if name == "check" else encode(args)
 
 
-def _encode_all(args: DataCheckArguments):
+def _encode_all(args: DataCheckArguments, keep_pixels: bool):
     from vlft.data.pipeline import build_encoder, encode_dataset
 
     encoder, model_dir, family = build_encoder(args)
-    return encoder, encode_dataset(args, encoder, model_dir, args.dataset)
+    return encoder, encode_dataset(args, encoder, model_dir, args.dataset, keep_pixels=keep_pixels)
 
 
 def check(args: DataCheckArguments) -> int:
     from vlft.data.report import check_report
 
-    _, results = _encode_all(args)
+    _, results = _encode_all(args, keep_pixels=False)  # the encodings `vlft sft` reuses from the cache
     report, ok = check_report(results, args.max_length, args.max_errors, strict=args.strict)
     print(report)
     return 0 if ok else 1
@@ -50,7 +50,7 @@ def encode(args: DataEncodeArguments) -> int:
     skipped at the end (--strict false); exit 1 when a line is in error, or when nothing encoded."""
     from vlft.data.report import encoded_line, printable
 
-    encoder, results = _encode_all(args)
+    encoder, results = _encode_all(args, keep_pixels=True)
     errors = [r for r in results if r.error is not None]
     written = results if args.strict else [r for r in results if r.error is None]
     output = Path(args.output)

@@ -226,3 +226,27 @@ def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, caps
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_trains_the_unfrozen_parts_and_loads_with_plain_transformers(tmp_path, vlft_cache,
+                                                                                       tiny_model_dir):
+    """`--train_type full --freeze_vit false --vit_lr`: ViT and LLM weights change, the frozen aligner does
+    not, and the checkpoint is a full model that plain transformers loads (and vlft infer answers from)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
+                 "--train_type", "full", "--freeze_vit", "false", "--vit_lr", "1e-3", "--learning_rate", "1e-3",
+                 "--max_steps", "2", "--packing", "true", "--max_length", "1024", "--image_max_token_num", "64",
+                 "--report_to", "none", "--output_dir", str(tmp_path / "out")]) == 0
+    checkpoint = only_run_dir(tmp_path / "out") / "checkpoint-2"
+    trained, base = load_file(checkpoint / "model.safetensors"), load_file(tiny_model_dir("qwen3_vl") /
+                                                                             "model.safetensors")
+    changed = {name for name in base if not torch.equal(trained[name], base[name])}
+    assert any(n.startswith("model.visual.blocks.") for n in changed)
+    assert any(n.startswith("model.language_model.layers.") for n in changed)
+    assert not any(n.startswith(("model.visual.merger.", "model.visual.deepstack_merger_list.")) for n in changed)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+    assert json.loads((checkpoint / "args.json").read_text())["train_type"] == "full"

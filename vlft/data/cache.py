@@ -43,12 +43,14 @@ def processor_digest(model_dir: Path) -> bytes:
     return h.digest()
 
 
-def cache_key(rows: list["RawRow"], encoder: "Encoder", model_dir: Path, columns: dict | None) -> str:
-    """sha256 over everything that decides the encodings."""
+def cache_key(rows: list["RawRow"], encoder: "Encoder", model_dir: Path, columns: dict | None,
+              keep_pixels: bool = True) -> str:
+    """sha256 over everything that decides the encodings (and whether they hold pixel values)."""
     h = hashlib.sha256()
     h.update(f"vlft {vlft.__version__} cache {CACHE_FORMAT}\n".encode())
     h.update(json.dumps({"family": encoder.family.name, "template": dataclasses.asdict(encoder.template),
-                         "settings": dataclasses.asdict(encoder.settings), "columns": columns},
+                         "settings": dataclasses.asdict(encoder.settings), "columns": columns,
+                         "keep_pixels": keep_pixels},
                         sort_keys=True, default=repr).encode())
     h.update(processor_digest(model_dir))
     for raw in rows:

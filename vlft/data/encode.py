@@ -7,6 +7,7 @@ number of vision tokens the processor's grid gives.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -59,10 +60,23 @@ class EncodedSample:
     source: str | None = None
     line: int | None = None
     truncated: bool = False
+    # Set when the pixel values were left out (see `without_pixels`): the parsed row, to make them again.
+    sample: Sample | None = field(default=None, repr=False, compare=False)
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+
+def without_pixels(encoded: EncodedSample, sample: Sample) -> EncodedSample:
+    """`encoded` holding ids, labels and grids but no pixel values; `Encoder.with_pixels` makes them again.
+
+    Pixel values are float32 patches (about 4.6 MiB per 448x448 image): kept for a whole dataset they
+    would fill memory and the encoding cache. Training makes them when a batch is fetched instead, in
+    the data-loader workers."""
+    if encoded.pixel_values is None and encoded.pixel_values_videos is None:
+        return encoded
+    return dataclasses.replace(encoded, pixel_values=None, pixel_values_videos=None, sample=sample)
 
 
 @dataclass
@@ -98,6 +112,16 @@ class Encoder:
             return self._encode(sample, add_generation_prompt)
         except DataError as e:
             raise e.at(sample.source, sample.line) from None
+
+    def with_pixels(self, encoded: EncodedSample) -> EncodedSample:
+        """`encoded` with its pixel values: made again from its sample when `without_pixels` left them out."""
+        if encoded.sample is None:
+            return encoded
+        again = self.encode(encoded.sample)
+        if again.input_ids != encoded.input_ids:  # e.g. an image file replaced by one of another size
+            raise DataError("its media changed since the dataset was encoded (the tokens differ now); run again "
+                            "with --load_from_cache_file false").at(encoded.source, encoded.line)
+        return again
 
     def _encode(self, sample: Sample, add_generation_prompt: bool) -> EncodedSample:
         messages = list(sample.messages)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vlft.arguments import DatasetArguments, ModelArguments, TemplateArguments
 from vlft.data.cache import EncodingCache, cache_key
-from vlft.data.encode import EncodedSample, Encoder
+from vlft.data.encode import EncodedSample, Encoder, without_pixels
 from vlft.data.formats import rename_columns, to_sample
 from vlft.data.loader import RawRow, load_dataset_rows
 from vlft.data.settings import encode_settings
@@ -59,8 +59,9 @@ def read_rows(args: DatasetArguments, specs: list[str], root: Path) -> list[RawR
     return rows
 
 
-def encode_row(encoder: Encoder, raw: RawRow, columns: dict | None) -> EncodeResult:
-    """Encode one raw row; every DataError is kept, placed at the row's file and line."""
+def encode_row(encoder: Encoder, raw: RawRow, columns: dict | None, keep_pixels: bool = True) -> EncodeResult:
+    """Encode one raw row; every DataError is kept, placed at the row's file and line. Without
+    `keep_pixels` the result holds ids and grids only (`without_pixels`)."""
     result = EncodeResult(raw.source, raw.line)
     if raw.error is not None:
         result.error = raw.error.at(raw.source, raw.line)
@@ -69,45 +70,52 @@ def encode_row(encoder: Encoder, raw: RawRow, columns: dict | None) -> EncodeRes
         sample = to_sample(rename_columns(raw.row, columns), source=raw.source, line=raw.line,
                            base_dir=raw.base_dir)
         result.sample = encoder.encode(sample)
+        if not keep_pixels:
+            result.sample = without_pixels(result.sample, sample)
     except DataError as e:
         result.error = e.at(raw.source, raw.line)
     return result
 
 
-_worker_state: tuple[Encoder, dict | None] | None = None
+_worker_state: tuple[Encoder, dict | None, bool] | None = None
 
 
-def _init_worker(encoder: Encoder, columns: dict | None) -> None:
+def _init_worker(encoder: Encoder, columns: dict | None, keep_pixels: bool) -> None:
     global _worker_state
     import torch
 
     torch.set_num_threads(1)  # one process per core already
-    _worker_state = (encoder, columns)
+    _worker_state = (encoder, columns, keep_pixels)
 
 
 def _encode_in_worker(raw: RawRow) -> EncodeResult:
-    encoder, columns = _worker_state
-    return encode_row(encoder, raw, columns)
+    encoder, columns, keep_pixels = _worker_state
+    return encode_row(encoder, raw, columns, keep_pixels)
 
 
-def encode_rows(encoder: Encoder, rows: list[RawRow], columns: dict | None, num_proc: int) -> list[EncodeResult]:
+def encode_rows(encoder: Encoder, rows: list[RawRow], columns: dict | None, num_proc: int,
+                keep_pixels: bool = True) -> list[EncodeResult]:
     """Encode all rows in order, in `num_proc` processes."""
     if num_proc <= 1 or len(rows) < 2:
-        return [encode_row(encoder, raw, columns) for raw in rows]
+        return [encode_row(encoder, raw, columns, keep_pixels) for raw in rows]
     context = multiprocessing.get_context("fork")
-    with context.Pool(num_proc, initializer=_init_worker, initargs=(encoder, columns)) as pool:
+    with context.Pool(num_proc, initializer=_init_worker, initargs=(encoder, columns, keep_pixels)) as pool:
         return pool.map(_encode_in_worker, rows, chunksize=max(1, len(rows) // (num_proc * 8)))
 
 
-def encode_dataset(args, encoder: Encoder, model_dir: Path, specs: list[str]) -> list[EncodeResult]:
-    """Encode every line of `specs`, reusing a cached encoding when data, model and settings are unchanged."""
+def encode_dataset(args, encoder: Encoder, model_dir: Path, specs: list[str],
+                   keep_pixels: bool = True) -> list[EncodeResult]:
+    """Encode every line of `specs`, reusing a cached encoding when data, model and settings are unchanged.
+
+    `keep_pixels=False` keeps ids, labels and grids only (what training and `vlft data check` need); the
+    pixel values are made again when a training batch is fetched (`Encoder.with_pixels`)."""
     root = cache_root(args.cache_dir)
     rows = read_rows(args, specs, root)
-    cache = EncodingCache(root / "encoded", cache_key(rows, encoder, model_dir, args.columns))
+    cache = EncodingCache(root / "encoded", cache_key(rows, encoder, model_dir, args.columns, keep_pixels))
     if args.load_from_cache_file:
         cached = cache.load()
         if cached is not None:
             return cached
-    results = encode_rows(encoder, rows, args.columns, args.dataset_num_proc)
+    results = encode_rows(encoder, rows, args.columns, args.dataset_num_proc, keep_pixels)
     cache.save(results)
     return results

@@ -16,6 +16,7 @@ import torch
 from vlft.arguments import SftArguments
 from vlft.arguments import public_args
 from vlft.data.collator import PaddedCollator, PaddingFreeCollator, VisionTokens
+from vlft.data.dataset import PixelsOnFetch
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset, load_processor
@@ -96,8 +97,9 @@ def run_sft(args: SftArguments) -> Path:
         collator = PaddingFreeCollator(family, tokens, tokens_per_second)
     else:
         collator = PaddedCollator(tokens)
-    train_dataset = pack(train, args.max_length, args.seed) if args.packing else train
-    eval_dataset = (pack(val, args.max_length, args.seed) if args.packing else val) or None
+    train_dataset = PixelsOnFetch(pack(train, args.max_length, args.seed) if args.packing else train, encoder)
+    eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
+    eval_dataset = PixelsOnFetch(eval_rows, encoder) if eval_rows else None
 
     # 5. Train.
     part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
@@ -157,7 +159,7 @@ def encoded_samples(args: SftArguments, encoder, model_dir: Path,
                     specs: list[str]) -> tuple[list[EncodedSample], list[EncodeResult]]:
     """(the encodings of every good line, the bad lines); with --strict true a VlftError listing every bad
     line if there is one."""
-    results = encode_dataset(args, encoder, model_dir, specs)
+    results = encode_dataset(args, encoder, model_dir, specs, keep_pixels=False)  # pixels: when fetched
     skipped = bad_results(results)
     bad = [r.error for r in skipped]
     if bad and args.strict:
