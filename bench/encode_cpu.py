@@ -60,18 +60,23 @@ def time_vlft(model_dir: Path, data: Path, max_length: int, cache_dir: Path, rep
                               cache_dir=str(cache_dir))
     encoder, _, _ = build_encoder(args)
     results = []
-    for num_proc in (1, 2):
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            encoded = encode_rows(encoder, read_rows(args, args.dataset, cache_dir), None, num_proc)
-            seconds.append(time.perf_counter() - start)
-        results.append((f"vlft encode, {num_proc} process{'es' if num_proc > 1 else ''}", min(seconds), _ok(encoded)))
-    for label in ("vlft sft's data step, 1 process, cold cache (encode + write cache)",
+    for keep_pixels in (True, False):
+        what = "with pixel values" if keep_pixels else "ids and grids (sft, data check)"
+        for num_proc in (1, 2):
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                encoded = encode_rows(encoder, read_rows(args, args.dataset, cache_dir), None, num_proc, keep_pixels)
+                seconds.append(time.perf_counter() - start)
+            processes = f"{num_proc} process{'es' if num_proc > 1 else ''}"
+            results.append((f"vlft encode, {what}, {processes}", min(seconds), _ok(encoded)))
+    for label in ("vlft sft's data step, 2 processes, cold cache (encode + write cache)",
                   "vlft sft's data step, second run (cache hit)"):
+        args.dataset_num_proc = 2
         start = time.perf_counter()
-        encoded = encode_dataset(args, encoder, model_dir, args.dataset)
-        results.append((label, time.perf_counter() - start, _ok(encoded)))
+        lean = encode_dataset(args, encoder, model_dir, args.dataset, keep_pixels=False)
+        results.append((label, time.perf_counter() - start, _ok(lean)))
+    encoded = encode_rows(encoder, read_rows(args, args.dataset, cache_dir), None, 1)  # with pixels: compared
     cache_files = list((cache_dir / "encoded").glob("*.pt"))
     size = sum(f.stat().st_size for f in cache_files) / 2**20
     print(f"vlft cache: {len(cache_files)} file(s), {size:,.0f} MiB for {len(encoded)} rows", flush=True)
