@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 from sft_qwen3_vl_4b import build_model, write_data  # noqa: E402
-from measure import summarize  # noqa: E402
+from measure import run_logged, summarize  # noqa: E402
 
 
 def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int) -> dict:
@@ -40,10 +39,7 @@ def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_
                "--dataset_num_proc", "1", "--dataloader_num_workers", str(num_workers), "--report_to", "none",
                "--output_dir", str(output)]
     started = time.time()
-    with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=workdir, check=False)
-    if done.returncode:
-        raise RuntimeError(f"vlft sft failed ({done.returncode}): {log.read_text()[-3000:]}")
+    run_logged(command, log, "vlft sft", cwd=workdir)
     run_dir = max(output.glob("v*-*"), key=lambda p: p.stat().st_mtime)
     losses = [json.loads(line)["loss"] for line in open(run_dir / "logging.jsonl") if '"loss"' in line]
     result = summarize(json.loads(records.read_text()), warmup_steps, AutoConfig.from_pretrained(model))

@@ -42,6 +42,19 @@ def batch_counts(batch) -> dict:
     return {"tokens": tokens, "samples": samples, "vision_tokens": vision}
 
 
+def run_logged(command: list[str], log, what: str, **kwargs) -> None:
+    """Run `command` with its output in `log`; RuntimeError with the log's last 25 lines if it fails."""
+    import subprocess
+    from pathlib import Path
+
+    log = Path(log)
+    with open(log, "w") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False, **kwargs)
+    if done.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"{what} failed ({done.returncode}); end of {log}:\n{tail}")
+
+
 class Records:
     """What `install` collects in one training process."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # measure.py, also when imported from bench/sft_qwen3_vl_4b.py
 
-from measure import Records, install, summarize
+from measure import Records, install, run_logged, summarize
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 IGNORE_INDEX = -100
@@ -137,11 +136,7 @@ def run_plain(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
                str(max_length), "--max_steps", str(steps), "--batch_size", str(batch_size), "--num_workers",
                str(num_workers), "--train_to", str(records)]
     started = time.time()
-    with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if done.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"plain transformers + PEFT run failed ({done.returncode}); end of {log}:\n{tail}")
+    run_logged(command, log, "plain transformers + PEFT run")
     recorded = json.loads(records.read_text())
     result = summarize(recorded, warmup_steps, AutoConfig.from_pretrained(workdir / "qwen3-vl-4b-random"))
     result.update(name="transformers + PEFT", wall_s=time.time() - started, loss_first=recorded["losses"][0],

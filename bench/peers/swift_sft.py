@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # measure.py, also when imported from bench/sft_qwen3_vl_4b.py
 
-from measure import summarize
+from measure import run_logged, summarize
 
 FLASH_PROBE = """import importlib.metadata as m, torch
 names = {d.metadata['Name'].lower().replace('_', '-') for d in m.distributions()}
@@ -90,12 +90,8 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     command = swift_command(model, data, output, max_length, steps, attn_impl, batch_size, num_workers, num_proc,
                             cuda)
     started = time.time()
-    with open(log, "w") as f:
-        done = subprocess.run([python, str(HERE / "measured_run.py"), str(records), *command], env=env,
-                              cwd=workdir, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if done.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"swift sft failed ({done.returncode}); end of {log}:\n{tail}")
+    run_logged([python, str(HERE / "measured_run.py"), str(records), *command], log, "swift sft", env=env,
+               cwd=workdir)
     run_dir = max(output.glob("v*-*"), key=lambda p: p.stat().st_mtime)
     logs = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in logs if "loss" in e]
