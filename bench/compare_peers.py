@@ -22,35 +22,40 @@ from sft_qwen3_vl_4b import build_model, write_data  # noqa: E402
 from measure import run_logged, summarize  # noqa: E402
 
 
-def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int) -> dict:
-    """`vlft sft` (packing, padding-free, varlen attention) under measure.py's hooks."""
+def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int,
+             compiled: bool = False, lora_dropout: float = 0.05) -> dict:
+    """`vlft sft` (packing, padding-free, varlen attention; `compiled`: --torch_compile true) under measure.py's
+    hooks."""
     from transformers import AutoConfig
 
     model, data = workdir / "qwen3-vl-4b-random", workdir / "data" / "train.jsonl"
-    output = workdir / "runs_vlft"
+    name = "vlft --torch_compile" if compiled else "vlft"
+    output = workdir / ("runs_vlft_compiled" if compiled else "runs_vlft")
     output.mkdir(parents=True, exist_ok=True)
     records, log = output / "records.json", output / "vlft.log"
     command = [sys.executable, str(HERE / "peers" / "measured_run.py"), str(records), "vlft.cli.main", "sft",
                "--model", str(model), "--dataset", str(data), "--train_type", "lora", "--lora_rank", "8",
-               "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear",
+               "--lora_alpha", "32", "--lora_dropout", str(lora_dropout), "--target_modules", "all-linear",
                "--freeze_vit", "true", "--freeze_aligner", "true", "--torch_dtype", "bfloat16",
                "--packing", "true", "--max_length", str(max_length), "--gradient_checkpointing", "true",
                "--max_steps", str(steps), "--learning_rate", "1e-4", "--logging_steps", "1", "--save_steps", "100000",
                "--dataset_num_proc", "1", "--dataloader_num_workers", str(num_workers), "--report_to", "none",
-               "--output_dir", str(output)]
+               "--output_dir", str(output), "--torch_compile", str(compiled).lower()]
     started = time.time()
     run_logged(command, log, "vlft sft", cwd=workdir)
     run_dir = max(output.glob("v*-*"), key=lambda p: p.stat().st_mtime)
     losses = [json.loads(line)["loss"] for line in open(run_dir / "logging.jsonl") if '"loss"' in line]
     result = summarize(json.loads(records.read_text()), warmup_steps, AutoConfig.from_pretrained(model))
-    result.update(name="vlft", wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
-                  settings=f"packing + padding-free, torch varlen attention, batch 1 x {max_length} tokens")
+    result.update(name=name, wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
+                  settings=f"packing + padding-free, torch varlen attention, batch 1 x {max_length} tokens, "
+                           f"LoRA dropout {lora_dropout}")
     return result
 
 
 def table(results: list[dict]) -> str:
     rows = [("settings", "settings", "{}"), ("real tokens/s", "tokens_per_second", "{:,.0f}"),
-            ("samples/s", "samples_per_second", "{:.2f}"), ("MFU", "mfu", "{:.1%}"),
+            ("samples/s", "samples_per_second", "{:.2f}"), ("MFU (datasheet 989 TFLOP/s)", "mfu", "{:.1%}"),
+            ("MFU (measured bf16 matmul peak)", "mfu_measured_peak", "{:.1%}"),
             ("peak GPU memory, allocated (GiB)", "peak_memory_gib", "{:.2f}"),
             ("data-loader stall (ms/step)", "loader_stall_ms_per_step", "{:.1f}"),
             ("real tokens per step", "tokens_per_step", "{:,.0f}"), ("steps measured", "steps_measured", "{}"),
@@ -65,11 +70,11 @@ def table(results: list[dict]) -> str:
             else:
                 cells.append(fmt.format(r[key]) if r.get(key) is not None else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    base = next((r for r in results if r["name"] == "vlft"), None)
-    if base:
+    ours = [r for r in results if r["name"].startswith("vlft")]
+    for base in ours:
         for r in results:
-            if r is not base:
-                lines.append(f"\nvlft / {r['name']}: {base['tokens_per_second'] / r['tokens_per_second']:.2f}x "
+            if r not in ours:
+                lines.append(f"\n{base['name']} / {r['name']}: {base['tokens_per_second'] / r['tokens_per_second']:.2f}x "
                              f"tokens/s at {base['peak_memory_gib'] / r['peak_memory_gib']:.2f}x the memory")
     return "\n".join(lines)
 
@@ -82,17 +87,24 @@ def main() -> int:
     parser.add_argument("--max_steps", type=int, default=45)
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--peers", default="vlft,swift,plain", help="which to run, comma-separated")
+    parser.add_argument("--lora_dropout", type=float, default=0.05, help="vlft's (the peers run 0.05)")
+    parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
+                        help="which to run, comma-separated (vlft-compile: vlft with --torch_compile true)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    from matmul_peak import measured_bf16_peak
+
+    measured_peak = measured_bf16_peak()
+    print(f"measured bf16 matmul peak: {measured_peak / 1e12:.0f} TFLOP/s", flush=True)
     build_model(args.workdir / "qwen3-vl-4b-random")
     write_data(args.workdir / "data", args.samples)
     results = []
     for peer in args.peers.split(","):
         started = time.time()
-        if peer == "vlft":
+        if peer in ("vlft", "vlft-compile"):
             results.append(run_vlft(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                    args.num_workers))
+                                    args.num_workers, compiled=peer == "vlft-compile",
+                                    lora_dropout=args.lora_dropout))
         elif peer == "swift":
             from swift_sft import run_swift
 
@@ -103,9 +115,12 @@ def main() -> int:
 
             results.append(run_plain(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
                                      num_workers=args.num_workers))
+        if results[-1].get("flops_per_second"):
+            results[-1]["mfu_measured_peak"] = results[-1]["flops_per_second"] / measured_peak
         print(f"{peer}: done in {time.time() - started:.0f} s", flush=True)
         print(json.dumps(results[-1], default=str), flush=True)
-    print("\n" + table(results))
+    print(f"\nmeasured bf16 matmul peak (bench/matmul_peak.py): {measured_peak / 1e12:.0f} TFLOP/s\n")
+    print(table(results))
     return 0
 
 

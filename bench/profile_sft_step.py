@@ -57,7 +57,7 @@ def random_model(model_dir: Path, dtype, attention: str):
     """The model of `model_dir`'s config with random weights made on the GPU, set up as vlft's load_model does."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlft.train.attention import ATTENTION_NAME, register_varlen_attention
+    from vlft.train.attention import ATTENTION_NAME, attach_row_boundaries, register_varlen_attention
 
     if attention == ATTENTION_NAME:
         register_varlen_attention()
@@ -67,6 +67,8 @@ def random_model(model_dir: Path, dtype, attention: str):
                                                         attn_implementation=attention)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
+    if attention == ATTENTION_NAME:
+        attach_row_boundaries(model)
     return model
 
 
@@ -110,11 +112,13 @@ def main() -> int:
     parser.add_argument("--shape", choices=["qwen3-vl-4b", "qwen3-vl-30b-a3b"], default="qwen3-vl-4b",
                         help="30b-a3b: random bf16 weights made on the GPU (never written to disk)")
     parser.add_argument("--no_profile", action="store_true", help="skip the torch.profiler kernel table")
+    parser.add_argument("--torch_compile", action="store_true", help="as `vlft sft --torch_compile true`")
     args = parser.parse_args()
 
     from vlft.arguments import SftArguments
     from vlft.cli.parsing import parse_args
     from vlft.data.collator import PaddingFreeCollator, VisionTokens
+    from vlft.data.dataset import PixelsOnFetch
     from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
     from vlft.train.sft import encoded_samples, pack
     from vlft.train.tuners import prepare_trainable
@@ -138,8 +142,9 @@ def main() -> int:
     encoder, model_dir, family = build_encoder(sft)
     t0 = time.perf_counter()
     samples, _ = encoded_samples(sft, encoder, model_dir, sft.dataset)
-    rows = pack(samples, args.max_length, seed=0)
-    print(f"encoded {len(samples)} samples into {len(rows)} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+    packed = PixelsOnFetch(pack(samples, args.max_length, seed=0), encoder)  # as `vlft sft` fetches them
+    rows = [packed[i] for i in range(min(len(packed), args.warmup + args.steps))]
+    print(f"encoded {len(samples)} samples into {len(packed)} rows in {time.perf_counter() - t0:.1f} s", flush=True)
 
     dtype = resolve_dtype(None, cuda)
     attention, _ = resolve_attention(None, True, cuda)
@@ -149,6 +154,10 @@ def main() -> int:
         net = load_model(model_dir, dtype, attention)
     enable_gradient_checkpointing(net, llm=not args.no_gc, vit=not args.no_gc)
     net = prepare_trainable(net, family, sft)
+    if args.torch_compile:
+        from vlft.train.compile import compile_decoder_layers
+
+        compile_decoder_layers(net)
     device = torch.device("cuda" if cuda else "cpu")
     net.to(device).train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=cuda)
@@ -217,11 +226,30 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    profiled = rows[args.warmup:args.warmup + min(3, args.steps)]
     with profile(activities=activities) as prof:
-        for row in rows[args.warmup:args.warmup + 2]:
-            step(row)
+        sync()
+        started = time.perf_counter()
+        for row in profiled:  # no syncs inside the step here: the GPU runs as far ahead as the host lets it
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in collator([row]).items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                net(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+        wall_ms = 1000 * (time.perf_counter() - started)
+    averages = prof.key_averages()
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70))
+    print(averages.table(sort_by=sort, row_limit=30, max_name_column_width=70))
+    if cuda:
+        from torch.autograd import DeviceType
+
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70))
+        # Kernels only: an operator's row repeats the time of the kernels it launched.
+        kernels_ms = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA) / 1000
+        print(f"\nGPU kernels {kernels_ms / len(profiled):.0f} ms per step of {wall_ms / len(profiled):.0f} ms wall "
+              f"({100 * kernels_ms / wall_ms:.0f}% busy; the rest the GPU waits for the host)")
     return 0
 
 

@@ -179,6 +179,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     router_aux_loss_coef: float | None = field(default=None, metadata={
         "help": "MoE: weight of the load-balancing loss added to the loss (default: off, as the model config)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute LLM activations"})
+    torch_compile: bool = field(default=False, metadata={
+        "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})

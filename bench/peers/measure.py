@@ -39,7 +39,21 @@ def batch_counts(batch) -> dict:
             samples = int(input_ids.shape[0])
     grid = batch.get("image_grid_thw")
     vision = int(grid.prod(-1).sum()) // MERGE if isinstance(grid, torch.Tensor) else 0
-    return {"tokens": tokens, "samples": samples, "vision_tokens": vision}
+    return {"tokens": tokens, "samples": samples, "vision_tokens": vision, "square_sum": square_sum(batch)}
+
+
+def square_sum(batch) -> int:
+    """Sum of n^2 over the batch's samples (the attention term of the FLOPs): padded rows' mask sums squared,
+    or, in a padding-free row, sum(2p + 1) over the text positions p that restart at 0 per sample."""
+    import torch
+
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return int((mask.sum(-1).long() ** 2).sum())
+    positions = batch.get("text_position_ids", batch.get("position_ids"))
+    if isinstance(positions, torch.Tensor):
+        return int((2 * positions.reshape(-1, positions.shape[-1])[0].long() + 1).sum())
+    return int(batch["input_ids"].shape[-1]) ** 2 * int(batch["input_ids"].shape[0])
 
 
 def run_logged(command: list[str], log, what: str, **kwargs) -> None:
@@ -101,7 +115,8 @@ def install(records: Records) -> None:
 
 
 def summarize(records: dict, warmup_steps: int, config=None) -> dict:
-    """Throughput over the steps after the first `warmup_steps` (>= 1), from one run's dumped records."""
+    """Throughput over the steps after the first `warmup_steps` (>= 1), from one run's dumped records; MFU
+    over the datasheet bf16 peak (compare_peers.py adds it over the measured matmul peak)."""
     times = {r["step"]: r["t"] for r in records["steps"]}
     last = max(times)
     if warmup_steps < 1 or last <= warmup_steps:
@@ -110,18 +125,21 @@ def summarize(records: dict, warmup_steps: int, config=None) -> dict:
     batches = records["batches"][warmup_steps * accumulation:last * accumulation]
     seconds = times[last] - times[warmup_steps]
     steps = last - warmup_steps
-    total = {k: sum(b[k] for b in batches) for k in ("tokens", "samples", "vision_tokens", "wait_s")}
+    total = {k: sum(b.get(k, 0) for b in batches) for k in ("tokens", "samples", "vision_tokens", "square_sum",
+                                                             "wait_s")}
     result = {"steps_measured": steps, "seconds": seconds,
               "tokens_per_second": total["tokens"] / seconds, "samples_per_second": total["samples"] / seconds,
               "tokens_per_step": total["tokens"] / steps,
               "loader_stall_ms_per_step": 1000 * total["wait_s"] / steps,
               "loader_stall_share": total["wait_s"] / seconds,
               "device": records.get("device"), "peak_memory_gib": records.get("peak_allocated_gib"),
-              "peak_reserved_gib": records.get("peak_reserved_gib"), "mfu": None}
+              "peak_reserved_gib": records.get("peak_reserved_gib"), "mfu": None, "flops_per_second": None}
     if config is not None:
         from vlft.train.flops import device_peak_flops, training_flops
 
+        flops_per_second = training_flops(config, total["tokens"], total["vision_tokens"], total["square_sum"]) / seconds
+        result["flops_per_second"] = flops_per_second
         peak = device_peak_flops(records.get("device") or "")
         if peak:
-            result["mfu"] = training_flops(config, total["tokens"], total["vision_tokens"]) / seconds / peak
+            result["mfu"] = flops_per_second / peak
     return result

@@ -57,3 +57,20 @@ def test_media_changed_after_encoding_are_caught_at_fetch(tmp_path, tiny_model_d
         assert f":{lean[index].line}:" in str(e) and "changed since the dataset was encoded" in str(e)
     else:
         raise AssertionError("a changed image was not noticed")
+
+
+class _ThreadsAtFetch:
+    """An encoder stand-in whose 'pixels' are the number of torch threads at fetch time."""
+
+    def with_pixels(self, sample):
+        return torch.get_num_threads()
+
+
+def test_workers_make_pixels_on_one_thread_and_the_main_process_is_untouched():
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(2)
+    dataset = PixelsOnFetch(["a", "b"], _ThreadsAtFetch())
+    in_workers = [int(x) for x in DataLoader(dataset, batch_size=None, num_workers=1)]
+    assert in_workers == [1, 1]
+    assert dataset[0] == 2 and torch.get_num_threads() == 2

@@ -1,24 +1,39 @@
-"""The varlen attention's boundary bookkeeping: computed once per forward (no host syncs per layer), exact."""
+"""The varlen attention's boundary bookkeeping: computed once per forward by the language model's pre-hook
+(no host reads inside the layers), and exact."""
 
 from __future__ import annotations
 
 import torch
 
 from vlft.train import attention
-from vlft.train.attention import _RowBoundaries, boundaries_from_positions, torch_varlen_attention
+from vlft.train.attention import boundaries_from_positions, row_boundary_kwargs, torch_varlen_attention
+from vlft.train.model import load_model
 
 
-def test_row_boundaries_are_computed_once_per_position_tensor(monkeypatch):
-    calls = []
-    real = attention.boundaries_from_positions
-    monkeypatch.setattr(attention, "boundaries_from_positions", lambda p, n: calls.append(n) or real(p, n))
-    cache = _RowBoundaries()
-    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
-    for _ in range(3):  # three layers of one forward
-        cu_seqlens, longest = cache(positions, 9)
-    assert calls == [9] and cu_seqlens.tolist() == [0, 3, 5, 9] and longest == 4
-    cache(positions.clone(), 9)  # the next forward's tensor, equal values: computed again, never stale
-    assert calls == [9, 9]
+def test_boundaries_are_computed_once_per_forward_and_reach_every_layer(monkeypatch, tiny_model_dir):
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, attention.ATTENTION_NAME)
+    computed, seen = [], []
+    real_kwargs = attention.row_boundary_kwargs
+    monkeypatch.setattr(attention, "row_boundary_kwargs", lambda p, n: computed.append(n) or real_kwargs(p, n))
+    real_attention = attention.torch_varlen_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("cu_seq_lens_q"))
+        return real_attention(*args, **kwargs)
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(attention.ATTENTION_NAME, spy)
+    try:
+        positions = torch.tensor([0, 1, 2, 0, 1, 0, 1, 2, 3])
+        position_ids = torch.stack([positions] * 4)[:, None, :]  # text row + 3 mRoPE rows
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[100] * 9]), position_ids=position_ids)
+    finally:
+        attention.register_varlen_attention()
+    assert computed == [9]  # once for the whole forward
+    assert len(seen) == model.config.text_config.num_hidden_layers
+    assert all(s is seen[0] and s.tolist() == [0, 3, 5, 9] for s in seen)
 
 
 def test_attention_of_a_packed_row_equals_per_sample_attention():
@@ -27,9 +42,21 @@ def test_attention_of_a_packed_row_equals_per_sample_attention():
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     module = torch.nn.Module()
     module.is_causal = True
-    out, _ = torch_varlen_attention(module, q, k, v, None, position_ids=positions)
+    by_positions, _ = torch_varlen_attention(module, q, k, v, None, position_ids=positions)
+    by_kwargs, _ = torch_varlen_attention(module, q, k, v, None, **row_boundary_kwargs(positions, 9))
     for start, end in zip([0, 3, 5], [3, 5, 9]):
         expected = torch.nn.functional.scaled_dot_product_attention(
             q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True)
-        torch.testing.assert_close(out[0, start:end], expected[0].transpose(0, 1))
+        torch.testing.assert_close(by_positions[0, start:end], expected[0].transpose(0, 1))
+        torch.testing.assert_close(by_kwargs[0, start:end], expected[0].transpose(0, 1))
     assert boundaries_from_positions(positions, 9).tolist() == [0, 3, 5, 9]
+    assert row_boundary_kwargs(positions, 9)["max_length_q"] == 4
+
+
+def test_a_call_without_positions_is_one_sequence():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    module = torch.nn.Module()
+    out, _ = torch_varlen_attention(module, q, k, v, None, is_causal=False)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out[0], expected[0].transpose(0, 1))

@@ -1,10 +1,14 @@
 """Padding-free attention through PyTorch's own varlen FlashAttention (`torch.nn.attention.varlen`),
 registered with transformers' AttentionInterface, so packed training needs no flash-attn build.
 
-Sample boundaries come from what the models already pass to attention: the LLM gives text
-`position_ids` that restart at 0 for every packed sample; the vision tower calls attention once per
-image (the name holds no "flash", which would make transformers look for a flash-attn kernel). On CPU
-the same function runs exact per-sample sdpa, so the boundary logic is tested in CI.
+Sample boundaries: the LLM's text `position_ids` restart at 0 for every packed sample. A forward
+pre-hook on the language model (`attach_row_boundaries`) turns them into cu_seqlens once per forward
+and hands them to every decoder layer through the FlashAttention keyword arguments transformers
+already passes down (`cu_seq_lens_q`, `max_length_q`, ...). So no layer reads anything back to the host
+and a whole decoder layer, gradient checkpointing included, compiles into one graph
+(`--torch_compile`, compile.py). The vision tower calls attention once per image (the name holds no
+"flash", which would make transformers look for a flash-attn kernel). On CPU the same function runs
+sdpa with a block-diagonal causal mask: exact, and tested in CI.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.varlen import varlen_attn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 ATTENTION_NAME = "torch_varlen"
+_KERNEL_GQA = "enable_gqa" in inspect.signature(varlen_attn).parameters  # torch >= 2.13
 
 
 def boundaries_from_positions(position_ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -27,51 +34,54 @@ def boundaries_from_positions(position_ids: torch.Tensor, length: int) -> torch.
     return torch.cat([starts, starts.new_tensor([length])]).to(torch.int32)
 
 
-class _RowBoundaries:
-    """cu_seqlens and the longest sample of the packed row being run, computed once per forward.
-
-    Every decoder layer (and its recomputation under gradient checkpointing) receives the same
-    `position_ids` tensor; finding the restarts reads them back to the host, so doing it once instead of
-    once per layer removes two host syncs per layer (measured on an H100: the GPU idled between layers).
-    """
-
-    def __init__(self):
-        self.position_ids, self.length, self.value = None, None, None
-
-    def __call__(self, position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, int]:
-        if position_ids is not self.position_ids or length != self.length:
-            cu_seqlens = boundaries_from_positions(position_ids, length).to(position_ids.device)
-            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            self.position_ids, self.length, self.value = position_ids, length, (cu_seqlens, longest)
-        return self.value
+def row_boundary_kwargs(position_ids: torch.Tensor, length: int) -> dict:
+    """The FlashAttention keyword arguments of one packed row: cu_seqlens on the row's device and the
+    longest sample (one read back to the host, once per forward)."""
+    cu_seqlens = boundaries_from_positions(position_ids, length).to(position_ids.device)
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest,
+            "max_length_k": longest}
 
 
-_row_boundaries = _RowBoundaries()
+def _add_row_boundaries(module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook of the language model: a packed row's boundaries, computed once for all layers."""
+    positions, embeds = kwargs.get("position_ids"), kwargs.get("inputs_embeds")
+    if positions is None or embeds is None or "cu_seq_lens_q" in kwargs or embeds.shape[0] != 1:
+        return None
+    return args, {**kwargs, **row_boundary_kwargs(positions, embeds.shape[1])}
+
+
+def attach_row_boundaries(model: nn.Module) -> None:
+    """Hook `_add_row_boundaries` onto the model's language model (model.model.language_model)."""
+    model.model.language_model.register_forward_pre_hook(_add_row_boundaries, with_kwargs=True)
+
+
+def _block_diagonal_sdpa(q, k, v, cu_seqlens, causal: bool, scale: float | None) -> torch.Tensor:
+    """Reference path (CPU): sdpa where each sample attends only to itself. q, k, v: (T, H, D)."""
+    positions = torch.arange(q.shape[0], device=q.device)
+    sample = torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
+    mask = sample[:, None] == sample[None, :]
+    if causal:
+        mask = mask & (positions[:, None] >= positions[None, :])
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
+                                         scale=scale)
+    return out.transpose(0, 1)
+
+
 _whole_sequence: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
-def _one_sequence(length: int, device: torch.device) -> torch.Tensor:
-    """cu_seqlens of a call that is one sequence (the vision tower calls attention once per image)."""
+@torch.compiler.disable  # calls from outside the hooked language model: host reads, kept out of graphs
+def _boundaries_of_call(position_ids: torch.Tensor | None, length: int, device: torch.device) -> dict:
+    """A call that did not get the row's boundaries: from its positions, else one sequence (the vision
+    tower calls attention once per image; its cu_seqlens are cached per length, no host copy per call)."""
+    if position_ids is not None:
+        return row_boundary_kwargs(position_ids, length)
     key = (length, device)
     if key not in _whole_sequence:
         _whole_sequence[key] = torch.tensor([0, length], dtype=torch.int32, device=device)
-    return _whole_sequence[key]
-
-
-def _kernel_supports_gqa() -> bool:
-    from torch.nn.attention.varlen import varlen_attn
-
-    return "enable_gqa" in inspect.signature(varlen_attn).parameters  # torch >= 2.13
-
-
-def _segments_sdpa(q, k, v, cu_seqlens, causal: bool, scale: float | None) -> torch.Tensor:
-    """Reference path (CPU): exact sdpa on each sample separately. q, k, v: (T, H, D)."""
-    outputs = []
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
-        outputs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale).transpose(0, 1))
-    return torch.cat(outputs)
+    whole = _whole_sequence[key]
+    return {"cu_seq_lens_q": whole, "cu_seq_lens_k": whole, "max_length_q": length, "max_length_k": length}
 
 
 def torch_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
@@ -82,13 +92,9 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
         raise ValueError(f"{ATTENTION_NAME} expects one packed row (batch 1), got batch {query.shape[0]}; "
                          "use --padding_free true")
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-    length = query.shape[2]
     if cu_seq_lens_q is None:
-        if position_ids is not None:
-            cu_seq_lens_q, max_length_q = _row_boundaries(position_ids, length)
-        else:
-            cu_seq_lens_q, max_length_q = _one_sequence(length, query.device), length
-        cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
+        bounds = _boundaries_of_call(position_ids, query.shape[2], query.device)
+        cu_seq_lens_q, max_length_q = bounds["cu_seq_lens_q"], bounds["max_length_q"]
     if cu_seq_lens_k is None:
         cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
@@ -96,17 +102,15 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
     if not q.is_cuda:
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return _segments_sdpa(q, k, v, cu_seq_lens_q, causal, scaling).unsqueeze(0), None
-    from torch.nn.attention.varlen import varlen_attn
-
+        return _block_diagonal_sdpa(q, k, v, cu_seq_lens_q, causal, scaling).unsqueeze(0), None
     extra = {}
     if groups > 1:
-        if _kernel_supports_gqa():
+        if _KERNEL_GQA:
             extra["enable_gqa"] = True
         else:  # torch 2.11/2.12: repeat the KV heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, cu_seq_lens_k,
-                      int(max_length_q), int(max_length_k), scale=scaling,
+                      max_length_q, max_length_k, scale=scaling,
                       window_size=(-1, 0) if causal else (-1, -1), **extra)
     return out.unsqueeze(0), None  # (1, T, H, D), as transformers' attention functions return
 

@@ -1,6 +1,9 @@
-"""Rough training FLOPs for MFU: 6 x LLM parameters per token (forward + backward) plus the ViT's forward
-(2 x its parameters per patch, 4 patches per merged vision token). Attention's quadratic term is left
-out, so the figure slightly understates the work done at long sequence lengths."""
+"""Training FLOPs for MFU, as issue 5 defines it: 6 x LLM parameters per token (forward + backward), plus
+the LLM's causal attention (6 x n^2 x heads x head_dim per layer for a sample of n tokens: QK^T and PV
+over the n^2/2 pairs a causal kernel computes, forward and backward), plus the ViT's forward (2 x its
+parameters per patch, 4 patches per merged vision token). Left out: the ViT's own attention (a few
+percent of the ViT forward at 448x448) and, with gradient checkpointing, the recomputed forward (the
+usual convention: MFU counts the model's FLOPs, not the recomputation)."""
 
 from __future__ import annotations
 
@@ -31,11 +34,35 @@ def vit_parameters(vision_config) -> int:
     return v.depth * (4 * hidden * hidden + mlp_matrices * hidden * intermediate)
 
 
-def training_flops(config, tokens: int, vision_tokens: int) -> float:
-    """FLOPs of one training pass over `tokens` tokens of which `vision_tokens` are image/video tokens."""
+def attention_flops_per_square(text_config) -> int:
+    """Training FLOPs of the LLM's causal attention per n^2 of a sample of n tokens, summed over layers."""
+    t = text_config
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    return 6 * t.num_attention_heads * head_dim * t.num_hidden_layers
+
+
+def training_flops(config, tokens: int, vision_tokens: int, square_sum: int = 0) -> float:
+    """FLOPs of one training pass over `tokens` tokens of which `vision_tokens` are image/video tokens, in
+    samples whose lengths squared sum to `square_sum` (sequence_square_sum)."""
     merge = config.vision_config.spatial_merge_size ** 2
     return 6 * llm_parameters(config.text_config) * tokens + 2 * vit_parameters(config.vision_config) * merge * \
-        vision_tokens
+        vision_tokens + attention_flops_per_square(config.text_config) * square_sum
+
+
+def sequence_square_sum(inputs):
+    """Sum of n^2 over the samples of a batch, on the batch's device (no host sync).
+
+    Packed / padding-free rows: text positions (position_ids row 0) restart at 0 per sample, and
+    sum(2p + 1 for p in range(n)) = n^2. Padded batches: each row's attention_mask sum, squared.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return (mask.sum(-1) ** 2).sum()
+    positions = inputs.get("position_ids")
+    if positions is None:
+        return inputs["input_ids"].shape[-1] ** 2 * inputs["input_ids"].shape[0]
+    text = positions.reshape(-1, positions.shape[-1])[0]
+    return (2 * text + 1).sum()
 
 
 def device_peak_flops(device_name: str) -> float | None:

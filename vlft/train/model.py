@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
-from vlft.train.attention import ATTENTION_NAME, register_varlen_attention
+from vlft.train.attention import ATTENTION_NAME, attach_row_boundaries, register_varlen_attention
 
 logger = logging.getLogger("vlft")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -54,7 +54,8 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
 
 
 def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
-    """The HF model, with the KV cache off on the text config (else packed samples attend to each other)."""
+    """The HF model, with the KV cache off on the text config (else packed samples attend to each other)
+    and, under the varlen attention, the packed row's boundaries computed once per forward."""
     from transformers import AutoModelForImageTextToText
 
     if attn_implementation == ATTENTION_NAME:
@@ -64,6 +65,8 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
                                                             attn_implementation=attn_implementation)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
+    if attn_implementation == ATTENTION_NAME:
+        attach_row_boundaries(model)
     return model
 
 

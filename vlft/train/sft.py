@@ -24,6 +24,7 @@ from vlft.data.report import bad_results, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
+from vlft.train.compile import compile_decoder_layers
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.launch import is_distributed_worker
 from vlft.train.model import (enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype,
@@ -85,6 +86,10 @@ def run_sft(args: SftArguments) -> Path:
     set_router_aux_loss(model, args.router_aux_loss_coef)
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
+    if args.torch_compile:
+        compiled = compile_decoder_layers(model)
+        if main_process:
+            logger.warning(f"torch.compile: {compiled} decoder layers' parts (compiled during the first steps)")
     trainable, total = count_parameters(model)
     if main_process:
         logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
@@ -126,6 +131,9 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     """(attn_implementation, a note on the kernel, DeepSpeed config); VlftError for what cannot run."""
     attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
     ds_config = resolve_deepspeed_config(args.deepspeed)
+    if args.torch_compile and _zero_stage(ds_config) == 3:
+        raise VlftError("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
+                        "compiled graphs); use ZeRO-2 or no --deepspeed")
     check_writable(Path(args.output_dir))
     if args.resume_from_checkpoint:
         check_resumable(Path(args.resume_from_checkpoint))

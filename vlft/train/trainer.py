@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from vlft.families.base import Family
 from vlft.train.checkpointing import AtomicCheckpoints
-from vlft.train.flops import device_peak_flops, training_flops
+from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.zero3 import BalancedVisionCalls
 
@@ -29,6 +29,7 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         self.vision_calls = BalancedVisionCalls(self.model) if zero3 else None
         self._tokens = 0
         self._vision_tokens = 0
+        self._square_sum = 0
         self._tokens_since = time.perf_counter()
         self._peak = device_peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
@@ -71,8 +72,10 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         if model.training:  # counted on the device and read at log time: no host sync per step
             mask = inputs.get("attention_mask")
             self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
-            if self._peak is not None and "mm_token_type_ids" in inputs:
-                self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
+            if self._peak is not None:
+                self._square_sum += sequence_square_sum(inputs)
+                if "mm_token_type_ids" in inputs:
+                    self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
             self.vision_calls.expect(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -83,12 +86,13 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         if "loss" in logs:
             now = time.perf_counter()
             elapsed = max(now - self._tokens_since, 1e-9)
-            tokens, vision_tokens = int(self._tokens), int(self._vision_tokens)
+            tokens, vision_tokens, square_sum = int(self._tokens), int(self._vision_tokens), int(self._square_sum)
             logs["tokens_per_second"] = round(tokens * self.args.world_size / elapsed, 1)
             if self._peak is not None:  # per GPU, from this rank's tokens
                 config = self.accelerator.unwrap_model(self.model).config
-                logs["mfu"] = round(training_flops(config, tokens, vision_tokens) / elapsed / self._peak, 4)
-            self._tokens, self._vision_tokens, self._tokens_since = 0, 0, now
+                flops = training_flops(config, tokens, vision_tokens, square_sum)
+                logs["mfu"] = round(flops / elapsed / self._peak, 4)
+            self._tokens, self._vision_tokens, self._square_sum, self._tokens_since = 0, 0, 0, now
             if torch.cuda.is_available():
                 logs["memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             else:

@@ -1,0 +1,79 @@
+"""--torch_compile: the decoder layers compiled one by one give the eager model's losses and LoRA gradients
+(CPU, fp32, gradient checkpointing on, vlft's varlen attention function), and a dense layer compiles
+into one graph with no break (else its checkpoint would run it eager). The graphs are captured by
+torch's dynamo and run through its aot_eager backend: the same graph capture and autograd split as
+inductor, without generating kernels (inductor on this CPU takes over a minute; tests/gpu runs it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.train.test_packing_parity import MIXED, encoded_batch, lora_args
+from vlft.data.collator import PaddingFreeCollator, VisionTokens
+from vlft.errors import VlftError
+from vlft.train.attention import ATTENTION_NAME
+from vlft.train.compile import compile_decoder_layers, decoder_layers
+from vlft.train.model import enable_gradient_checkpointing, load_model
+from vlft.train.tuners import prepare_trainable
+
+
+def lora_model(tiny_model_dir, family, family_name: str):
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir(family_name), torch.float32, ATTENTION_NAME)
+    enable_gradient_checkpointing(model, llm=True, vit=False)
+    model = prepare_trainable(model, family, lora_args()).train()
+    for name, param in model.named_parameters():  # LoRA B starts at zero: give it values so A has gradients
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen3_vl_moe"])
+def test_compiled_layers_match_eager(family_name, tiny_model_dir, processor_of, media_dir):
+    encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
+    tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
+    collator = PaddingFreeCollator(family, tokens, None)
+    rows = [samples, samples[:3]]  # two row lengths: static, then dynamic shapes
+    results = {}
+    for compiled in (False, True):
+        model = lora_model(tiny_model_dir, family, family_name)
+        if compiled:
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            assert compile_decoder_layers(model, backend="aot_eager") == model.config.text_config.num_hidden_layers
+        losses, grads = [], []
+        for row in rows:
+            model.zero_grad()
+            loss = model(**collator(row)).loss
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+        results[compiled] = losses, grads
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] > 0  # the layers did run compiled
+    if family_name != "qwen3_vl_moe":  # a dense layer is one graph, its checkpoint included
+        assert not counters["graph_break"], dict(counters["graph_break"])
+    assert len(MIXED) == len(samples)
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    for compiled_grad, eager_grad in zip(results[True][1], results[False][1]):
+        assert eager_grad.abs().sum() > 0
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_layers_are_found_under_peft_and_missing_ones_are_named(tiny_model_dir, processor_of, media_dir):
+    _, family, _ = encoded_batch("qwen3_vl", tiny_model_dir, processor_of, media_dir)
+    model = lora_model(tiny_model_dir, family, "qwen3_vl")
+    assert decoder_layers(model) is model.get_base_model().model.language_model.layers
+    with pytest.raises(VlftError, match="found 0"):
+        decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_zero3_is_refused_before_anything_loads(tmp_path):
+    from vlft.arguments import SftArguments
+    from vlft.train.sft import check_run_arguments
+
+    args = SftArguments(model="m", dataset=["d.jsonl"], torch_compile=True, deepspeed="zero3",
+                        output_dir=str(tmp_path))
+    with pytest.raises(VlftError, match="ZeRO-3"):
+        check_run_arguments(args, cuda=False)

@@ -1,0 +1,54 @@
+"""`--torch_compile true`: every decoder layer of the language model compiled with torch.compile, one
+layer at a time (regional compilation), instead of transformers' whole-model compile.
+
+A layer's graph holds its gradient checkpoint too, so the recomputation in the backward pass runs
+compiled as well, and the compiler fuses what eager mode runs as many small kernels: RMSNorm, the q/k
+norms, rotary, SwiGLU, LoRA's dropout, scale and add, the residuals. The layers are identical, so one
+graph serves all of them (torch passes their parameters as graph inputs). The attention kernel is in the
+graph: the packed row's boundaries reach it as arguments (attention.py), nothing is read back to the
+host inside a layer. What lies between the layers (vision tower, deepstack, loss) runs as before.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlft.errors import VlftError
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The language model's decoder layers (`...language_model.layers`), wrapped by PEFT or not."""
+    found = [module for name, module in model.named_modules()
+             if name.endswith("language_model.layers") and isinstance(module, nn.ModuleList)]
+    if len(found) != 1:
+        raise VlftError(f"--torch_compile: expected one language_model.layers in {type(model).__name__}, "
+                        f"found {len(found)}")
+    return found[0]
+
+
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> int:
+    """Compile every decoder layer in place (nn.Module.compile); returns how many. Shapes become dynamic
+    at the second distinct row length (torch's default), so rows of varying length do not recompile.
+
+    Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
+    the residual adds stay eager):
+    - MoE layers: routing tokens to experts has data-dependent shapes, a graph break, and a break inside
+      the layer's checkpoint would send the whole layer back to eager;
+    - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
+      inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100).
+    """
+    layers = decoder_layers(model)
+    for layer in layers:
+        if whole_layer_compiles(layer):
+            layer.compile(backend=backend)
+        else:
+            for part in layer.children():
+                part.compile(backend=backend)
+    return len(layers)
+
+
+def whole_layer_compiles(layer: nn.Module) -> bool:
+    """False for MoE layers and layers with active dropout (see compile_decoder_layers)."""
+    moe = hasattr(getattr(layer, "mlp", None), "experts")
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
+    return not (moe or dropout)
