@@ -179,6 +179,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     router_aux_loss_coef: float | None = field(default=None, metadata={
         "help": "MoE: weight of the load-balancing loss added to the loss (default: off, as the model config)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute LLM activations"})
+    chunked_loss: bool = field(default=False, metadata={
+        "help": "cross-entropy from the last hidden states in chunks: no full-row float32 logits (longer rows "
+                "fit); not with ZeRO-3 or an MoE aux loss"})
     torch_compile: bool = field(default=False, metadata={
         "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={

@@ -133,6 +133,17 @@ def test_kill_and_resume_reproduces_the_losses(tmp_path, vlft_cache):
         assert resumed[step] == pytest.approx(whole[step], abs=1e-5), step
 
 
+def test_chunked_loss_trains_like_the_full_logits(tmp_path, vlft_cache):
+    """Three steps through the CLI with --chunked_loss true log the losses of the plain run."""
+    for name, flag in (("plain", "false"), ("chunked", "true")):
+        assert main(_train_args(tmp_path / name, "--max_steps", "3", "--save_steps", "100",
+                                "--chunked_loss", flag)) == 0
+    plain, chunked = (_losses(only_run_dir(tmp_path / name)) for name in ("plain", "chunked"))
+    assert sorted(chunked) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert chunked[step] == pytest.approx(plain[step], rel=1e-4), step
+
+
 # Runs `vlft sft` and SIGKILLs itself when the optimizer state of checkpoint-4 is about to be written: a
 # crash in the middle of a save, after the weights are on disk.
 KILL_DURING_SAVE = """
@@ -210,6 +221,8 @@ def test_tiny_model_learns_colours_and_answers_held_out_images(tmp_path, vlft_ca
     (["--attn_impl", "flex_attention", "--packing", "true", "--max_length", "64"], "flex_attention"),
     (["--output_dir", "__FILE__/out"], "is not a directory"),
     (["--train_type", "full", "--freeze_llm", "true"], "nothing to train"),
+    (["--chunked_loss", "true", "--deepspeed", "zero3"], "--chunked_loss true does not run under ZeRO-3"),
+    (["--torch_compile", "true", "--deepspeed", "zero3"], "--torch_compile true does not run under ZeRO-3"),
 ])
 def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     import transformers

@@ -139,6 +139,12 @@ def test_matches_hf_processor(family_name, shape, tiny_model_dir, processor_of, 
     if not answers_start_with_space:
         assert full.input_ids == expected_full["input_ids"][0].tolist()
     assert_same_media(full, expected_full)
+    lean = encoder.encode(to_sample(row), pixels=False)  # `vlft sft`'s pre-encode: grids from image sizes
+    assert (lean.input_ids, lean.labels) == (full.input_ids, full.labels)
+    assert lean.pixel_values is None  # images were checked and measured, not processed
+    for key in ("image_grid_thw", "video_grid_thw"):
+        if key in expected_full:
+            assert torch.equal(getattr(lean, key), expected_full[key]), key
     if family.video_second_per_grid and "second_per_grid_ts" in expected_full:
         assert full.second_per_grid_ts == pytest.approx(list(map(float, expected_full["second_per_grid_ts"])))
 

@@ -71,6 +71,8 @@ def test_grounding_through_the_encoder_matches_hf(family_name, tiny_model_dir, p
                 {"role": "assistant", "content": f'[{{"bbox_2d": {EXPECTED_TEXT[family_name]}, "label": "{ref}"}}]'}]
     expected = hf_encode(processor, family, with_paths(messages, media_dir), add_generation_prompt=False)
     assert encoder.encode(to_sample(row)).input_ids == expected["input_ids"][0].tolist()
+    # Grids (and the resized size the boxes are converted to) from the image's size alone, as `vlft sft` encodes.
+    assert encoder.encode(to_sample(row), pixels=False).input_ids == expected["input_ids"][0].tolist()
 
 
 @pytest.mark.parametrize("box, problem", [

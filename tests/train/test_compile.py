@@ -68,12 +68,3 @@ def test_layers_are_found_under_peft_and_missing_ones_are_named(tiny_model_dir, 
     with pytest.raises(VlftError, match="found 0"):
         decoder_layers(torch.nn.Linear(2, 2))
 
-
-def test_zero3_is_refused_before_anything_loads(tmp_path):
-    from vlft.arguments import SftArguments
-    from vlft.train.sft import check_run_arguments
-
-    args = SftArguments(model="m", dataset=["d.jsonl"], torch_compile=True, deepspeed="zero3",
-                        output_dir=str(tmp_path))
-    with pytest.raises(VlftError, match="ZeRO-3"):
-        check_run_arguments(args, cuda=False)

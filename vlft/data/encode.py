@@ -16,7 +16,8 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from vlft.data.grounding import ImageGeometry, fill_grounding
-from vlft.data.media import MAX_IMAGE_PIXELS, load_image, local_video_path
+from vlft.data.image_grid import grid_from_size
+from vlft.data.media import MAX_IMAGE_PIXELS, image_size, load_image, local_video_path
 from vlft.data.sample import Message, Sample
 from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, LossScale, Template, render
 from vlft.data.truncate import truncate
@@ -74,7 +75,7 @@ def without_pixels(encoded: EncodedSample, sample: Sample) -> EncodedSample:
     Pixel values are float32 patches (about 4.6 MiB per 448x448 image): kept for a whole dataset they
     would fill memory and the encoding cache. Training makes them when a batch is fetched instead, in
     the data-loader workers."""
-    if encoded.pixel_values is None and encoded.pixel_values_videos is None:
+    if encoded.image_grid_thw is None and encoded.video_grid_thw is None:
         return encoded
     return dataclasses.replace(encoded, pixel_values=None, pixel_values_videos=None, sample=sample)
 
@@ -106,10 +107,11 @@ class Encoder:
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
 
-    def encode(self, sample: Sample, *, add_generation_prompt: bool = False) -> EncodedSample:
-        """The sample's model inputs; DataError (placed at the sample's file and line) on bad input."""
+    def encode(self, sample: Sample, *, add_generation_prompt: bool = False, pixels: bool = True) -> EncodedSample:
+        """The sample's model inputs; DataError (placed at the sample's file and line) on bad input. Without
+        `pixels`, images may come back with their grids only (image_grid.py); every check still runs."""
         try:
-            return self._encode(sample, add_generation_prompt)
+            return self._encode(sample, add_generation_prompt, pixels)
         except DataError as e:
             raise e.at(sample.source, sample.line) from None
 
@@ -123,13 +125,14 @@ class Encoder:
                             "with --load_from_cache_file false").at(encoded.source, encoded.line)
         return again
 
-    def _encode(self, sample: Sample, add_generation_prompt: bool) -> EncodedSample:
+    def _encode(self, sample: Sample, add_generation_prompt: bool, pixels: bool = True) -> EncodedSample:
         messages = list(sample.messages)
         if self.settings.system is not None and not (messages and messages[0].role == "system"):
             messages.insert(0, Message("system", self.settings.system, where="--system"))
         _check_placeholders(messages, IMAGE_PLACEHOLDER, len(sample.images), "images")
         _check_placeholders(messages, VIDEO_PLACEHOLDER, len(sample.videos), "videos")
-        image_inputs, geometries = self._process_images(sample)
+        grids_only = None if pixels else self._image_grids(sample)
+        image_inputs, geometries = grids_only or self._process_images(sample)
         video_inputs, videos = self._process_videos(sample)
         texts = fill_grounding([m.content for m in messages], sample.objects, geometries, self.family)
         messages = [Message(m.role, t, m.loss, m.where) for m, t in zip(messages, texts)]
@@ -156,6 +159,37 @@ class Encoder:
             labels += ids if trained else [IGNORE_INDEX] * len(ids)
         return input_ids, labels
 
+    def _image_size_bounds(self) -> dict:
+        """--min_pixels / --max_pixels (and their token forms) as the processor's size override."""
+        size = {}
+        if self.settings.image_min_pixels is not None:
+            size["shortest_edge"] = self.settings.image_min_pixels
+        if self.settings.image_max_pixels is not None:
+            size["longest_edge"] = self.settings.image_max_pixels
+        return size
+
+    def _image_grids(self, sample: Sample) -> tuple[dict, list[ImageGeometry]] | None:
+        """Image grids and geometries from the images' sizes, checked but not kept (media.image_size); None
+        where grid_from_size does not know the processor's rule."""
+        if not sample.images:
+            return {}, []
+        grids, geometries = [], []
+        for i, ref in enumerate(sample.images):
+            try:
+                width, height = image_size(ref, sample.base_dir, self.settings.max_image_pixels)
+            except DataError as e:
+                raise e.within(f"images[{i}]") from None
+            try:
+                grid = grid_from_size(self.image_processor, width, height, self._image_size_bounds())
+            except ValueError as e:  # as the processor raises it: an aspect ratio over 200
+                raise DataError(f"cannot process image: {e}", field="images") from None
+            if grid is None:
+                return None
+            grids.append(grid)
+            patch = self.image_processor.patch_size
+            geometries.append(ImageGeometry(width, height, grid[2] * patch, grid[1] * patch))
+        return {"image_grid_thw": torch.tensor(grids)}, geometries
+
     def _process_images(self, sample: Sample) -> tuple[dict, list[ImageGeometry]]:
         if not sample.images:
             return {}, []
@@ -166,13 +200,8 @@ class Encoder:
             except DataError as e:
                 raise e.within(f"images[{i}]") from None
         kwargs = {}
-        if self.settings.image_min_pixels is not None or self.settings.image_max_pixels is not None:
-            size = dict(self.image_processor.size)
-            if self.settings.image_min_pixels is not None:
-                size["shortest_edge"] = self.settings.image_min_pixels
-            if self.settings.image_max_pixels is not None:
-                size["longest_edge"] = self.settings.image_max_pixels
-            kwargs["size"] = size  # shortest/longest_edge are total pixel bounds for Qwen-VL processors
+        if bounds := self._image_size_bounds():  # shortest/longest_edge are total pixel bounds for Qwen-VL
+            kwargs["size"] = {**dict(self.image_processor.size), **bounds}
         try:
             out = self.image_processor(images=images, return_tensors="pt", **kwargs)
         except ValueError as e:  # e.g. an aspect ratio over 200
@@ -213,21 +242,24 @@ class Encoder:
         labels_out: list[int] = []
         spans: list[MediaSpan] = []
         n_image = n_video = 0
-        for token_id, label in zip(input_ids, labels):
-            if token_id == self.image_pad_id:
+        done = 0  # input tokens copied so far; the text between placeholders is copied in slices
+        pads = (self.image_pad_id, self.video_pad_id)
+        for at in [i for i, token_id in enumerate(input_ids) if token_id in pads]:
+            ids_out += input_ids[done:at]
+            labels_out += labels[done:at]
+            done = at + 1
+            if input_ids[at] == self.image_pad_id:
                 expansion = [self.image_pad_id] * (int(image_grid[n_image].prod()) // merge)
                 spans.append(MediaSpan("image", n_image, len(ids_out) - 1, len(ids_out) + len(expansion) + 1))
                 n_image += 1
-            elif token_id == self.video_pad_id:
+            else:
                 expansion = self._video_tokens(video_grid[n_video], videos[n_video])
                 spans.append(MediaSpan("video", n_video, len(ids_out) - 1, len(ids_out) + len(expansion) + 1))
                 n_video += 1
-            else:
-                ids_out.append(token_id)
-                labels_out.append(label)
-                continue
             ids_out += expansion
             labels_out += [IGNORE_INDEX] * len(expansion)
+        ids_out += input_ids[done:]
+        labels_out += labels[done:]
         return ids_out, labels_out, spans
 
     def _video_tokens(self, grid_thw: torch.Tensor, video: VideoFrames) -> list[int]:

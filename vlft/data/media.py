@@ -105,6 +105,26 @@ def load_image(ref: Any, base_dir: Path | None = None, max_pixels: int = MAX_IMA
         raise DataError(f"corrupt or unsupported {what}: {type(e).__name__}: {e}") from None
 
 
+def image_size(ref: Any, base_dir: Path | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of the image `ref` names, checked as load_image checks it (header, pixel limit, the
+    whole file decoded) but without keeping pixels: a JPEG decodes at 1/8 scale (PIL's draft mode), which
+    still reads every byte of it."""
+    if isinstance(ref, Image.Image):
+        check_pixels(ref.width, ref.height, max_pixels, "image")
+        return ref.width, ref.height
+    what = f"image {_describe(ref, base_dir)}"
+    image = open_image_header(_image_bytes(ref, base_dir), what)
+    width, height = image.size
+    check_pixels(width, height, max_pixels, what)
+    try:
+        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        to_rgb(image)
+    except Exception as e:  # as in load_image
+        raise DataError(f"corrupt or unsupported {what}: {type(e).__name__}: {e}") from None
+    return width, height
+
+
 def open_image_header(data: bytes, what: str) -> Image.Image:
     """The image behind `data`, opened lazily: PIL reads the header (format and size), no pixels.
     `what` names the image in errors."""

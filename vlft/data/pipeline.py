@@ -69,7 +69,7 @@ def encode_row(encoder: Encoder, raw: RawRow, columns: dict | None, keep_pixels:
     try:
         sample = to_sample(rename_columns(raw.row, columns), source=raw.source, line=raw.line,
                            base_dir=raw.base_dir)
-        result.sample = encoder.encode(sample)
+        result.sample = encoder.encode(sample, pixels=keep_pixels)
         if not keep_pixels:
             result.sample = without_pixels(result.sample, sample)
     except DataError as e:

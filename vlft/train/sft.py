@@ -24,6 +24,7 @@ from vlft.data.report import bad_results, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
+from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.compile import compile_decoder_layers
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.launch import is_distributed_worker
@@ -113,6 +114,7 @@ def run_sft(args: SftArguments) -> Path:
                          data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
                          family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3,
+                         chunked_loss=ChunkedLoss(model) if args.chunked_loss else None,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
                                                    args_json=public_args(args)))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -134,6 +136,9 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     if args.torch_compile and _zero_stage(ds_config) == 3:
         raise VlftError("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
                         "compiled graphs); use ZeRO-2 or no --deepspeed")
+    if args.chunked_loss and _zero_stage(ds_config) == 3:
+        raise VlftError("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
+                        "outside its forward); use ZeRO-2 or no --deepspeed")
     check_writable(Path(args.output_dir))
     if args.resume_from_checkpoint:
         check_resumable(Path(args.resume_from_checkpoint))

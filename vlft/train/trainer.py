@@ -1,6 +1,6 @@
 """transformers' Trainer with what vlft adds through its public methods: per-part learning rates,
-real-token throughput and memory in the logs, balanced vision-tower calls under ZeRO-3, and atomic
-checkpoints (checkpointing.py)."""
+real-token throughput and memory in the logs, balanced vision-tower calls under ZeRO-3, atomic
+checkpoints (checkpointing.py) and the chunked loss (chunked_loss.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from transformers import Trainer
 
 from vlft.families.base import Family
 from vlft.train.checkpointing import AtomicCheckpoints
+from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.zero3 import BalancedVisionCalls
@@ -21,8 +22,9 @@ class SftTrainer(AtomicCheckpoints, Trainer):
     """Trainer for Qwen-VL fine-tuning; see the module docstring for what differs."""
 
     def __init__(self, *args, family: Family, part_lrs: dict[Part, float], zero3: bool,
-                 checkpoint_extras=None, **kwargs):
+                 checkpoint_extras=None, chunked_loss: ChunkedLoss | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.chunked_loss = chunked_loss
         self.checkpoint_extras = checkpoint_extras
         self.family = family
         self.part_lrs = part_lrs
@@ -78,6 +80,8 @@ class SftTrainer(AtomicCheckpoints, Trainer):
                     self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
             self.vision_calls.expect(inputs)
+        if self.chunked_loss is not None and model.training and not return_outputs:
+            return self.chunked_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 

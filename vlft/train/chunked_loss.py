@@ -1,0 +1,98 @@
+"""`--chunked_loss true`: the next-token cross-entropy computed from the last hidden states in chunks of
+positions, so the logits of a whole row (positions x 151,936 vocabulary, in float32) never exist at once.
+
+transformers' path computes the logits of every position, then a float32 copy of them, then its
+gradient: about 10 bytes per position and vocabulary entry, 28 GiB at 48k positions, which is what limits
+the longest packed row. Here only positions that have a target enter, `CHUNK` of them at a time; each
+chunk's logits are made in the dtype the model's lm_head would use (bf16 under autocast), upcast to
+float32 like transformers' loss does, and turned into the loss and the gradients of the hidden states
+(and of the head's weight when it trains) right away. The model itself runs with `logits_to_keep=1`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlft.data.encode import IGNORE_INDEX
+from vlft.errors import VlftError
+
+CHUNK = 2048  # positions per chunk: 2048 x 151,936 float32 logits = 1.2 GiB
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropies of (hidden @ weight.T) against targets; gradients computed in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if weight.requires_grad else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w = weight.to(compute_dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk].to(compute_dtype)
+            t = targets[start:start + chunk]
+            logits = (h @ w.t()).float()  # as lm_head then transformers' loss compute them
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # d(sum CE)/d(logits) = softmax - one-hot
+            probs[torch.arange(t.shape[0], device=t.device), t] -= 1
+            g = probs.to(compute_dtype)
+            grad_hidden[start:start + chunk] = (g @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_w = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_w, None, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                          chunk: int = CHUNK) -> torch.Tensor:
+    """Mean next-token loss of `labels` (B, L; IGNORE_INDEX where untrained) from the final hidden states
+    (B, L, H) and the output head's weight (V, H): what transformers' causal-LM loss gives from the full
+    logits (labels shifted left by one, the last position predicting nothing)."""
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]  # one read back to the host: how many positions train
+    if targets.numel() == 0:
+        return hidden.sum() * 0.0
+    device_type = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+        else weight.dtype
+    with torch.autocast(device_type, enabled=False):
+        total = _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk)
+    return total / targets.numel()
+
+
+class ChunkedLoss:
+    """The model's loss through chunked_cross_entropy: the final norm's output is captured by a forward
+    hook during the model's own forward (run with `logits_to_keep=1`), then scored against the labels."""
+
+    def __init__(self, model: nn.Module):
+        norms = [m for n, m in model.named_modules() if n.endswith("language_model.norm")]
+        heads = [m for n, m in model.named_modules() if n.endswith("lm_head") and hasattr(m, "weight")]
+        if len(norms) != 1 or len(heads) != 1:
+            raise VlftError(f"--chunked_loss: no single language_model.norm and lm_head in {type(model).__name__}")
+        self.norm, self.head = norms[0], heads[0]
+        text_config = getattr(model.config, "text_config", model.config)
+        if getattr(text_config, "output_router_logits", False):
+            raise VlftError("--chunked_loss does not add the MoE router's aux loss; leave --router_aux_loss_coef "
+                            "unset or 0, or --chunked_loss false")
+
+    def __call__(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        captured = []
+        handle = self.norm.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            model(**inputs, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return chunked_cross_entropy(captured[-1], self.head.weight, labels.to(captured[-1].device))
