@@ -1,9 +1,9 @@
 """`--chunked_loss true`: the next-token cross-entropy computed from the last hidden states in chunks of
 positions, so the logits of a whole row (positions x 151,936 vocabulary, in float32) never exist at once.
 
-transformers' path computes the logits of every position, then a float32 copy of them, then its
-gradient: about 10 bytes per position and vocabulary entry, 28 GiB at 48k positions, which is what limits
-the longest packed row. Here only positions that have a target enter, `CHUNK` of them at a time; each
+transformers' path computes the logits of every position, then a float32 copy of them, then their
+gradient: about 10 bytes per position and vocabulary entry. The float32 copy alone is 27.8 GiB at 48k
+positions, the allocation that limits the longest packed row on an H100 (BENCHMARKS.md). Here only positions that have a target enter, `CHUNK` of them at a time; each
 chunk's logits are made in the dtype the model's lm_head would use (bf16 under autocast), upcast to
 float32 like transformers' loss does, and turned into the loss and the gradients of the hidden states
 (and of the head's weight when it trains) right away. The model itself runs with `logits_to_keep=1`.
