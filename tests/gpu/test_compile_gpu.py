@@ -26,7 +26,8 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     enable_gradient_checkpointing(model, llm=True, vit=False)
     model = prepare_trainable(model, family, lora_args()).cuda().train()
     if compiled:
-        compile_decoder_layers(model)
+        layers, whole = compile_decoder_layers(model)
+        assert whole == layers  # LoRA dropout 0: every layer one graph, its checkpoint included
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     collator = PaddingFreeCollator(family, tokens, None)
     losses = []

@@ -34,14 +34,17 @@ def test_compiled_layers_match_eager(family_name, tiny_model_dir, processor_of, 
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     collator = PaddingFreeCollator(family, tokens, None)
-    rows = [samples, samples[:3]]  # two row lengths: static, then dynamic shapes
+    # Two row lengths (static, then dynamic shapes); the MoE's part-by-part path on one.
+    rows = [samples] if family_name == "qwen3_vl_moe" else [samples, samples[:3]]
     results = {}
     for compiled in (False, True):
         model = lora_model(tiny_model_dir, family, family_name)
         if compiled:
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
-            assert compile_decoder_layers(model, backend="aot_eager") == model.config.text_config.num_hidden_layers
+            layers, whole = compile_decoder_layers(model, backend="aot_eager")
+            assert layers == model.config.text_config.num_hidden_layers
+            assert whole == (0 if family_name == "qwen3_vl_moe" else layers)
         losses, grads = [], []
         for row in rows:
             model.zero_grad()

@@ -26,9 +26,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return found[0]
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> int:
-    """Compile every decoder layer in place (nn.Module.compile); returns how many. Shapes become dynamic
-    at the second distinct row length (torch's default), so rows of varying length do not recompile.
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> tuple[int, int]:
+    """Compile every decoder layer in place (nn.Module.compile); returns (layers, layers compiled whole).
+    Shapes become dynamic at the second distinct row length (torch's default), so rows of varying length
+    do not recompile.
 
     Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):
@@ -38,13 +39,15 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> int:
       inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100).
     """
     layers = decoder_layers(model)
+    whole = 0
     for layer in layers:
         if whole_layer_compiles(layer):
             layer.compile(backend=backend)
+            whole += 1
         else:
             for part in layer.children():
                 part.compile(backend=backend)
-    return len(layers)
+    return len(layers), whole
 
 
 def whole_layer_compiles(layer: nn.Module) -> bool:

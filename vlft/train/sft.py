@@ -88,9 +88,14 @@ def run_sft(args: SftArguments) -> Path:
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
     if args.torch_compile:
-        compiled = compile_decoder_layers(model)
+        layers, whole = compile_decoder_layers(model)
         if main_process:
-            logger.warning(f"torch.compile: {compiled} decoder layers' parts (compiled during the first steps)")
+            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole (compiled during the "
+                           "first steps)")
+            if whole < layers:
+                logger.warning("torch.compile: layers with LoRA dropout or MoE experts are compiled part by part, "
+                               "a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 compiles dense "
+                               "layers whole")
     trainable, total = count_parameters(model)
     if main_process:
         logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
