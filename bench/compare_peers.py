@@ -5,6 +5,8 @@ contents, peak memory). ms-swift is installed into its own directory first (benc
 vlft's own stack is untouched. One command on a GPU machine:
 
     bash bench/peers/install_swift.sh && python bench/compare_peers.py --workdir /tmp/vb --samples 2000
+
+`--lora_dropout 0` (for every peer) lets `vlft --torch_compile` compile whole decoder layers (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def main() -> int:
     parser.add_argument("--max_steps", type=int, default=45)
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--lora_dropout", type=float, default=0.05, help="vlft's (the peers run 0.05)")
+    parser.add_argument("--lora_dropout", type=float, default=0.05,
+                        help="every peer's (0 lets --torch_compile compile whole layers on torch 2.11)")
     parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
                         help="which to run, comma-separated (vlft-compile: vlft with --torch_compile true)")
     args = parser.parse_args()
@@ -109,12 +112,12 @@ def main() -> int:
             from swift_sft import run_swift
 
             results.append(run_swift(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                     num_workers=args.num_workers))
+                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout))
         elif peer == "plain":
             from plain_hf_peft import run_plain
 
             results.append(run_plain(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                     num_workers=args.num_workers))
+                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout))
         if results[-1].get("flops_per_second"):
             results[-1]["mfu_measured_peak"] = results[-1]["flops_per_second"] / measured_peak
         print(f"{peer}: done in {time.time() - started:.0f} s", flush=True)

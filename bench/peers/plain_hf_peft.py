@@ -87,7 +87,8 @@ def pad_batch(samples: list[dict], pad_token_id: int) -> dict:
     return batch
 
 
-def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_workers: int, records_path: Path) -> None:
+def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_workers: int, records_path: Path,
+          lora_dropout: float = 0.05) -> None:
     """The training run itself (in the subprocess), its records written to records_path."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -105,8 +106,8 @@ def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_worke
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(
         model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa")
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS,
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=lora_dropout,
+                                             target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
     args = TrainingArguments(
         output_dir=str(workdir / "runs_plain"), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
         max_steps=steps, learning_rate=1e-4, weight_decay=0.1, lr_scheduler_type="cosine", warmup_steps=0,
@@ -124,7 +125,7 @@ def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_worke
 
 
 def run_plain(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch_size: int = 4,
-              num_workers: int = 4) -> dict:
+              num_workers: int = 4, lora_dropout: float = 0.05) -> dict:
     """Train in a subprocess (this interpreter and environment); its measured metrics."""
     from transformers import AutoConfig
 
@@ -134,13 +135,14 @@ def run_plain(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     records, log = output / "records.json", output / "plain.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--max_length",
                str(max_length), "--max_steps", str(steps), "--batch_size", str(batch_size), "--num_workers",
-               str(num_workers), "--train_to", str(records)]
+               str(num_workers), "--lora_dropout", str(lora_dropout), "--train_to", str(records)]
     started = time.time()
     run_logged(command, log, "plain transformers + PEFT run")
     recorded = json.loads(records.read_text())
     result = summarize(recorded, warmup_steps, AutoConfig.from_pretrained(workdir / "qwen3-vl-4b-random"))
     result.update(name="transformers + PEFT", wall_s=time.time() - started, loss_first=recorded["losses"][0],
-                  loss_last=recorded["losses"][-1], settings=f"padded batches of {batch_size}, sdpa")
+                  loss_last=recorded["losses"][-1],
+                  settings=f"padded batches of {batch_size}, sdpa, LoRA dropout {lora_dropout}")
     return result
 
 
@@ -152,13 +154,15 @@ def main() -> int:
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--lora_dropout", type=float, default=0.05)
     parser.add_argument("--train_to", type=Path, default=None, help=argparse.SUPPRESS)  # the subprocess's role
     args = parser.parse_args()
     if args.train_to:
-        train(args.workdir, args.max_length, args.max_steps, args.batch_size, args.num_workers, args.train_to)
+        train(args.workdir, args.max_length, args.max_steps, args.batch_size, args.num_workers, args.train_to,
+              args.lora_dropout)
         return 0
     result = run_plain(args.workdir, args.max_length, args.max_steps, args.warmup_steps, args.batch_size,
-                       args.num_workers)
+                       args.num_workers, args.lora_dropout)
     print(json.dumps(result, indent=2))
     return 0
 

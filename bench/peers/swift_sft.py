@@ -55,12 +55,13 @@ def absolute_images(data: Path) -> Path:
 
 
 def swift_command(model: Path, data: Path, output: Path, max_length: int, steps: int, attn_impl: str,
-                  batch_size: int, num_workers: int, num_proc: int, cuda: bool) -> list[str]:
+                  batch_size: int, num_workers: int, num_proc: int, cuda: bool, lora_dropout: float = 0.05
+                  ) -> list[str]:
     """`swift sft` with the benchmark's settings: LoRA r8/32 all-linear, ViT and aligner frozen."""
     packing = attn_impl != "sdpa"
     return ["swift.cli.sft", "--model", str(model), "--model_type", "qwen3_vl", "--template", "qwen3_vl",
             "--dataset", str(data), "--tuner_type", "lora", "--lora_rank", "8", "--lora_alpha", "32",
-            "--lora_dropout", "0.05", "--target_modules", "all-linear", "--freeze_vit", "true",
+            "--lora_dropout", str(lora_dropout), "--target_modules", "all-linear", "--freeze_vit", "true",
             "--freeze_aligner", "true", "--torch_dtype", "bfloat16" if cuda else "float32",
             "--attn_impl", attn_impl, "--packing", str(packing).lower(), "--padding_free", str(packing).lower(),
             "--per_device_train_batch_size", "1" if packing else str(batch_size),
@@ -72,7 +73,8 @@ def swift_command(model: Path, data: Path, output: Path, max_length: int, steps:
 
 
 def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch_size: int = 4,
-              num_workers: int = 4, num_proc: int = 8, attn_impl: str | None = None) -> dict:
+              num_workers: int = 4, num_proc: int = 8, attn_impl: str | None = None, lora_dropout: float = 0.05
+              ) -> dict:
     """Run `swift sft` in a subprocess on the workdir's model and data; its measured metrics."""
     from transformers import AutoConfig
 
@@ -88,7 +90,7 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     cuda = _cuda(python, env)
     records, log = output / "records.json", output / "swift.log"
     command = swift_command(model, data, output, max_length, steps, attn_impl, batch_size, num_workers, num_proc,
-                            cuda)
+                            cuda, lora_dropout)
     started = time.time()
     run_logged([python, str(HERE / "measured_run.py"), str(records), *command], log, "swift sft", env=env,
                cwd=workdir)

@@ -27,11 +27,12 @@ def reference_loss(hidden, weight, labels):
 def test_loss_and_gradients_equal_the_full_logits_path():
     dtype, tolerance = torch.float32, 1e-5  # the logits are float32 in both paths, as transformers makes them
     torch.manual_seed(0)
-    hidden = torch.randn(1, 37, 16, dtype=dtype, requires_grad=True)
+    hidden = torch.randn(2, 37, 16, dtype=dtype, requires_grad=True)  # two rows: padded batches too
     weight = torch.randn(50, 16, dtype=dtype, requires_grad=True)
-    labels = torch.randint(0, 50, (1, 37))
+    labels = torch.randint(0, 50, (2, 37))
     labels[0, :9] = IGNORE_INDEX  # a prompt
     labels[0, 20:24] = IGNORE_INDEX  # the next sample's prompt
+    labels[1, 30:] = IGNORE_INDEX  # padding
     expected = reference_loss(hidden, weight, labels)
     expected_grads = torch.autograd.grad(expected, (hidden, weight))
     loss = chunked_cross_entropy(hidden, weight, labels, chunk=5)  # several chunks and a ragged last one
