@@ -27,6 +27,7 @@ from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, w
 from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.compile import compile_decoder_layers
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
+from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.launch import is_distributed_worker
 from vlft.train.model import (enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype,
                               set_router_aux_loss)
@@ -122,7 +123,8 @@ def run_sft(args: SftArguments) -> Path:
                          chunked_loss=ChunkedLoss(model) if args.chunked_loss else None,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
                                                    args_json=public_args(args)))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    with long_lived_objects_frozen():  # no full garbage collection walks the model mid-step (frozen_gc.py)
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
     # 6. The last step is always saved (a full checkpoint: it resumes too).
     last = run_dir / f"checkpoint-{trainer.state.global_step}"
