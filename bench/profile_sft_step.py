@@ -57,7 +57,8 @@ def random_model(model_dir: Path, dtype, attention: str):
     """The model of `model_dir`'s config with random weights made on the GPU, set up as vlft's load_model does."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlft.train.attention import ATTENTION_NAME, attach_row_boundaries, register_varlen_attention
+    from vlft.train.attention import (ATTENTION_NAME, attach_row_boundaries, register_varlen_attention,
+                                      use_varlen_in_vision_tower)
 
     if attention == ATTENTION_NAME:
         register_varlen_attention()
@@ -69,6 +70,7 @@ def random_model(model_dir: Path, dtype, attention: str):
     model.config.text_config.use_cache = False
     if attention == ATTENTION_NAME:
         attach_row_boundaries(model)
+        use_varlen_in_vision_tower(model)
     return model
 
 
@@ -113,6 +115,8 @@ def main() -> int:
                         help="30b-a3b: random bf16 weights made on the GPU (never written to disk)")
     parser.add_argument("--no_profile", action="store_true", help="skip the torch.profiler kernel table")
     parser.add_argument("--torch_compile", action="store_true", help="as `vlft sft --torch_compile true`")
+    parser.add_argument("--vision_per_image", action="store_true",
+                        help="the vision tower as before session 4: one attention call per image, a host read per block")
     args = parser.parse_args()
 
     from vlft.arguments import SftArguments
@@ -152,6 +156,10 @@ def main() -> int:
         net = random_model(model_dir, dtype, attention)
     else:
         net = load_model(model_dir, dtype, attention)
+    if args.vision_per_image:
+        from vlft.train.attention import ATTENTION_NAME
+
+        net.model.visual.config._attn_implementation = ATTENTION_NAME
     enable_gradient_checkpointing(net, llm=not args.no_gc, vit=not args.no_gc)
     net = prepare_trainable(net, family, sft)
     if args.torch_compile:

@@ -11,9 +11,10 @@
 #              peft 0.20.0, trl 0.29.1, datasets 4.8.4 (+ dill, multiprocess), modelscope 1.37.1,
 #              pydantic 2 (+ core, annotated-types, typing-inspection), json-repair, binpacking,
 #              qwen-vl-utils. The image's transformers 5.17 satisfies ms-swift's <5.20 pin.
-# .whl_fa4_*/  optional flash-attn-4 (CuTe DSL), too large for one carry (~96 MiB): each call stages
-#              what it brings in /tmp/fa4_stage (kept while the machine stays warm); once every file
-#              that SHA256SUMS names is there, the split wheel is joined and all are installed.
+# .whl_fa4_*/  optional flash-attn-4 (CuTe DSL) and its CUDA 13 libraries, made by stage_fa4.sh: one xz
+#              tar (~71 MB) split in two carries. Each call stages what it brings in /tmp/fa4_stage (kept
+#              while the machine stays warm); once every part that SHA256SUMS names is there, the tar is
+#              unpacked into the target dir.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 target=${1:-/tmp/swift_site}
@@ -31,13 +32,9 @@ for dir in "$root"/.whl_fa4_*/; do
     mkdir -p "$stage"
     cp -n "$dir"* "$stage"/
 done
-if [ -f "$stage/SHA256SUMS" ]; then
-    if (cd "$stage" && sha256sum --quiet --status -c SHA256SUMS); then
-        for first in "$stage"/*.part-aa; do
-            wheel=${first%.part-aa}
-            [ -f "$wheel" ] || cat "$wheel".part-* >"$wheel"
-        done
-        pip_install "$stage"/*.whl
+if [ -f "$stage/SHA256SUMS" ] && [ ! -d "$target/flash_attn/cute" ]; then
+    if (cd "$stage" && sha256sum --quiet --status -c SHA256SUMS 2>/dev/null); then
+        cat "$stage"/fa4tree.tar.xz.part-* | xz -d | tar -x -C "$target"
         echo "flash-attn-4 installed into $target"
     else
         echo "flash-attn-4: staged $(ls "$stage" | wc -l) file(s) in $stage; the rest come with the next call"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from vlft.train import attention
@@ -60,3 +62,41 @@ def test_a_call_without_positions_is_one_sequence():
     out, _ = torch_varlen_attention(module, q, k, v, None, is_causal=False)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(out[0], expected[0].transpose(0, 1))
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
+def test_vision_tower_attends_all_images_in_one_call_per_block_and_equals_per_image_sdpa(family_name, tiny_model_dir,
+                                                                                       processor_of):
+    """Under the varlen attention the vision tower gets every image in one call per block (Qwen2.5-VL: its
+    windowed blocks too), and its output equals transformers' per-image sdpa path on the same weights."""
+    from PIL import Image
+
+    model_dir = tiny_model_dir(family_name)
+    reference = load_model(model_dir, torch.float32, "sdpa")
+    model = load_model(model_dir, torch.float32, attention.ATTENTION_NAME)
+    assert model.model.visual.config._attn_implementation == attention.VISION_ATTENTION_NAME
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((64, 96), (32, 32), (96, 64))]
+    inputs = processor_of(family_name).image_processor(images=images, return_tensors="pt")
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seq_lens_q"))
+        return attention.torch_varlen_attention(*args, **kwargs)
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(attention.VISION_ATTENTION_NAME, spy)
+    try:
+        with torch.no_grad():
+            got = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            expected = reference.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    finally:
+        attention.register_varlen_attention()
+    got, expected = (out.pooler_output if hasattr(out, "pooler_output") else out for out in (got, expected))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(calls) == model.config.vision_config.depth
+    patches = inputs["image_grid_thw"].prod(-1)
+    full_blocks = [c for c in calls if c.tolist() == [0, *patches.cumsum(0).tolist()]]
+    assert full_blocks  # whole images in one call (Qwen2.5-VL's other blocks attend within windows)
+    assert all(c[-1] == patches.sum() for c in calls)

@@ -6,9 +6,15 @@ pre-hook on the language model (`attach_row_boundaries`) turns them into cu_seql
 and hands them to every decoder layer through the FlashAttention keyword arguments transformers
 already passes down (`cu_seq_lens_q`, `max_length_q`, ...). So no layer reads anything back to the host
 and a whole decoder layer, gradient checkpointing included, compiles into one graph
-(`--torch_compile`, compile.py). The vision tower calls attention once per image (the name holds no
-"flash", which would make transformers look for a flash-attn kernel). On CPU the same function runs
-sdpa with a block-diagonal causal mask: exact, and tested in CI.
+(`--torch_compile`, compile.py).
+
+The vision tower runs the same function under a second name, VISION_ATTENTION_NAME
+(`use_varlen_in_vision_tower`): transformers' Qwen-VL vision attention hands all of a batch's images to
+one call with their cu_seqlens only when the implementation's name contains "flash"; for any other name it
+splits the batch per image (per window on Qwen2.5-VL) and reads the lengths back to the host in every
+block. That name is set on the vision config after loading, because at load time transformers takes any
+"flash" name for a flash-attn package or hub kernel to fetch. On CPU the same function runs sdpa with a
+block-diagonal mask (causal in the LLM): exact, and tested in CI.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 ATTENTION_NAME = "torch_varlen"
+VISION_ATTENTION_NAME = "torch_varlen_flash_layout"  # "flash": the vision tower passes cu_seqlens (see above)
 _KERNEL_GQA = "enable_gqa" in inspect.signature(varlen_attn).parameters  # torch >= 2.13
 
 
@@ -116,7 +123,16 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
 
 
 def register_varlen_attention() -> str:
-    """Register the varlen attention (and its mask: none, like FlashAttention's) under ATTENTION_NAME."""
-    AttentionInterface.register(ATTENTION_NAME, torch_varlen_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, flash_attention_mask)
+    """Register the varlen attention (and its mask: none, like FlashAttention's) under ATTENTION_NAME and
+    VISION_ATTENTION_NAME."""
+    for name in (ATTENTION_NAME, VISION_ATTENTION_NAME):
+        AttentionInterface.register(name, torch_varlen_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
     return ATTENTION_NAME
+
+
+def use_varlen_in_vision_tower(model: nn.Module) -> None:
+    """One varlen attention call per vision block for all images (see the module docstring), instead of one
+    call per image and a host read per block. Set on the loaded model's vision config."""
+    register_varlen_attention()
+    model.model.visual.config._attn_implementation = VISION_ATTENTION_NAME

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
-from vlft.train.attention import ATTENTION_NAME, attach_row_boundaries, register_varlen_attention
+from vlft.train.attention import (ATTENTION_NAME, attach_row_boundaries, register_varlen_attention,
+                                  use_varlen_in_vision_tower)
 
 logger = logging.getLogger("vlft")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -55,7 +56,8 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
 
 def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     """The HF model, with the KV cache off on the text config (else packed samples attend to each other)
-    and, under the varlen attention, the packed row's boundaries computed once per forward."""
+    and, under the varlen attention, the packed row's boundaries computed once per forward and the vision
+    tower's images attended in one call per block."""
     from transformers import AutoModelForImageTextToText
 
     if attn_implementation == ATTENTION_NAME:
@@ -67,6 +69,7 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     model.config.text_config.use_cache = False
     if attn_implementation == ATTENTION_NAME:
         attach_row_boundaries(model)
+        use_varlen_in_vision_tower(model)
     return model
 
 
