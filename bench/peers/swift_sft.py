@@ -33,11 +33,12 @@ print('flash_attn' if ok and 'flash-attn' in names else 'flash_attention_3' if h
 
 
 def swift_env(swift_site: str) -> dict:
-    """This environment with PYTHONPATH replaced by ms-swift's target dir (and CuTe DSL's, for flash-attn-4)."""
+    """This environment with PYTHONPATH replaced by ms-swift's target dir; for flash-attn-4 also CuTe DSL's dir
+    and fa4_int_lengths/ (its sitecustomize hands FA4 the ints it needs; see there)."""
     paths = [swift_site]
     cutlass = Path(swift_site) / "nvidia_cutlass_dsl" / "dsl_packages"  # its .pth is not read from a --target dir
     if cutlass.is_dir():
-        paths.append(str(cutlass))
+        paths += [str(cutlass), str(HERE / "fa4_int_lengths")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false"}
 
