@@ -25,7 +25,7 @@ from measure import run_logged, summarize  # noqa: E402
 
 
 def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int,
-             compiled: bool = False, lora_dropout: float = 0.05) -> dict:
+             compiled: bool = False, lora_dropout: float = 0.05, logging_steps: int = 1) -> dict:
     """`vlft sft` (packing, padding-free, varlen attention; `compiled`: --torch_compile true) under measure.py's
     hooks."""
     from transformers import AutoConfig
@@ -40,7 +40,7 @@ def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_
                "--lora_alpha", "32", "--lora_dropout", str(lora_dropout), "--target_modules", "all-linear",
                "--freeze_vit", "true", "--freeze_aligner", "true", "--torch_dtype", "bfloat16",
                "--packing", "true", "--max_length", str(max_length), "--gradient_checkpointing", "true",
-               "--max_steps", str(steps), "--learning_rate", "1e-4", "--logging_steps", "1", "--save_steps", "100000",
+               "--max_steps", str(steps), "--learning_rate", "1e-4", "--logging_steps", str(logging_steps), "--save_steps", "100000",
                "--dataset_num_proc", "1", "--dataloader_num_workers", str(num_workers), "--report_to", "none",
                "--output_dir", str(output), "--torch_compile", str(compiled).lower()]
     started = time.time()
@@ -91,6 +91,8 @@ def main() -> int:
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--lora_dropout", type=float, default=0.05,
                         help="every peer's (0 lets --torch_compile compile whole layers on torch 2.11)")
+    parser.add_argument("--logging_steps", type=int, default=1,
+                        help="every peer's; a log reads the loss back to the host, a sync in a host-bound step")
     parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
                         help="which to run, comma-separated (vlft-compile: vlft with --torch_compile true)")
     args = parser.parse_args()
@@ -107,17 +109,19 @@ def main() -> int:
         if peer in ("vlft", "vlft-compile"):
             results.append(run_vlft(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
                                     args.num_workers, compiled=peer == "vlft-compile",
-                                    lora_dropout=args.lora_dropout))
+                                    lora_dropout=args.lora_dropout, logging_steps=args.logging_steps))
         elif peer == "swift":
             from swift_sft import run_swift
 
             results.append(run_swift(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout))
+                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout,
+                                     logging_steps=args.logging_steps))
         elif peer == "plain":
             from plain_hf_peft import run_plain
 
             results.append(run_plain(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout))
+                                     num_workers=args.num_workers, lora_dropout=args.lora_dropout,
+                                     logging_steps=args.logging_steps))
         if results[-1].get("flops_per_second"):
             results[-1]["mfu_measured_peak"] = results[-1]["flops_per_second"] / measured_peak
         print(f"{peer}: done in {time.time() - started:.0f} s", flush=True)

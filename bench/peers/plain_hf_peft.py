@@ -88,7 +88,7 @@ def pad_batch(samples: list[dict], pad_token_id: int) -> dict:
 
 
 def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_workers: int, records_path: Path,
-          lora_dropout: float = 0.05) -> None:
+          lora_dropout: float = 0.05, logging_steps: int = 1) -> None:
     """The training run itself (in the subprocess), its records written to records_path."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -111,7 +111,7 @@ def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_worke
     args = TrainingArguments(
         output_dir=str(workdir / "runs_plain"), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
         max_steps=steps, learning_rate=1e-4, weight_decay=0.1, lr_scheduler_type="cosine", warmup_steps=0,
-        logging_steps=1, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda, seed=42,
+        logging_steps=logging_steps, save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda, seed=42,
         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=num_workers, remove_unused_columns=False)
     dataset = SeedJsonl(workdir / "data" / "train.jsonl", processor, max_length)
@@ -125,7 +125,7 @@ def train(workdir: Path, max_length: int, steps: int, batch_size: int, num_worke
 
 
 def run_plain(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch_size: int = 4,
-              num_workers: int = 4, lora_dropout: float = 0.05) -> dict:
+              num_workers: int = 4, lora_dropout: float = 0.05, logging_steps: int = 1) -> dict:
     """Train in a subprocess (this interpreter and environment); its measured metrics."""
     from transformers import AutoConfig
 
@@ -135,7 +135,8 @@ def run_plain(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     records, log = output / "records.json", output / "plain.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--max_length",
                str(max_length), "--max_steps", str(steps), "--batch_size", str(batch_size), "--num_workers",
-               str(num_workers), "--lora_dropout", str(lora_dropout), "--train_to", str(records)]
+               str(num_workers), "--lora_dropout", str(lora_dropout), "--logging_steps", str(logging_steps),
+               "--train_to", str(records)]
     started = time.time()
     run_logged(command, log, "plain transformers + PEFT run")
     recorded = json.loads(records.read_text())
@@ -155,14 +156,15 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--lora_dropout", type=float, default=0.05)
+    parser.add_argument("--logging_steps", type=int, default=1)
     parser.add_argument("--train_to", type=Path, default=None, help=argparse.SUPPRESS)  # the subprocess's role
     args = parser.parse_args()
     if args.train_to:
         train(args.workdir, args.max_length, args.max_steps, args.batch_size, args.num_workers, args.train_to,
-              args.lora_dropout)
+              args.lora_dropout, args.logging_steps)
         return 0
     result = run_plain(args.workdir, args.max_length, args.max_steps, args.warmup_steps, args.batch_size,
-                       args.num_workers, args.lora_dropout)
+                       args.num_workers, args.lora_dropout, args.logging_steps)
     print(json.dumps(result, indent=2))
     return 0
 

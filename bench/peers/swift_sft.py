@@ -56,8 +56,8 @@ def absolute_images(data: Path) -> Path:
 
 
 def swift_command(model: Path, data: Path, output: Path, max_length: int, steps: int, attn_impl: str,
-                  batch_size: int, num_workers: int, num_proc: int, cuda: bool, lora_dropout: float = 0.05
-                  ) -> list[str]:
+                  batch_size: int, num_workers: int, num_proc: int, cuda: bool, lora_dropout: float = 0.05,
+                  logging_steps: int = 1) -> list[str]:
     """`swift sft` with the benchmark's settings: LoRA r8/32 all-linear, ViT and aligner frozen."""
     packing = attn_impl != "sdpa"
     return ["swift.cli.sft", "--model", str(model), "--model_type", "qwen3_vl", "--template", "qwen3_vl",
@@ -68,14 +68,14 @@ def swift_command(model: Path, data: Path, output: Path, max_length: int, steps:
             "--per_device_train_batch_size", "1" if packing else str(batch_size),
             "--gradient_accumulation_steps", "1", "--max_length", str(max_length), "--gradient_checkpointing", "true",
             "--max_steps", str(steps), "--learning_rate", "1e-4", "--warmup_ratio", "0", "--weight_decay", "0.1",
-            "--logging_steps", "1", "--save_steps", "100000", "--save_only_model", "true",
+            "--logging_steps", str(logging_steps), "--save_steps", "100000", "--save_only_model", "true",
             "--split_dataset_ratio", "0", "--dataset_num_proc", str(num_proc),
             "--dataloader_num_workers", str(num_workers), "--report_to", "none", "--output_dir", str(output)]
 
 
 def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch_size: int = 4,
-              num_workers: int = 4, num_proc: int = 8, attn_impl: str | None = None, lora_dropout: float = 0.05
-              ) -> dict:
+              num_workers: int = 4, num_proc: int = 8, attn_impl: str | None = None, lora_dropout: float = 0.05,
+              logging_steps: int = 1) -> dict:
     """Run `swift sft` in a subprocess on the workdir's model and data; its measured metrics."""
     from transformers import AutoConfig
 
@@ -91,7 +91,7 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     cuda = _cuda(python, env)
     records, log = output / "records.json", output / "swift.log"
     command = swift_command(model, data, output, max_length, steps, attn_impl, batch_size, num_workers, num_proc,
-                            cuda, lora_dropout)
+                            cuda, lora_dropout, logging_steps)
     started = time.time()
     run_logged([python, str(HERE / "measured_run.py"), str(records), *command], log, "swift sft", env=env,
                cwd=workdir)
