@@ -115,6 +115,9 @@ def main() -> int:
                         help="30b-a3b: random bf16 weights made on the GPU (never written to disk)")
     parser.add_argument("--no_profile", action="store_true", help="skip the torch.profiler kernel table")
     parser.add_argument("--torch_compile", action="store_true", help="as `vlft sft --torch_compile true`")
+    parser.add_argument("--compile_vision", action="store_true",
+                        help="with --torch_compile: also compile the frozen vision blocks (vlft/train/compile.py; "
+                             "not yet in `vlft sft`: to be measured on a GPU first)")
     parser.add_argument("--vision_per_image", action="store_true",
                         help="the vision tower as before session 4: one attention call per image, a host read per block")
     args = parser.parse_args()
@@ -163,9 +166,11 @@ def main() -> int:
     enable_gradient_checkpointing(net, llm=not args.no_gc, vit=not args.no_gc)
     net = prepare_trainable(net, family, sft)
     if args.torch_compile:
-        from vlft.train.compile import compile_decoder_layers
+        from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
 
         compile_decoder_layers(net)
+        if args.compile_vision:
+            compile_frozen_vision_blocks(net)
     device = torch.device("cuda" if cuda else "cpu")
     net.to(device).train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=cuda)

@@ -13,7 +13,7 @@ from tests.train.test_packing_parity import MIXED, encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.compile import compile_decoder_layers, decoder_layers
+from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
 from vlft.train.model import enable_gradient_checkpointing, load_model
 from vlft.train.tuners import prepare_trainable
 
@@ -71,3 +71,44 @@ def test_layers_are_found_under_peft_and_missing_ones_are_named(tiny_model_dir, 
     with pytest.raises(VlftError, match="found 0"):
         decoder_layers(torch.nn.Linear(2, 2))
 
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl"])
+def test_frozen_vision_blocks_compile_whole_and_match_eager(family_name, tiny_model_dir, processor_of):
+    """A frozen ViT's blocks compile into forward graphs with no break (Qwen2.5-VL: its windowed blocks too),
+    over two image batches of different sizes, and give the eager tower's output; a trained ViT stays eager."""
+    import numpy as np
+    from PIL import Image
+
+    from vlft.families import get_family
+
+    family = get_family(family_name)
+    model = load_model(tiny_model_dir(family_name), torch.float32, ATTENTION_NAME)
+    enable_gradient_checkpointing(model, llm=True, vit=True)
+    model = prepare_trainable(model, family, lora_args()).train()
+    visual = model.get_base_model().model.visual
+    rng = np.random.default_rng(0)
+    batches = []
+    for sizes in (((64, 96), (32, 32)), ((96, 64), (64, 64), (32, 64))):
+        images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+        inputs = processor_of(family_name).image_processor(images=images, return_tensors="pt")
+        batches.append((inputs["pixel_values"], inputs["image_grid_thw"]))
+
+    def outputs():
+        out = [visual(pixels, grid_thw=grid) for pixels, grid in batches]
+        return [o.pooler_output if hasattr(o, "pooler_output") else o for o in out]
+
+    expected = outputs()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compile_frozen_vision_blocks(model, backend="aot_eager") == model.config.vision_config.depth
+    assert not any(block.gradient_checkpointing for block in visual.blocks)
+    got = outputs()
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"], dict(counters["graph_break"])
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+    trained_vit = prepare_trainable(load_model(tiny_model_dir(family_name), torch.float32, ATTENTION_NAME), family,
+                                    lora_args(freeze_vit=False))
+    assert compile_frozen_vision_blocks(trained_vit, backend="aot_eager") == 0
