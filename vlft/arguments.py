@@ -190,6 +190,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
     save_total_limit: int | None = field(default=None, metadata={"help": "checkpoints kept (best and last)"})
     logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
+    logging_nan_inf_filter: bool = field(default=False, metadata={
+        "help": "log the running mean in place of a NaN/inf step loss (transformers' filter; its check reads "
+                "every step's loss back to the host, a stall in a GPU step bound by the host)"})
     output_dir: str = field(default="output", metadata={"help": "runs go to OUTPUT_DIR/v{N}-{time}"})
     add_version: bool = field(default=True, metadata={"help": "put the run in a new v{N}-{time} subdir"})
     deepspeed: str | None = field(default=None, metadata={
