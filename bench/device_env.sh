@@ -9,6 +9,6 @@ fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "vlft: editable install failed"
 for dir in .whl_fa4_*/; do
-    [ -d "$dir" ] && mkdir -p /tmp/fa4_stage && cp -n "$dir"* /tmp/fa4_stage/
+    [ -d "$dir" ] && mkdir -p /tmp/fa4_stage && cp -n "$dir"* /tmp/fa4_stage/ 2>/dev/null
 done
 python3 -c "import torch, transformers, peft, vlft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '|', torch.cuda.get_device_name())"

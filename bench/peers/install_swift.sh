@@ -30,7 +30,7 @@ stage=/tmp/fa4_stage
 for dir in "$root"/.whl_fa4_*/; do
     [ -d "$dir" ] || continue
     mkdir -p "$stage"
-    cp -n "$dir"* "$stage"/
+    cp -n "$dir"* "$stage"/ 2>/dev/null || true
 done
 if [ -f "$stage/SHA256SUMS" ] && [ ! -d "$target/flash_attn/cute" ]; then
     if (cd "$stage" && sha256sum --quiet --status -c SHA256SUMS 2>/dev/null); then

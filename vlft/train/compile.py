@@ -6,9 +6,7 @@ compiled as well, and the compiler fuses what eager mode runs as many small kern
 norms, rotary, SwiGLU, LoRA's dropout, scale and add, the residuals. The layers are identical, so one
 graph serves all of them (torch passes their parameters as graph inputs). The attention kernel is in the
 graph: the packed row's boundaries reach it as arguments (attention.py), nothing is read back to the
-host inside a layer.
-
-What lies between the layers (vision tower, deepstack, loss) runs as before.
+host inside a layer. What lies between the layers (vision tower, deepstack, loss) runs as before.
 
 `compile_frozen_vision_blocks` compiles a frozen vision tower's blocks (--freeze_vit true, the default),
 forward only: nothing of them is needed for the backward pass (neither their weights nor their inputs need
