@@ -68,7 +68,8 @@ def test_a_call_without_positions_is_one_sequence():
 def test_vision_tower_attends_all_images_in_one_call_per_block_and_equals_per_image_sdpa(family_name, tiny_model_dir,
                                                                                        processor_of):
     """Under the varlen attention the vision tower gets every image in one call per block (Qwen2.5-VL: its
-    windowed blocks too), and its output equals transformers' per-image sdpa path on the same weights."""
+    windowed blocks too), and its output equals transformers' per-image sdpa path on the same weights; a
+    video's frames attend within themselves the same way."""
     from PIL import Image
 
     model_dir = tiny_model_dir(family_name)
@@ -96,6 +97,16 @@ def test_vision_tower_attends_all_images_in_one_call_per_block_and_equals_per_im
     got, expected = (out.pooler_output if hasattr(out, "pooler_output") else out for out in (got, expected))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert len(calls) == model.config.vision_config.depth
+
+    frames = rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)  # two temporal patches
+    video = processor_of(family_name).video_processor(videos=[frames], return_tensors="pt", do_sample_frames=False)
+    with torch.no_grad():
+        got_video, expected_video = (m.model.visual(video["pixel_values_videos"], grid_thw=video["video_grid_thw"])
+                                     for m in (model, reference))
+    got_video, expected_video = (out.pooler_output if hasattr(out, "pooler_output") else out
+                                 for out in (got_video, expected_video))
+    assert video["video_grid_thw"][0, 0] == 2
+    torch.testing.assert_close(got_video, expected_video, rtol=1e-5, atol=1e-5)
     patches = inputs["image_grid_thw"].prod(-1)
     full_blocks = [c for c in calls if c.tolist() == [0, *patches.cumsum(0).tolist()]]
     assert full_blocks  # whole images in one call (Qwen2.5-VL's other blocks attend within windows)
