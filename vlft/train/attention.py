@@ -9,7 +9,8 @@ and a whole decoder layer, gradient checkpointing included, compiles into one gr
 (`--torch_compile`, compile.py).
 
 The vision tower runs the same function under a second name, VISION_ATTENTION_NAME
-(`use_varlen_in_vision_tower`): transformers' Qwen-VL vision attention hands all of a batch's images to
+(`use_varlen_in_vision_tower`): transformers' Qwen-VL vision attention (5.17 to 5.23, Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL and its MoE alike) hands all of a batch's images to
 one call with their cu_seqlens only when the implementation's name contains "flash"; for any other name it
 splits the batch per image (per window on Qwen2.5-VL) and reads the lengths back to the host in every
 block. That name is set on the vision config after loading, because at load time transformers takes any
