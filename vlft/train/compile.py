@@ -23,14 +23,18 @@ from torch import nn
 from vlft.errors import VlftError
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers (`...language_model.layers`), wrapped by PEFT or not."""
+def _module_list(model: nn.Module, path: str) -> nn.ModuleList:
+    """The one nn.ModuleList whose name ends with `path`, wrapped by PEFT or not."""
     found = [module for name, module in model.named_modules()
-             if name.endswith("language_model.layers") and isinstance(module, nn.ModuleList)]
+             if name.endswith(path) and isinstance(module, nn.ModuleList)]
     if len(found) != 1:
-        raise VlftError(f"--torch_compile: expected one language_model.layers in {type(model).__name__}, "
-                        f"found {len(found)}")
+        raise VlftError(f"--torch_compile: expected one {path} in {type(model).__name__}, found {len(found)}")
     return found[0]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The language model's decoder layers (`...language_model.layers`)."""
+    return _module_list(model, "language_model.layers")
 
 
 def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> tuple[int, int]:
@@ -65,12 +69,8 @@ def whole_layer_compiles(layer: nn.Module) -> bool:
 
 
 def vision_blocks(model: nn.Module) -> nn.ModuleList:
-    """The vision tower's blocks (`...visual.blocks`), wrapped by PEFT or not."""
-    found = [module for name, module in model.named_modules()
-             if name.endswith("visual.blocks") and isinstance(module, nn.ModuleList)]
-    if len(found) != 1:
-        raise VlftError(f"--torch_compile: expected one visual.blocks in {type(model).__name__}, found {len(found)}")
-    return found[0]
+    """The vision tower's blocks (`...visual.blocks`)."""
+    return _module_list(model, "visual.blocks")
 
 
 def compile_frozen_vision_blocks(model: nn.Module, backend: str = "inductor") -> int:
