@@ -1,0 +1,54 @@
+"""Host time of the per-step LoRA input-cast switch on the Qwen3-VL-4B shape (built on the meta device, so any
+machine runs it): PEFT's `disable_input_dtype_casting(model)`, which walks every module twice per call, against
+vlft's `LoraLayers.input_casting_off()` (vlft/train/trainer.py), which finds the adapted layers once. One command:
+
+    python bench/lora_cast_switch.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_qwen3_vl_4b import qwen3_vl_4b_config  # noqa: E402
+
+LLM_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def ms_per_call(enter, calls: int = 20, repeats: int = 3) -> float:
+    """Median over `repeats` of the mean milliseconds of entering and leaving `enter()`."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            with enter():
+                pass
+        times.append((time.perf_counter() - started) / calls * 1000)
+    return statistics.median(times)
+
+
+def main() -> int:
+    from peft import LoraConfig, get_peft_model
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from vlft.train.trainer import LoraLayers
+
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(qwen3_vl_4b_config())
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=LLM_LINEAR))
+    layers = LoraLayers(model)
+    print(f"modules {sum(1 for _ in model.modules()):,}, adapted layers {len(layers.layers)}\n")
+    print("| switch | ms per training step |\n| --- | --- |")
+    print(f"| peft.helpers.disable_input_dtype_casting | {ms_per_call(lambda: disable_input_dtype_casting(model)):.2f} |")
+    print(f"| vlft LoraLayers.input_casting_off | {ms_per_call(layers.input_casting_off):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
