@@ -1,7 +1,7 @@
 """GPU only (skipped elsewhere): --torch_compile's inductor kernels keep the plain path's losses. Twenty bf16
 LoRA steps of the tiny Qwen3-VL on one packed row through the varlen attention, with gradient
-checkpointing: the decoder layers compiled (compile.py) against the same model eager, every step's loss
-within 1e-2 relative."""
+checkpointing: the decoder layers and the frozen vision blocks compiled (compile.py), as `vlft sft
+--torch_compile true` does, against the same model eager, every step's loss within 1e-2 relative."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.compile import compile_decoder_layers
+from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
 from vlft.train.model import enable_gradient_checkpointing, load_model
 from vlft.train.tuners import prepare_trainable
 
@@ -28,6 +28,7 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     if compiled:
         layers, whole = compile_decoder_layers(model)
         assert whole == layers  # LoRA dropout 0: every layer one graph, its checkpoint included
+        assert compile_frozen_vision_blocks(model) > 0  # the ViT is frozen (lora_args)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     collator = PaddingFreeCollator(family, tokens, None)
     losses = []

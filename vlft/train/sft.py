@@ -25,7 +25,7 @@ from vlft.errors import VlftError
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
-from vlft.train.compile import compile_decoder_layers
+from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.launch import is_distributed_worker
@@ -90,9 +90,10 @@ def run_sft(args: SftArguments) -> Path:
     model = prepare_trainable(model, family, args)
     if args.torch_compile:
         layers, whole = compile_decoder_layers(model)
+        vision = compile_frozen_vision_blocks(model)
         if main_process:
-            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole (compiled during the "
-                           "first steps)")
+            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole, and {vision} frozen "
+                           "vision blocks (compiled during the first steps)")
             if whole < layers:
                 logger.warning("torch.compile: layers with LoRA dropout or MoE experts are compiled part by part, "
                                "a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 compiles dense "
@@ -173,6 +174,8 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
         deepspeed=ds_config,
         dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
         remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
+        # Batches reach the GPU from pinned memory without a host sync, the next one while this one trains.
+        accelerator_config={"non_blocking": cuda},
     )
 
 
