@@ -115,6 +115,9 @@ def main() -> int:
                         help="30b-a3b: random bf16 weights made on the GPU (never written to disk)")
     parser.add_argument("--no_profile", action="store_true", help="skip the torch.profiler kernel table")
     parser.add_argument("--torch_compile", action="store_true", help="as `vlft sft --torch_compile true`")
+    parser.add_argument("--cpp_wrapper", action="store_true",
+                        help="with --torch_compile: Inductor's C++ launch wrapper instead of its Python one "
+                             "(torch._inductor.config.cpp_wrapper), for a step the host bounds")
     parser.add_argument("--compile_vision", action="store_true",
                         help="with --torch_compile: also compile the frozen vision blocks (vlft/train/compile.py; "
                              "not yet in `vlft sft`: to be measured on a GPU first)")
@@ -168,6 +171,10 @@ def main() -> int:
     if args.torch_compile:
         from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
 
+        if args.cpp_wrapper:
+            from torch._inductor import config as inductor_config
+
+            inductor_config.cpp_wrapper = True
         compile_decoder_layers(net)
         if args.compile_vision:
             compile_frozen_vision_blocks(net)
