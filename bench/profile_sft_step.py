@@ -119,8 +119,8 @@ def main() -> int:
                         help="with --torch_compile: Inductor's C++ launch wrapper instead of its Python one "
                              "(torch._inductor.config.cpp_wrapper), for a step the host bounds")
     parser.add_argument("--compile_vision", action="store_true",
-                        help="with --torch_compile: also compile the frozen vision blocks (vlft/train/compile.py; "
-                             "not yet in `vlft sft`: to be measured on a GPU first)")
+                        help="with --torch_compile: also compile the frozen vision blocks, as `vlft sft "
+                             "--torch_compile true` now does (without it: the decoder layers only)")
     parser.add_argument("--vision_per_image", action="store_true",
                         help="the vision tower as before session 4: one attention call per image, a host read per block")
     args = parser.parse_args()

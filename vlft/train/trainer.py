@@ -116,11 +116,12 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         """transformers' estimate (6 x tokens x non-embedding parameters, for `total_flos`), with the parameter
         count taken once: the Trainer asks every step, and counting walks all of a 4B model's 4,000 modules
         (9 ms on a 2-core CPU, in a step the host bounds)."""
-        if "input_ids" not in inputs or not hasattr(self.model, "num_parameters"):
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
             return 0
         if self._flops_parameters is None:
             self._flops_parameters = self.model.num_parameters(exclude_embeddings=True)
-        return 6 * inputs["input_ids"].numel() * self._flops_parameters
+        return 6 * inputs[main_input].numel() * self._flops_parameters
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # counted on the device and read at log time: no host sync per step
