@@ -72,6 +72,9 @@ def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path,
     run_dir = only_run_dir(tmp_path / "whole")
     losses = {e["step"]: e["loss"] for e in read_log(run_dir) if "loss" in e}
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "args.json", "chat_template.jinja",
+                 "tokenizer.json"):  # what the seed command's ZeRO-2 test checks, here under ZeRO-3
+        assert (run_dir / "checkpoint-6" / name).is_file(), name
     adapter = json.loads((run_dir / "checkpoint-6" / "adapter_config.json").read_text())
     assert any(name.endswith("mlp.experts.down_proj") for name in adapter["target_parameters"])
 
