@@ -2,7 +2,9 @@
 machine runs it): PEFT's `disable_input_dtype_casting(model)`, which walks every module twice per call, against
 vlft's `LoraLayers.input_casting_off()` (vlft/train/trainer.py), which finds the adapted layers once; and the
 other whole-model walks transformers' Trainer makes every step, which SftTrainer replaces by lists taken once
-(the parameter count of its FLOPs estimate, the parameters gradient clipping iterates). One command:
+(the parameter count of its FLOPs estimate, the parameters gradient clipping iterates), and the two it keeps
+(`model.train()`, which only a copy of Trainer.training_step would skip, and `model.zero_grad()`, made by the
+training loop itself). One command:
 
     python bench/lora_cast_switch.py
 """
@@ -61,6 +63,8 @@ def main() -> int:
           f"{ms_per_call(lambda: model.num_parameters(exclude_embeddings=True)):.2f} |")
     print(f"| list(model.parameters()) (the walk of Trainer's gradient clipping) | "
           f"{ms_per_call(lambda: list(model.parameters())):.2f} |")
+    print(f"| model.train() (Trainer.training_step, every step) | {ms_per_call(model.train):.2f} |")
+    print(f"| model.zero_grad() (Trainer's loop, every step) | {ms_per_call(model.zero_grad):.2f} |")
     return 0
 
 
