@@ -26,14 +26,16 @@ from measure import run_logged, summarize  # noqa: E402
 
 def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int,
              compiled: bool = False, lora_dropout: float = 0.05, logging_steps: int = 1,
-             chunked_loss: bool = False) -> dict:
+             chunked_loss: bool = False, cuda_graphs: bool = False) -> dict:
     """`vlft sft` (packing, padding-free, varlen attention; `compiled`: --torch_compile true; `chunked_loss`:
-    --chunked_loss true) under measure.py's hooks."""
+    --chunked_loss true; `cuda_graphs`: --torch_compile_mode reduce-overhead) under measure.py's hooks."""
     from transformers import AutoConfig
 
     model, data = workdir / "qwen3-vl-4b-random", workdir / "data" / "train.jsonl"
-    name = ("vlft --torch_compile" if compiled else "vlft") + (" --chunked_loss" if chunked_loss else "")
-    output = workdir / ("runs_vlft" + ("_compiled" if compiled else "") + ("_chunked" if chunked_loss else ""))
+    name = ("vlft --torch_compile" if compiled else "vlft") + (" --chunked_loss" if chunked_loss else "") + \
+        (" --torch_compile_mode reduce-overhead" if cuda_graphs else "")
+    output = workdir / ("runs_vlft" + ("_compiled" if compiled else "") + ("_chunked" if chunked_loss else "")
+                        + ("_graphs" if cuda_graphs else ""))
     output.mkdir(parents=True, exist_ok=True)
     records, log = output / "records.json", output / "vlft.log"
     command = [sys.executable, str(HERE / "peers" / "measured_run.py"), str(records), "vlft.cli.main", "sft",
@@ -44,7 +46,8 @@ def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_
                "--max_steps", str(steps), "--learning_rate", "1e-4", "--logging_steps", str(logging_steps), "--save_steps", "100000",
                "--dataset_num_proc", "1", "--dataloader_num_workers", str(num_workers), "--report_to", "none",
                "--output_dir", str(output), "--torch_compile", str(compiled).lower(),
-               "--chunked_loss", str(chunked_loss).lower()]
+               "--chunked_loss", str(chunked_loss).lower(),
+               *(["--torch_compile_mode", "reduce-overhead"] if cuda_graphs else [])]
     started = time.time()
     run_logged(command, log, "vlft sft", cwd=workdir)
     run_dir = max(output.glob("v*-*"), key=lambda p: p.stat().st_mtime)
@@ -52,7 +55,8 @@ def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_
     result = summarize(json.loads(records.read_text()), warmup_steps, AutoConfig.from_pretrained(model))
     result.update(name=name, wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
                   settings=f"packing + padding-free, torch varlen attention, batch 1 x {max_length} tokens, "
-                           f"LoRA dropout {lora_dropout}" + (", chunked loss" if chunked_loss else ""))
+                           f"LoRA dropout {lora_dropout}" + (", chunked loss" if chunked_loss else "")
+                           + (", CUDA graphs (rows padded to the full length)" if cuda_graphs else ""))
     return result
 
 
@@ -97,7 +101,8 @@ def main() -> int:
                         help="every peer's; a log reads the loss back to the host, a sync in a host-bound step")
     parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
                         help="which to run, comma-separated (vlft-compile: vlft with --torch_compile true; "
-                             "vlft-compile-chunked: also --chunked_loss true)")
+                             "vlft-compile-chunked: also --chunked_loss true; vlft-graphs: --torch_compile_mode "
+                             "reduce-overhead; vlft-graphs-chunked: also --chunked_loss true)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from matmul_peak import measured_bf16_peak
@@ -109,11 +114,11 @@ def main() -> int:
     results = []
     for peer in args.peers.split(","):
         started = time.time()
-        if peer in ("vlft", "vlft-compile", "vlft-compile-chunked"):
+        if peer in ("vlft", "vlft-compile", "vlft-compile-chunked", "vlft-graphs", "vlft-graphs-chunked"):
             results.append(run_vlft(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
                                     args.num_workers, compiled=peer != "vlft",
                                     lora_dropout=args.lora_dropout, logging_steps=args.logging_steps,
-                                    chunked_loss=peer == "vlft-compile-chunked"))
+                                    chunked_loss=peer.endswith("-chunked"), cuda_graphs="graphs" in peer))
         elif peer == "swift":
             from swift_sft import run_swift
 

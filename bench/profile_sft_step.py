@@ -121,13 +121,16 @@ def main() -> int:
     parser.add_argument("--compile_vision", action="store_true",
                         help="with --torch_compile: also compile the frozen vision blocks, as `vlft sft "
                              "--torch_compile true` now does (without it: the decoder layers only)")
+    parser.add_argument("--cuda_graphs", action="store_true",
+                        help="with --torch_compile: rows padded to --max_length and the decoder layers replayed as "
+                             "CUDA graphs, as `vlft sft --torch_compile_mode reduce-overhead`")
     parser.add_argument("--vision_per_image", action="store_true",
                         help="the vision tower as before session 4: one attention call per image, a host read per block")
     args = parser.parse_args()
 
     from vlft.arguments import SftArguments
     from vlft.cli.parsing import parse_args
-    from vlft.data.collator import PaddingFreeCollator, VisionTokens
+    from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
     from vlft.data.dataset import PixelsOnFetch
     from vlft.train.model import enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype
     from vlft.train.sft import encoded_samples, pack
@@ -175,14 +178,16 @@ def main() -> int:
             from torch._inductor import config as inductor_config
 
             inductor_config.cpp_wrapper = True
-        compile_decoder_layers(net)
+        compile_decoder_layers(net, mode="reduce-overhead" if args.cuda_graphs else None)
         if args.compile_vision:
             compile_frozen_vision_blocks(net)
     device = torch.device("cuda" if cuda else "cpu")
     net.to(device).train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=cuda)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
-    collator = PaddingFreeCollator(family, tokens, getattr(net.config.vision_config, "tokens_per_second", None))
+    fixed_shape = FixedRowShape.for_rows(packed.items, args.max_length, 1) if args.cuda_graphs else None
+    collator = PaddingFreeCollator(family, tokens, getattr(net.config.vision_config, "tokens_per_second", None),
+                                   fixed_shape)
 
     base = net.get_base_model()
     timer = PartTimer(cuda)
@@ -199,8 +204,11 @@ def main() -> int:
 
     table = defaultdict(list)
     real_tokens = []
+    losses = []
 
     def step(row) -> None:
+        if args.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # as SftTrainer.training_step
         t = time.perf_counter()
         batch = collator([row])
         table["collate (CPU)"].append(1000 * (time.perf_counter() - t))
@@ -213,6 +221,7 @@ def main() -> int:
             loss = net(**batch).loss
         sync()
         table["forward total"].append(1000 * (time.perf_counter() - t))
+        losses.append(loss.detach())
         t = time.perf_counter()
         loss.backward()
         sync()
@@ -224,7 +233,7 @@ def main() -> int:
         table["optimizer"].append(1000 * (time.perf_counter() - t))
         for name, ms in timer.totals_ms().items():
             table[name].append(ms)
-        real_tokens.append(batch["input_ids"].numel())
+        real_tokens.append(batch["input_ids"].numel() - batch.get("row_padding", 0))
 
     for row in rows[:args.warmup]:
         step(row)
@@ -233,6 +242,7 @@ def main() -> int:
     for row in rows[args.warmup:args.warmup + args.steps]:
         step(row)
     elapsed = time.perf_counter() - started
+    print("losses, every step:", " ".join(f"{float(v):.4f}" for v in losses))
     print(f"\n{args.steps} steps, {sum(real_tokens):,} tokens, {sum(real_tokens) / elapsed:,.0f} tokens/s "
           f"(in-process loop, no data-loader workers)")
     print("\n| part | ms per step (median) |\n| --- | --- |")

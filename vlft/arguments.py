@@ -184,6 +184,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 "fit); not with ZeRO-3 or an MoE aux loss"})
     torch_compile: bool = field(default=False, metadata={
         "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3)"})
+    torch_compile_mode: Literal["default", "reduce-overhead"] | None = field(default=None, metadata={
+        "help": "torch.compile's mode for the decoder layers (implies --torch_compile true); reduce-overhead "
+                "replays them as CUDA graphs over rows padded to --max_length (needs --packing true)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
@@ -214,6 +217,11 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.padding_free = True
             if self.max_length is None:
                 raise VlftError("--packing true needs --max_length (the row length)")
+        if self.torch_compile_mode is not None:
+            self.torch_compile = True
+        if self.torch_compile_mode == "reduce-overhead" and not self.packing:
+            raise VlftError("--torch_compile_mode reduce-overhead needs --packing true (CUDA graphs replay rows of "
+                            "one length, --max_length)")
         if self.vit_gradient_checkpointing is None:
             self.vit_gradient_checkpointing = self.gradient_checkpointing
         if self.gradient_accumulation_steps is None:

@@ -39,7 +39,9 @@ def batch_counts(batch) -> dict:
             samples = int(input_ids.shape[0])
     grid = batch.get("image_grid_thw")
     vision = int(grid.prod(-1).sum()) // MERGE if isinstance(grid, torch.Tensor) else 0
-    return {"tokens": tokens, "samples": samples, "vision_tokens": vision, "square_sum": square_sum(batch)}
+    padding = int(batch.get("row_padding", 0))  # vlft's fixed-length rows end in a padding segment
+    return {"tokens": tokens - padding, "samples": samples - (padding > 0), "vision_tokens": vision,
+            "square_sum": square_sum(batch) - padding ** 2}
 
 
 def square_sum(batch) -> int:

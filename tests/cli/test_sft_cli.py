@@ -144,6 +144,18 @@ def test_chunked_loss_trains_like_the_full_logits(tmp_path, vlft_cache):
         assert chunked[step] == pytest.approx(plain[step], rel=1e-4), step
 
 
+def test_cuda_graph_rows_train_like_plain_packed_rows(tmp_path, vlft_cache):
+    """--torch_compile_mode reduce-overhead pads every packed row to --max_length (CUDA graphs on a GPU; on
+    the CPU torch runs the compiled layers without them) and logs the losses of plain packed rows."""
+    for name, extra in (("plain", ()), ("graphs", ("--torch_compile_mode", "reduce-overhead"))):
+        assert main(_train_args(tmp_path / name, "--max_steps", "2", "--save_steps", "100",
+                                "--lora_dropout", "0", *extra)) == 0
+    plain, graphs = (_losses(only_run_dir(tmp_path / name)) for name in ("plain", "graphs"))
+    assert sorted(graphs) == [1, 2]
+    for step in (1, 2):
+        assert graphs[step] == pytest.approx(plain[step], rel=1e-4), step
+
+
 # Runs `vlft sft` and SIGKILLs itself when the optimizer state of checkpoint-4 is about to be written: a
 # crash in the middle of a save, after the weights are on disk.
 KILL_DURING_SAVE = """
@@ -223,6 +235,7 @@ def test_tiny_model_learns_colours_and_answers_held_out_images(tmp_path, vlft_ca
     (["--train_type", "full", "--freeze_llm", "true"], "nothing to train"),
     (["--chunked_loss", "true", "--deepspeed", "zero3"], "--chunked_loss true does not run under ZeRO-3"),
     (["--torch_compile", "true", "--deepspeed", "zero3"], "--torch_compile true does not run under ZeRO-3"),
+    (["--torch_compile_mode", "reduce-overhead"], "--torch_compile_mode reduce-overhead needs --packing true"),
 ])
 def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     import transformers

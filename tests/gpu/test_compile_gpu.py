@@ -1,7 +1,8 @@
 """GPU only (skipped elsewhere): --torch_compile's inductor kernels keep the plain path's losses. Twenty bf16
 LoRA steps of the tiny Qwen3-VL on one packed row through the varlen attention, with gradient
 checkpointing: the decoder layers and the frozen vision blocks compiled (compile.py), as `vlft sft
---torch_compile true` does, against the same model eager, every step's loss within 1e-2 relative."""
+--torch_compile true` does, against the same model eager, every step's loss within 1e-2 relative; and the
+same with the layers replayed as CUDA graphs over fixed-shape rows (`--torch_compile_mode reduce-overhead`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from tests.train.test_packing_parity import encoded_batch, lora_args
-from vlft.data.collator import PaddingFreeCollator, VisionTokens
+from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
 from vlft.train.model import enable_gradient_checkpointing, load_model
@@ -18,7 +19,8 @@ from vlft.train.tuners import prepare_trainable
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps: int = 20) -> list[float]:
+def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps: int = 20,
+                 mode: str | None = None) -> list[float]:
     encoder, family, samples = encoded_batch("qwen3_vl", tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -26,15 +28,19 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     enable_gradient_checkpointing(model, llm=True, vit=False)
     model = prepare_trainable(model, family, lora_args()).cuda().train()
     if compiled:
-        layers, whole = compile_decoder_layers(model)
+        layers, whole = compile_decoder_layers(model, mode=mode)
         assert whole == layers  # LoRA dropout 0: every layer one graph, its checkpoint included
         assert compile_frozen_vision_blocks(model) > 0  # the ViT is frozen (lora_args)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    collator = PaddingFreeCollator(family, tokens, None)
+    graphs = mode == "reduce-overhead"
+    fixed = FixedRowShape(length=sum(s.length for s in samples) + 16, boundaries=len(samples) + 2) if graphs else None
+    collator = PaddingFreeCollator(family, tokens, None, fixed)
     losses = []
     for step in range(steps):
         row = samples if step % 2 == 0 else samples[1:]  # two row lengths: dynamic shapes too
         batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in collator(row).items()}
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # as SftTrainer.training_step
         optimizer.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(**batch).loss
@@ -49,4 +55,12 @@ def test_compiled_layers_keep_the_eager_losses(tiny_model_dir, processor_of, med
     eager = train_losses(False, tiny_model_dir, processor_of, media_dir)
     assert compiled[-1] < compiled[0]  # it trains
     for step, (a, b) in enumerate(zip(compiled, eager)):
+        assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)
+
+
+def test_cuda_graph_layers_keep_the_eager_losses(tiny_model_dir, processor_of, media_dir):
+    graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead")
+    eager = train_losses(False, tiny_model_dir, processor_of, media_dir)
+    assert graphed[-1] < graphed[0]
+    for step, (a, b) in enumerate(zip(graphed, eager)):
         assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)

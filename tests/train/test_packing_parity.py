@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
-from vlft.data.collator import PaddingFreeCollator, VisionTokens
+from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
 from vlft.data.encode import IGNORE_INDEX
 from vlft.data.formats import to_sample
 from vlft.train.attention import ATTENTION_NAME
@@ -71,11 +71,14 @@ def cosine(a, b):
     return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
 
-@pytest.mark.parametrize("family_name, attention", [
-    ("qwen3_vl", "sdpa"), ("qwen3_vl", ATTENTION_NAME), ("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", ATTENTION_NAME),
-    ("qwen3_vl_moe", ATTENTION_NAME)])  # the MoE's LoRA includes its experts' fused weights
-def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention, tiny_model_dir, processor_of,
-                                                         media_dir):
+@pytest.mark.parametrize("family_name, attention, fixed", [
+    ("qwen3_vl", "sdpa", False), ("qwen3_vl", ATTENTION_NAME, False), ("qwen2_5_vl", "sdpa", False),
+    ("qwen2_5_vl", ATTENTION_NAME, False),
+    ("qwen3_vl_moe", ATTENTION_NAME, False),  # the MoE's LoRA includes its experts' fused weights
+    # fixed-shape rows (--torch_compile_mode reduce-overhead): a padding segment and empty boundary slots
+    ("qwen3_vl", ATTENTION_NAME, True), ("qwen3_vl", "sdpa", True)])
+def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention, fixed, tiny_model_dir,
+                                                         processor_of, media_dir):
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -84,7 +87,9 @@ def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention,
     for name, param in model.named_parameters():  # LoRA B starts at zero: give it values so grads of A exist
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
-    collator = PaddingFreeCollator(family, tokens, getattr(model.config.vision_config, "tokens_per_second", None))
+    shape = FixedRowShape(length=sum(s.length for s in samples) + 37, boundaries=len(samples) + 5) if fixed else None
+    collator = PaddingFreeCollator(family, tokens, getattr(model.config.vision_config, "tokens_per_second", None),
+                                   shape)
 
     grads = {}
     losses = {}

@@ -3,6 +3,12 @@
 A padding-free row carries position ids of shape (4, 1, L): row 0 the text positions restarting at 0
 for every sample (transformers finds the sample boundaries from them and builds a block-diagonal
 mask, or varlen attention uses them), rows 1-3 each sample's own mRoPE ids. No attention mask.
+
+Rows of one fixed shape (FixedRowShape, for CUDA graphs: `--torch_compile_mode reduce-overhead`) end in
+a padding segment of their own (positions restarting at 0, no targets) and carry their boundaries as
+`row_cu_seqlens`, padded with empty segments to one length for the whole run, and the padding's length as
+`row_padding`; attention.py takes both out of the model's inputs before the model sees them. One shape:
+a new row length or boundary count would compile the layers again and record new graphs mid-run.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 
 from vlft.data.encode import IGNORE_INDEX, EncodedSample
 from vlft.data.mrope import mm_token_types, mrope_position_ids, token_types
+from vlft.errors import VlftError
 from vlft.families.base import Family
 
 
@@ -56,13 +63,41 @@ def sample_position_ids(sample: EncodedSample, family: Family, tokens: VisionTok
         family.merge_size, intervals, split_video_frames=family.video_timestamps)
 
 
-class PaddingFreeCollator:
-    """All samples of a batch concatenated into one row, each keeping its own positions."""
+@dataclass(frozen=True)
+class FixedRowShape:
+    """Every row `length` tokens long, with `boundaries` cu_seqlens entries."""
 
-    def __init__(self, family: Family, tokens: VisionTokens, tokens_per_second: float | None = None):
+    length: int
+    boundaries: int
+
+    @classmethod
+    def for_rows(cls, rows: list[list[EncodedSample]], max_length: int, rows_per_batch: int) -> FixedRowShape:
+        """The shape that holds `rows_per_batch` of these packed rows, each of at most `max_length` tokens:
+        room for the most samples any row has, per row, plus the padding segment."""
+        most = max(len(row) for row in rows)
+        return cls(length=max_length * rows_per_batch, boundaries=most * rows_per_batch + 2)
+
+
+def fixed_row_boundaries(lengths: list[int], shape: FixedRowShape) -> torch.Tensor:
+    """cu_seqlens (int32) of samples of `lengths` in a row of shape.length tokens: the samples, then the
+    padding as one more segment, then empty segments up to shape.boundaries entries."""
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    bounds = [0, *ends] + ([shape.length] if ends[-1] < shape.length else [])
+    if len(bounds) > shape.boundaries:
+        raise VlftError(f"a row of {len(lengths)} samples has more boundaries than the fixed {shape.boundaries}")
+    return torch.tensor(bounds + [shape.length] * (shape.boundaries - len(bounds)), dtype=torch.int32)
+
+
+class PaddingFreeCollator:
+    """All samples of a batch concatenated into one row, each keeping its own positions; with `fixed_shape`,
+    padded to it (see the module docstring)."""
+
+    def __init__(self, family: Family, tokens: VisionTokens, tokens_per_second: float | None = None,
+                 fixed_shape: FixedRowShape | None = None):
         self.family = family
         self.tokens = tokens
         self.tokens_per_second = tokens_per_second
+        self.fixed_shape = fixed_shape
 
     def __call__(self, batch: list[EncodedSample | list[EncodedSample]]) -> dict:
         samples = [s for item in batch for s in (item if isinstance(item, list) else [item])]
@@ -73,13 +108,25 @@ class PaddingFreeCollator:
             labels += [IGNORE_INDEX] + sample.labels[1:]
             text_positions.append(torch.arange(sample.length))
             rope.append(sample_position_ids(sample, self.family, self.tokens, self.tokens_per_second))
+        fixed = {}
+        if self.fixed_shape is not None:
+            padding = self.fixed_shape.length - len(input_ids)
+            if padding < 0:
+                raise VlftError(f"a padding-free row of {len(input_ids)} tokens is longer than the fixed row length "
+                                f"{self.fixed_shape.length}; pack rows with --packing true and --max_length")
+            fixed = {"row_cu_seqlens": fixed_row_boundaries([s.length for s in samples], self.fixed_shape),
+                     "row_padding": padding}
+            input_ids += [self.tokens.pad_id] * padding
+            labels += [IGNORE_INDEX] * padding
+            text_positions.append(torch.arange(padding))
+            rope.append(torch.arange(padding).expand(3, -1))
         ids = torch.tensor([input_ids])
         position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]
         types = torch.tensor([token_types(input_ids, self.tokens.image_pad_id, self.tokens.video_pad_id)])
         # No attention mask and no cu_seqlens kwargs (they would reach the vision tower too): attention
         # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample.
         return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
-                "mm_token_type_ids": types, "use_cache": False, **media_inputs(samples)}
+                "mm_token_type_ids": types, "use_cache": False, **fixed, **media_inputs(samples)}
 
 
 class PaddedCollator:

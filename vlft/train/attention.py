@@ -6,7 +6,8 @@ pre-hook on the language model (`attach_row_boundaries`) turns them into cu_seql
 and hands them to every decoder layer through the FlashAttention keyword arguments transformers
 already passes down (`cu_seq_lens_q`, `max_length_q`, ...). So no layer reads anything back to the host
 and a whole decoder layer, gradient checkpointing included, compiles into one graph
-(`--torch_compile`, compile.py).
+(`--torch_compile`, compile.py). Rows of one fixed length bring their boundaries from the collator
+instead (RowBoundaries), so that CUDA graphs can replay the layers (`--torch_compile_mode reduce-overhead`).
 
 The vision tower runs the same function under a second name, VISION_ATTENTION_NAME
 (`use_varlen_in_vision_tower`): transformers' Qwen-VL vision attention (5.17 to 5.23, Qwen2-VL, Qwen2.5-VL,
@@ -51,17 +52,46 @@ def row_boundary_kwargs(position_ids: torch.Tensor, length: int) -> dict:
             "max_length_k": longest}
 
 
-def _add_row_boundaries(module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of the language model: a packed row's boundaries, computed once for all layers."""
-    positions, embeds = kwargs.get("position_ids"), kwargs.get("inputs_embeds")
-    if positions is None or embeds is None or "cu_seq_lens_q" in kwargs or embeds.shape[0] != 1:
-        return None
-    return args, {**kwargs, **row_boundary_kwargs(positions, embeds.shape[1])}
+class RowBoundaries:
+    """The forward pre-hooks that give every decoder layer its packed row's boundaries.
+
+    On the whole model: takes the collator's fixed-length row keys (`row_cu_seqlens`, `row_padding`:
+    collator.py) out of the inputs, so neither the vision tower nor the loss sees them, and keeps the
+    boundaries for this forward. On the language model: adds the boundaries as FlashAttention kwargs, the
+    kept ones with the row's full length as the longest sample (shapes and values fixed per row length: no
+    host read, and CUDA graphs can replay the layers), else ones computed from the text positions.
+    """
+
+    def __init__(self):
+        self.fixed: torch.Tensor | None = None
+
+    def take_from_inputs(self, module: nn.Module, args: tuple, kwargs: dict):
+        self.fixed = kwargs.pop("row_cu_seqlens", None)
+        kwargs.pop("row_padding", None)
+        return args, kwargs
+
+    def add_to_language_model(self, module: nn.Module, args: tuple, kwargs: dict):
+        positions, embeds = kwargs.get("position_ids"), kwargs.get("inputs_embeds")
+        if positions is None or embeds is None or "cu_seq_lens_q" in kwargs or embeds.shape[0] != 1:
+            return None
+        length = embeds.shape[1]
+        if self.fixed is not None:
+            cu_seqlens = self.fixed.to(embeds.device, non_blocking=True)
+            bounds = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": length,
+                      "max_length_k": length}
+        else:
+            bounds = row_boundary_kwargs(positions, length)
+        return args, {**kwargs, **bounds}
 
 
-def attach_row_boundaries(model: nn.Module) -> None:
-    """Hook `_add_row_boundaries` onto the model's language model (model.model.language_model)."""
-    model.model.language_model.register_forward_pre_hook(_add_row_boundaries, with_kwargs=True)
+def attach_row_boundaries(model: nn.Module, varlen: bool = True) -> RowBoundaries:
+    """Hook RowBoundaries onto the model (a Qwen-VL ...ForConditionalGeneration) and, for the varlen attention,
+    its language model (other attention implementations find the boundaries from the text positions)."""
+    boundaries = RowBoundaries()
+    model.register_forward_pre_hook(boundaries.take_from_inputs, with_kwargs=True)
+    if varlen:
+        model.model.language_model.register_forward_pre_hook(boundaries.add_to_language_model, with_kwargs=True)
+    return boundaries
 
 
 def _block_diagonal_sdpa(q, k, v, cu_seqlens, causal: bool, scale: float | None) -> torch.Tensor:

@@ -37,10 +37,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return _module_list(model, "language_model.layers")
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> tuple[int, int]:
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> tuple[int, int]:
     """Compile every decoder layer in place (nn.Module.compile); returns (layers, layers compiled whole).
     Shapes become dynamic at the second distinct row length (torch's default), so rows of varying length
     do not recompile.
+
+    `mode` is torch.compile's, for the layers compiled whole; "reduce-overhead" replays each layer's
+    forward and backward kernels as CUDA graphs (one launch instead of ~100 per layer and pass), which needs
+    rows of one fixed length (PaddingFreeCollator's row_length) and the boundaries the collator gives.
 
     Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):
@@ -48,12 +52,13 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> tuple
       the layer's checkpoint would send the whole layer back to eager;
     - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
       inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100).
+    Their parts use the default mode: a CUDA graph per part would hold outputs the eager checkpoint keeps.
     """
     layers = decoder_layers(model)
     whole = 0
     for layer in layers:
         if whole_layer_compiles(layer):
-            layer.compile(backend=backend)
+            layer.compile(backend=backend, mode=mode)
             whole += 1
         else:
             for part in layer.children():

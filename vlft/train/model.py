@@ -55,9 +55,9 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
 
 
 def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
-    """The HF model, with the KV cache off on the text config (else packed samples attend to each other)
-    and, under the varlen attention, the packed row's boundaries computed once per forward and the vision
-    tower's images attended in one call per block."""
+    """The HF model, with the KV cache off on the text config (else packed samples attend to each other),
+    the packed row's boundaries handled by attention.RowBoundaries (under the varlen attention, computed once
+    per forward) and, under the varlen attention, the vision tower's images attended in one call per block."""
     from transformers import AutoModelForImageTextToText
 
     if attn_implementation == ATTENTION_NAME:
@@ -67,8 +67,8 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
                                                             attn_implementation=attn_implementation)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
+    attach_row_boundaries(model, varlen=attn_implementation == ATTENTION_NAME)
     if attn_implementation == ATTENTION_NAME:
-        attach_row_boundaries(model)
         use_varlen_in_vision_tower(model)
     return model
 

@@ -15,7 +15,7 @@ import torch
 
 from vlft.arguments import SftArguments
 from vlft.arguments import public_args
-from vlft.data.collator import PaddedCollator, PaddingFreeCollator, VisionTokens
+from vlft.data.collator import FixedRowShape, PaddedCollator, PaddingFreeCollator, VisionTokens
 from vlft.data.dataset import PixelsOnFetch
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
@@ -88,12 +88,14 @@ def run_sft(args: SftArguments) -> Path:
     set_router_aux_loss(model, args.router_aux_loss_coef)
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
+    cuda_graphs = args.torch_compile_mode == "reduce-overhead"
     if args.torch_compile:
-        layers, whole = compile_decoder_layers(model)
+        layers, whole = compile_decoder_layers(model, mode=args.torch_compile_mode)
         vision = compile_frozen_vision_blocks(model)
         if main_process:
-            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole, and {vision} frozen "
-                           "vision blocks (compiled during the first steps)")
+            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole"
+                           f"{' (as CUDA graphs, rows padded to --max_length)' if cuda_graphs else ''}, and {vision} "
+                           "frozen vision blocks (compiled during the first steps)")
             if whole < layers:
                 logger.warning("torch.compile: layers with LoRA dropout or MoE experts are compiled part by part, "
                                "a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 compiles dense "
@@ -105,13 +107,17 @@ def run_sft(args: SftArguments) -> Path:
     # 4. Batches: packed rows, padding-free rows, or padded batches.
     tokenizer = encoder.tokenizer
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, tokenizer.pad_token_id)
+    train_rows = pack(train, args.max_length, args.seed) if args.packing else train
+    eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
     if args.padding_free:
         tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
-        collator = PaddingFreeCollator(family, tokens, tokens_per_second)
+        rows_per_batch = max(args.per_device_train_batch_size, args.per_device_eval_batch_size if eval_rows else 1)
+        fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.max_length,
+                                             rows_per_batch) if cuda_graphs else None
+        collator = PaddingFreeCollator(family, tokens, tokens_per_second, fixed_shape)
     else:
         collator = PaddedCollator(tokens)
-    train_dataset = PixelsOnFetch(pack(train, args.max_length, args.seed) if args.packing else train, encoder)
-    eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
+    train_dataset = PixelsOnFetch(train_rows, encoder)
     eval_dataset = PixelsOnFetch(eval_rows, encoder) if eval_rows else None
 
     # 5. Train.
@@ -121,7 +127,7 @@ def run_sft(args: SftArguments) -> Path:
                          data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
                          family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3,
-                         chunked_loss=ChunkedLoss(model) if args.chunked_loss else None,
+                         chunked_loss=ChunkedLoss(model) if args.chunked_loss else None, cuda_graphs=cuda_graphs,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
                                                    args_json=public_args(args)))
     with long_lived_objects_frozen():  # no full garbage collection walks the model mid-step (frozen_gc.py)

@@ -45,9 +45,11 @@ class SftTrainer(AtomicCheckpoints, Trainer):
     """Trainer for Qwen-VL fine-tuning; see the module docstring for what differs."""
 
     def __init__(self, *args, family: Family, part_lrs: dict[Part, float], zero3: bool,
-                 checkpoint_extras=None, chunked_loss: ChunkedLoss | None = None, **kwargs):
+                 checkpoint_extras=None, chunked_loss: ChunkedLoss | None = None, cuda_graphs: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
+        self.cuda_graphs = cuda_graphs
         self.checkpoint_extras = checkpoint_extras
         self.family = family
         self.part_lrs = part_lrs
@@ -92,6 +94,8 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         whole model twice per call: 6-8 ms per step for the 4B model on a 2-core CPU, 0.55 ms this way
         (bench/lora_cast_switch.py).
         """
+        if self.cuda_graphs:  # a new step: CUDA graph outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         # DeepSpeed runs half precision without autocast: there the copies keep the dtypes matched.
         autocasts = (self.args.bf16 or self.args.fp16) and not self.is_deepspeed_enabled
         if not autocasts:
@@ -126,9 +130,10 @@ class SftTrainer(AtomicCheckpoints, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # counted on the device and read at log time: no host sync per step
             mask = inputs.get("attention_mask")
-            self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
+            padding = inputs.get("row_padding", 0)  # a fixed-length row's padding segment (collator.py)
+            self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel() - padding
             if self._peak is not None:
-                self._square_sum += sequence_square_sum(inputs)
+                self._square_sum += sequence_square_sum(inputs) - padding ** 2
                 if "mm_token_type_ids" in inputs:
                     self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
