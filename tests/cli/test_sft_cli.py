@@ -149,7 +149,7 @@ def test_cuda_graph_rows_train_like_plain_packed_rows(tmp_path, vlft_cache):
     the CPU torch runs the compiled layers without them) and logs the losses of plain packed rows."""
     for name, extra in (("plain", ()), ("graphs", ("--torch_compile_mode", "reduce-overhead"))):
         assert main(_train_args(tmp_path / name, "--max_steps", "2", "--save_steps", "100",
-                                "--lora_dropout", "0", *extra)) == 0
+                                "--model", "vlft/tiny-qwen3-vl", "--lora_dropout", "0", *extra)) == 0
     plain, graphs = (_losses(only_run_dir(tmp_path / name)) for name in ("plain", "graphs"))
     assert sorted(graphs) == [1, 2]
     for step in (1, 2):
@@ -236,6 +236,8 @@ def test_tiny_model_learns_colours_and_answers_held_out_images(tmp_path, vlft_ca
     (["--chunked_loss", "true", "--deepspeed", "zero3"], "--chunked_loss true does not run under ZeRO-3"),
     (["--torch_compile", "true", "--deepspeed", "zero3"], "--torch_compile true does not run under ZeRO-3"),
     (["--torch_compile_mode", "reduce-overhead"], "--torch_compile_mode reduce-overhead needs --packing true"),
+    (["--torch_compile_mode", "reduce-overhead", "--packing", "true", "--max_length", "64", "--deepspeed", "zero2"],
+     "--torch_compile_mode reduce-overhead does not run under --deepspeed"),
 ])
 def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     import transformers

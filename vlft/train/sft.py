@@ -150,6 +150,9 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     if args.torch_compile and _zero_stage(ds_config) == 3:
         raise VlftError("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
                         "compiled graphs); use ZeRO-2 or no --deepspeed")
+    if args.torch_compile_mode == "reduce-overhead" and ds_config is not None:
+        raise VlftError("--torch_compile_mode reduce-overhead does not run under --deepspeed (CUDA graphs beside "
+                        "DeepSpeed's gradient hooks are untested); use --torch_compile true, or no --deepspeed")
     if args.chunked_loss and _zero_stage(ds_config) == 3:
         raise VlftError("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
                         "outside its forward); use ZeRO-2 or no --deepspeed")
