@@ -186,7 +186,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3)"})
     torch_compile_mode: Literal["default", "reduce-overhead"] | None = field(default=None, metadata={
         "help": "torch.compile's mode for the decoder layers (implies --torch_compile true); reduce-overhead "
-                "replays them as CUDA graphs over rows padded to --max_length (needs --packing true)"})
+                "replays them as CUDA graphs over rows padded to --max_length x --per_device_train_batch_size "
+                "(needs --packing true and --gradient_accumulation_steps 1)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
@@ -219,9 +220,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 raise VlftError("--packing true needs --max_length (the row length)")
         if self.torch_compile_mode is not None:
             self.torch_compile = True
-        if self.torch_compile_mode == "reduce-overhead" and not self.packing:
-            raise VlftError("--torch_compile_mode reduce-overhead needs --packing true (CUDA graphs replay rows of "
-                            "one length, --max_length)")
+        if self.torch_compile_mode == "reduce-overhead":
+            self._check_cuda_graph_batches()
         if self.vit_gradient_checkpointing is None:
             self.vit_gradient_checkpointing = self.gradient_checkpointing
         if self.gradient_accumulation_steps is None:
@@ -237,6 +237,20 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             raise VlftError(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
             raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+
+    def _check_cuda_graph_batches(self) -> None:
+        """What CUDA graphs over fixed-shape rows need (collator.py, compile.py)."""
+        flag = "--torch_compile_mode reduce-overhead"
+        if not self.packing:
+            raise VlftError(f"{flag} needs --packing true (CUDA graphs replay rows of one length, --max_length)")
+        if (self.gradient_accumulation_steps or 1) > 1:
+            # The first micro-step's gradients would live in memory the next micro-step's graphs reuse.
+            raise VlftError(f"{flag} needs --gradient_accumulation_steps 1 (gradients kept between micro-steps "
+                            "would sit in CUDA graph memory); raise --per_device_train_batch_size instead")
+        if self.per_device_eval_batch_size > self.per_device_train_batch_size:
+            raise VlftError(f"{flag}: --per_device_eval_batch_size ({self.per_device_eval_batch_size}) may not "
+                            f"exceed --per_device_train_batch_size ({self.per_device_train_batch_size}): every "
+                            "row has the training batch's fixed length")
 
 
 @dataclass

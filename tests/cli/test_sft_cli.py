@@ -156,6 +156,20 @@ def test_cuda_graph_rows_train_like_plain_packed_rows(tmp_path, vlft_cache):
         assert graphs[step] == pytest.approx(plain[step], rel=1e-4), step
 
 
+def test_cuda_graphs_need_the_varlen_attention_on_a_gpu(tmp_path):
+    """On CUDA, other attention implementations find the boundaries with host reads inside each layer."""
+    from vlft.arguments import SftArguments
+    from vlft.cli.parsing import parse_args
+    from vlft.errors import VlftError
+    from vlft.train.sft import check_run_arguments
+
+    argv = ["--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"), "--packing", "true",
+            "--max_length", "64", "--output_dir", str(tmp_path), "--torch_compile_mode", "reduce-overhead"]
+    with pytest.raises(VlftError, match="needs the varlen attention"):
+        check_run_arguments(parse_args(SftArguments, argv + ["--attn_impl", "sdpa"], "sft"), cuda=True)
+    assert check_run_arguments(parse_args(SftArguments, argv, "sft"), cuda=True)[0] == "torch_varlen"
+
+
 # Runs `vlft sft` and SIGKILLs itself when the optimizer state of checkpoint-4 is about to be written: a
 # crash in the middle of a save, after the weights are on disk.
 KILL_DURING_SAVE = """
@@ -238,6 +252,10 @@ def test_tiny_model_learns_colours_and_answers_held_out_images(tmp_path, vlft_ca
     (["--torch_compile_mode", "reduce-overhead"], "--torch_compile_mode reduce-overhead needs --packing true"),
     (["--torch_compile_mode", "reduce-overhead", "--packing", "true", "--max_length", "64", "--deepspeed", "zero2"],
      "--torch_compile_mode reduce-overhead does not run under --deepspeed"),
+    (["--torch_compile_mode", "reduce-overhead", "--packing", "true", "--max_length", "64",
+      "--gradient_accumulation_steps", "2"], "needs --gradient_accumulation_steps 1"),
+    (["--torch_compile_mode", "reduce-overhead", "--packing", "true", "--max_length", "64",
+      "--per_device_eval_batch_size", "2"], "--per_device_eval_batch_size (2) may not exceed"),
 ])
 def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     import transformers

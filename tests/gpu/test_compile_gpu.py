@@ -59,7 +59,11 @@ def test_compiled_layers_keep_the_eager_losses(tiny_model_dir, processor_of, med
 
 
 def test_cuda_graph_layers_keep_the_eager_losses(tiny_model_dir, processor_of, media_dir):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead")
+    assert counters["inductor"]["cudagraph_skips"] == 0  # the layers did run as CUDA graphs
     eager = train_losses(False, tiny_model_dir, processor_of, media_dir)
     assert graphed[-1] < graphed[0]
     for step, (a, b) in enumerate(zip(graphed, eager)):

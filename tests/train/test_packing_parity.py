@@ -15,6 +15,7 @@ from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
 from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
 from vlft.data.encode import IGNORE_INDEX
 from vlft.data.formats import to_sample
+from vlft.train import attention as attention_module
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.model import load_model
 from vlft.train.tuners import prepare_trainable
@@ -79,7 +80,7 @@ def cosine(a, b):
     # (sdpa with fixed rows: tests/cli's reduce-overhead run on CPU)
     ("qwen3_vl", ATTENTION_NAME, True)])
 def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention, fixed, tiny_model_dir,
-                                                         processor_of, media_dir):
+                                                         processor_of, media_dir, monkeypatch):
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -91,12 +92,18 @@ def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention,
     shape = FixedRowShape(length=sum(s.length for s in samples) + 37, boundaries=len(samples) + 5) if fixed else None
     collator = PaddingFreeCollator(family, tokens, getattr(model.config.vision_config, "tokens_per_second", None),
                                    shape)
+    from_positions = []  # calls that find boundaries from positions: none for a fixed-shape row (its own are used)
+    real = attention_module.row_boundary_kwargs
+    monkeypatch.setattr(attention_module, "row_boundary_kwargs", lambda *a: from_positions.append(a) or real(*a))
 
     grads = {}
     losses = {}
     for packed in (False, True):
         model.zero_grad()
+        from_positions.clear()
         pairs = per_sample_losses(model, samples, tokens, packed, collator)
+        if packed and attention == ATTENTION_NAME:
+            assert bool(from_positions) != fixed
         losses[packed] = [(loss / count).item() for loss, count in pairs]
         total = sum(loss for loss, _ in pairs) / sum(count for _, count in pairs)
         total.backward()

@@ -44,7 +44,7 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
 
     `mode` is torch.compile's, for the layers compiled whole; "reduce-overhead" replays each layer's
     forward and backward kernels as CUDA graphs (one launch instead of ~100 per layer and pass), which needs
-    rows of one fixed length (PaddingFreeCollator's row_length) and the boundaries the collator gives.
+    rows of one fixed shape (PaddingFreeCollator's fixed_shape) and the boundaries the collator gives.
 
     Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):

@@ -22,6 +22,7 @@ from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset, load_processor
 from vlft.data.report import bad_results, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
+from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
@@ -94,7 +95,7 @@ def run_sft(args: SftArguments) -> Path:
         vision = compile_frozen_vision_blocks(model)
         if main_process:
             logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole"
-                           f"{' (as CUDA graphs, rows padded to --max_length)' if cuda_graphs else ''}, and {vision} "
+                           f"{' (as CUDA graphs over fixed-shape rows)' if cuda_graphs else ''}, and {vision} "
                            "frozen vision blocks (compiled during the first steps)")
             if whole < layers:
                 logger.warning("torch.compile: layers with LoRA dropout or MoE experts are compiled part by part, "
@@ -111,9 +112,8 @@ def run_sft(args: SftArguments) -> Path:
     eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
     if args.padding_free:
         tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
-        rows_per_batch = max(args.per_device_train_batch_size, args.per_device_eval_batch_size if eval_rows else 1)
         fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.max_length,
-                                             rows_per_batch) if cuda_graphs else None
+                                             args.per_device_train_batch_size) if cuda_graphs else None
         collator = PaddingFreeCollator(family, tokens, tokens_per_second, fixed_shape)
     else:
         collator = PaddedCollator(tokens)
@@ -150,6 +150,9 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     if args.torch_compile and _zero_stage(ds_config) == 3:
         raise VlftError("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
                         "compiled graphs); use ZeRO-2 or no --deepspeed")
+    if args.torch_compile_mode == "reduce-overhead" and cuda and attn_implementation != ATTENTION_NAME:
+        raise VlftError(f"--torch_compile_mode reduce-overhead needs the varlen attention (--attn_impl varlen), not "
+                        f"{attn_implementation}: only it takes the rows' boundaries without host reads")
     if args.torch_compile_mode == "reduce-overhead" and ds_config is not None:
         raise VlftError("--torch_compile_mode reduce-overhead does not run under --deepspeed (CUDA graphs beside "
                         "DeepSpeed's gradient hooks are untested); use --torch_compile true, or no --deepspeed")

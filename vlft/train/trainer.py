@@ -105,6 +105,12 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         with self._lora_layers.input_casting_off():
             return super().training_step(model, inputs, num_items_in_batch)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """transformers' evaluation step, started as a new CUDA graph step under reduce-overhead (as training)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def _clip_grad_norm(self, model):
         """Clips over the parameters that train (listed once) instead of `model.parameters()`, a walk over all of
         a 4B model's ~4,400 modules each step. bench/trainer_step_gaps.py on an H200: clipping took 13.7 ms of
@@ -125,7 +131,8 @@ class SftTrainer(AtomicCheckpoints, Trainer):
             return 0
         if self._flops_parameters is None:
             self._flops_parameters = self.model.num_parameters(exclude_embeddings=True)
-        return 6 * inputs[main_input].numel() * self._flops_parameters
+        tokens = inputs[main_input].numel() - inputs.get("row_padding", 0)  # a fixed-shape row's padding: not counted
+        return 6 * tokens * self._flops_parameters
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # counted on the device and read at log time: no host sync per step
