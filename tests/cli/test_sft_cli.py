@@ -133,27 +133,21 @@ def test_kill_and_resume_reproduces_the_losses(tmp_path, vlft_cache):
         assert resumed[step] == pytest.approx(whole[step], abs=1e-5), step
 
 
-def test_chunked_loss_trains_like_the_full_logits(tmp_path, vlft_cache):
-    """Three steps through the CLI with --chunked_loss true log the losses of the plain run."""
-    for name, flag in (("plain", "false"), ("chunked", "true")):
-        assert main(_train_args(tmp_path / name, "--max_steps", "3", "--save_steps", "100",
-                                "--chunked_loss", flag)) == 0
-    plain, chunked = (_losses(only_run_dir(tmp_path / name)) for name in ("plain", "chunked"))
-    assert sorted(chunked) == [1, 2, 3]
-    for step in (1, 2, 3):
-        assert chunked[step] == pytest.approx(plain[step], rel=1e-4), step
-
-
-def test_cuda_graph_rows_train_like_plain_packed_rows(tmp_path, vlft_cache):
-    """--torch_compile_mode reduce-overhead pads every packed row to --max_length (CUDA graphs on a GPU; on
-    the CPU torch runs the compiled layers without them) and logs the losses of plain packed rows."""
-    for name, extra in (("plain", ()), ("graphs", ("--torch_compile_mode", "reduce-overhead"))):
+def test_chunked_loss_and_cuda_graph_rows_train_like_plain_packed_rows(tmp_path, vlft_cache):
+    """Two steps through the CLI with --chunked_loss true, and with --torch_compile_mode reduce-overhead (every
+    packed row padded to --max_length; CUDA graphs on a GPU, the compiled layers without them on the CPU), log
+    the losses of the plain run."""
+    runs = {"plain": (), "chunked": ("--chunked_loss", "true"),
+            "graphs": ("--torch_compile_mode", "reduce-overhead")}
+    for name, extra in runs.items():
         assert main(_train_args(tmp_path / name, "--max_steps", "2", "--save_steps", "100",
                                 "--model", "vlft/tiny-qwen3-vl", "--lora_dropout", "0", *extra)) == 0
-    plain, graphs = (_losses(only_run_dir(tmp_path / name)) for name in ("plain", "graphs"))
-    assert sorted(graphs) == [1, 2]
-    for step in (1, 2):
-        assert graphs[step] == pytest.approx(plain[step], rel=1e-4), step
+    plain = _losses(only_run_dir(tmp_path / "plain"))
+    for name in ("chunked", "graphs"):
+        losses = _losses(only_run_dir(tmp_path / name))
+        assert sorted(losses) == [1, 2], name
+        for step in (1, 2):
+            assert losses[step] == pytest.approx(plain[step], rel=1e-4), (name, step)
 
 
 def test_cuda_graphs_need_the_varlen_attention_on_a_gpu(tmp_path):
