@@ -14,6 +14,7 @@ a new row length or boundary count would compile the layers again and record new
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -81,8 +82,9 @@ class FixedRowShape:
 def fixed_row_boundaries(lengths: list[int], shape: FixedRowShape) -> torch.Tensor:
     """cu_seqlens (int32) of samples of `lengths` in a row of shape.length tokens: the samples, then the
     padding as one more segment, then empty segments up to shape.boundaries entries."""
-    ends = torch.tensor(lengths).cumsum(0).tolist()
-    bounds = [0, *ends] + ([shape.length] if ends[-1] < shape.length else [])
+    bounds = [0, *accumulate(lengths)]
+    if bounds[-1] < shape.length:
+        bounds.append(shape.length)
     if len(bounds) > shape.boundaries:
         raise VlftError(f"a row of {len(lengths)} samples has more boundaries than the fixed {shape.boundaries}")
     return torch.tensor(bounds + [shape.length] * (shape.boundaries - len(bounds)), dtype=torch.int32)
@@ -124,7 +126,8 @@ class PaddingFreeCollator:
         position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]
         types = torch.tensor([token_types(input_ids, self.tokens.image_pad_id, self.tokens.video_pad_id)])
         # No attention mask and no cu_seqlens kwargs (they would reach the vision tower too): attention
-        # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample.
+        # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample; a
+        # fixed-shape row's `row_cu_seqlens` is taken out of the inputs first (attention.RowBoundaries).
         return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
                 "mm_token_type_ids": types, "use_cache": False, **fixed, **media_inputs(samples)}
 

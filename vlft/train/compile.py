@@ -52,7 +52,7 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
       the layer's checkpoint would send the whole layer back to eager;
     - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
       inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100).
-    Their parts use the default mode: a CUDA graph per part would hold outputs the eager checkpoint keeps.
+    Their parts use the default mode (CUDA graphs around parts inside an eager checkpoint were not tried).
     """
     layers = decoder_layers(model)
     whole = 0

@@ -140,7 +140,7 @@ class SftTrainer(AtomicCheckpoints, Trainer):
             padding = inputs.get("row_padding", 0)  # a fixed-length row's padding segment (collator.py)
             self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel() - padding
             if self._peak is not None:
-                self._square_sum += sequence_square_sum(inputs) - padding ** 2
+                self._square_sum += sequence_square_sum(inputs)
                 if "mm_token_type_ids" in inputs:
                     self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
