@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlft.arguments import TinyModelArguments
+from vlft.families import FAMILIES
 from vlft.cli.parsing import build_parser, parse_args
 
 SUBCOMMANDS = ("tiny",)
@@ -12,7 +13,7 @@ SUBCOMMANDS = ("tiny",)
 
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        print("usage: vlft model tiny --family {qwen3_vl,qwen3_vl_moe,qwen2_5_vl,qwen2_vl} --output DIR")
+        print(f"usage: vlft model tiny --family {{{','.join(FAMILIES)}}} --output DIR")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if "-h" in argv or "--help" in argv:
         build_parser(TinyModelArguments, "vlft model tiny").print_help()

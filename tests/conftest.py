@@ -17,9 +17,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-FAMILIES = ["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl"]
-TINY_NAMES = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen3_vl_moe": "vlft/tiny-qwen3-vl-moe",
-              "qwen2_5_vl": "vlft/tiny-qwen2.5-vl", "qwen2_vl": "vlft/tiny-qwen2-vl"}
+from vlft.families import FAMILIES as _REGISTRY  # noqa: E402
+from vlft.model.tiny import TINY_PREFIX  # noqa: E402
+
+FAMILIES = list(_REGISTRY)
+TINY_NAMES = {name: TINY_PREFIX + family.tiny_name for name, family in _REGISTRY.items()}
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlft.errors import VlftError
+from vlft.families import FAMILIES, get_family
 
 
 def public_args(args) -> dict:
@@ -44,8 +45,11 @@ class TemplateArguments:
     max_length: int | None = field(default=None, metadata={"help": "max tokens per sample"})
     truncation_strategy: Literal["delete", "left", "right", "error"] = field(
         default="delete", metadata={"help": "over max_length: drop and report (delete), cut (left/right), or fail"})
-    loss_scale: Literal["default", "last_round", "all"] = field(
-        default="default", metadata={"help": "trained tokens: every assistant turn, the last one, or all"})
+    loss_scale: Literal["default", "last_round", "all", "ignore_empty_think"] = field(
+        default="default", metadata={"help": "trained tokens: every assistant turn, the last one, all, or every "
+                                             "assistant turn but an empty <think></think> block"})
+    enable_thinking: bool | None = field(default=None, metadata={
+        "help": "Qwen3.5 / Qwen3.6: render with thinking on or off (default: the checkpoint template's default)"})
     image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",
                                                                     "help": "max vision tokens per image"})
     image_min_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MIN_TOKEN_NUM",
@@ -121,14 +125,14 @@ class DataEncodeArguments(DataCheckArguments):
         super().__post_init__()
         if not self.output:
             raise VlftError("--output is required")
+        get_family(self.family)  # an unknown one names the supported families
 
 
 @dataclass
 class TinyModelArguments:
     """`vlft model tiny`: write a built-in tiny model dir."""
 
-    family: Literal["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl"] = field(
-        default="qwen3_vl", metadata={"help": "model family"})
+    family: str = field(default="qwen3_vl", metadata={"help": "model family: " + ", ".join(FAMILIES)})
     output: str | None = field(default=None, metadata={"help": "output dir"})
     seed: int = field(default=0, metadata={"help": "seed of the random weights"})
 

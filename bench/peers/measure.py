@@ -137,9 +137,10 @@ def summarize(records: dict, warmup_steps: int, config=None) -> dict:
               "device": records.get("device"), "peak_memory_gib": records.get("peak_allocated_gib"),
               "peak_reserved_gib": records.get("peak_reserved_gib"), "mfu": None, "flops_per_second": None}
     if config is not None:
+        from vlft.families import get_family
         from vlft.train.flops import device_peak_flops, training_flops
 
-        flops_per_second = training_flops(config, total["tokens"], total["vision_tokens"], total["square_sum"]) / seconds
+        flops_per_second = training_flops(get_family(config.model_type), config, total["tokens"], total["vision_tokens"], total["square_sum"]) / seconds
         result["flops_per_second"] = flops_per_second
         peak = device_peak_flops(records.get("device") or "")
         if peak:

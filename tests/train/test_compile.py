@@ -68,7 +68,7 @@ def test_layers_are_found_under_peft_and_missing_ones_are_named(tiny_model_dir, 
     _, family, _ = encoded_batch("qwen3_vl", tiny_model_dir, processor_of, media_dir)
     model = lora_model(tiny_model_dir, family, "qwen3_vl")
     assert decoder_layers(model) is model.get_base_model().model.language_model.layers
-    with pytest.raises(VlftError, match="found 0"):
+    with pytest.raises(VlftError, match="not a Hugging Face model"):
         decoder_layers(torch.nn.Linear(2, 2))
 
 

@@ -14,7 +14,9 @@ from vlft.train.model import load_model
 from vlft.train.modules import lora_targets, module_part, trainable_parts
 from vlft.train.tuners import prepare_trainable
 
-LLM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+SOFTMAX_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+GATED_DELTANET_LINEARS = {"in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"}  # never conv1d
+MLP_LINEARS = {"gate_proj", "up_proj", "down_proj"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,8 @@ def test_every_parameter_has_one_part(family_name, models):
     assert aligner and all(".visual.merger." in n or ".visual.deepstack_merger_list." in n for n in aligner)
     if family_name.startswith("qwen3_vl"):
         assert any("deepstack_merger_list" in n for n in aligner)
+    if family_name.startswith("qwen3_5"):  # Qwen3.5's ViT has no DeepStack
+        assert not any("deepstack" in n for n in parts)
     vit = {n for n, p in parts.items() if p == "vit"}
     assert any(".visual.blocks." in n for n in vit) and any("patch_embed" in n for n in vit)
     llm = {n for n, p in parts.items() if p == "llm"}
@@ -49,14 +53,18 @@ def test_all_linear_is_the_unfrozen_parts_linears(family_name, models):
     default = _targets(model, family, trainable_parts(True, True, False))
     assert default and all(n.startswith("model.language_model.") for n in default)
     assert "lm_head" not in default
-    leaves = {n.split(".")[-1] for n in default}
-    if family_name == "qwen3_vl_moe":
-        # experts are fused 3D parameters, not nn.Linear (targeted as parameters); the router never is
-        assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    else:
-        assert leaves == LLM_LINEARS
-    layers = model.config.text_config.num_hidden_layers
-    assert len(default) == layers * len(leaves)
+    expected = []
+    for i, layer_type in enumerate(getattr(model.config.text_config, "layer_types", None) or
+                                   ["full_attention"] * model.config.text_config.num_hidden_layers):
+        mixer = SOFTMAX_LINEARS if layer_type == "full_attention" else GATED_DELTANET_LINEARS
+        # MoE experts are fused 3D parameters, not nn.Linear (targeted as parameters); routers never are;
+        # Qwen3.5-MoE's shared expert is a plain MLP (its one-output gate is a router).
+        mlp = {"qwen3_vl_moe": set(), "qwen3_5_moe": {"shared_expert." + n for n in MLP_LINEARS}}.get(
+            family_name, MLP_LINEARS)
+        expected += [f"model.language_model.layers.{i}.{kind}.{n}" for kind, names in
+                     (("linear_attn" if layer_type != "full_attention" else "self_attn", mixer), ("mlp", mlp))
+                     for n in names]
+    assert sorted(default) == sorted(expected)
     with_vit = _targets(model, family, trainable_parts(False, True, False))
     vit_only = set(with_vit) - set(default)
     assert vit_only and all(module_part(n, family) == "vit" for n in vit_only)

@@ -6,8 +6,15 @@ into the first LLM layers.
 
 from dataclasses import replace
 
-from vlft.families.base import Family
+from vlft.families.base import Family, TinySpec
 from vlft.families.qwen2_5_vl import format_box_list
+from vlft.families.tokenizers import QWEN_VOCAB
+from vlft.families.tiny_text import tiny_text
+
+TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
+                   temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
+                   deepstack_visual_indexes=[0, 1])
+TINY_TEXT = tiny_text(QWEN_VOCAB, rope_theta=5e6, mrope_section=[4, 2, 2], mrope_interleaved=True)
 
 QWEN3_VL = Family(
     name="qwen3_vl",
@@ -22,7 +29,17 @@ QWEN3_VL = Family(
     vit_prefixes=("model.visual.",),
     aligner_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."),
     llm_prefixes=("model.language_model.", "lm_head."),
+    tokenizer=QWEN_VOCAB,
+    tiny_name="qwen3-vl",
+    tiny=TinySpec(config_class="Qwen3VLConfig", text=TINY_TEXT, vision=TINY_VISION,
+                  processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor"),
     video_timestamps=True,
 )
 
-QWEN3_VL_MOE = replace(QWEN3_VL, name="qwen3_vl_moe", model_types=("qwen3_vl_moe",))
+QWEN3_VL_MOE = replace(
+    QWEN3_VL, name="qwen3_vl_moe", model_types=("qwen3_vl_moe",), tiny_name="qwen3-vl-moe",
+    tiny=replace(QWEN3_VL.tiny, config_class="Qwen3VLMoeConfig",
+                 text={**TINY_TEXT, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "decoder_sparse_step": 1}),
+    moe_layers="sparse_step",
+)

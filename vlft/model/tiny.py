@@ -17,104 +17,112 @@ from vlft.errors import VlftError
 from vlft.model.tokenizer import build_qwen_tokenizer
 
 TINY_PREFIX = "vlft/tiny-"
-TINY_VERSION = 2  # bump when the tiny models change, so caches rebuild
-TINY_NAMES = {"qwen3-vl": "qwen3_vl", "qwen3-vl-moe": "qwen3_vl_moe", "qwen2.5-vl": "qwen2_5_vl",
-              "qwen2-vl": "qwen2_vl"}
-VOCAB_SIZE = 151936  # the real models' padded embedding size
-TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                 vision_end_token_id=151653)
+TINY_VERSION = 3  # bump when the tiny models change, so caches rebuild
+
+
+def tiny_names() -> dict[str, str]:
+    """`vlft/tiny-*` suffix -> family name, from the family registry."""
+    from vlft.families import FAMILIES
+
+    return {family.tiny_name: name for name, family in FAMILIES.items()}
 
 
 def tiny_family(model: str) -> str | None:
     """The family of a `vlft/tiny-*` model name, or None if `model` is not one."""
     if not model.startswith(TINY_PREFIX):
         return None
-    name = model[len(TINY_PREFIX):]
-    if name not in TINY_NAMES:
-        raise VlftError(f"unknown built-in model {model!r}; known: "
-                        + ", ".join(TINY_PREFIX + n for n in TINY_NAMES))
-    return TINY_NAMES[name]
+    name, names = model[len(TINY_PREFIX):], tiny_names()
+    if name not in names:
+        raise VlftError(f"unknown built-in model {model!r}; known: " + ", ".join(TINY_PREFIX + n for n in names))
+    return names[name]
 
 
-def _text_config(family: str) -> dict:
-    text = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32768,
-                rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
-                # Real models use 0.02 at hidden 2048-5120; at hidden 64 that leaves logits within about +-1,
-                # too flat to learn anything. 0.125 keeps the logit scale of a real model.
-                initializer_range=0.125)
-    if family.startswith("qwen3_vl"):
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
-                                   "mrope_interleaved": True}
-    else:
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
-    if family == "qwen3_vl_moe":
-        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
-    return text
+def tiny_config(family_name: str):
+    """A small config of the family's real architecture (its TinySpec), on the family's real token ids."""
+    import transformers
 
+    from vlft.families import get_family
 
-def tiny_config(family: str):
-    """A small config of the family's real architecture (2 LLM layers, 2 ViT blocks)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig, Qwen3VLMoeConfig
-
-    text = _text_config(family)
-    if family.startswith("qwen3_vl"):
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                      spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                      num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
-        cls = Qwen3VLMoeConfig if family == "qwen3_vl_moe" else Qwen3VLConfig
-        return cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **TOKEN_IDS)
-    if family == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, window_size=56,
-                      fullatt_block_indexes=[1], out_hidden_size=64, spatial_merge_size=2, temporal_patch_size=2)
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **TOKEN_IDS)
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)
-    return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **TOKEN_IDS)
+    family = get_family(family_name)
+    vocab = family.tokenizer
+    ids = dict(image_token_id=vocab.id_of("<|image_pad|>"), video_token_id=vocab.id_of("<|video_pad|>"),
+               vision_start_token_id=vocab.id_of("<|vision_start|>"),
+               vision_end_token_id=vocab.id_of("<|vision_end|>"))
+    cls = getattr(transformers, family.tiny.config_class)
+    return cls(text_config=dict(family.tiny.text), vision_config=dict(family.tiny.vision), tie_word_embeddings=False,
+               **ids)
 
 
 def official_file(family: str, name: str) -> Path | None:
     """A file of the family's official repo shipped with vlft (templates/official/), if present."""
-    path = resources.files("vlft.templates") / "official" / family / name
+    from vlft.families import get_family
+
+    path = resources.files("vlft.templates") / "official" / get_family(family).official_files / name
     return Path(str(path)) if path.is_file() else None
 
 
-def build_processor(family: str, tokenizer):
-    """The family's HF processor from its official settings, the given tokenizer and chat template."""
-    from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                              Qwen2VLVideoProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor)
-
-    image_settings = json.loads(official_file(family, "preprocessor_config.json").read_text())
-    for key in ("image_processor_type", "processor_class"):
-        image_settings.pop(key, None)
-    chat_template = official_file(family, "chat_template.jinja").read_text()
-    image_processor = Qwen2VLImageProcessor(**image_settings)
-    if family.startswith("qwen3_vl"):
-        video_settings = json.loads(official_file(family, "video_preprocessor_config.json").read_text())
-        for key in ("video_processor_type", "processor_class"):
-            video_settings.pop(key, None)
-        video_processor = Qwen3VLVideoProcessor(**video_settings)
-        return Qwen3VLProcessor(image_processor=image_processor, video_processor=video_processor,
-                                tokenizer=tokenizer, chat_template=chat_template)
-    video_processor = Qwen2VLVideoProcessor(**{k: v for k, v in image_settings.items()})
-    cls = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer,
-               chat_template=chat_template)
+def _settings(family: str, name: str, drop: tuple[str, ...]) -> dict:
+    settings = json.loads(official_file(family, name).read_text())
+    return {k: v for k, v in settings.items() if k not in drop}
 
 
-def build_tiny_model(family: str, output_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random model of `family` to output_dir (a plain HF model dir)."""
+def build_processor(family_name: str, tokenizer):
+    """The family's HF processor (its TinySpec's classes) from its official settings, the given tokenizer and
+    its official chat template."""
+    import transformers
+
+    from vlft.families import get_family
+
+    tiny = get_family(family_name).tiny
+    image_settings = _settings(family_name, "preprocessor_config.json", ("image_processor_type", "processor_class"))
+    image_processor = getattr(transformers, tiny.image_processor_class)(**image_settings)
+    if official_file(family_name, "video_preprocessor_config.json") is not None:
+        video_settings = _settings(family_name, "video_preprocessor_config.json",
+                                   ("video_processor_type", "processor_class"))
+    else:  # Qwen2-VL / Qwen2.5-VL: videos are processed with the image settings
+        video_settings = dict(image_settings)
+    video_processor = getattr(transformers, tiny.video_processor_class)(**video_settings)
+    chat_template = official_file(family_name, "chat_template.jinja").read_text()
+    return getattr(transformers, tiny.processor_class)(image_processor=image_processor,
+                                                       video_processor=video_processor, tokenizer=tokenizer,
+                                                       chat_template=chat_template)
+
+
+def build_tiny_model(family_name: str, output_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny random model of the family to output_dir (a plain HF model dir, as a hub download is)."""
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
+    from vlft.families import get_family
+
+    family = get_family(family_name)
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(tiny_config(family), dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_config(tiny_config(family_name), dtype=torch.float32)
     model.save_pretrained(output_dir)
-    tokenizer = build_qwen_tokenizer()
-    build_processor(family, tokenizer).save_pretrained(output_dir)
-    GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643,
+    if family.unloaded_prefixes:
+        add_unloaded_tensors(output_dir, model.config.text_config, seed)
+    build_processor(family_name, build_qwen_tokenizer(family.tokenizer)).save_pretrained(output_dir)
+    vocab = family.tokenizer
+    endoftext, im_end = vocab.id_of("<|endoftext|>"), vocab.id_of("<|im_end|>")
+    GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext,
                      do_sample=False).save_pretrained(output_dir)
     return output_dir
+
+
+def add_unloaded_tensors(model_dir: Path, text_config, seed: int) -> None:
+    """Random `mtp.*` tensors in the shapes of Qwen3.5's multi-token-prediction head, written beside the
+    model's own: real checkpoints carry them and transformers does not load them, so the tiny model tests
+    that exports keep them."""
+    from safetensors.torch import load_file, save_file
+
+    hidden, generator = text_config.hidden_size, torch.Generator().manual_seed(seed + 1)
+    shapes = {"mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
+              "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
+              "mtp.layers.0.mlp.down_proj.weight": (hidden, text_config.intermediate_size)}
+    path = model_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors.update({k: torch.randn(shape, generator=generator) for k, shape in shapes.items()})
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def tiny_cache_dir(cache_root: Path) -> Path:

@@ -30,6 +30,8 @@ from torch.nn.attention.varlen import varlen_attn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
+from vlft.families import family_of, module_at
+
 ATTENTION_NAME = "torch_varlen"
 VISION_ATTENTION_NAME = "torch_varlen_flash_layout"  # "flash": the vision tower passes cu_seqlens (see above)
 _KERNEL_GQA = "enable_gqa" in inspect.signature(varlen_attn).parameters  # torch >= 2.13
@@ -85,12 +87,15 @@ class RowBoundaries:
 
 
 def attach_row_boundaries(model: nn.Module, varlen: bool = True) -> RowBoundaries:
-    """Hook RowBoundaries onto the model (a Qwen-VL ...ForConditionalGeneration) and, for the varlen attention,
-    its language model (other attention implementations find the boundaries from the text positions)."""
+    """Hook RowBoundaries onto the model (a Qwen-VL ...ForConditionalGeneration) and, for the varlen attention
+    or a family with linear-attention layers, its language model (softmax attention under sdpa/eager finds
+    the boundaries from the text positions; a linear-attention layer has only the kwargs)."""
     boundaries = RowBoundaries()
     model.register_forward_pre_hook(boundaries.take_from_inputs, with_kwargs=True)
-    if varlen:
-        model.model.language_model.register_forward_pre_hook(boundaries.add_to_language_model, with_kwargs=True)
+    family = family_of(model)
+    if varlen or family.hybrid:
+        module_at(model, family.modules.language_model).register_forward_pre_hook(
+            boundaries.add_to_language_model, with_kwargs=True)
     return boundaries
 
 
@@ -166,4 +171,4 @@ def use_varlen_in_vision_tower(model: nn.Module) -> None:
     """One varlen attention call per vision block for all images (see the module docstring), instead of one
     call per image and a host read per block. Set on the loaded model's vision config."""
     register_varlen_attention()
-    model.model.visual.config._attn_implementation = VISION_ATTENTION_NAME
+    module_at(model, family_of(model).modules.vision_tower).config._attn_implementation = VISION_ATTENTION_NAME

@@ -16,6 +16,7 @@ from torch import nn
 
 from vlft.data.encode import IGNORE_INDEX
 from vlft.errors import VlftError
+from vlft.families import family_of, module_at
 
 CHUNK = 2048  # positions per chunk: 2048 x 151,936 float32 logits = 1.2 GiB
 
@@ -76,11 +77,8 @@ class ChunkedLoss:
     hook during the model's own forward (run with `logits_to_keep=1`), then scored against the labels."""
 
     def __init__(self, model: nn.Module):
-        norms = [m for n, m in model.named_modules() if n.endswith("language_model.norm")]
-        heads = [m for n, m in model.named_modules() if n.endswith("lm_head") and hasattr(m, "weight")]
-        if len(norms) != 1 or len(heads) != 1:
-            raise VlftError(f"--chunked_loss: no single language_model.norm and lm_head in {type(model).__name__}")
-        self.norm, self.head = norms[0], heads[0]
+        modules = family_of(model).modules
+        self.norm, self.head = module_at(model, modules.final_norm), module_at(model, modules.lm_head)
         text_config = getattr(model.config, "text_config", model.config)
         if getattr(text_config, "output_router_logits", False):
             raise VlftError("--chunked_loss does not add the MoE router's aux loss; leave --router_aux_loss_coef "

@@ -20,21 +20,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlft.errors import VlftError
-
-
-def _module_list(model: nn.Module, path: str) -> nn.ModuleList:
-    """The one nn.ModuleList whose name ends with `path`, wrapped by PEFT or not."""
-    found = [module for name, module in model.named_modules()
-             if name.endswith(path) and isinstance(module, nn.ModuleList)]
-    if len(found) != 1:
-        raise VlftError(f"--torch_compile: expected one {path} in {type(model).__name__}, found {len(found)}")
-    return found[0]
+from vlft.families import family_of, module_at
+from vlft.families.base import DecoderKind
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers (`...language_model.layers`)."""
-    return _module_list(model, "language_model.layers")
+    """The language model's decoder layers (the family's `decoder_layers` path)."""
+    return module_at(model, family_of(model).modules.decoder_layers)
 
 
 def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> tuple[int, int]:
@@ -46,36 +38,41 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
     forward and backward kernels as CUDA graphs (one launch instead of ~100 per layer and pass), which needs
     rows of one fixed shape (PaddingFreeCollator's fixed_shape) and the boundaries the collator gives.
 
-    Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
+    Three kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):
     - MoE layers: routing tokens to experts has data-dependent shapes, a graph break, and a break inside
       the layer's checkpoint would send the whole layer back to eager;
     - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
-      inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100).
+      inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100);
+    - linear-attention layers (Qwen3.5's Gated DeltaNet): their mixer keeps packed samples apart with fla's
+      Triton kernels or a per-sample loop (linear_attention.py), neither of which the compiler traces; the
+      mixer stays eager, the other parts compile.
     Their parts use the default mode (CUDA graphs around parts inside an eager checkpoint were not tried).
     """
+    family = family_of(model)
+    kinds = family.decoder_kinds(model.config.get_text_config())
     layers = decoder_layers(model)
     whole = 0
-    for layer in layers:
-        if whole_layer_compiles(layer):
+    for layer, kind in zip(layers, kinds):
+        if whole_layer_compiles(layer, kind):
             layer.compile(backend=backend, mode=mode)
             whole += 1
         else:
-            for part in layer.children():
-                part.compile(backend=backend)
+            for name, part in layer.named_children():
+                if name != family.modules.linear_attention:
+                    part.compile(backend=backend)
     return len(layers), whole
 
 
-def whole_layer_compiles(layer: nn.Module) -> bool:
-    """False for MoE layers and layers with active dropout (see compile_decoder_layers)."""
-    moe = hasattr(getattr(layer, "mlp", None), "experts")
+def whole_layer_compiles(layer: nn.Module, kind: DecoderKind) -> bool:
+    """False for MoE layers, linear-attention layers and layers with active dropout (see compile_decoder_layers)."""
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
-    return not (moe or dropout)
+    return not (kind.moe or kind.attention == "linear" or dropout)
 
 
 def vision_blocks(model: nn.Module) -> nn.ModuleList:
-    """The vision tower's blocks (`...visual.blocks`)."""
-    return _module_list(model, "visual.blocks")
+    """The vision tower's blocks (the family's `vision_blocks` path)."""
+    return module_at(model, family_of(model).modules.vision_blocks)
 
 
 def compile_frozen_vision_blocks(model: nn.Module, backend: str = "inductor") -> int:

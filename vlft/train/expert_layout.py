@@ -14,8 +14,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-EXPERT_PROBE = "model.language_model.layers.0.mlp.experts.down_proj"
-
+from vlft.families.base import Family
 
 def _header_shape(model_dir: Path, key: str) -> list[int] | None:
     """The shape of `key` as stored in the model dir's safetensors, without reading any tensor."""
@@ -32,10 +31,21 @@ def _header_shape(model_dir: Path, key: str) -> list[int] | None:
         return f.get_slice(key).get_shape() if key in f.keys() else None
 
 
-def stored_in_model_layout(model_dir: Path, config) -> bool:
+def expert_probe(family: Family, text_config) -> str | None:
+    """The checkpoint key of the first MoE layer's fused down projection, or None without MoE layers."""
+    first = next((i for i, kind in enumerate(family.decoder_kinds(text_config)) if kind.moe), None)
+    if first is None:
+        return None
+    return f"{family.modules.decoder_layers}.{first}.{family.modules.experts}.down_proj"
+
+
+def stored_in_model_layout(model_dir: Path, config, family: Family) -> bool:
     """True if the fused expert weights on disk are already [experts, out, in] (not Qwen's published layout)."""
     text = config.text_config
-    shape = _header_shape(model_dir, EXPERT_PROBE)
+    probe = expert_probe(family, text)
+    if probe is None:
+        return False
+    shape = _header_shape(model_dir, probe)
     model_layout = [text.num_experts, text.hidden_size, text.moe_intermediate_size]
     return shape == model_layout and text.hidden_size != text.moe_intermediate_size
 

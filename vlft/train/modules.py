@@ -1,10 +1,5 @@
-"""Which parameters belong to the vision tower (ViT), the aligner and the LLM; freezing; LoRA targets.
-
-| family | ViT | aligner | LLM |
-| --- | --- | --- | --- |
-| Qwen2-VL, Qwen2.5-VL | model.visual.* (patch_embed, blocks) | model.visual.merger.* | model.language_model.*, lm_head |
-| Qwen3-VL (+MoE) | model.visual.* (patch_embed, pos_embed, blocks) | model.visual.merger.*, model.visual.deepstack_merger_list.* | model.language_model.*, lm_head |
-"""
+"""Which parameters belong to the vision tower (ViT), the aligner and the LLM (the family's prefixes);
+freezing; LoRA targets (the family's experts and routers)."""
 
 from __future__ import annotations
 
@@ -45,17 +40,20 @@ def freeze_parts(model: nn.Module, family: Family, parts: set[Part]) -> None:
         param.requires_grad = module_part(name, family) in parts
 
 
-def _is_router(name: str, model: nn.Module) -> bool:
-    """MoE routers (`mlp.gate` beside `mlp.experts`) are not LoRA targets."""
-    if not name.endswith(".gate"):
+def _is_router(name: str, family: Family) -> bool:
+    """MoE routers (the family's `routers` inside a decoder layer, e.g. `mlp.gate`) are not LoRA targets."""
+    layers = family.modules.decoder_layers + "."
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    if not name.startswith(layers):
         return False
-    parent = model.get_submodule(name.rsplit(".", 1)[0])
-    return hasattr(parent, "experts")
+    inside_layer = name[len(layers):].split(".", 1)[-1]
+    return inside_layer in family.modules.routers
 
 
-def router_names(model: nn.Module) -> list[str]:
-    """Names of the MoE routers (`...mlp.gate`, the module that scores the experts)."""
-    return [name for name, _ in model.named_modules() if _is_router(name, model)]
+def router_names(model: nn.Module, family: Family) -> list[str]:
+    """Names of the MoE routers (the modules that score the experts)."""
+    return [name for name, _ in model.named_modules() if _is_router(name, family)]
 
 
 def expert_parameter_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str]:
@@ -66,7 +64,7 @@ def expert_parameter_names(model: nn.Module, family: Family, parts: set[Part]) -
     """
     names = []
     for module_name, module in model.named_modules():
-        if not module_name.endswith(".experts"):
+        if not module_name.endswith("." + family.modules.experts):
             continue
         for param_name, param in module.named_parameters(recurse=False):
             name = f"{module_name}.{param_name}"
@@ -81,7 +79,7 @@ def linear_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or name.split(".")[-1] == "lm_head":
             continue
-        if module_part(name, family) in parts and not _is_router(name, model):
+        if module_part(name, family) in parts and not _is_router(name, family):
             names.append(name)
     return names
 

@@ -159,7 +159,7 @@ class SftTrainer(AtomicCheckpoints, Trainer):
             logs["tokens_per_second"] = round(tokens * self.args.world_size / elapsed, 1)
             if self._peak is not None:  # per GPU, from this rank's tokens
                 config = self.accelerator.unwrap_model(self.model).config
-                flops = training_flops(config, tokens, vision_tokens, square_sum)
+                flops = training_flops(self.family, config, tokens, vision_tokens, square_sum)
                 logs["mfu"] = round(flops / elapsed / self._peak, 4)
             self._tokens, self._vision_tokens, self._square_sum, self._tokens_since = 0, 0, 0, now
             if torch.cuda.is_available():

@@ -26,7 +26,7 @@ def resolve_lora_dropout(lora_dropout: float | None, adapts_experts: bool) -> fl
 def prepare_trainable(model, family: Family, args):
     """The model with LoRA applied (train_type lora) or with frozen parts (full)."""
     parts = trainable_parts(args.freeze_vit, args.freeze_aligner, args.freeze_llm)
-    routers = router_names(model)
+    routers = router_names(model, family)
     if args.train_type == "full":
         freeze_parts(model, family, parts)
         if args.freeze_router:
@@ -41,11 +41,11 @@ def prepare_trainable(model, family: Family, args):
         modules, experts = lora_targets(model, family, args.target_modules, parts)
     except ValueError as e:
         raise VlftError(str(e)) from None
-    # An unfrozen router trains in full beside the adapters (and is saved with them). Routers are the
-    # modules named `gate` beside `experts` (modules.router_names), so "gate" selects exactly them.
+    # An unfrozen router trains in full beside the adapters (and is saved with them). Routers are the family's
+    # `routers` inside each decoder layer (modules.router_names); their last names select exactly them.
     modules_to_save = list(args.modules_to_save)
     if routers and "llm" in parts and not args.freeze_router:
-        modules_to_save.append("gate")
+        modules_to_save += sorted({name.rsplit(".", 1)[-1] for name in routers})
     config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha,
                         lora_dropout=resolve_lora_dropout(args.lora_dropout, bool(experts)),
                         target_modules=modules, target_parameters=experts or None, use_dora=args.use_dora,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlft.families import family_of, module_at
+
 
 def _tensors(output) -> list[torch.Tensor]:
     if isinstance(output, torch.Tensor):
@@ -20,17 +22,14 @@ def _tensors(output) -> list[torch.Tensor]:
     return []
 
 
-def _find(model: nn.Module, leaf: str) -> nn.Module:
-    return next(m for name, m in model.named_modules() if name.split(".")[-1] == leaf)
-
-
 class BalancedVisionCalls:
     """Set `has_image` / `has_video` before each forward; missing ones get a dummy vision pass."""
 
     def __init__(self, model: nn.Module):
-        self.visual = _find(model, "visual")
+        modules = family_of(model).modules
+        self.visual = module_at(model, modules.vision_tower)
         self.has_image = self.has_video = True
-        _find(model, "language_model").register_forward_pre_hook(self._before_llm, with_kwargs=True)
+        module_at(model, modules.language_model).register_forward_pre_hook(self._before_llm, with_kwargs=True)
 
     def expect(self, batch: dict) -> None:
         """Record which modalities the coming forward carries."""

@@ -1,0 +1,58 @@
+"""Qwen3.5 / Qwen3.6 (dense and MoE; Qwen3.6 checkpoints load as the same model types).
+
+A hybrid decoder: three Gated DeltaNet (linear attention) layers, then one gated softmax-attention layer,
+repeated (`layer_types`). Qwen3-VL's vision tower without DeepStack (so the aligner is the merger alone)
+and Qwen3-VL's processors, on the 248k Qwen3.5 vocabulary. Checkpoints carry a multi-token-prediction
+head (`mtp.*`) that transformers does not load; an export copies it from the base files.
+"""
+
+from dataclasses import replace
+
+from vlft.families.base import Family, ModuleMap, TinySpec
+from vlft.families.qwen2_5_vl import format_box_list
+from vlft.families.tiny_text import tiny_text
+from vlft.families.tokenizers import QWEN3_5_VOCAB
+
+# The 3:1 layer pattern of the real models, at tiny widths. head_dim 32 with partial rotary 0.25 leaves 8
+# rotary dims (mrope_section sums to 4, as [11, 11, 10] sums to 32 of 256 x 0.25 in the real ones).
+TINY_TEXT = tiny_text(
+    QWEN3_5_VOCAB, rope_theta=1e7, mrope_section=[2, 1, 1], mrope_interleaved=True, partial_rotary_factor=0.25,
+    num_hidden_layers=4, head_dim=32, layer_types=["linear_attention"] * 3 + ["full_attention"],
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+    linear_conv_kernel_dim=4, attn_output_gate=True, mtp_num_hidden_layers=1)
+TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
+                   temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
+                   deepstack_visual_indexes=[])
+
+QWEN3_5 = Family(
+    name="qwen3_5",
+    model_types=("qwen3_5",),
+    template="qwen3_5",
+    patch_size=16,
+    merge_size=2,
+    temporal_patch_size=2,
+    box_convention="norm1000",
+    format_box=format_box_list,
+    format_ref=lambda ref: ref,
+    vit_prefixes=("model.visual.",),
+    aligner_prefixes=("model.visual.merger.",),
+    llm_prefixes=("model.language_model.", "lm_head."),
+    tokenizer=QWEN3_5_VOCAB,
+    tiny_name="qwen3.5",
+    tiny=TinySpec(config_class="Qwen3_5Config", text=TINY_TEXT, vision=TINY_VISION,
+                  processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor"),
+    layer_kinds={"full_attention": "softmax", "linear_attention": "linear"},
+    unloaded_prefixes=("mtp.",),
+    video_timestamps=True,
+)
+
+QWEN3_5_MOE = replace(
+    QWEN3_5, name="qwen3_5_moe", model_types=("qwen3_5_moe",), tiny_name="qwen3.5-moe",
+    tiny=replace(QWEN3_5.tiny, config_class="Qwen3_5MoeConfig",
+                 text={**TINY_TEXT, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                       "shared_expert_intermediate_size": 32}),
+    moe_layers="every",
+    # The shared expert's one-output sigmoid gate routes too (how much of the shared expert a token takes).
+    modules=ModuleMap(routers=("mlp.gate", "mlp.shared_expert_gate")),
+    official_dir="qwen3_5",  # no official Qwen3.5-MoE files were found (templates/official/SOURCES.md)
+)
