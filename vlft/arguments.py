@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vlft.data.template import split_loss_scale
 from vlft.errors import VlftError
 from vlft.families import FAMILIES, get_family
 
@@ -45,11 +46,13 @@ class TemplateArguments:
     max_length: int | None = field(default=None, metadata={"help": "max tokens per sample"})
     truncation_strategy: Literal["delete", "left", "right", "error"] = field(
         default="delete", metadata={"help": "over max_length: drop and report (delete), cut (left/right), or fail"})
-    loss_scale: Literal["default", "last_round", "all", "ignore_empty_think"] = field(
-        default="default", metadata={"help": "trained tokens: every assistant turn, the last one, all, or every "
-                                             "assistant turn but an empty <think></think> block"})
+    loss_scale: str = field(default="default", metadata={
+        "help": "trained tokens: default (every assistant turn), last_round, all; +ignore_empty_think (e.g. "
+                "last_round+ignore_empty_think) leaves an empty <think></think> block untrained"})
     enable_thinking: bool | None = field(default=None, metadata={
         "help": "Qwen3.5 / Qwen3.6: render with thinking on or off (default: the checkpoint template's default)"})
+    disable_ignore_empty_think: bool = field(default=False, metadata={
+        "help": "Qwen3.5: train empty <think></think> blocks too (by default they are not, as in ms-swift)"})
     image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",
                                                                     "help": "max vision tokens per image"})
     image_min_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MIN_TOKEN_NUM",
@@ -74,6 +77,7 @@ class TemplateArguments:
         "help": "images (and video frames) over this many pixels are refused before decoding"})
 
     def __post_init__(self):
+        split_loss_scale(self.loss_scale)  # names the accepted forms
         for name in ("max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
                      "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
                      "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames", "max_image_pixels"):

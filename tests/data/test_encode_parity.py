@@ -111,7 +111,8 @@ def make_encoder(family_name, tiny_model_dir, processor_of, **settings):
     family = detect_family(model_dir)
     processor = processor_of(family_name)
     return Encoder(family, load_template(family.template), processor.tokenizer, processor.image_processor,
-                   processor.video_processor, EncodeSettings(**settings)), family, processor
+                   processor.video_processor, EncodeSettings(**settings),
+                   chat_template=processor.chat_template), family, processor
 
 
 def assert_same_media(ours, theirs):
@@ -159,7 +160,11 @@ def test_matches_hf_processor(family_name, shape, tiny_model_dir, processor_of, 
     # generates after that prompt. (For an answer starting with whitespace, whole-text BPE as in HF's
     # full-conversation ids would merge its "\n" into the prompt's last token instead.)
     assert full.input_ids[:len(prompt.input_ids)] == prompt.input_ids
-    answer = processor.tokenizer.encode(messages[-1]["content"] + "<|im_end|>\n", add_special_tokens=False)
+    # The answer as the official template writes it after that prompt (Qwen3.5's trims it).
+    full_text = processor.apply_chat_template(hf_messages, tokenize=False)
+    prompt_text = processor.apply_chat_template(hf_messages[:-1], tokenize=False, add_generation_prompt=True)
+    assert full_text.startswith(prompt_text)
+    answer = processor.tokenizer.encode(full_text[len(prompt_text):], add_special_tokens=False)
     assert full.input_ids[len(prompt.input_ids):] == answer
 
 
@@ -180,5 +185,13 @@ def test_labels_are_exactly_the_assistant_turns(family_name, shape, tiny_model_d
     if current:
         runs.append(current)
     decoded = [processor.tokenizer.decode(run) for run in runs]
-    answers = [m["content"] + "<|im_end|>" for m in SHAPES[shape] if m["role"] == "assistant"]
+    # Each answer as the official template writes it after its prompt (Qwen3.5's trims it), closing \n left out.
+    messages = with_paths(SHAPES[shape], media_dir)
+    answers = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            turn = processor.apply_chat_template(messages[:i + 1], tokenize=False)
+            prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            assert turn.startswith(prompt) and turn.endswith("<|im_end|>\n")
+            answers.append(turn[len(prompt):-1])
     assert decoded == answers

@@ -59,12 +59,13 @@ def test_singular_media_columns_and_single_values():
                      ).images == []
 
 
-def test_assistant_with_tool_calls_and_no_content_is_empty_text():
+def test_assistant_with_tool_calls_and_no_content_keeps_the_calls():
     sample = to_sample({"messages": [{"role": "user", "content": "weather?"},
                                      {"role": "assistant", "content": None, "tool_calls": [{"name": "w"}]},
                                      {"role": "tool", "content": "sunny"},
                                      {"role": "assistant", "content": "Sunny."}]})
-    assert sample.messages == [user("weather?"), assistant(""), Message("tool", "sunny"), assistant("Sunny.")]
+    assert sample.messages == [user("weather?"), Message("assistant", "", tool_calls=[{"name": "w", "arguments": {}}]),
+                               Message("tool", "sunny"), assistant("Sunny.")]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ RESIZED = [8, 7, 27, 29]
 EXPECTED_TEXT = {
     "qwen3_vl": "[94, 125, 323, 516]",
     "qwen3_vl_moe": "[94, 125, 323, 516]",
+    "qwen3_5": "[94, 125, 323, 516]",  # Qwen3.5 keeps Qwen3-VL's 0-1000 boxes (as ms-swift's qwen3_5 template)
+    "qwen3_5_moe": "[94, 125, 323, 516]",
     "qwen2_5_vl": "[8, 7, 27, 29]",
     "qwen2_vl": "<|box_start|>(94,125),(323,516)<|box_end|>",
 }

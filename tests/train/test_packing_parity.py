@@ -5,6 +5,7 @@ block mask transformers builds from the restarting positions) and vlft's varlen 
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -76,6 +77,8 @@ def cosine(a, b):
     ("qwen3_vl", "sdpa", False), ("qwen3_vl", ATTENTION_NAME, False), ("qwen2_5_vl", "sdpa", False),
     ("qwen2_5_vl", ATTENTION_NAME, False),
     ("qwen3_vl_moe", ATTENTION_NAME, False),  # the MoE's LoRA includes its experts' fused weights
+    # Qwen3.5: Gated DeltaNet layers with vlft's exact per-sample CPU kernels (linear_attention.py)
+    ("qwen3_5", "sdpa", False), ("qwen3_5_moe", ATTENTION_NAME, False),
     # fixed-shape rows (--torch_compile_mode reduce-overhead): a padding segment and empty boundary slots
     # (sdpa with fixed rows: tests/cli's reduce-overhead run on CPU)
     ("qwen3_vl", ATTENTION_NAME, True)])
@@ -118,7 +121,7 @@ def test_packed_losses_and_lora_gradients_match_unpacked(family_name, attention,
             assert cosine(grads[True][name], grads[False][name]) >= 0.9999, name
 
 
-@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "qwen3_5"])
 def test_vit_gradients_match_when_the_vit_trains(family_name, tiny_model_dir, processor_of, media_dir):
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
@@ -152,3 +155,42 @@ def test_the_cache_must_be_off_for_packing(tiny_model_dir, processor_of, media_d
         leaking = [(l / c).item() for l, c in per_sample_losses(model, samples, tokens, True, collator,
                                                                 use_cache=True)]
     assert max(abs(a - b) for a, b in zip(separate[1:], leaking[1:])) > 1e-3
+
+
+def _sample_losses_and_grads(model, samples, tokens, collator, index: int):
+    """Sample `index`'s loss in a packed row, and the gradient of that loss for every trained parameter."""
+    model.zero_grad()
+    loss, count = per_sample_losses(model, samples, tokens, True, collator)[index]
+    (loss / count).backward()
+    return (loss / count).item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                   if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_5", "qwen3_5_moe"])
+def test_changing_one_packed_sample_leaves_the_next_one_alone(family_name, tiny_model_dir, processor_of, media_dir):
+    """Sample B's loss and gradients do not move when sample A before it in the row changes. The same check on
+    transformers' stock layers fails: their short convolution and delta rule carry A into B."""
+    from transformers import AutoModelForImageTextToText
+
+    encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
+    tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
+    a, b = samples[1], samples[0]  # text only, then an image sample
+    changed = dataclasses.replace(a, input_ids=[t if i < 3 else (t + 7) % 1000 for i, t in enumerate(a.input_ids)])
+    collator = PaddingFreeCollator(family, tokens)
+    torch.manual_seed(0)
+    ours = prepare_trainable(load_model(tiny_model_dir(family_name), torch.float32, "sdpa"), family, lora_args())
+    for name, param in ours.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    before = _sample_losses_and_grads(ours, [a, b], tokens, collator, 1)
+    after = _sample_losses_and_grads(ours, [changed, b], tokens, collator, 1)
+    assert after[0] == pytest.approx(before[0], abs=1e-6)
+    for name, grad in before[1].items():
+        torch.testing.assert_close(after[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family_name), dtype=torch.float32,
+                                                        attn_implementation="sdpa")
+    stock.config.text_config.use_cache = False
+    with torch.no_grad():
+        leaked = [per_sample_losses(stock, row, tokens, True, collator)[1] for row in ([a, b], [changed, b])]
+    assert abs((leaked[0][0] - leaked[1][0]).item()) > 1e-4

@@ -8,6 +8,7 @@ number of vision tokens the processor's grid gives.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,7 +20,7 @@ from vlft.data.grounding import ImageGeometry, fill_grounding
 from vlft.data.image_grid import grid_from_size
 from vlft.data.media import MAX_IMAGE_PIXELS, image_size, load_image, local_video_path
 from vlft.data.sample import Message, Sample
-from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, LossScale, Template, render
+from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Template, render, template_style
 from vlft.data.truncate import truncate
 from vlft.data.video import VideoFrames, VideoSampling, read_video
 from vlft.errors import DataError
@@ -39,7 +40,9 @@ class EncodeSettings:
 
     max_length: int | None = None
     truncation_strategy: TruncationStrategy = "delete"
-    loss_scale: LossScale = "default"
+    loss_scale: str = "default"  # template.split_loss_scale's forms ("last_round+ignore_empty_think", ...)
+    enable_thinking: bool | None = None  # Qwen3.5: None leaves it to the template / the checkpoint's default
+    disable_ignore_empty_think: bool = False
     system: str | None = None
     image_min_pixels: int | None = None  # None: the processor's own setting
     image_max_pixels: int | None = None
@@ -94,9 +97,12 @@ class Encoder:
     """Turns samples into `EncodedSample`s for one model family, tokenizer and processor."""
 
     def __init__(self, family: Family, template: Template, tokenizer, image_processor, video_processor,
-                 settings: EncodeSettings):
+                 settings: EncodeSettings, chat_template: str | None = None):
         self.family = family
         self.template = template
+        # A render hook follows the checkpoint's own chat template where checkpoints differ (Qwen3.5: thinking
+        # on or off by default, Qwen3.6's argument serialisation).
+        self.style = template_style(template, chat_template)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.video_processor = video_processor
@@ -135,10 +141,12 @@ class Encoder:
         image_inputs, geometries = grids_only or self._process_images(sample)
         video_inputs, videos = self._process_videos(sample)
         texts = fill_grounding([m.content for m in messages], sample.objects, geometries, self.family)
-        messages = [Message(m.role, t, m.loss, m.where) for m, t in zip(messages, texts)]
+        messages = [dataclasses.replace(m, content=t) for m, t in zip(messages, texts)]
         _check_text(messages, self.template)
         segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
-                          add_generation_prompt=add_generation_prompt)
+                          add_generation_prompt=add_generation_prompt, tools=sample.tools,
+                          enable_thinking=self.settings.enable_thinking, style=self.style,
+                          disable_ignore_empty_think=self.settings.disable_ignore_empty_think)
         input_ids, labels = self._tokenize(segments)
         input_ids, labels, spans = self._expand_media(input_ids, labels, image_inputs, video_inputs, videos)
         encoded = EncodedSample(input_ids=input_ids, labels=labels, source=sample.source, line=sample.line,
@@ -321,11 +329,13 @@ def _check_text(messages: list[Message], template: Template) -> None:
     special = (template.image_pad, template.video_pad, template.vision_start, template.vision_end)
     for i, message in enumerate(messages):
         where = message.where or f"messages[{i}].content"
-        surrogate = LONE_SURROGATE.search(message.content)
+        # Reasoning and tool-call arguments are rendered as text too.
+        text = "\n".join([message.content, message.reasoning_content or "", json.dumps(message.tool_calls or [], ensure_ascii=False)])
+        surrogate = LONE_SURROGATE.search(text)
         if surrogate:
             raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "
                             "(not valid Unicode)", field=where)
-        token = next((t for t in special if t in message.content), None)
+        token = next((t for t in special if t in text), None)
         if token is not None:
             # A pad in the text would be expanded as if it were an image or video the sample does not have.
             raise DataError(f"contains the model's special token {token}; mark media with <image> or <video>",

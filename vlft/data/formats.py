@@ -3,6 +3,7 @@ query/response/history) normalised into `Sample`s."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,11 @@ from vlft.data.sample import ROLES, Message, Sample
 from vlft.errors import DataError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
+                  "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
+                  "tool_response": "tool", "function_call": "tool_call", "tool_call": "tool_call"}
+# ms-swift's extra roles: a `tool_call` message (content {"name": ..., "arguments": ...}, or a JSON string of it)
+# is a call of the assistant turn before it, or its own assistant turn; `tool_response` is `tool`.
+MESSAGE_ROLES = (*ROLES, "tool_call", "tool_response")
 
 
 def rename_columns(row: dict, columns: dict[str, str] | None) -> dict:
@@ -55,7 +60,33 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
     if objects is not None:
         check_objects(objects)
     return Sample(messages=messages, images=images, videos=videos, objects=objects or None,
-                  source=source, line=line, base_dir=base_dir)
+                  source=source, line=line, base_dir=base_dir, tools=_tools(row.get("tools")))
+
+
+def _tools(value: Any) -> list[dict] | None:
+    """ms-swift's `tools` column: a list of tool schemas or a JSON string of one (of a single schema: a list of
+    it), each a schema or a JSON string of one; bare schemas are wrapped as {"type": "function", "function": ...}."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _json(value, "tools")
+        value = [value] if isinstance(value, dict) else value
+    if not isinstance(value, list):
+        raise DataError(f"expected a list of tools, got {type(value).__name__}", field="tools")
+    tools = []
+    for i, tool in enumerate(value):
+        tool = _json(tool, f"tools[{i}]") if isinstance(tool, str) else tool
+        if not isinstance(tool, dict):
+            raise DataError(f"expected a tool object, got {type(tool).__name__}", field=f"tools[{i}]")
+        tools.append(tool if "type" in tool or "function" in tool else {"type": "function", "function": tool})
+    return tools or None
+
+
+def _json(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})", field=field) from None
 
 
 def _media_list(row: dict, plural: str, singular: str) -> list:
@@ -72,28 +103,89 @@ def _media_list(row: dict, plural: str, singular: str) -> list:
 def _from_messages(messages: Any, images: list, videos: list, field: str) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise DataError("expected a non-empty list of messages", field=field)
-    out = []
+    out: list[Message] = []
     for i, message in enumerate(messages):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
             raise DataError(f"expected an object with role and content, got {type(message).__name__}", field=where)
         role = message.get("role")
-        if role not in ROLES:
-            raise DataError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})", field=f"{where}.role")
+        if role not in MESSAGE_ROLES:
+            raise DataError(f"unknown role {role!r} (expected one of {', '.join(MESSAGE_ROLES)})",
+                            field=f"{where}.role")
+        loss = message.get("loss")
+        if loss is not None and not isinstance(loss, bool):
+            raise DataError(f"expected true or false, got {loss!r}", field=f"{where}.loss")
         content = message.get("content")
-        if content is None and role == "assistant" and message.get("tool_calls"):
+        if role == "tool_call":
+            _add_tool_call(out, content, loss, f"{where}.content")
+            continue
+        role = "tool" if role == "tool_response" else role
+        tool_calls = message.get("tool_calls")
+        if content is None and role == "assistant" and tool_calls:
             content = ""
+        if isinstance(content, dict) and role == "tool":  # ms-swift writes object results as JSON
+            content = json.dumps(content, ensure_ascii=False)
         if isinstance(content, list):
             before = "".join(m.content for m in out)
             content = _flatten_content(content, images, videos, f"{where}.content", before)
         elif not isinstance(content, str):
             raise DataError(f"expected a string or a list of content parts, got {type(content).__name__}",
                             field=f"{where}.content")
-        loss = message.get("loss")
-        if loss is not None and not isinstance(loss, bool):
-            raise DataError(f"expected true or false, got {loss!r}", field=f"{where}.loss")
-        out.append(Message(role, content, loss, where=f"{where}.content"))
+        out.append(Message(role, content, loss, where=f"{where}.content",
+                           tool_calls=_tool_calls(tool_calls, role, f"{where}.tool_calls"),
+                           reasoning_content=_reasoning(message.get("reasoning_content"), role, where)))
     return out
+
+
+def _tool_calls(value: Any, role: str, field: str) -> list[dict] | None:
+    """OpenAI `tool_calls` ({"function": {"name", "arguments"}} or flat {"name", "arguments"}) as
+    [{"name", "arguments": dict}], JSON-string arguments parsed."""
+    if value is None:
+        return None
+    if role != "assistant":
+        raise DataError("only assistant messages have tool_calls", field=field)
+    if not isinstance(value, list):
+        raise DataError(f"expected a list of tool calls, got {type(value).__name__}", field=field)
+    return [_tool_call(call, f"{field}[{j}]") for j, call in enumerate(value)] or None
+
+
+def _tool_call(call: Any, field: str) -> dict:
+    if not isinstance(call, dict):
+        raise DataError(f"expected a tool call object, got {type(call).__name__}", field=field)
+    if "function" in call:
+        call, field = call["function"], f"{field}.function"
+        if not isinstance(call, dict):
+            raise DataError(f"expected an object with name and arguments, got {type(call).__name__}", field=field)
+    name = call.get("name")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"expected the function's name, got {name!r}", field=f"{field}.name")
+    key = "arguments" if "arguments" in call or "parameters" not in call else "parameters"  # ms-swift reads both
+    arguments = call.get(key, {})
+    arguments = _json(arguments, f"{field}.{key}") if isinstance(arguments, str) else arguments
+    if not isinstance(arguments, dict):
+        raise DataError(f"expected an object of arguments, got {type(arguments).__name__}", field=f"{field}.{key}")
+    return {"name": name, "arguments": arguments}
+
+
+def _add_tool_call(out: list[Message], content: Any, loss: bool | None, field: str) -> None:
+    """An ms-swift `tool_call` message: a call of the assistant turn just before it, else a turn of its own."""
+    call = _tool_call(_json(content, field) if isinstance(content, str) else content, field)
+    previous = out[-1] if out else None
+    if previous is None or previous.role != "assistant":
+        out.append(Message("assistant", "", loss, where=field, tool_calls=[call]))
+        return
+    if loss is not None and loss != previous.loss:  # one loss per turn; ms-swift would split the turn
+        raise DataError(f"a tool call joins the assistant turn before it ({previous.where}), so its loss must be "
+                        f"that turn's ({previous.loss})", field=field.rsplit(".", 1)[0] + ".loss")
+    previous.tool_calls = [*(previous.tool_calls or []), call]
+
+
+def _reasoning(value: Any, role: str, where: str) -> str | None:
+    if value is not None and role != "assistant":
+        raise DataError("only assistant messages have reasoning_content", field=f"{where}.reasoning_content")
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"expected a string, got {type(value).__name__}", field=f"{where}.reasoning_content")
+    return value
 
 
 def _flatten_content(parts: list, images: list, videos: list, field: str, before: str) -> str:
@@ -142,6 +234,9 @@ def _from_sharegpt(conversations: Any) -> list[Message]:
         if role is None:
             raise DataError(f"unknown role {speaker!r}", field=f"conversations[{i}].from")
         value = turn.get("value", turn.get("content"))
+        if role == "tool_call":
+            _add_tool_call(out, value, None, f"conversations[{i}].value")
+            continue
         if not isinstance(value, str):
             raise DataError(f"expected a string, got {type(value).__name__}", field=f"conversations[{i}].value")
         out.append(Message(role, value, where=f"conversations[{i}].value"))

@@ -47,7 +47,8 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
     template = load_template(args.template or family.template)
     processor = load_processor(model_dir)
     encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
-                      getattr(processor, "video_processor", None), encode_settings(args, family))
+                      getattr(processor, "video_processor", None), encode_settings(args, family),
+                      chat_template=getattr(processor, "chat_template", None))
     return encoder, model_dir, family
 
 

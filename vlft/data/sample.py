@@ -11,12 +11,19 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Message:
-    """One chat turn; media appear in `content` as `<image>` / `<video>` placeholders."""
+    """One chat turn; media appear in `content` as `<image>` / `<video>` placeholders.
+
+    Assistant turns may also carry `tool_calls` (each `{"name": str, "arguments": dict | str}`, the str a
+    JSON object) and `reasoning_content` (the thinking, instead of `<think>...</think>` in `content`); only
+    templates that can render them accept them (the others raise a DataError rather than drop them).
+    """
 
     role: str
     content: str
     loss: bool | None = None  # per-message override of whether an assistant turn is trained
     where: str | None = field(default=None, compare=False)  # the field in the row (`messages[2].content`)
+    tool_calls: list[dict] | None = None
+    reasoning_content: str | None = None
 
 
 @dataclass
@@ -30,3 +37,4 @@ class Sample:
     source: str | None = None
     line: int | None = None
     base_dir: Path | None = None  # relative media paths are taken from here
+    tools: list | None = None  # tool schemas (OpenAI `{"type": "function", "function": {...}}`)

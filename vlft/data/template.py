@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from vlft.data.sample import Message
-from vlft.errors import VlftError
+from vlft.errors import DataError, VlftError
+
+if TYPE_CHECKING:
+    from vlft.data.render_qwen3_5 import TemplateStyle
 
 LossScale = Literal["default", "last_round", "all"]
 IMAGE_PLACEHOLDER = "<image>"
@@ -37,6 +40,14 @@ class Template:
     tool_start: str | None = None
     tool_item: str | None = None
     tool_end: str | None = None
+    # A code hook for a chat format these fields cannot express (Qwen3.5: "qwen3_5", vlft/data/render_qwen3_5.py);
+    # None: rendered from the fields above.
+    renderer: str | None = None
+    # Hooks only: enable_thinking when the caller gives none (None: the checkpoint's chat template decides).
+    enable_thinking: bool | None = None
+    # ms-swift appends "+ignore_empty_think" to --loss_scale for hybrid-thinking templates
+    # (unless --disable_ignore_empty_think); true for those.
+    ignore_empty_think: bool = False
 
     @property
     def generation_prompt(self) -> str:
@@ -63,13 +74,46 @@ def load_template(name: str) -> Template:
     return Template(**spec)
 
 
-def render(template: Template, messages: list[Message], *, loss_scale: LossScale = "default",
-           add_generation_prompt: bool = False) -> list[Segment]:
+def split_loss_scale(loss_scale: str) -> tuple[LossScale, bool]:
+    """ms-swift's --loss_scale as (base strategy, ignore_empty_think): "default", "last_round" or "all",
+    optionally "+ignore_empty_think" ("ignore_empty_think" alone: "default+ignore_empty_think")."""
+    base, *extras = loss_scale.split("+")
+    if base == "ignore_empty_think":
+        base, extras = "default", [base, *extras]
+    if base not in ("default", "last_round", "all") or any(e != "ignore_empty_think" for e in extras):
+        raise VlftError(f"unknown --loss_scale {loss_scale!r}: expected default, last_round or all, "
+                        "optionally followed by +ignore_empty_think")
+    return base, bool(extras)
+
+
+def render(template: Template, messages: list[Message], *, loss_scale: str = "default",
+           add_generation_prompt: bool = False, tools: list | None = None, enable_thinking: bool | None = None,
+           preserve_thinking: bool = False, style: TemplateStyle | None = None,
+           disable_ignore_empty_think: bool = False) -> list[Segment]:
     """The conversation as text segments; assistant content and its closing turn_end are trained.
 
-    `loss_scale`: "default" trains every assistant turn, "last_round" only the last, "all" every token.
-    A message's own `loss` (true/false) overrides for that assistant turn.
+    `loss_scale`: "default" trains every assistant turn, "last_round" only the last, "all" every token;
+    "+ignore_empty_think": an empty `<think>` block is not trained (templates with `ignore_empty_think` add it
+    unless `disable_ignore_empty_think`, as ms-swift does). A message's own `loss` (true/false) overrides for
+    that assistant turn. `tools`, `enable_thinking` (None: the template's, else the checkpoint's default),
+    `preserve_thinking` and `style` (read from the checkpoint's chat template with render_qwen3_5.style_of;
+    None: its default) are for templates with a renderer; the others refuse tools, tool calls and reasoning.
     """
+    base, ignore_empty_think = split_loss_scale(loss_scale)
+    if template.renderer is None:
+        _refuse_hook_only(template, messages, tools)
+        return _render_fields(template, messages, base, add_generation_prompt)
+    hook, default_style = _renderer(template.renderer)
+    ignore_empty_think = ignore_empty_think or (template.ignore_empty_think and not disable_ignore_empty_think)
+    return hook(messages, tools=tools, style=style or default_style, loss_scale=base,
+                ignore_empty_think=ignore_empty_think,
+                add_generation_prompt=add_generation_prompt, preserve_thinking=preserve_thinking,
+                enable_thinking=template.enable_thinking if enable_thinking is None else enable_thinking,
+                image=template.image, video=template.video)
+
+
+def _render_fields(template: Template, messages: list[Message], loss_scale: LossScale,
+                   add_generation_prompt: bool) -> list[Segment]:
     segments: list[Segment] = []
     everything = loss_scale == "all"
     if messages and messages[0].role == "system":
@@ -104,5 +148,37 @@ def render(template: Template, messages: list[Message], *, loss_scale: LossScale
     return segments
 
 
+def _renderer(name: str):
+    # Imported here: the hook modules import Segment from this one.
+    if name == "qwen3_5":
+        from vlft.data.render_qwen3_5 import DEFAULT_STYLE, render_qwen3_5
+        return render_qwen3_5, DEFAULT_STYLE
+    raise VlftError(f"unknown template renderer {name!r}; known: qwen3_5")
+
+
+def _refuse_hook_only(template: Template, messages: list[Message], tools: list | None) -> None:
+    """Tools, tool calls and reasoning this template cannot write are an error, never dropped."""
+    if tools:
+        raise DataError(f"the {template.name} template cannot render tools", field="tools")
+    for m in messages:
+        where = m.where.rsplit(".", 1)[0] if m.where else "messages"
+        if m.tool_calls:
+            raise DataError(f"the {template.name} template cannot render tool calls", field=f"{where}.tool_calls")
+        if m.reasoning_content is not None:
+            raise DataError(f"the {template.name} template cannot render reasoning_content",
+                            field=f"{where}.reasoning_content")
+
+
 def _with_media(template: Template, text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, template.image).replace(VIDEO_PLACEHOLDER, template.video)
+
+
+def template_style(template: Template, chat_template: str | None) -> TemplateStyle | None:
+    """The render hook's style read from a checkpoint's chat template (None for templates without a hook; the
+    hook's default style without a chat template)."""
+    if template.renderer is None:
+        return None
+    if template.renderer == "qwen3_5":
+        from vlft.data.render_qwen3_5 import DEFAULT_STYLE, style_of
+        return style_of(chat_template) if chat_template else DEFAULT_STYLE
+    raise VlftError(f"unknown template renderer {template.renderer!r}; known: qwen3_5")

@@ -12,6 +12,8 @@ import torch
 
 from vlft.errors import VlftError
 from vlft.export.checkpoint import args_json_path, require_lora_checkpoint
+from vlft.export.unloaded import copy_unloaded_tensors
+from vlft.families import detect_family
 from vlft.train.run_dir import check_writable
 
 PEFT_PREFIX = "base_model.model."
@@ -101,6 +103,7 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         merged.save_pretrained(staging)
+        copy_unloaded_tensors(base_model_dir, staging, detect_family(base_model_dir).unloaded_prefixes)
         load_processor(checkpoint, base_model_dir).save_pretrained(staging)
         for source in (base_model_dir / "generation_config.json", args_json_path(checkpoint)):
             if source is not None and source.is_file():

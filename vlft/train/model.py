@@ -10,8 +10,11 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
+from vlft.families import family_of, get_family, module_at
+from vlft.families.base import Family
 from vlft.train.attention import (ATTENTION_NAME, attach_row_boundaries, register_varlen_attention,
                                   use_varlen_in_vision_tower)
+from vlft.train.linear_attention import fla_available, replace_linear_attention
 
 logger = logging.getLogger("vlft")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -54,10 +57,12 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
     return asked, f"attention: {asked}"
 
 
-def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
+def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str, linear_attention: str | None = None):
     """The HF model, with the KV cache off on the text config (else packed samples attend to each other),
     the packed row's boundaries handled by attention.RowBoundaries (under the varlen attention, computed once
-    per forward) and, under the varlen attention, the vision tower's images attended in one call per block."""
+    per forward), under the varlen attention the vision tower's images attended in one call per block, and
+    a hybrid family's linear-attention layers replaced by ones that keep packed samples apart
+    (linear_attention.py; kernels "fla" or "torch", default: fla where it runs)."""
     from transformers import AutoModelForImageTextToText
 
     if attn_implementation == ATTENTION_NAME:
@@ -70,7 +75,22 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     attach_row_boundaries(model, varlen=attn_implementation == ATTENTION_NAME)
     if attn_implementation == ATTENTION_NAME:
         use_varlen_in_vision_tower(model)
+    family = family_of(model)
+    if family.hybrid:
+        kernels = linear_attention or ("fla" if fla_available() else "torch")
+        replace_linear_attention(module_at(model, family.modules.decoder_layers), family.modules.linear_attention,
+                                 kernels)
     return model
+
+
+def check_linear_attention_kernels(family: Family, padding_free: bool, cuda: bool) -> None:
+    """A hybrid family's packed rows need boundary-aware linear attention: fla on CUDA. Without it a packed
+    run stops here (transformers' own fallback would mix the samples, and vlft's exact per-sample torch path
+    is far too slow for a GPU); padded batches train with the torch path."""
+    if family.hybrid and cuda and padding_free and not fla_available():
+        raise VlftError(f"{family.name}: packed rows (--packing / --padding_free true) on CUDA need fla "
+                        "(pip install flash-linear-attention) for the linear-attention layers; install it, or "
+                        "train unpacked with --packing false --padding_free false")
 
 
 def _zero3_expert_loading(model_dir: Path):
@@ -82,8 +102,7 @@ def _zero3_expert_loading(model_dir: Path):
 
     if is_deepspeed_zero3_enabled():
         config = AutoConfig.from_pretrained(model_dir)
-        if hasattr(config, "text_config") and hasattr(config.text_config, "num_experts") and \
-                stored_in_model_layout(Path(model_dir), config):
+        if stored_in_model_layout(Path(model_dir), config, get_family(config.model_type)):
             return experts_loaded_as_stored(config.model_type)
     return contextlib.nullcontext()
 
@@ -104,7 +123,8 @@ def enable_gradient_checkpointing(model, llm: bool, vit: bool) -> None:
     if not (llm or vit):
         return
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for part, keep in ((model.model.visual, vit), (model.model.language_model, llm)):
+    modules = family_of(model).modules
+    for part, keep in ((module_at(model, modules.vision_tower), vit), (module_at(model, modules.language_model), llm)):
         if not keep:
             for module in part.modules():
                 if hasattr(module, "gradient_checkpointing"):

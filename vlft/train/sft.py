@@ -30,8 +30,8 @@ from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blo
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.launch import is_distributed_worker
-from vlft.train.model import (enable_gradient_checkpointing, load_model, resolve_attention, resolve_dtype,
-                              set_router_aux_loss)
+from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
+                              resolve_attention, resolve_dtype, set_router_aux_loss)
 from vlft.train.run_dir import agreed_run_dir, check_writable, new_run_dir, write_args_json
 from vlft.train.trainer import SftTrainer
 from vlft.train.tuners import count_parameters, prepare_trainable
@@ -67,6 +67,7 @@ def run_sft(args: SftArguments) -> Path:
     # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here
     # (--strict false: bad lines are skipped, written to skipped_lines.jsonl and listed at the end).
     encoder, model_dir, family = build_encoder(args)
+    check_linear_attention_kernels(family, args.padding_free, cuda)  # still before any data or model is loaded
     with training_args.main_process_first(desc="encoding"):
         train, skipped = encoded_samples(args, encoder, model_dir, args.dataset)
         val, val_skipped = (encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset

@@ -1,0 +1,200 @@
+"""Qwen3.5's Gated DeltaNet (the linear-attention layers of Qwen3.5 and Qwen3.5-MoE) made exact on packed rows.
+
+transformers' layer (5.23) keeps the samples of a packed row apart only when `fla` is installed and the layer
+gets `cu_seq_lens_q`, and even then its short causal convolution (kernel 4) reads up to 3 tokens of the
+previous sample: `causal_conv1d_fn` is handed no boundaries. Without fla its torch fallback raises on
+cu_seqlens, and without cu_seq_lens_q the recurrent state runs on from one sample into the next.
+
+PackedGatedDeltaNet adopts the stock layer's modules and parameters under their own names (state_dict keys
+and PEFT targets unchanged) and runs one of two kernel sets, named by the caller:
+  "torch": exact on any device: the convolution vectorised with each tap masked at sample starts, the delta
+           rule run per sample through transformers' own torch reference (a host loop over samples).
+  "fla":   fla's varlen Triton kernels on CUDA: causal_conv1d and chunk_gated_delta_rule with cu_seqlens.
+Training only: no cache, no decode step.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.models.qwen3_5 import modeling_qwen3_5
+
+KERNELS = ("torch", "fla")
+ADOPTED = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "A_log", "dt_bias", "norm", "out_proj")
+SCALARS = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim", "key_dim", "value_dim", "conv_kernel_size",
+           "activation", "layer_idx")
+
+
+def fla_available() -> bool:
+    """Whether the fla kernels can run here: fla's two ops import and a CUDA device is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import fla.modules.causal_conv1d  # noqa: F401
+        import fla.ops.gated_delta_rule  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def replace_linear_attention(layers: nn.ModuleList, attribute: str, kernels: str) -> int:
+    """Swaps each layer's stock Gated DeltaNet (`layer.<attribute>`) for a PackedGatedDeltaNet; returns how many."""
+    replaced = 0
+    for layer in layers:
+        stock = getattr(layer, attribute, None)
+        if stock is None or isinstance(stock, PackedGatedDeltaNet):
+            continue
+        setattr(layer, attribute, PackedGatedDeltaNet(stock, kernels))
+        replaced += 1
+    return replaced
+
+
+class PackedGatedDeltaNet(nn.Module):
+    """Qwen3.5's Gated DeltaNet for training on packed rows: the stock layer's weights, boundary-aware kernels."""
+
+    def __init__(self, stock: nn.Module, kernels: str):
+        super().__init__()
+        if kernels not in KERNELS:
+            raise ValueError(f"linear-attention kernels must be one of {KERNELS}, got {kernels!r}")
+        # Adopted in the stock layer's own order, so state_dict keys and their order stay as they were; an
+        # unknown part (a newer transformers) would be ignored by this forward, so it is refused instead.
+        parts = [*stock.named_parameters(recurse=False), *stock.named_buffers(recurse=False),
+                 *stock.named_children()]
+        if sorted(name for name, _ in parts) != sorted(ADOPTED):
+            raise ValueError(f"{type(stock).__name__} (layer {getattr(stock, 'layer_idx', '?')}) has parts "
+                             f"{sorted(name for name, _ in parts)}; PackedGatedDeltaNet knows {sorted(ADOPTED)}")
+        for name, part in parts:
+            setattr(self, name, part)
+        for name in SCALARS:
+            setattr(self, name, getattr(stock, name))
+        if kernels == "fla" and self.activation not in ("silu", "swish"):
+            raise ValueError(f"layer {self.layer_idx}: fla's causal_conv1d has no {self.activation!r} activation")
+        self.kernels = kernels
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, kernels={self.kernels!r}"
+
+    def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask: torch.Tensor | None = None,
+                cu_seq_lens_q: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Training forward of whole rows; `cu_seq_lens_q` (int32, one packed row) marks the row's samples."""
+        if cache_params is not None:
+            raise ValueError(f"layer {self.layer_idx}: PackedGatedDeltaNet is for training and takes no cache "
+                             "(use_cache=False); generate with the stock transformers layer")
+        if attention_mask is not None:  # 2-D padding mask: padded tokens enter as zeros, as in the stock layer
+            hidden_states = (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+        batch, length, _ = hidden_states.shape
+        cu_seqlens = row_boundaries(cu_seq_lens_q, batch, length, hidden_states.device)
+        # The rows of a batch become the samples of one row, so both kernel sets see a single packed row.
+        flat = hidden_states.reshape(1, batch * length, -1)
+        mixed_qkv = self.in_proj_qkv(flat)
+        z = self.in_proj_z(flat)
+        beta = self.in_proj_b(flat).sigmoid()
+        # float32 as in the stock layer: in half precision exp(A_log) can overflow to -inf decay
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(flat).float() + self.dt_bias)
+        run = self._fla_kernels if self.kernels == "fla" else self._torch_kernels
+        core = run(mixed_qkv, g, beta, cu_seqlens)
+        core = self.norm(core.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
+        return self.out_proj(core.reshape(batch, length, -1))
+
+    def _split_heads(self, mixed_qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """query, key, value as (1, time, heads, head_dim) from the convolved projection."""
+        query, key, value = torch.split(mixed_qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        time = mixed_qkv.shape[:2]
+        return (query.reshape(*time, -1, self.head_k_dim), key.reshape(*time, -1, self.head_k_dim),
+                value.reshape(*time, -1, self.head_v_dim))
+
+    def _torch_kernels(self, mixed_qkv, g, beta, cu_seqlens) -> torch.Tensor:
+        """Exact on any device: masked-tap convolution, then the reference delta rule sample by sample."""
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] != mixed_qkv.shape[1] or any(b > e for b, e in zip(bounds, bounds[1:])):
+            raise ValueError(f"layer {self.layer_idx}: cu_seq_lens_q {bounds} do not cover the row's "
+                             f"{mixed_qkv.shape[1]} tokens")
+        mixed_qkv = packed_causal_conv1d(mixed_qkv, self.conv1d.weight.squeeze(1), self.conv1d.bias, cu_seqlens,
+                                         self.activation)
+        query, key, value = self._split_heads(mixed_qkv)
+        return delta_rule_per_sample(query, key, value, g, beta, bounds)
+
+    def _fla_kernels(self, mixed_qkv, g, beta, cu_seqlens) -> torch.Tensor:
+        """fla's varlen kernels (CUDA, Triton); imported here so that nothing else needs fla."""
+        from fla.modules.causal_conv1d import causal_conv1d
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        # fla's convolution takes (batch, time, channels) and weight (channels, width): no transposes.
+        mixed_qkv, _ = causal_conv1d(mixed_qkv, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
+                                     activation=self.activation, cu_seqlens=cu_seqlens)
+        query, key, value = self._split_heads(mixed_qkv)
+        # fla groups the value heads itself (num_v_heads a multiple of num_k_heads), as transformers relies on.
+        core, _ = chunk_gated_delta_rule(query, key, value, g=g, beta=beta, cu_seqlens=cu_seqlens,
+                                         use_qk_l2norm_in_kernel=True)
+        return core
+
+
+def row_boundaries(cu_seq_lens_q: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """cu_seqlens (int32) over the batch's rows laid end to end: the packed row's samples, else one per row."""
+    if cu_seq_lens_q is None:
+        return torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=device)
+    if batch != 1:
+        raise ValueError(f"cu_seq_lens_q marks the samples of one packed row, but the batch has {batch} rows")
+    return cu_seq_lens_q
+
+
+def packed_causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor,
+                         activation: str | None) -> torch.Tensor:
+    """Depthwise causal convolution of a packed row x (1, time, channels), weight (channels, width), whose taps
+    stop at each sample's start: per-sample F.conv1d with left zero padding, in one pass."""
+    length, width = x.shape[1], weight.shape[-1]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    offset = torch.arange(length, device=x.device) - cu_seqlens[:-1].long().repeat_interleave(lengths)
+    h = x.to(weight.dtype)  # the stock causal_conv1d_fn convolves in the weight's dtype
+    out = h * weight[:, -1]
+    for shift in range(1, width):
+        # this tap reads token t - shift, which belongs to the sample only if t sits at least `shift` into it
+        earlier = F.pad(h, (0, 0, shift, 0))[:, :length]
+        reach = (offset >= shift).to(h.dtype)[None, :, None]
+        out = out + earlier * reach * weight[:, width - 1 - shift]
+    if bias is not None:
+        out = out + bias
+    return (out if activation is None else ACT2FN[activation](out)).to(x.dtype)
+
+
+def delta_rule_per_sample(query, key, value, g, beta, bounds: list[int]) -> torch.Tensor:
+    """The chunked gated delta rule (l2-normed q/k) run on each sample [bounds[i], bounds[i+1]) alone."""
+    rule = torch_delta_rule()
+    outs = [rule(query[:, s:e], key[:, s:e], value[:, s:e], g=g[:, s:e], beta=beta[:, s:e],
+                 use_qk_l2norm_in_kernel=True)[0]
+            for s, e in zip(bounds, bounds[1:]) if e > s]
+    return torch.cat(outs, dim=1)
+
+
+def torch_delta_rule():
+    """transformers' torch reference of the chunked gated delta rule, without the dispatch wrapped around it."""
+    # use_kernel_func_from_hub_with_fallback (5.23) routes calls to fla when it is installed (CUDA only) and
+    # raises on cu_seqlens without it; functools.wraps keeps the plain torch function as __wrapped__.
+    wrapped = modeling_qwen3_5.torch_chunk_gated_delta_rule
+    reference = inspect.unwrap(wrapped)
+    return reference if reference is not wrapped else recurrent_gated_delta_rule
+
+
+def recurrent_gated_delta_rule(query, key, value, g, beta, use_qk_l2norm_in_kernel: bool = True, **kwargs):
+    """Token-by-token gated delta rule, as transformers' torch_recurrent_gated_delta_rule (5.23) computes it; the
+    fallback where transformers' reference cannot be reached undecorated. Returns (output, None)."""
+    dtype = query.dtype
+    groups = value.shape[2] // key.shape[2]  # each q/k head serves `groups` consecutive value heads
+    query, key = query.repeat_interleave(groups, dim=2), key.repeat_interleave(groups, dim=2)
+    query, key, value, beta, g = (t.transpose(1, 2).float() for t in (query, key, value, beta, g))
+    if use_qk_l2norm_in_kernel:
+        query = query * torch.rsqrt((query * query).sum(-1, keepdim=True) + 1e-6)
+        key = key * torch.rsqrt((key * key).sum(-1, keepdim=True) + 1e-6)
+    query = query * query.shape[-1] ** -0.5
+    state = value.new_zeros(*value.shape[:2], key.shape[-1], value.shape[-1])
+    outs = []
+    for t in range(value.shape[2]):
+        state = state * g[:, :, t].exp()[..., None, None]
+        delta = (value[:, :, t] - (state * key[:, :, t, :, None]).sum(-2)) * beta[:, :, t, None]
+        state = state + key[:, :, t, :, None] * delta[:, :, None, :]
+        outs.append((state * query[:, :, t, :, None]).sum(-2))
+    return torch.stack(outs, dim=2).transpose(1, 2).contiguous().to(dtype), None
