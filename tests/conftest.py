@@ -21,6 +21,9 @@ from vlft.families import FAMILIES as _REGISTRY  # noqa: E402
 from vlft.model.tiny import TINY_PREFIX  # noqa: E402
 
 FAMILIES = list(_REGISTRY)
+# Families that encode differently: one per set of official files (template, processor settings, tokenizer);
+# Qwen3.5-MoE shares Qwen3.5's.
+ENCODING_FAMILIES = list({f.official_files: name for name, f in reversed(_REGISTRY.items())}.values())[::-1]
 TINY_NAMES = {name: TINY_PREFIX + family.tiny_name for name, family in _REGISTRY.items()}
 REPO = Path(__file__).resolve().parents[1]
 

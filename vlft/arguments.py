@@ -129,7 +129,6 @@ class DataEncodeArguments(DataCheckArguments):
         super().__post_init__()
         if not self.output:
             raise VlftError("--output is required")
-        get_family(self.family)  # an unknown one names the supported families
 
 
 @dataclass
@@ -143,6 +142,7 @@ class TinyModelArguments:
     def __post_init__(self):
         if not self.output:
             raise VlftError("--output is required")
+        get_family(self.family)  # an unknown one names the supported families
 
 
 @dataclass

@@ -14,7 +14,7 @@ from PIL import Image
 from qwen_vl_utils import fetch_video
 from transformers.video_utils import VideoMetadata
 
-from tests.conftest import FAMILIES
+from tests.conftest import ENCODING_FAMILIES
 from vlft.data.encode import IGNORE_INDEX, Encoder, EncodeSettings
 from vlft.data.formats import to_sample
 from vlft.data.template import load_template
@@ -126,7 +126,7 @@ def assert_same_media(ours, theirs):
         assert torch.equal(mine, theirs[key]), key
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize("family_name", ENCODING_FAMILIES)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_matches_hf_processor(family_name, shape, tiny_model_dir, processor_of, media_dir):
     encoder, family, processor = make_encoder(family_name, tiny_model_dir, processor_of)
@@ -168,7 +168,7 @@ def test_matches_hf_processor(family_name, shape, tiny_model_dir, processor_of, 
     assert full.input_ids[len(prompt.input_ids):] == answer
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize("family_name", ENCODING_FAMILIES)
 @pytest.mark.parametrize("shape", ["text_only", "one_image", "multi_turn_system"])
 def test_labels_are_exactly_the_assistant_turns(family_name, shape, tiny_model_dir, processor_of, media_dir):
     encoder, _, processor = make_encoder(family_name, tiny_model_dir, processor_of)

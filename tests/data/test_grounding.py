@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FAMILIES
+from tests.conftest import ENCODING_FAMILIES
 from tests.data.test_encode_parity import hf_encode, make_encoder, with_paths
 from vlft.data.formats import to_sample
 from vlft.data.grounding import ImageGeometry, check_box, check_objects, convert_box, fill_grounding
@@ -61,7 +61,7 @@ def test_fill_names_the_box_at_fault():
         fill_grounding(texts, {"ref": ["cat"], "bbox": [[1, 1, 5, 5]]}, [geometry], get_family("qwen3_vl"))
 
 
-@pytest.mark.parametrize("family_name", FAMILIES)
+@pytest.mark.parametrize("family_name", ENCODING_FAMILIES)
 def test_grounding_through_the_encoder_matches_hf(family_name, tiny_model_dir, processor_of, media_dir):
     encoder, family, processor = make_encoder(family_name, tiny_model_dir, processor_of)
     row = {"messages": [{"role": "user", "content": "<image>Locate the <ref-object> in the image"},

@@ -1,0 +1,49 @@
+"""Qwen3.5 token ids through vlft's Encoder against the HF tokenizer's `apply_chat_template` with each chat
+template (0.8B's official one, the thinking-default one, a Qwen3.6-style one), thinking on, off and the
+template's default, tools included: the prompt before each last answer is the HF prompt token for token, and
+the whole conversation decodes to the template's text (labels: test_qwen3_5_render.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.data.test_qwen3_5_render import CASES, JINJA, hf_messages
+from vlft.data.encode import Encoder, EncodeSettings
+from vlft.data.sample import Sample
+from vlft.data.template import load_template
+from vlft.families import get_family
+
+TEXT_CASES = [name for name, (messages, _) in CASES.items()
+              if messages[-1].role == "assistant" and not any("<image>" in m.content or "<video>" in m.content
+                                                              for m in messages)
+              and name not in ("tool first", "tool after system", "consecutive assistants")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(processor_of):
+    return processor_of("qwen3_5").tokenizer
+
+
+@pytest.mark.parametrize("template", list(JINJA))
+@pytest.mark.parametrize("enable_thinking", [None, True, False])
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_prompt_and_answer_ids_match_hf(template, enable_thinking, case, tokenizer, processor_of):
+    messages, tools = CASES[case]
+    processor = processor_of("qwen3_5")
+    encoder = Encoder(get_family("qwen3_5"), load_template("qwen3_5"), tokenizer, processor.image_processor,
+                      processor.video_processor, EncodeSettings(enable_thinking=enable_thinking),
+                      chat_template=JINJA[template])
+    kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    full = encoder.encode(Sample(messages=list(messages), tools=tools))
+    prompt = encoder.encode(Sample(messages=list(messages[:-1]), tools=tools), add_generation_prompt=True)
+    expected_prompt = tokenizer.apply_chat_template(hf_messages(messages[:-1]), tools=tools, tokenize=True,
+                                                    add_generation_prompt=True, chat_template=JINJA[template],
+                                                    return_dict=False, **kwargs)
+    assert prompt.input_ids == list(expected_prompt)
+    full_text = tokenizer.apply_chat_template(hf_messages(messages), tools=tools, tokenize=False,
+                                              chat_template=JINJA[template], **kwargs)
+    # The whole conversation decodes to the template's text. (Its ids are tokenized run by run of equal
+    # trainedness, so an untrained empty think block joins the prompt's run: they need not be a prefix match.)
+    assert tokenizer.decode(full.input_ids) == full_text
