@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig, Qwen3_5TextConfig
 
+from vlft.train import linear_attention
 from vlft.train.linear_attention import (PackedGatedDeltaNet, packed_causal_conv1d, recurrent_gated_delta_rule,
                                          replace_linear_attention, torch_delta_rule)
 
@@ -223,3 +224,21 @@ def test_lora_on_the_projections_runs_in_the_packed_forward():
     with lora.disable_adapter():
         base = lora(**row).logits
     assert (lora(**row).logits - base).abs().max() > 1e-3
+
+
+def test_a_packed_run_on_cuda_stops_before_loading_when_fla_cannot_train(monkeypatch):
+    """fla missing, or refusing the GPU (fla 0.6.0 on Hopper with Triton < 3.7.1: fla#640): a clear error naming
+    the reason and the unpacked alternative; unpacked runs, CPU runs and non-hybrid families go on."""
+    from vlft.errors import VlftError
+    from vlft.families import get_family
+    from vlft.train import model as model_module
+
+    assert linear_attention.fla_refusal() == "no CUDA device" and not linear_attention.fla_available()
+    reason = "fla 0.6.0 refuses to train on this GPU: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs ..."
+    monkeypatch.setattr(model_module, "fla_refusal", lambda: reason)
+    with pytest.raises(VlftError, match="--packing false --padding_free false") as e:
+        model_module.check_linear_attention_kernels(get_family("qwen3_5_moe"), padding_free=True, cuda=True)
+    assert reason in str(e.value)
+    model_module.check_linear_attention_kernels(get_family("qwen3_5"), padding_free=False, cuda=True)
+    model_module.check_linear_attention_kernels(get_family("qwen3_5"), padding_free=True, cuda=False)
+    model_module.check_linear_attention_kernels(get_family("qwen3_vl"), padding_free=True, cuda=True)

@@ -15,6 +15,7 @@ Training only: no cache, no decode step.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -29,16 +30,49 @@ SCALARS = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim", "key_dim", 
            "activation", "layer_idx")
 
 
-def fla_available() -> bool:
-    """Whether the fla kernels can run here: fla's two ops import and a CUDA device is present."""
+@functools.cache
+def fla_refusal() -> str | None:
+    """None when fla's kernels train here; else why not. fla is tried for real, forward and backward on a tiny
+    packed row: fla 0.6.0 refuses the gated delta rule's backward on Hopper GPUs with Triton >= 3.4 and < 3.7.1
+    (torch 2.11 and 2.12 ship Triton 3.6), whose compiler gives wrong dg / dbeta there (fla#640), unless
+    tilelang is installed; a refusal found here stops a run before anything loads instead of at its first
+    backward."""
     if not torch.cuda.is_available():
-        return False
+        return "no CUDA device"
     try:
-        import fla.modules.causal_conv1d  # noqa: F401
-        import fla.ops.gated_delta_rule  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from fla.modules.causal_conv1d import causal_conv1d
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except ImportError as e:
+        return f"fla is not installed ({e.msg}); pip install flash-linear-attention"
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    def rand(*shape):  # noqa: E306
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=generator).requires_grad_()
+    x, weight = rand(1, 96, 64), rand(64, 4)
+    beta, g = rand(1, 96, 2), rand(1, 96, 2)
+    cu_seqlens = torch.tensor([0, 40, 96], dtype=torch.int32, device="cuda")
+    try:
+        mixed, _ = causal_conv1d(x, weight=weight, activation="silu", cu_seqlens=cu_seqlens)
+        q, k, v = mixed.view(1, 96, 2, 32).split([8, 8, 16], dim=-1)
+        out, _ = chunk_gated_delta_rule(q.contiguous(), k.contiguous(), v.contiguous(), g=F.logsigmoid(g.float()),
+                                        beta=beta.sigmoid(), cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
+        out.float().sum().backward()
+    except RuntimeError as e:
+        return f"fla {_fla_version()} refuses to train on this GPU: {str(e).splitlines()[0]}"
+    return None
+
+
+def _fla_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fla-core")
+    except PackageNotFoundError:
+        return "(unknown version)"
+
+
+def fla_available() -> bool:
+    """Whether fla's kernels train here (fla_refusal says why not)."""
+    return fla_refusal() is None
 
 
 def replace_linear_attention(layers: nn.ModuleList, attribute: str, kernels: str) -> int:
