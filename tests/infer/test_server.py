@@ -253,6 +253,10 @@ BAD_BODIES = [
      "expected a number"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "expected true or false"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "only n=1"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": 5}', "tools", "expected a list of tools"),
+    # Qwen3-VL's template has no tool rendering: refused by the engine, not dropped.
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}',
+     "tools", "the qwen3_vl template cannot render tools"),
     (image_body(base64.b64decode("AAAA")), "messages[0].content[0].image_url.url", "not a known image format"),
     # PPM: an image PIL reads, but not a format clients may send.
     (image_body(b"P6 4 4 255\n" + b"\0" * 48), "messages[0].content[0].image_url.url",

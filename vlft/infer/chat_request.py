@@ -121,5 +121,7 @@ def parse_chat_request(body: Any, limits: RequestLimits,
         raise DataError(f"expected a JSON object, got {_json_type(body)}", field="body")
     config = request_config(body, limits, defaults or RequestConfig())
     messages = checked_messages(body.get("messages"), limits)
-    to_sample({"messages": messages}, require_answer=False)  # roles and content shapes, named by field
-    return InferRequest(messages=messages), config
+    tools = body.get("tools")
+    # roles, content shapes, tool calls and tools, named by field
+    to_sample({"messages": messages, **({"tools": tools} if tools else {})}, require_answer=False)
+    return InferRequest(messages=messages, tools=tools or None), config

@@ -75,6 +75,8 @@ class InferEngine:
         row = {"messages": request.messages, "images": request.images, "videos": request.videos}
         if request.objects:
             row["objects"] = request.objects
+        if request.tools:
+            row["tools"] = request.tools
         sample = to_sample(row, require_answer=False)
         if sample.messages and sample.messages[-1].role == "assistant":
             raise DataError("the last message is the assistant's: nothing to answer", field="messages")

@@ -16,6 +16,7 @@ class InferRequest:
     images: list[Any] = field(default_factory=list)
     videos: list[Any] = field(default_factory=list)
     objects: dict | None = None
+    tools: list | None = None  # function schemas, for templates that render tools (Qwen3.5 / Qwen3.6)
 
 
 @dataclass
