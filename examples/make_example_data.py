@@ -2,6 +2,7 @@
 
 The task is one a tiny model can learn: name the colour of a solid image, or find a square.
 Run: python examples/make_example_data.py
+(data/tools.jsonl, the tool-calling example for Qwen3.5 / Qwen3.6, is written by hand.)
 """
 
 from __future__ import annotations

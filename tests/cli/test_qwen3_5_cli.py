@@ -67,6 +67,18 @@ def test_sft_infer_export_infer_keeps_answers_and_the_base_tensors(tiny, tmp_pat
     assert any(exported[k] != base[k] for k in base if k.startswith("model.language_model.layers."))
 
 
+def test_the_tools_example_checks_on_qwen3_5_and_is_refused_by_qwen3_vl(vlft_cache, capsys):
+    """examples/data/tools.jsonl (OpenAI tool_calls, ms-swift's tool_call / tool_response roles, a JSON-string
+    tools column, reasoning_content) encodes for Qwen3.5; Qwen3-VL's template reports each line instead."""
+    data = str(EXAMPLES / "tools.jsonl")
+    assert main(["data", "check", "--model", "vlft/tiny-qwen3.5", "--dataset", data]) == 0
+    assert "lines: 3 (3 ok, 0 bad" in capsys.readouterr().out
+    assert main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", data]) == 1
+    out = capsys.readouterr().out
+    assert f"{data}:1: tools: the qwen3_vl template cannot render tools" in out
+    assert f"{data}:3: messages[1].reasoning_content: the qwen3_vl template cannot render reasoning_content" in out
+
+
 def test_an_unknown_model_type_is_refused_by_name(tmp_path, capsys):
     model = tmp_path / "m"
     model.mkdir()

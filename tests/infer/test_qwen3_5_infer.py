@@ -58,6 +58,25 @@ def test_streaming_and_batches_give_the_one_at_a_time_answers(thinking, engines)
     assert streamed == single[0]
 
 
+def test_a_request_switches_thinking_for_itself(engines):
+    """vLLM's and SGLang's `chat_template_kwargs`: {"enable_thinking": true} on one request of a thinking-off
+    engine gives that request the thinking engine's prompt and answer."""
+    from vlft import InferRequest, RequestConfig
+    from vlft.infer.chat_request import RequestLimits, parse_chat_request
+
+    body = {"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"enable_thinking": True},
+            "max_tokens": 6}
+    request, config = parse_chat_request(body, RequestLimits())
+    assert request.chat_template_kwargs == {"enable_thinking": True}
+    off, on = engines[None], engines[True]
+    prompt = off.encoder.tokenizer.decode(off._inputs(request)["input_ids"][0])
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    plain = InferRequest(messages=body["messages"])
+    config = RequestConfig(max_tokens=6)
+    assert off.infer([request], config)[0].choices[0].message.content == \
+        on.infer([plain], config)[0].choices[0].message.content
+
+
 def test_tools_reach_the_prompt(engines):
     from vlft import InferRequest, RequestConfig
     from vlft.data.formats import to_sample

@@ -254,6 +254,10 @@ BAD_BODIES = [
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "expected true or false"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "only n=1"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "tools": 5}', "tools", "expected a list of tools"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"enable_thinking": "no"}}',
+     "chat_template_kwargs.enable_thinking", "expected true or false, got a string"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"add_vision_id": true}}',
+     "chat_template_kwargs", "unsupported key 'add_vision_id'"),
     # Qwen3-VL's template has no tool rendering: refused by the engine, not dropped.
     (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}',
      "tools", "the qwen3_vl template cannot render tools"),

@@ -113,11 +113,12 @@ class Encoder:
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
 
-    def encode(self, sample: Sample, *, add_generation_prompt: bool = False, pixels: bool = True) -> EncodedSample:
+    def encode(self, sample: Sample, *, add_generation_prompt: bool = False, pixels: bool = True,
+               enable_thinking: bool | None = None) -> EncodedSample:
         """The sample's model inputs; DataError (placed at the sample's file and line) on bad input. Without
         `pixels`, images may come back with their grids only (image_grid.py); every check still runs."""
         try:
-            return self._encode(sample, add_generation_prompt, pixels)
+            return self._encode(sample, add_generation_prompt, pixels, enable_thinking)
         except DataError as e:
             raise e.at(sample.source, sample.line) from None
 
@@ -131,7 +132,8 @@ class Encoder:
                             "with --load_from_cache_file false").at(encoded.source, encoded.line)
         return again
 
-    def _encode(self, sample: Sample, add_generation_prompt: bool, pixels: bool = True) -> EncodedSample:
+    def _encode(self, sample: Sample, add_generation_prompt: bool, pixels: bool = True,
+                enable_thinking: bool | None = None) -> EncodedSample:
         messages = list(sample.messages)
         if self.settings.system is not None and not (messages and messages[0].role == "system"):
             messages.insert(0, Message("system", self.settings.system, where="--system"))
@@ -145,7 +147,8 @@ class Encoder:
         _check_text(messages, self.template)
         segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
                           add_generation_prompt=add_generation_prompt, tools=sample.tools,
-                          enable_thinking=self.settings.enable_thinking, style=self.style,
+                          enable_thinking=self.settings.enable_thinking if enable_thinking is None else enable_thinking,
+                          style=self.style,
                           disable_ignore_empty_think=self.settings.disable_ignore_empty_think)
         input_ids, labels = self._tokenize(segments)
         input_ids, labels, spans = self._expand_media(input_ids, labels, image_inputs, video_inputs, videos)

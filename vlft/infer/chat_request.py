@@ -124,4 +124,20 @@ def parse_chat_request(body: Any, limits: RequestLimits,
     tools = body.get("tools")
     # roles, content shapes, tool calls and tools, named by field
     to_sample({"messages": messages, **({"tools": tools} if tools else {})}, require_answer=False)
-    return InferRequest(messages=messages, tools=tools or None), config
+    return InferRequest(messages=messages, tools=tools or None,
+                        chat_template_kwargs=chat_template_kwargs(body.get("chat_template_kwargs"))), config
+
+
+def chat_template_kwargs(value: Any) -> dict | None:
+    """The template switches a request may set (vLLM's and SGLang's `chat_template_kwargs`): enable_thinking."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise DataError(f"expected an object, got {_json_type(value)}", field="chat_template_kwargs")
+    for key, item in value.items():
+        if key != "enable_thinking":
+            raise DataError(f"unsupported key {key!r} (vlft takes enable_thinking)", field="chat_template_kwargs")
+        if not isinstance(item, bool):
+            raise DataError(f"expected true or false, got {_json_type(item)}",
+                            field="chat_template_kwargs.enable_thinking")
+    return dict(value)

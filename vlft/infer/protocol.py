@@ -17,6 +17,8 @@ class InferRequest:
     videos: list[Any] = field(default_factory=list)
     objects: dict | None = None
     tools: list | None = None  # function schemas, for templates that render tools (Qwen3.5 / Qwen3.6)
+    # Per-request template switches, as vLLM's and SGLang's servers take them: {"enable_thinking": false}.
+    chat_template_kwargs: dict | None = None
 
 
 @dataclass
