@@ -11,4 +11,10 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
 for dir in .whl_fa4_*/; do
     [ -d "$dir" ] && mkdir -p /tmp/fa4_stage && cp -n "$dir"* /tmp/fa4_stage/ 2>/dev/null
 done
+for dir in .whl_tl_*/; do  # tilelang for fla on Hopper (bench/stage_tilelang.sh), unpacked once whole
+    [ -d "$dir" ] && mkdir -p /tmp/tl_stage && cp -n "$dir"* /tmp/tl_stage/ 2>/dev/null
+done
+if [ -f /tmp/tl_stage/SHA256SUMS ] && [ ! -f /tmp/site/.tilelang ] && (cd /tmp/tl_stage && sha256sum -c --quiet SHA256SUMS 2>/dev/null); then
+    cat /tmp/tl_stage/tltree.tar.xz.part-* | xz -d | tar -C /tmp/site -xf - && touch /tmp/site/.tilelang
+fi
 python3 -c "import torch, transformers, peft, vlft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '|', torch.cuda.get_device_name())"
