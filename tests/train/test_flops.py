@@ -8,8 +8,8 @@ import torch
 from tests.conftest import FAMILIES
 from vlft.families import get_family
 from vlft.model.tiny import tiny_config
-from vlft.train.flops import (attention_flops_per_square, device_peak_flops, linear_attention_core_flops, llm_parameters,
-                              sequence_square_sum, training_flops, vit_parameters)
+from vlft.train.flops import (attention_flops_per_square, device_peak_flops, linear_attention_core_flops,
+                              llm_parameters, sequence_square_sum, training_flops, vit_parameters)
 from vlft.train.model import load_model
 
 
@@ -52,6 +52,10 @@ def test_softmax_attention_is_counted_only_in_softmax_layers():
     """Qwen3.5's 3:1 pattern: one layer in four has the n^2 attention term."""
     text = tiny_config("qwen3_5").text_config
     assert text.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    # By hand for the tiny config: 3 DeltaNet layers x (4 value heads x (6 x 16 x 16 + 2 x 64 x (16 + 16)) +
+    # the conv's 2 x 4 taps x 128 channels).
+    by_hand = 3 * (4 * (6 * 16 * 16 + 2 * 64 * 32) + 2 * 4 * 128)
+    assert linear_attention_core_flops(get_family("qwen3_5"), text) == by_hand
     assert attention_flops_per_square(get_family("qwen3_5"), text) == 6 * text.num_attention_heads * text.head_dim
 
 

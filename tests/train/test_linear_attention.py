@@ -234,7 +234,7 @@ def test_a_packed_run_on_cuda_stops_before_loading_when_fla_cannot_train(monkeyp
     from vlft.train import model as model_module
 
     assert linear_attention.fla_refusal() == "no CUDA device" and not linear_attention.fla_available()
-    reason = "fla 0.6.0 refuses to train on this GPU: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs ..."
+    reason = "fla 0.6.0 does not train on this GPU: RuntimeError: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs ..."
     monkeypatch.setattr(model_module, "fla_refusal", lambda: reason)
     with pytest.raises(VlftError, match="--packing false --padding_free false") as e:
         model_module.check_linear_attention_kernels(get_family("qwen3_5_moe"), padding_free=True, cuda=True)

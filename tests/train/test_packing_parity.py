@@ -79,6 +79,8 @@ def cosine(a, b):
     ("qwen3_vl_moe", ATTENTION_NAME, False),  # the MoE's LoRA includes its experts' fused weights
     # Qwen3.5: Gated DeltaNet layers with vlft's exact per-sample CPU kernels (linear_attention.py)
     ("qwen3_5", "sdpa", False), ("qwen3_5_moe", ATTENTION_NAME, False),
+    # fixed-shape rows bring empty boundary slots and a padding segment to the DeltaNet layers too
+    ("qwen3_5", ATTENTION_NAME, True),
     # fixed-shape rows (--torch_compile_mode reduce-overhead): a padding segment and empty boundary slots
     # (sdpa with fixed rows: tests/cli's reduce-overhead run on CPU)
     ("qwen3_vl", ATTENTION_NAME, True)])

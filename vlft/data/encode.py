@@ -333,7 +333,8 @@ def _check_text(messages: list[Message], template: Template) -> None:
     for i, message in enumerate(messages):
         where = message.where or f"messages[{i}].content"
         # Reasoning and tool-call arguments are rendered as text too.
-        text = "\n".join([message.content, message.reasoning_content or "", json.dumps(message.tool_calls or [], ensure_ascii=False)])
+        calls = json.dumps(message.tool_calls or [], ensure_ascii=False)
+        text = "\n".join([message.content, message.reasoning_content or "", calls])
         surrogate = LONE_SURROGATE.search(text)
         if surrogate:
             raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "

@@ -212,3 +212,6 @@ def _argument(value, style: TemplateStyle) -> str:
 def _field(message: Message, name: str) -> str:
     place = message.where.rsplit(".", 1)[0] if message.where and "." in message.where else "messages"
     return f"{place}.{name}"
+
+
+render = render_qwen3_5  # the name vlft/data/template.py calls a render hook by

@@ -31,5 +31,6 @@ def encode_settings(args: TemplateArguments, family: Family) -> EncodeSettings:
     )
     return EncodeSettings(max_length=args.max_length, truncation_strategy=args.truncation_strategy,
                           loss_scale=args.loss_scale, enable_thinking=args.enable_thinking,
-                          disable_ignore_empty_think=args.disable_ignore_empty_think, system=args.system, image_min_pixels=image_min,
+                          disable_ignore_empty_think=args.disable_ignore_empty_think, system=args.system,
+                          image_min_pixels=image_min,
                           image_max_pixels=image_max, video=video, max_image_pixels=args.max_image_pixels)

@@ -148,12 +148,22 @@ def _render_fields(template: Template, messages: list[Message], loss_scale: Loss
     return segments
 
 
+# Render hooks by name: the module that holds `render`, `style_of` and `DEFAULT_STYLE` (imported when used: the
+# hook modules import Segment from this one).
+RENDERERS = {"qwen3_5": "vlft.data.render_qwen3_5"}
+
+
+def _renderer_module(name: str):
+    import importlib
+
+    if name not in RENDERERS:
+        raise VlftError(f"unknown template renderer {name!r}; known: {', '.join(RENDERERS)}")
+    return importlib.import_module(RENDERERS[name])
+
+
 def _renderer(name: str):
-    # Imported here: the hook modules import Segment from this one.
-    if name == "qwen3_5":
-        from vlft.data.render_qwen3_5 import DEFAULT_STYLE, render_qwen3_5
-        return render_qwen3_5, DEFAULT_STYLE
-    raise VlftError(f"unknown template renderer {name!r}; known: qwen3_5")
+    module = _renderer_module(name)
+    return module.render, module.DEFAULT_STYLE
 
 
 def _refuse_hook_only(template: Template, messages: list[Message], tools: list | None) -> None:
@@ -178,7 +188,5 @@ def template_style(template: Template, chat_template: str | None) -> TemplateSty
     hook's default style without a chat template)."""
     if template.renderer is None:
         return None
-    if template.renderer == "qwen3_5":
-        from vlft.data.render_qwen3_5 import DEFAULT_STYLE, style_of
-        return style_of(chat_template) if chat_template else DEFAULT_STYLE
-    raise VlftError(f"unknown template renderer {template.renderer!r}; known: qwen3_5")
+    module = _renderer_module(template.renderer)
+    return module.style_of(chat_template) if chat_template else module.DEFAULT_STYLE

@@ -52,6 +52,8 @@ def copy_unloaded_tensors(base_dir: Path, output_dir: Path, prefixes: tuple[str,
     from safetensors.torch import save_file
 
     present = _weight_map(output_dir)
+    if not present or not prefixes:  # no model weights here (an adapter, DeepSpeed shards): nothing to complete
+        return 0
     tensors = {k: v for k, v in unloaded_tensors(base_dir, prefixes).items() if k not in present}
     if not tensors:
         return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
+from vlft.errors import VlftError
+
 BoxConvention = Literal["norm1000", "resized_pixels"]
 AttentionKind = Literal["softmax", "linear"]
 
@@ -53,6 +55,9 @@ class TinySpec:
     processor_class: str
     video_processor_class: str
     image_processor_class: str = "Qwen2VLImageProcessor"
+    # Tensors real checkpoints carry that transformers does not load (the family's unloaded_prefixes): name ->
+    # shape from the text config; the tiny model's files get random ones, so tests see what exports must keep.
+    unloaded_tensor_shapes: Callable[[object], dict[str, tuple[int, ...]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,9 @@ class Family:
     # How a converted box and its reference phrase are written into the text.
     format_box: Callable[[list[int]], str]
     format_ref: Callable[[str], str]
-    # Prefixes (relative to the HF model) of the vision tower, the aligner and the language model.
-    vit_prefixes: tuple[str, ...]
+    # Prefixes (relative to the HF model) of the aligner's parts inside the vision tower (the ViT and the LLM
+    # are the module map's vision tower, language model and output head).
     aligner_prefixes: tuple[str, ...]
-    llm_prefixes: tuple[str, ...]
     tokenizer: TokenizerSpec
     tiny: TinySpec
     tiny_name: str  # `vlft/tiny-<tiny_name>`
@@ -104,6 +108,14 @@ class Family:
         return self.patch_size * self.merge_size
 
     @property
+    def vit_prefixes(self) -> tuple[str, ...]:
+        return (self.modules.vision_tower + ".",)
+
+    @property
+    def llm_prefixes(self) -> tuple[str, ...]:
+        return (self.modules.language_model + ".", self.modules.lm_head + ".")
+
+    @property
     def official_files(self) -> str:
         """The folder of templates/official/ holding the family's official chat template and processor files."""
         return self.official_dir or self.name
@@ -117,6 +129,10 @@ class Family:
         """Each decoder layer's kind, from the text config (as transformers builds the layers)."""
         n = text_config.num_hidden_layers
         types = getattr(text_config, "layer_types", None) or ["full_attention"] * n
+        for i, layer_type in enumerate(types[:n]):
+            if layer_type not in self.layer_kinds:
+                raise VlftError(f"config.json: text_config.layer_types[{i}]: {layer_type!r} is not a layer kind "
+                                f"vlft knows for {self.name} ({', '.join(self.layer_kinds)})")
         return [DecoderKind(self.layer_kinds[types[i]], self._moe_layer(text_config, i)) for i in range(n)]
 
     def _moe_layer(self, text_config, i: int) -> bool:

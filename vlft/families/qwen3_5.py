@@ -1,17 +1,26 @@
 """Qwen3.5 / Qwen3.6 (dense and MoE; Qwen3.6 checkpoints load as the same model types).
 
-A hybrid decoder: three Gated DeltaNet (linear attention) layers, then one gated softmax-attention layer,
-repeated (`layer_types`). Qwen3-VL's vision tower without DeepStack (so the aligner is the merger alone)
-and Qwen3-VL's processors, on the 248k Qwen3.5 vocabulary. Checkpoints carry a multi-token-prediction
-head (`mtp.*`) that transformers does not load; an export copies it from the base files.
+Qwen3-VL's vision geometry, boxes and video timestamps; its vision tower without DeepStack (so the aligner
+is the merger alone). A hybrid decoder: three Gated DeltaNet (linear attention) layers, then one gated
+softmax-attention layer, repeated (`layer_types`), on the 248k Qwen3.5 vocabulary. Checkpoints carry a
+multi-token-prediction head (`mtp.*`) that transformers does not load; exports copy it from the base files.
 """
 
 from dataclasses import replace
 
-from vlft.families.base import Family, ModuleMap, TinySpec
-from vlft.families.qwen2_5_vl import format_box_list
+from vlft.families.base import ModuleMap, TinySpec
+from vlft.families.qwen3_vl import QWEN3_VL, TINY_VISION as QWEN3_VL_TINY_VISION
 from vlft.families.tiny_text import tiny_text
 from vlft.families.tokenizers import QWEN3_5_VOCAB
+
+
+def tiny_mtp_shapes(text_config) -> dict[str, tuple[int, ...]]:
+    """Shapes of some of a Qwen3.5 checkpoint's `mtp.*` tensors, for the tiny model's files (random values)."""
+    hidden = text_config.hidden_size
+    return {"mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
+            "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
+            "mtp.layers.0.mlp.down_proj.weight": (hidden, text_config.intermediate_size)}
+
 
 # The 3:1 layer pattern of the real models, at tiny widths. head_dim 32 with partial rotary 0.25 leaves 8
 # rotary dims (mrope_section sums to 4, as [11, 11, 10] sums to 32 of 256 x 0.25 in the real ones).
@@ -20,30 +29,21 @@ TINY_TEXT = tiny_text(
     num_hidden_layers=4, head_dim=32, layer_types=["linear_attention"] * 3 + ["full_attention"],
     linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
     linear_conv_kernel_dim=4, attn_output_gate=True, mtp_num_hidden_layers=1)
-TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
-                   temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
-                   deepstack_visual_indexes=[])
 
-QWEN3_5 = Family(
+QWEN3_5 = replace(
+    QWEN3_VL,
     name="qwen3_5",
     model_types=("qwen3_5",),
     template="qwen3_5",
-    patch_size=16,
-    merge_size=2,
-    temporal_patch_size=2,
-    box_convention="norm1000",
-    format_box=format_box_list,
-    format_ref=lambda ref: ref,
-    vit_prefixes=("model.visual.",),
     aligner_prefixes=("model.visual.merger.",),
-    llm_prefixes=("model.language_model.", "lm_head."),
     tokenizer=QWEN3_5_VOCAB,
     tiny_name="qwen3.5",
-    tiny=TinySpec(config_class="Qwen3_5Config", text=TINY_TEXT, vision=TINY_VISION,
-                  processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor"),
+    tiny=TinySpec(config_class="Qwen3_5Config", text=TINY_TEXT,
+                  vision={**QWEN3_VL_TINY_VISION, "deepstack_visual_indexes": []},
+                  processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor",
+                  unloaded_tensor_shapes=tiny_mtp_shapes),
     layer_kinds={"full_attention": "softmax", "linear_attention": "linear"},
     unloaded_prefixes=("mtp.",),
-    video_timestamps=True,
 )
 
 QWEN3_5_MOE = replace(

@@ -99,8 +99,8 @@ def build_tiny_model(family_name: str, output_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(tiny_config(family_name), dtype=torch.float32)
     model.save_pretrained(output_dir)
-    if family.unloaded_prefixes:
-        add_unloaded_tensors(output_dir, model.config.text_config, seed)
+    if family.tiny.unloaded_tensor_shapes is not None:
+        add_unloaded_tensors(output_dir, family.tiny.unloaded_tensor_shapes(model.config.text_config), seed)
     build_processor(family_name, build_qwen_tokenizer(family.tokenizer)).save_pretrained(output_dir)
     vocab = family.tokenizer
     endoftext, im_end = vocab.id_of("<|endoftext|>"), vocab.id_of("<|im_end|>")
@@ -109,16 +109,12 @@ def build_tiny_model(family_name: str, output_dir: Path, seed: int = 0) -> Path:
     return output_dir
 
 
-def add_unloaded_tensors(model_dir: Path, text_config, seed: int) -> None:
-    """Random `mtp.*` tensors in the shapes of Qwen3.5's multi-token-prediction head, written beside the
-    model's own: real checkpoints carry them and transformers does not load them, so the tiny model tests
-    that exports keep them."""
+def add_unloaded_tensors(model_dir: Path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+    """Random tensors of these shapes written beside the model's own (e.g. Qwen3.5's `mtp.*` head): real
+    checkpoints carry them and transformers does not load them, so the tiny model tests that exports keep them."""
     from safetensors.torch import load_file, save_file
 
-    hidden, generator = text_config.hidden_size, torch.Generator().manual_seed(seed + 1)
-    shapes = {"mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
-              "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
-              "mtp.layers.0.mlp.down_proj.weight": (hidden, text_config.intermediate_size)}
+    generator = torch.Generator().manual_seed(seed + 1)
     path = model_dir / "model.safetensors"
     tensors = load_file(str(path))
     tensors.update({k: torch.randn(shape, generator=generator) for k, shape in shapes.items()})

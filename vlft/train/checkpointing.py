@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlft.errors import VlftError
+from vlft.export.unloaded import copy_unloaded_tensors
 
 STAGING_DIR = ".saving"
 COMPLETE_MARKER = "trainer_state.json"  # transformers writes it last; a published checkpoint always has it
@@ -83,9 +84,14 @@ def check_resumable(checkpoint: Path) -> None:
                         "its save was interrupted, or it is not a training checkpoint)")
 
 
-def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[str, Any]) -> None:
-    """The processor and args.json beside the weights, so a checkpoint dir loads and resumes on its own."""
+def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[str, Any],
+                            unloaded_from: tuple[Path, tuple[str, ...]] | None = None) -> None:
+    """The processor and args.json beside the weights, so a checkpoint dir loads and resumes on its own; with
+    `unloaded_from` (base model dir, prefixes), a full model's checkpoint also gets the base's tensors that
+    transformers did not load (Qwen3.5's `mtp.*`), so it keeps the base's key set."""
     processor.save_pretrained(checkpoint)
+    if unloaded_from is not None:
+        copy_unloaded_tensors(unloaded_from[0], Path(checkpoint), unloaded_from[1])
     text = json.dumps(args_json, indent=2, ensure_ascii=False, default=str)
     (Path(checkpoint) / "args.json").write_text(text + "\n", encoding="utf-8")
 

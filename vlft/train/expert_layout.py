@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vlft.families.base import Family
 
+
 def _header_shape(model_dir: Path, key: str) -> list[int] | None:
     """The shape of `key` as stored in the model dir's safetensors, without reading any tensor."""
     from safetensors import safe_open

@@ -2,10 +2,11 @@
 decoder_kinds): 6 x LLM parameters per token (forward + backward; per layer its softmax- or
 linear-attention projections and its dense or MoE MLP), plus the linear-attention layers' own core (3 x
 its forward FLOPs per token), plus the softmax-attention layers' causal attention (6 x n^2 x heads x
-head_dim per layer for a sample of n tokens: QK^T and PV over the n^2/2 pairs a causal kernel computes, forward and backward), plus the ViT's forward (2 x its
-parameters per patch, 4 patches per merged vision token). Left out: the ViT's own attention (a few
-percent of the ViT forward at 448x448) and, with gradient checkpointing, the recomputed forward (the
-usual convention: MFU counts the model's FLOPs, not the recomputation)."""
+head_dim per layer for a sample of n tokens: QK^T and PV over the n^2/2 pairs a causal kernel computes,
+forward and backward), plus the ViT's forward (2 x its parameters per patch, 4 patches per merged vision
+token). Left out: the ViT's own attention (a few percent of the ViT forward at 448x448) and, with gradient
+checkpointing, the recomputed forward (the usual convention: MFU counts the model's FLOPs, not the
+recomputation)."""
 
 from __future__ import annotations
 

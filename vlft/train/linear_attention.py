@@ -56,8 +56,9 @@ def fla_refusal() -> str | None:
         out, _ = chunk_gated_delta_rule(q.contiguous(), k.contiguous(), v.contiguous(), g=F.logsigmoid(g.float()),
                                         beta=beta.sigmoid(), cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
         out.float().sum().backward()
-    except RuntimeError as e:
-        return f"fla {_fla_version()} refuses to train on this GPU: {str(e).splitlines()[0]}"
+    except Exception as e:  # fla's own refusals (RuntimeError), Triton's compile errors, fla's asserts
+        first_line = (str(e).splitlines() or [""])[0]
+        return f"fla {_fla_version()} does not train on this GPU: {type(e).__name__}: {first_line}"
     return None
 
 

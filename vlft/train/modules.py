@@ -77,7 +77,7 @@ def linear_names(model: nn.Module, family: Family, parts: set[Part]) -> list[str
     """Names of every nn.Linear inside `parts`, never lm_head nor an MoE router."""
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or name.split(".")[-1] == "lm_head":
+        if not isinstance(module, nn.Linear) or name.split(".")[-1] == family.modules.lm_head:
             continue
         if module_part(name, family) in parts and not _is_router(name, family):
             names.append(name)

@@ -99,9 +99,9 @@ def run_sft(args: SftArguments) -> Path:
                            f"{' (as CUDA graphs over fixed-shape rows)' if cuda_graphs else ''}, and {vision} "
                            "frozen vision blocks (compiled during the first steps)")
             if whole < layers:
-                logger.warning("torch.compile: layers with LoRA dropout or MoE experts are compiled part by part, "
-                               "a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 compiles dense "
-                               "layers whole")
+                logger.warning("torch.compile: layers with LoRA dropout, MoE experts or linear attention are "
+                               "compiled part by part, a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 "
+                               "compiles dense softmax-attention layers whole")
     trainable, total = count_parameters(model)
     if main_process:
         logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
@@ -130,7 +130,8 @@ def run_sft(args: SftArguments) -> Path:
                          family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3,
                          chunked_loss=ChunkedLoss(model) if args.chunked_loss else None, cuda_graphs=cuda_graphs,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
-                                                   args_json=public_args(args)))
+                                                   args_json=public_args(args), unloaded_from=(
+                                                       model_dir, family.unloaded_prefixes)))
     with long_lived_objects_frozen():  # no full garbage collection walks the model mid-step (frozen_gc.py)
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
