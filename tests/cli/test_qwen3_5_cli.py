@@ -104,3 +104,12 @@ def test_an_unknown_model_type_is_refused_by_name(tmp_path, capsys):
     assert main(["data", "check", "--model", str(model), "--dataset", str(EXAMPLES / "train.jsonl")]) != 0
     err = capsys.readouterr().err
     assert "unsupported 'qwen4_exp'" in err and "hyper-connections" in err and "qwen3_5_moe" in err
+
+
+def test_the_qwen3_5_template_on_another_familys_model_names_its_chat_template(vlft_cache, tiny_model_dir, capsys):
+    """--template qwen3_5 on a Qwen3-VL model: its chat template is not Qwen3.5-style, said with the model dir."""
+    code = main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--template", "qwen3_5",
+                 "--dataset", str(EXAMPLES / "train.jsonl")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"{tiny_model_dir('qwen3_vl')}: chat template: the chat template is not Qwen3.5-style" in err

@@ -14,7 +14,7 @@ from vlft.data.formats import rename_columns, to_sample
 from vlft.data.loader import RawRow, load_dataset_rows
 from vlft.data.settings import encode_settings
 from vlft.data.template import load_template
-from vlft.errors import DataError
+from vlft.errors import DataError, VlftError
 from vlft.families import detect_family
 from vlft.families.base import Family
 from vlft.model.hub import resolve_model_dir
@@ -46,9 +46,12 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
     family = detect_family(model_dir, args.model_type)
     template = load_template(args.template or family.template)
     processor = load_processor(model_dir)
-    encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
-                      getattr(processor, "video_processor", None), encode_settings(args, family),
-                      chat_template=getattr(processor, "chat_template", None))
+    try:
+        encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
+                          getattr(processor, "video_processor", None), encode_settings(args, family),
+                          chat_template=getattr(processor, "chat_template", None))
+    except VlftError as e:  # a render hook that does not fit the model dir's own chat template
+        raise VlftError(f"{model_dir}: chat template: {e}") from None
     return encoder, model_dir, family
 
 
