@@ -1,8 +1,8 @@
 """Qwen2.5-VL: boxes as `[x1, y1, x2, y2]` in absolute pixels of the resized image; seconds per temporal grid."""
 
 from vlft.families.base import Family, TinySpec
+from vlft.families.qwen2_vl import TINY_TEXT as QWEN2_VL_TINY_TEXT
 from vlft.families.tokenizers import QWEN_VOCAB
-from vlft.families.tiny_text import tiny_text
 
 
 def format_box_list(box: list[int]) -> str:
@@ -25,7 +25,7 @@ QWEN2_5_VL = Family(
     tiny_name="qwen2.5-vl",
     tiny=TinySpec(
         config_class="Qwen2_5_VLConfig",
-        text=tiny_text(QWEN_VOCAB, rope_theta=1e6, mrope_section=[2, 3, 3]),
+        text=QWEN2_VL_TINY_TEXT,
         vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, window_size=56,
                     fullatt_block_indexes=[1], out_hidden_size=64, spatial_merge_size=2, temporal_patch_size=2),
         processor_class="Qwen2_5_VLProcessor",

@@ -1,8 +1,11 @@
 """Qwen2-VL: boxes as `(x1,y1),(x2,y2)` in 0-1000 between box special tokens; refs in object-ref tokens."""
 
 from vlft.families.base import Family, TinySpec
-from vlft.families.tokenizers import QWEN_VOCAB
 from vlft.families.tiny_text import tiny_text
+from vlft.families.tokenizers import QWEN_VOCAB
+
+
+TINY_TEXT = tiny_text(QWEN_VOCAB, rope_theta=1e6, mrope_section=[2, 3, 3])  # Qwen2-VL's and Qwen2.5-VL's
 
 
 def _format_box(box: list[int]) -> str:
@@ -25,7 +28,7 @@ QWEN2_VL = Family(
     tiny_name="qwen2-vl",
     tiny=TinySpec(
         config_class="Qwen2VLConfig",
-        text=tiny_text(QWEN_VOCAB, rope_theta=1e6, mrope_section=[2, 3, 3]),
+        text=TINY_TEXT,
         vision=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                     spatial_merge_size=2, temporal_patch_size=2),
         processor_class="Qwen2VLProcessor",

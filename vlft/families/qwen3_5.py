@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from vlft.families.base import ModuleMap, TinySpec
 from vlft.families.qwen3_vl import QWEN3_VL, TINY_VISION as QWEN3_VL_TINY_VISION
-from vlft.families.tiny_text import tiny_text
+from vlft.families.tiny_text import TINY_EXPERTS, tiny_text
 from vlft.families.tokenizers import QWEN3_5_VOCAB
 
 
@@ -49,8 +49,7 @@ QWEN3_5 = replace(
 QWEN3_5_MOE = replace(
     QWEN3_5, name="qwen3_5_moe", model_types=("qwen3_5_moe",), tiny_name="qwen3.5-moe",
     tiny=replace(QWEN3_5.tiny, config_class="Qwen3_5MoeConfig",
-                 text={**TINY_TEXT, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                       "shared_expert_intermediate_size": 32}),
+                 text={**TINY_TEXT, **TINY_EXPERTS, "shared_expert_intermediate_size": 32}),
     moe_layers="every",
     # The shared expert's one-output sigmoid gate routes too (how much of the shared expert a token takes).
     modules=ModuleMap(routers=("mlp.gate", "mlp.shared_expert_gate")),

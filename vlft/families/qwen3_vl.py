@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from vlft.families.base import Family, TinySpec
 from vlft.families.qwen2_5_vl import format_box_list
+from vlft.families.tiny_text import TINY_EXPERTS, tiny_text
 from vlft.families.tokenizers import QWEN_VOCAB
-from vlft.families.tiny_text import tiny_text
 
 TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
                    temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
@@ -37,7 +37,6 @@ QWEN3_VL = Family(
 QWEN3_VL_MOE = replace(
     QWEN3_VL, name="qwen3_vl_moe", model_types=("qwen3_vl_moe",), tiny_name="qwen3-vl-moe",
     tiny=replace(QWEN3_VL.tiny, config_class="Qwen3VLMoeConfig",
-                 text={**TINY_TEXT, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                       "decoder_sparse_step": 1}),
+                 text={**TINY_TEXT, **TINY_EXPERTS, "decoder_sparse_step": 1}),
     moe_layers="sparse_step",
 )

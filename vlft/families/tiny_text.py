@@ -3,6 +3,10 @@
 from vlft.families.base import TokenizerSpec
 
 
+# The tiny MoE models' experts (each family adds its own extras: a sparse step, a shared expert).
+TINY_EXPERTS = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+
 def tiny_text(vocab: TokenizerSpec, *, rope_theta: float, mrope_section: list[int], **extra) -> dict:
     """A small text config on the real vocabulary (so tests use real token ids)."""
     endoftext, im_end = vocab.id_of("<|endoftext|>"), vocab.id_of("<|im_end|>")

@@ -57,12 +57,12 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
     return asked, f"attention: {asked}"
 
 
-def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str, linear_attention: str | None = None):
+def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     """The HF model, with the KV cache off on the text config (else packed samples attend to each other),
     the packed row's boundaries handled by attention.RowBoundaries (under the varlen attention, computed once
     per forward), under the varlen attention the vision tower's images attended in one call per block, and
     a hybrid family's linear-attention layers replaced by ones that keep packed samples apart
-    (linear_attention.py; kernels "fla" or "torch", default: fla where it runs)."""
+    (linear_attention.py; fla's kernels where they train, else the exact torch ones)."""
     from transformers import AutoModelForImageTextToText
 
     if attn_implementation == ATTENTION_NAME:
@@ -77,9 +77,8 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str, li
         use_varlen_in_vision_tower(model)
     family = family_of(model)
     if family.hybrid:
-        kernels = linear_attention or ("fla" if fla_available() else "torch")
         replace_linear_attention(module_at(model, family.modules.decoder_layers), family.modules.linear_attention,
-                                 kernels)
+                                 "fla" if fla_available() else "torch")
     return model
 
 
