@@ -48,7 +48,7 @@ def check(args: DataCheckArguments) -> int:
 def encode(args: DataEncodeArguments) -> int:
     """Every line's encoding or error (--strict true), or the encoded lines only and the others listed as
     skipped at the end (--strict false); exit 1 when a line is in error, or when nothing encoded."""
-    from vlft.data.report import encoded_line, printable
+    from vlft.data.report import encoded_line, one_line
 
     encoder, results = _encode_all(args, keep_pixels=True)
     errors = [r for r in results if r.error is not None]
@@ -62,13 +62,13 @@ def encode(args: DataEncodeArguments) -> int:
     os.replace(tmp, output)
     if args.strict:
         for r in errors:
-            print(printable(str(r.error)), file=sys.stderr)
+            print(one_line(str(r.error)), file=sys.stderr)
         print(f"wrote {len(results)} lines ({len(results) - len(errors)} encoded, {len(errors)} with errors) "
               f"to {output}")
         return 1 if errors else 0
     if errors:
         print(f"skipped {len(errors)} line(s) (--strict false):", file=sys.stderr)
         for r in errors:
-            print(f"  {printable(str(r.error))}", file=sys.stderr)
+            print(f"  {one_line(str(r.error))}", file=sys.stderr)
     print(f"wrote {len(written)} encoded lines to {output}, skipped {len(errors)}")
     return 0 if written else 1

@@ -53,6 +53,11 @@ class TemplateArguments:
         "help": "Qwen3.5 / Qwen3.6: render with thinking on or off (default: the checkpoint template's default)"})
     disable_ignore_empty_think: bool = field(default=False, metadata={
         "help": "Qwen3.5: train empty <think></think> blocks too (by default they are not, as in ms-swift)"})
+    train_turn_separator: bool = field(default=True, metadata={
+        "help": "train the \\n after each trained assistant <|im_end|>, as ms-swift and Qwen's fine-tuning code do"})
+    split_special_tokens: bool = field(default=False, metadata={
+        "help": "encode control tokens typed in messages (<|im_start|>, <|im_end|>, ...) as plain text; by default "
+                "such a line is an error"})
     image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",
                                                                     "help": "max vision tokens per image"})
     image_min_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MIN_TOKEN_NUM",

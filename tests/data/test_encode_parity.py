@@ -185,7 +185,8 @@ def test_labels_are_exactly_the_assistant_turns(family_name, shape, tiny_model_d
     if current:
         runs.append(current)
     decoded = [processor.tokenizer.decode(run) for run in runs]
-    # Each answer as the official template writes it after its prompt (Qwen3.5's trims it), closing \n left out.
+    # Each answer as the official template writes it after its prompt (Qwen3.5's trims it), with the \n after
+    # its <|im_end|> (ms-swift's and Qwen's fine-tuning labels); without it under --train_turn_separator false.
     messages = with_paths(SHAPES[shape], media_dir)
     answers = []
     for i, message in enumerate(messages):
@@ -193,5 +194,11 @@ def test_labels_are_exactly_the_assistant_turns(family_name, shape, tiny_model_d
             turn = processor.apply_chat_template(messages[:i + 1], tokenize=False)
             prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             assert turn.startswith(prompt) and turn.endswith("<|im_end|>\n")
-            answers.append(turn[len(prompt):-1])
+            answers.append(turn[len(prompt):])
     assert decoded == answers
+    untrained_separator, _, _ = make_encoder(family_name, tiny_model_dir, processor_of, train_turn_separator=False)
+    old = untrained_separator.encode(to_sample(to_vlft_row(SHAPES[shape], media_dir)))
+    assert old.input_ids == encoded.input_ids
+    dropped = [i for i, (a, b) in enumerate(zip(encoded.labels, old.labels)) if a != b]
+    assert len(dropped) == len(answers) and all(encoded.input_ids[i - 1] == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+                                                and old.labels[i] == IGNORE_INDEX for i in dropped)

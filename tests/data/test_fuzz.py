@@ -190,7 +190,7 @@ def test_sft_skips_every_bad_variant_and_trains_on_the_good_lines(fuzz_dir, tmp_
 
 
 NASTY = ["nested-10k-lists", "text-not-utf8", "image-bomb-png", "video-random-bytes", "box-nan",
-         "unicode-lone-surrogate-high", "special-token-image_pad", "unicode-surrogate-in-key", "image-very-long-path"]
+         "unicode-lone-surrogate-high", "control-token-image_pad", "unicode-surrogate-in-key", "image-very-long-path"]
 
 
 @pytest.mark.slow
@@ -222,7 +222,10 @@ def test_a_million_character_text_has_a_clear_outcome(fuzz_dir, capsys):
     code, out = check(path, capsys, "--max_length", "512")  # the default strategy drops it, and says so
     assert code == 0 and "lines: 2 (1 ok, 0 bad, 1 over --max_length)" in out
     assert f"over --max_length 512, dropped (1):\n  {path}:2: sample is " in out
-    code, out = check(path, capsys, "--max_length", "512", "--truncation_strategy", "left")  # keeps the answer
-    assert code == 0 and f"over --max_length 512, truncated (1):\n  {path}:2" in out
+    # left would cut into the (only) question, right would keep none of the answer: both refuse
+    code, out = check(path, capsys, "--max_length", "512", "--truncation_strategy", "left")
+    assert code == 1 and f"  {path}:2: sample is " in out and "would cut into the question" in out
+    code, out = check(path, capsys, "--max_length", "512", "--truncation_strategy", "right")
+    assert code == 1 and f"  {path}:2: sample is " in out and "no trained tokens left" in out
     code, out = check(path, capsys, "--max_length", "512", "--truncation_strategy", "error")
     assert code == 1 and f"  {path}:2: sample is " in out and "over --max_length 512" in out

@@ -14,6 +14,7 @@ from vlft.arguments import DataCheckArguments
 from vlft.cli.parsing import parse_args
 from vlft.data.encode import IGNORE_INDEX
 from vlft.data.formats import to_sample
+import vlft.data.pipeline as pipeline
 from vlft.data.pipeline import build_encoder, encode_dataset
 from vlft.data.settings import encode_settings
 from vlft.families import get_family
@@ -53,8 +54,8 @@ MULTI_TURN = {"messages": [{"role": "system", "content": "S"}, {"role": "user", 
 
 
 @pytest.mark.parametrize("loss_scale, expected", [
-    ("default", ["a1<|im_end|>", "a2<|im_end|>", "a3<|im_end|>"]),
-    ("last_round", ["a2<|im_end|>", "a3<|im_end|>"]),  # a2 has "loss": true
+    ("default", ["a1<|im_end|>\n", "a2<|im_end|>\n", "a3<|im_end|>\n"]),
+    ("last_round", ["a2<|im_end|>\n", "a3<|im_end|>\n"]),  # a2 has "loss": true
 ])
 def test_loss_scale_and_per_message_loss(loss_scale, expected, tiny_model_dir, processor_of):
     encoder, _, processor = make_encoder("qwen3_vl", tiny_model_dir, processor_of, loss_scale=loss_scale)
@@ -108,13 +109,16 @@ def test_cache_skips_encoding_until_something_changes(tmp_path, vlft_cache):
     encoder, model_dir, _ = build_encoder(args)
     first = encode_dataset(args, encoder, model_dir, args.dataset)
     assert all(r.error is None for r in first)
-    # With the media gone, only a cached run can still succeed.
-    shutil.rmtree(data / "images")
-    cached = encode_dataset(args, encoder, model_dir, args.dataset)
+    # Nothing changed: a cached run encodes nothing.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "encode_rows", lambda *a, **k: pytest.fail("encoded again"))
+        cached = encode_dataset(args, encoder, model_dir, args.dataset)
     assert [r.sample.input_ids for r in cached] == [r.sample.input_ids for r in first]
-    fresh = _args(tmp_path, data / "train.jsonl", load_from_cache_file="false")
-    assert any(r.error is not None and "file not found" in str(r.error)
-               for r in encode_dataset(fresh, encoder, model_dir, fresh.dataset))
+    # With the media gone, the cache no longer answers: the key holds each media file's state.
+    shutil.rmtree(data / "images")
+    for again in (args, _args(tmp_path, data / "train.jsonl", load_from_cache_file="false")):
+        assert any(r.error is not None and "file not found" in str(r.error)
+                   for r in encode_dataset(again, encoder, model_dir, again.dataset))
     # A changed row changes the key.
     lines = (data / "train.jsonl").read_text().splitlines()
     (data / "train.jsonl").write_text("\n".join(lines[:1]) + "\n")

@@ -194,7 +194,7 @@ def only_turn_trained(messages: list[Message], k: int) -> list[Message]:
 @pytest.mark.parametrize("enable_thinking", [None, True, False])
 def test_prompt_of_a_turn_is_the_templates_generation_prompt(template, case, enable_thinking):
     """Every answer after the last user query: the untrained text before it is the official render of the
-    conversation up to it with add_generation_prompt=True; the rest of its turn through <|im_end|> is trained."""
+    conversation up to it with add_generation_prompt=True; the rest of its turn through <|im_end|>\n is trained."""
     messages, tools = CASES[case]
     last_query = max(i for i, m in enumerate(messages) if m.role == "user")
     for k in range(last_query + 1, len(messages)):
@@ -206,7 +206,7 @@ def test_prompt_of_a_turn_is_the_templates_generation_prompt(template, case, ena
         prompt = text_of(segments[:first])
         (answer,) = trained_text(segments)
         full = jinja(template, messages, tools, enable_thinking=enable_thinking)
-        assert full.startswith(prompt + answer + "\n") and answer.endswith("<|im_end|>")
+        assert full.startswith(prompt + answer) and answer.endswith("<|im_end|>\n")
         assert "<|im_start|>" not in answer
         expected_prompt = jinja(template, messages[:k], tools, add_generation_prompt=True,
                                 enable_thinking=enable_thinking)
@@ -224,26 +224,30 @@ def test_history_turns_are_trained_after_the_bare_assistant_prompt():
     segments = render_qwen3_5(only_turn_trained(messages, 1), style=QWEN3_5)
     first = next(i for i, s in enumerate(segments) if s.trained)
     assert text_of(segments[:first]).endswith("<|im_end|>\n<|im_start|>assistant\n")
-    assert trained_text(segments) == ["2<|im_end|>"]  # its thinking is dropped, as the template drops it
+    assert trained_text(segments) == ["2<|im_end|>\n"]  # its thinking is dropped, as the template drops it
 
 
-def test_default_trains_every_answer_and_its_im_end_but_not_the_newline():
+def test_default_trains_every_answer_its_im_end_and_the_newline_after_it():
     messages, _ = CASES["thinking history"]
     segments = render_qwen3_5(messages, style=QWEN3_5)
-    assert trained_text(segments) == ["2<|im_end|>", "2*3\n</think>\n\n6<|im_end|>"]
-    assert segments[-1] == type(segments[-1])("\n", False)
+    assert trained_text(segments) == ["2<|im_end|>\n", "2*3\n</think>\n\n6<|im_end|>\n"]
+    assert segments[-1] == type(segments[-1])("\n", True)
+    # --train_turn_separator false: the newline is not trained (the same text)
+    untrained = render_qwen3_5(messages, style=QWEN3_5, train_turn_separator=False)
+    assert trained_text(untrained) == ["2<|im_end|>", "2*3\n</think>\n\n6<|im_end|>"]
+    assert text_of(untrained) == text_of(segments)
 
 
 def test_ignore_empty_think():
     messages = [user("q"), assistant("A"), user("r"), assistant("B")]
     plain = render_qwen3_5(messages, style=QWEN3_5)
-    assert trained_text(plain) == ["A<|im_end|>", "\n</think>\n\nB<|im_end|>"]
+    assert trained_text(plain) == ["A<|im_end|>\n", "\n</think>\n\nB<|im_end|>\n"]
     ignored = render_qwen3_5(messages, style=QWEN3_5, ignore_empty_think=True)
-    assert trained_text(ignored) == ["A<|im_end|>", "B<|im_end|>"]
+    assert trained_text(ignored) == ["A<|im_end|>\n", "B<|im_end|>\n"]
     assert text_of(ignored) == text_of(plain)
     # a non-empty block stays trained, after the thinking prompt's "<think>\n"
     thought = render_qwen3_5([user("q"), assistant("<think>x</think>B")], style=QWEN3_5, ignore_empty_think=True)
-    assert trained_text(thought) == ["x\n</think>\n\nB<|im_end|>"]
+    assert trained_text(thought) == ["x\n</think>\n\nB<|im_end|>\n"]
     # "all": everything trained but the empty block (ms-swift's all+ignore_empty_think) and the generation prompt
     everything = render_qwen3_5(messages, style=QWEN3_5, loss_scale="all", ignore_empty_think=True)
     assert [s.text for s in everything if not s.trained] == ["<think>\n\n</think>\n\n"]
@@ -252,26 +256,26 @@ def test_ignore_empty_think():
 def test_qwen3_5_templates_ignore_empty_think_unless_disabled():
     template = load_template("qwen3_5")
     messages = [user("q"), assistant("B")]
-    assert trained_text(render(template, messages, style=QWEN3_5)) == ["B<|im_end|>"]
+    assert trained_text(render(template, messages, style=QWEN3_5)) == ["B<|im_end|>\n"]
     assert trained_text(render(template, messages, style=QWEN3_5, disable_ignore_empty_think=True)) == [
-        "\n</think>\n\nB<|im_end|>"]
+        "\n</think>\n\nB<|im_end|>\n"]
     assert trained_text(render(template, messages, style=QWEN3_5, loss_scale="ignore_empty_think",
-                               disable_ignore_empty_think=True)) == ["B<|im_end|>"]
+                               disable_ignore_empty_think=True)) == ["B<|im_end|>\n"]
 
 
 def test_last_round_trains_the_answers_after_the_last_user_or_tool_message():
     messages, tools = CASES["multi-step tools"]
     assert trained_text(render_qwen3_5(messages, tools=tools, loss_scale="last_round")) == [
-        "done\n</think>\n\nFound x.<|im_end|>"]
+        "done\n</think>\n\nFound x.<|im_end|>\n"]
     messages, _ = CASES["consecutive assistants"]
     assert trained_text(render_qwen3_5(messages, style=QWEN3_5_0_8B, loss_scale="last_round")) == [
-        "part one<|im_end|>", "<think>\nt\n</think>\n\npart two<|im_end|>"]
+        "part one<|im_end|>\n", "<think>\nt\n</think>\n\npart two<|im_end|>\n"]
 
 
 def test_a_messages_loss_overrides_the_loss_scale():
     messages = [user("q"), assistant("A", loss=True), user("r"), assistant("B", loss=False)]
     for loss_scale in ("default", "last_round"):
-        assert trained_text(render_qwen3_5(messages, style=QWEN3_5_0_8B, loss_scale=loss_scale)) == ["A<|im_end|>"]
+        assert trained_text(render_qwen3_5(messages, style=QWEN3_5_0_8B, loss_scale=loss_scale)) == ["A<|im_end|>\n"]
 
 
 def test_all_trains_every_token_but_the_generation_prompt():

@@ -41,17 +41,45 @@ def span(start, end, kind="image", index=0):
     (30, [span(10, 18), span(18, 26, index=1)], 16, "left", (18, 30)),  # adjacent spans
 ])
 def test_truncation_window(length, spans, max_length, side, expected):
-    start, end = truncation_window(length, spans, max_length, side)
+    start, end = truncation_window(length, spans, [], max_length, side)
     assert (start, end) == expected
     assert end - start <= max_length
     for s in spans:  # no span is cut
         assert s.end <= start or s.start >= end or (start <= s.start and s.end <= end)
 
 
+# Prompt (user / tool) turns at [0, 10), [14, 22), [26, 30); assistant answers in between.
+TURNS = [(0, 10), (14, 22), (26, 30)]
+
+
+@pytest.mark.parametrize("length, spans, max_length, side, expected", [
+    (34, [], 30, "right", (0, 26)),  # inside the last question: back to its start
+    (34, [], 20, "right", (0, 14)),  # inside the second question
+    (34, [], 26, "right", (0, 26)),  # right at a turn's start: kept as is
+    (34, [], 18, "right", (0, 14)),
+    (34, [span(16, 20)], 19, "right", (0, 14)),  # inside a span inside a question
+    (34, [], 30, "left", (14, 34)),  # inside the first question: on to the next question's start
+    (34, [], 20, "left", (14, 34)),  # at a turn's start
+    (34, [], 18, "left", (26, 34)),  # inside the second question: on to the last
+    (34, [], 8, "left", (26, 34)),  # the last question and its answer exactly
+])
+def test_truncation_window_never_cuts_a_question(length, spans, max_length, side, expected):
+    start, end = truncation_window(length, spans, TURNS, max_length, side)
+    assert (start, end) == expected
+    for a, b in TURNS:
+        assert b <= start or a >= end or (start <= a and b <= end)
+
+
+def test_left_cut_into_the_last_question_is_an_error():
+    with pytest.raises(DataError, match="last user turn and its answer alone are 8, over --max_length 7"):
+        truncation_window(34, [], TURNS, 7, "left")
+
+
 # ---------------------------------------------------------------------------------------------------
 # through the encoder
 
 FAMILY = "qwen3_vl"
+IM_START = 151644  # <|im_start|> in the Qwen2/2.5/3-VL vocabulary
 
 
 def two_image_row(media_dir, first="a.png", second="c.jpg"):
@@ -118,18 +146,20 @@ def test_right_cut_inside_second_image_keeps_only_the_first(tiny_model_dir, proc
     encoder = encoder_with(tiny_model_dir, processor_of, max_length=second_start + 5, truncation_strategy="right")
     cut = encoder.encode(sample)
     assert cut.truncated
-    # The cut moved back to the second image's vision_start: nothing of it is left.
-    assert cut.input_ids == full.input_ids[:second_start]
-    assert cut.labels == full.labels[:second_start]
+    # The cut moved back past the second image to its question's start: the first round is left, whole.
+    second_question = positions(full.input_ids, IM_START)[2]
+    assert cut.input_ids == full.input_ids[:second_question]
+    assert cut.labels == full.labels[:second_question]
     assert_whole_images(cut, encoder)
+    assert cut.dropped == f"tokens {second_question}-{full.length - 1} of {full.length}: 1 image, 1 user turn"
 
     # Ground truth: the first round with the first image, encoded on its own.
     alone = full_encoder.encode(to_sample(one_image_row(media_dir, "a.png", "What is this?", "Noise.")))
     assert torch.equal(cut.image_grid_thw, alone.image_grid_thw)
     assert cut.pixel_values.shape == alone.pixel_values.shape
     assert torch.equal(cut.pixel_values, alone.pixel_values)
-    assert cut.input_ids[:alone.length] == alone.input_ids
-    assert cut.labels[:alone.length] == alone.labels
+    assert cut.input_ids == alone.input_ids
+    assert cut.labels == alone.labels
 
 
 def test_right_cut_never_leaves_a_partial_image(tiny_model_dir, processor_of, full_encoder, media_dir):
@@ -144,6 +174,8 @@ def test_right_cut_never_leaves_a_partial_image(tiny_model_dir, processor_of, fu
         assert cut.length <= max_length
         assert cut.input_ids == full.input_ids[:cut.length]
         assert_whole_images(cut, full_encoder)
+        # It ends after an answer's tokens, never inside a question.
+        assert cut.input_ids[-1] != IM_START and full.labels[cut.length - 1] != IGNORE_INDEX
 
 
 def test_left_cut_inside_first_image_keeps_only_the_second(tiny_model_dir, processor_of, full_encoder, media_dir):
@@ -154,10 +186,15 @@ def test_left_cut_inside_first_image_keeps_only_the_second(tiny_model_dir, proce
     encoder = encoder_with(tiny_model_dir, processor_of, max_length=full.length - (first_start + 3),
                            truncation_strategy="left")
     cut = encoder.encode(sample)
-    assert cut.input_ids == full.input_ids[first_end:]  # moved forward past the first image's vision_end
-    assert cut.labels == full.labels[first_end:]
+    # Moved forward past the first image and the rest of its round, to the second question's start.
+    second_question = positions(full.input_ids, IM_START)[2]
+    assert second_question > first_end
+    assert cut.input_ids == full.input_ids[second_question:]
+    assert cut.labels == full.labels[second_question:]
     assert_whole_images(cut, encoder)
+    assert cut.dropped == f"tokens 0-{second_question - 1} of {full.length}: 1 image, 1 user turn"
     alone = full_encoder.encode(to_sample(one_image_row(media_dir, "c.jpg", "And this one?", "Also noise.")))
+    assert cut.input_ids == alone.input_ids and cut.labels == alone.labels
     assert torch.equal(cut.image_grid_thw, alone.image_grid_thw)
     assert torch.equal(cut.pixel_values, alone.pixel_values)
 
@@ -177,7 +214,9 @@ def test_right_cut_inside_video_drops_it(tiny_model_dir, processor_of, media_dir
     encoder, _, _ = make_encoder("qwen2_5_vl", tiny_model_dir, processor_of, max_length=video_start + 10,
                                  truncation_strategy="right")
     cut = encoder.encode(sample)
-    assert cut.input_ids == full.input_ids[:video_start]
+    second_question = positions(full.input_ids, IM_START)[3]  # after the default system turn and round one
+    assert second_question < video_start
+    assert cut.input_ids == full.input_ids[:second_question]
     assert cut.pixel_values_videos is None and cut.video_grid_thw is None and cut.second_per_grid_ts is None
     assert video_start + 10 < full.length
     assert torch.equal(cut.pixel_values, full.pixel_values)
@@ -207,13 +246,12 @@ def test_cut_without_trained_tokens_raises(tiny_model_dir, processor_of, full_en
     row = one_image_row(media_dir, "a.png", "What is this?", "Noise.")
     sample = to_sample(row)
     full = full_encoder.encode(sample)
+    first_trained = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
     if side == "right":
         # Cut before the first trained token: only the prompt remains.
-        max_length = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+        max_length, problem = first_trained, "no trained tokens left"
     else:
-        # Keep only the trailing tokens after the last trained one.
-        last = max(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
-        max_length = full.length - last - 1
-        assert max_length >= 1
-    with pytest.raises(DataError, match="no trained tokens left"):
+        # Keep the answer only: the cut would fall inside the (last) question.
+        max_length, problem = full.length - first_trained, "would cut into the question"
+    with pytest.raises(DataError, match=problem):
         encoder_with(tiny_model_dir, processor_of, max_length=max_length, truncation_strategy=side).encode(sample)

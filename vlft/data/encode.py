@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from transformers.video_utils import VideoMetadata
 
+from vlft.data.control_tokens import ControlTokens
 from vlft.data.grounding import ImageGeometry, fill_grounding
 from vlft.data.image_grid import grid_from_size
 from vlft.data.media import MAX_IMAGE_PIXELS, image_size, load_image, local_video_path
@@ -27,6 +28,7 @@ from vlft.errors import DataError
 from vlft.families.base import Family, frame_timestamps
 
 IGNORE_INDEX = -100
+PROMPT_ROLES = ("user", "tool")  # turns truncation never cuts through (a tool result is wrapped in a user turn)
 
 
 class TooLongError(DataError):
@@ -48,6 +50,11 @@ class EncodeSettings:
     image_max_pixels: int | None = None
     video: VideoSampling = field(default_factory=VideoSampling)
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images and video frames are refused, not decoded
+    # Control tokens typed in a message (`<|im_start|>`, `<|im_end|>`, ...): an error by default; True encodes
+    # them as plain text, as a tokenizer with split_special_tokens does.
+    split_special_tokens: bool = False
+    # The `\n` after each trained assistant turn's end is trained (as ms-swift and Qwen's fine-tuning code do).
+    train_turn_separator: bool = True
 
 
 @dataclass
@@ -64,6 +71,7 @@ class EncodedSample:
     source: str | None = None
     line: int | None = None
     truncated: bool = False
+    dropped: str | None = None  # what --truncation_strategy left|right cut away ("tokens 0-811: 1 image, ...")
     # Set when the pixel values were left out (see `without_pixels`): the parsed row, to make them again.
     sample: Sample | None = field(default=None, repr=False, compare=False)
 
@@ -112,6 +120,9 @@ class Encoder:
         self.video_pad_id = ids(template.video_pad)
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
+        self.control = ControlTokens.of(tokenizer)
+        self.prompt_turn_starts = [tokenizer.encode(template.turn_start.format(role=role), add_special_tokens=False)
+                                   for role in PROMPT_ROLES]
 
     def encode(self, sample: Sample, *, add_generation_prompt: bool = False, pixels: bool = True,
                enable_thinking: bool | None = None) -> EncodedSample:
@@ -139,23 +150,34 @@ class Encoder:
             messages.insert(0, Message("system", self.settings.system, where="--system"))
         _check_placeholders(messages, IMAGE_PLACEHOLDER, len(sample.images), "images")
         _check_placeholders(messages, VIDEO_PLACEHOLDER, len(sample.videos), "videos")
+        _check_media_roles(messages, self.template)
         grids_only = None if pixels else self._image_grids(sample)
         image_inputs, geometries = grids_only or self._process_images(sample)
         video_inputs, videos = self._process_videos(sample)
         texts = fill_grounding([m.content for m in messages], sample.objects, geometries, self.family)
         messages = [dataclasses.replace(m, content=t) for m, t in zip(messages, texts)]
-        _check_text(messages, self.template)
+        _check_text(messages)
+        tools = sample.tools
+        if self.settings.split_special_tokens:  # typed control tokens become sentinels, tokenized as text
+            messages, tools = self.control.hide(messages, tools)
+        else:
+            self.control.refuse(messages, tools)
         segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
-                          add_generation_prompt=add_generation_prompt, tools=sample.tools,
+                          add_generation_prompt=add_generation_prompt, tools=tools,
                           enable_thinking=self.settings.enable_thinking if enable_thinking is None else enable_thinking,
                           style=self.style,
-                          disable_ignore_empty_think=self.settings.disable_ignore_empty_think)
+                          disable_ignore_empty_think=self.settings.disable_ignore_empty_think,
+                          train_turn_separator=self.settings.train_turn_separator)
         input_ids, labels = self._tokenize(segments)
         input_ids, labels, spans = self._expand_media(input_ids, labels, image_inputs, video_inputs, videos)
         encoded = EncodedSample(input_ids=input_ids, labels=labels, source=sample.source, line=sample.line,
                                 **image_inputs, **video_inputs)
         if self.settings.max_length is not None and encoded.length > self.settings.max_length:
             encoded = self._truncate(encoded, spans)
+        if not add_generation_prompt and not any(label != IGNORE_INDEX for label in encoded.labels[1:]):
+            # Nothing to learn from: its loss would be 0/0 (NaN) and poison the logged mean.
+            raise DataError("no token of this line is trained (every assistant turn has loss false, or "
+                            "--loss_scale leaves none); it would give a NaN loss", field="messages")
         return encoded
 
     def _tokenize(self, segments) -> tuple[list[int], list[int]]:
@@ -165,7 +187,10 @@ class Encoder:
         input_ids: list[int] = []
         labels: list[int] = []
         for trained, run in _runs(segments):
-            ids = self.tokenizer.encode(run, add_special_tokens=False)
+            if self.settings.split_special_tokens:
+                ids = self.control.encode_hidden(self.tokenizer, run)
+            else:
+                ids = self.tokenizer.encode(run, add_special_tokens=False)
             input_ids += ids
             labels += ids if trained else [IGNORE_INDEX] * len(ids)
         return input_ids, labels
@@ -294,7 +319,18 @@ class Encoder:
                                "(dropped; --truncation_strategy left|right cuts it instead)")
         if strategy == "error":
             raise DataError(f"sample is {encoded.length} tokens, over --max_length {self.settings.max_length}")
-        return truncate(encoded, spans, self.settings.max_length, strategy, merge_size=self.family.merge_size)
+        return truncate(encoded, spans, self._prompt_turns(encoded.input_ids), self.settings.max_length, strategy)
+
+    def _prompt_turns(self, input_ids: list[int]) -> list[tuple[int, int]]:
+        """Token ranges [start, end) of the user and tool turns: from their turn start to the next turn's."""
+        turn_start_id = self.prompt_turn_starts[0][0]
+        starts = [i for i, token in enumerate(input_ids) if token == turn_start_id]
+        turns = []
+        for n, at in enumerate(starts):
+            end = starts[n + 1] if n + 1 < len(starts) else len(input_ids)
+            if any(input_ids[at:at + len(p)] == p for p in self.prompt_turn_starts):
+                turns.append((at, end))
+        return turns
 
 
 def _runs(segments) -> list[tuple[bool, str]]:
@@ -327,9 +363,8 @@ def _check_placeholders(messages: list[Message], placeholder: str, given: int, m
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one ("\\ud800"); no tokenizer takes it
 
 
-def _check_text(messages: list[Message], template: Template) -> None:
-    """DataError for text the tokenizer cannot take, or that would pass for the model's own media tokens."""
-    special = (template.image_pad, template.video_pad, template.vision_start, template.vision_end)
+def _check_text(messages: list[Message]) -> None:
+    """DataError for text the tokenizer cannot take."""
     for i, message in enumerate(messages):
         where = message.where or f"messages[{i}].content"
         # Reasoning and tool-call arguments are rendered as text too.
@@ -339,8 +374,16 @@ def _check_text(messages: list[Message], template: Template) -> None:
         if surrogate:
             raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "
                             "(not valid Unicode)", field=where)
-        token = next((t for t in special if t in text), None)
-        if token is not None:
-            # A pad in the text would be expanded as if it were an image or video the sample does not have.
-            raise DataError(f"contains the model's special token {token}; mark media with <image> or <video>",
-                            field=where)
+
+
+def _check_media_roles(messages: list[Message], template: Template) -> None:
+    """Media placeholders only in the turns whose media the checkpoint's chat template renders (Qwen3-VL's drops
+    images of system and assistant turns, Qwen3.5's refuses them in the system turn)."""
+    for i, message in enumerate(messages):
+        if message.role in template.media_roles:
+            continue
+        for placeholder in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+            if placeholder in message.content:
+                roles = " and ".join(template.media_roles)
+                raise DataError(f"{placeholder} in a {message.role} turn: the {template.name} chat template renders "
+                                f"media in {roles} turns only", field=message.where or f"messages[{i}].content")

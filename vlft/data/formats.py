@@ -87,6 +87,8 @@ def _json(text: str, field: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})", field=field) from None
+    except ValueError as e:  # an integer over Python's 4,300-digit limit
+        raise DataError(f"invalid JSON: {e}", field=field) from None
 
 
 def _media_list(row: dict, plural: str, singular: str) -> list:
@@ -277,3 +279,11 @@ def _check_turns(messages: list[Message], field: str, role_key: str, require_ans
             raise DataError("a system message may only come first", field=f"{field}[{i}].{role_key}")
     if require_answer and not any(m.role == "assistant" for m in messages):
         raise DataError("no assistant turn to train on", field=field)
+    first = next((m for m in messages if m.role != "system"), None)
+    if require_answer and first is not None and first.role == "assistant":
+        # ms-swift inserts an empty user turn here (its pretraining rows); the HF templates render an answer to
+        # nothing. Neither is what a chat dataset means: say so, and how to get ms-swift's encoding.
+        where = first.where.rsplit(".", 1)[0] + f".{role_key}" if first.where else field
+        raise DataError("the conversation starts with an assistant turn: there is no question for it to answer. "
+                        'Start with a user turn (ms-swift inserts an empty one: add {"role": "user", "content": ""} '
+                        "for the same encoding)", field=where)

@@ -11,6 +11,7 @@ import csv
 import json
 import random
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +72,14 @@ def read_local(path: Path) -> Iterator[RawRow]:
         return
     if path.suffix not in SUFFIXES:
         raise VlftError(f"--dataset {path}: unsupported file type {path.suffix!r} (expected {', '.join(SUFFIXES)})")
+    rows = 0
+    for rows, raw in enumerate(_read_file(path), start=1):
+        yield raw
+    if not rows:  # an empty file is a mistake (a failed export, a wrong path), never a dataset of 0 lines
+        raise DataError("holds no rows (nothing to check or train on)", source=escape_controls(str(path)))
+
+
+def _read_file(path: Path) -> Iterator[RawRow]:
     source, base_dir = str(path), path.parent.resolve()
     if path.suffix == ".jsonl":
         yield from _read_jsonl(path, source, base_dir)
@@ -84,7 +93,7 @@ def read_local(path: Path) -> Iterator[RawRow]:
             for row in reader:
                 error = _undecodable_cell(row)
                 values = None if error else _csv_values(row)
-                error = error or _too_deep(values)
+                error = error or _unreadable(values)
                 yield RawRow(None if error else values, source, start, base_dir, error)
                 start = reader.line_num + 1
     else:
@@ -122,7 +131,7 @@ def _read_json(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
         yield RawRow(None, source, line, base_dir, DataError(f"not valid UTF-8: byte {data[e.start]:#04x}"))
         return
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         yield RawRow(None, source, e.lineno, base_dir, DataError(f"malformed JSON: {e.msg} (column {e.colno})"))
         return
@@ -136,34 +145,76 @@ def _read_json(path: Path, source: str, base_dir: Path) -> Iterator[RawRow]:
         return
     for i, row in enumerate(parsed):
         # A JSON array has no per-row lines: the "line" is the item's position, 1-based.
-        error = _too_deep(row)
+        error = _unreadable(row)
         yield RawRow(None if error else row, source, i + 1, base_dir, error)
 
 
 def parse_json(text: str) -> tuple[Any, DataError | None]:
     """(value, None) for one JSON text, or (None, the DataError saying why it cannot be a row)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         return None, DataError(f"malformed JSON: {e.msg} (column {e.colno})")
     except RecursionError:  # the json module recurses once per nesting level
         return None, DataError(f"malformed JSON: nested too deeply to read (at most {MAX_NESTING} levels)")
-    error = _too_deep(value)
+    error = _unreadable(value)
     return (None, error) if error else (value, None)
 
 
-def _too_deep(value: Any) -> DataError | None:
-    """A DataError if lists and objects nest more than MAX_NESTING levels (walked without recursion)."""
-    stack = [(value, 1)]
+class LongInteger:
+    """A JSON integer with more digits than Python converts (`sys.get_int_max_str_digits()`, 4300 by default),
+    kept as its text so that only its own row fails (json.loads would raise a bare ValueError for the file)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _parse_int(text: str) -> int | LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # the scanner has checked the syntax: only the digit limit is left to fail
+        return LongInteger(text)
+
+
+def _unreadable(value: Any) -> DataError | None:
+    """A DataError if lists and objects nest more than MAX_NESTING levels, or if an integer is too long to
+    convert (walked without recursion, in document order: the first one found is the first in the row)."""
+    stack: list[tuple[Any, int, tuple]] = [(value, 1, ())]
     while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        item, depth, path = stack.pop()
+        if isinstance(item, LongInteger):
+            digits = len(item.text.lstrip("-"))
+            limit = sys.get_int_max_str_digits()
+            return DataError(f"an integer of {digits} digits, over Python's {limit}-digit limit",
+                             field=_field_name(path) or None)
+        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else None
         if children is None:
             continue
         if depth > MAX_NESTING:
             return DataError(f"lists and objects nested more than {MAX_NESTING} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1, (path, key)) for key, child in reversed(list(children)))
     return None
+
+
+def _field_name(path: tuple) -> str:
+    """`messages[0].content` for the linked path ((((), "messages"), 0), "content")."""
+    keys = []
+    while path:
+        path, key = path
+        keys.append(key)
+    return "".join(f"[{key}]" if isinstance(key, int) else f".{key}" if i else str(key)
+                   for i, key in enumerate(reversed(keys)))
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: any of them in a file name or a
+# quoted value would break (or forge) a line of a report.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` as one line: control characters written as repr writes them (`\\n`, `\\x1b`, `\\u2028`);
+    backslashes are left as they are, so a Windows path stays readable."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a non-UTF-8 byte
@@ -185,7 +236,7 @@ def _csv_values(row: dict[str, str]) -> dict[str, Any]:
     for key, value in row.items():
         if isinstance(value, str) and value[:1] in "[{":
             try:
-                out[key] = json.loads(value)
+                out[key] = json.loads(value, parse_int=_parse_int)
                 continue
             except (json.JSONDecodeError, RecursionError):  # not JSON after all: the cell stays text
                 pass

@@ -1,4 +1,5 @@
-"""Loading the images and videos a dataset line points at: paths, file:// URLs, http(s), data URIs, PIL objects."""
+"""Loading the images and videos a dataset line points at: paths, file:// URLs, http(s), data URIs, bare base64
+images, PIL objects."""
 
 from __future__ import annotations
 
@@ -93,8 +94,7 @@ def load_image(ref: Any, base_dir: Path | None = None, max_pixels: int = MAX_IMA
     if isinstance(ref, Image.Image):
         image, what = ref, "image"
     else:
-        data = _image_bytes(ref, base_dir)
-        what = f"image {_describe(ref, base_dir)}"
+        data, what = _image_bytes(ref, base_dir)
         image = open_image_header(data, what)
     check_pixels(image.width, image.height, max_pixels, what)
     try:
@@ -112,8 +112,8 @@ def image_size(ref: Any, base_dir: Path | None = None, max_pixels: int = MAX_IMA
     if isinstance(ref, Image.Image):
         check_pixels(ref.width, ref.height, max_pixels, "image")
         return ref.width, ref.height
-    what = f"image {_describe(ref, base_dir)}"
-    image = open_image_header(_image_bytes(ref, base_dir), what)
+    data, what = _image_bytes(ref, base_dir)
+    image = open_image_header(data, what)
     width, height = image.size
     check_pixels(width, height, max_pixels, what)
     try:
@@ -160,34 +160,68 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def _image_bytes(ref: Any, base_dir: Path | None) -> bytes:
+def _image_bytes(ref: Any, base_dir: Path | None) -> tuple[bytes, str]:
+    """The bytes of an image reference, and the words naming it in errors."""
     if isinstance(ref, dict):  # the HF datasets Image feature: {"bytes": ..., "path": ...}
         if ref.get("bytes"):
             if not isinstance(ref["bytes"], (bytes, bytearray)):
                 raise DataError(f"expected bytes under 'bytes', got {type(ref['bytes']).__name__}")
-            return bytes(ref["bytes"])
+            return bytes(ref["bytes"]), "image bytes"
         ref = ref.get("path")
     if isinstance(ref, (bytes, bytearray)):
-        return bytes(ref)
+        return bytes(ref), "image bytes"
     if not isinstance(ref, str):
         raise DataError(f"expected an image path, URL or data URI, got {type(ref).__name__}")
     if not ref:
         raise DataError("expected an image path, URL or data URI, got an empty string")
-    looks_like_path = ref.startswith(("data:", "file://", "/", ".", "~")) or _is_url(ref) or "." in ref[-6:]
-    if not looks_like_path and len(ref) > 256:
-        try:  # a bare base64 string, as some datasets store images
-            return base64.b64decode(ref, validate=True)
-        except (binascii.Error, ValueError):
-            pass
-    return read_media_bytes(ref, base_dir)
+    if ref.startswith(("data:", "file://")) or _is_url(ref) or _names_existing_path(ref, base_dir):
+        return read_media_bytes(ref, base_dir), f"image {_describe(ref, base_dir)}"
+    # As ms-swift's load_file: a string that names no file is read as base64 (ms-swift decides by length,
+    # over 200 characters; vlft by whether the decoded bytes are an image, so a short one works too).
+    data = _base64_image(ref)
+    if data is not None:
+        return data, f"base64 image ({len(ref):,} characters)"
+    try:
+        return read_media_bytes(ref, base_dir), f"image {_describe(ref, base_dir)}"
+    except DataError as e:  # the path's own problem (not found, name too long, ...) and the base64 one
+        raise DataError(f"{e.problem}, and not base64 image data either") from None
 
 
-def _describe(ref: Any, base_dir: Path | None) -> str:
-    if isinstance(ref, str):
-        if ref.startswith("data:") or _is_url(ref):
-            return ref if len(ref) < 120 else ref[:60] + "..."
-        return _shorten(str(resolve_media_path(ref, base_dir))) if len(ref) < 4096 else "(base64 image)"
-    return type(ref).__name__
+def _names_existing_path(ref: str, base_dir: Path | None) -> bool:
+    try:
+        return resolve_media_path(ref, base_dir).exists()
+    except (OSError, ValueError):  # a name too long for a path (a base64 string often is), a NUL byte
+        return False
+
+
+def _base64_image(ref: str) -> bytes | None:
+    """The bytes a bare base64 string holds if PIL knows them as an image (from the header); None otherwise."""
+    data = _base64_bytes(ref)
+    if data is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        return data  # an image: refused with its size by the caller's own header check
+    except Exception:  # PIL's assorted header errors: not an image
+        return None
+    return data
+
+
+def _base64_bytes(text: str) -> bytes | None:
+    """The bytes `text` holds as strict base64; None if it is not base64."""
+    try:  # whitespace is allowed: base64.encodebytes and many tools wrap lines at 76 characters
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _describe(ref: str, base_dir: Path | None) -> str:
+    if ref.startswith("data:") or _is_url(ref):
+        return ref if len(ref) < 120 else ref[:60] + "..."
+    return _shorten(str(resolve_media_path(ref, base_dir)))
 
 
 def _shorten(text: str) -> str:
@@ -201,7 +235,15 @@ def local_video_path(ref: str, base_dir: Path | None, cache_dir: Path | None = N
     if not ref:
         raise DataError("expected a video path, URL or data URI, got an empty string")
     if not (ref.startswith("data:") or _is_url(ref)):
-        return local_file(ref, base_dir)
+        try:
+            return local_file(ref, base_dir)
+        except DataError as e:
+            if len(ref) > 200 and _base64_bytes(ref) is not None:  # ms-swift's length test for base64
+                # ms-swift hands a video string to qwen-vl-utils' fetch_video, whose readers take paths and
+                # URLs only; vlft takes base64 in a data URI, where the type is said.
+                raise DataError(f"{e.problem} (a bare base64 string is not read as a video, as in ms-swift; "
+                                "write it as a data:video/mp4;base64,... URI)") from None
+            raise
     data = read_media_bytes(ref, base_dir)
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "vlft-media"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +256,8 @@ def local_video_path(ref: str, base_dir: Path | None, cache_dir: Path | None = N
 
 
 def with_absolute_media(row: dict, base_dir: Path | None) -> dict:
-    """A row whose relative image/video paths are made absolute (so it can be written elsewhere)."""
+    """A row whose relative image/video paths are made absolute (so it can be written elsewhere); strings that
+    name no file (base64 images) are kept as written."""
     out = dict(row)
     for key in ("images", "image", "videos", "video"):
         value = out.get(key)
@@ -222,6 +265,6 @@ def with_absolute_media(row: dict, base_dir: Path | None) -> dict:
         if not isinstance(refs, list):
             continue
         fixed = [str(resolve_media_path(r, base_dir)) if isinstance(r, str) and not (
-            r.startswith("data:") or _is_url(r)) else r for r in refs]
+            r.startswith("data:") or _is_url(r)) and _names_existing_path(r, base_dir) else r for r in refs]
         out[key] = fixed[0] if isinstance(value, str) else fixed
     return out

@@ -83,15 +83,17 @@ def generation_prompt(style: TemplateStyle, enable_thinking: bool | None) -> str
 def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style: TemplateStyle = DEFAULT_STYLE,
                    loss_scale: LossScale = "default", ignore_empty_think: bool = False,
                    add_generation_prompt: bool = False, enable_thinking: bool | None = None,
-                   preserve_thinking: bool = False, image: str = IMAGE, video: str = VIDEO) -> list[Segment]:
+                   preserve_thinking: bool = False, image: str = IMAGE, video: str = VIDEO,
+                   train_turn_separator: bool = True) -> list[Segment]:
     """The conversation as the official template writes it, split into trained and untrained segments.
 
     An assistant turn's prompt is what the template gives with add_generation_prompt=True at that point (the
     generation prompt, when the turn shows its `<think>` block and starts with it; else `<|im_start|>assistant\\n`,
     as for history turns, which the template writes without `<think>`); the rest of the turn and its
-    `<|im_end|>` are trained, the `\\n` after it is not. `loss_scale`: "default" trains every assistant turn,
-    "last_round" those after the last user or tool message (ms-swift), "all" every token but the generation
-    prompt; a message's `loss` overrides. `ignore_empty_think`: an empty `<think>` block is never trained.
+    `<|im_end|>` are trained, and the `\\n` after it with `train_turn_separator` (ms-swift's labels).
+    `loss_scale`: "default" trains every assistant turn, "last_round" those after the last user or tool message
+    (ms-swift), "all" every token but the generation prompt; a message's `loss` overrides. `ignore_empty_think`:
+    an empty `<think>` block is never trained.
     """
     if preserve_thinking and not style.preserve_thinking:
         raise VlftError("preserve_thinking needs a chat template that supports it (Qwen3.6); this one drops the "
@@ -121,7 +123,7 @@ def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style:
             shows_think = preserve_thinking or i > last_query
             answer = _answer(message, text, shows_think, style)
             segments += _assistant_turn(answer, lead if shows_think else "", trained, everything,
-                                        ignore_empty_think and shows_think)
+                                        ignore_empty_think and shows_think, train_turn_separator)
         else:
             raise DataError(f"unknown role {message.role!r}", field=_field(message, "role"))
     if add_generation_prompt:
@@ -129,15 +131,17 @@ def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style:
     return [s for s in segments if s.text]
 
 
-def _assistant_turn(answer: str, lead: str, trained: bool, everything: bool, ignore_empty_think: bool):
+def _assistant_turn(answer: str, lead: str, trained: bool, everything: bool, ignore_empty_think: bool,
+                    train_separator: bool):
     """`<|im_start|>assistant\n` and the generation prompt's `lead` (when the answer starts with it) untrained, the
-    rest of the answer `trained`, the `\n` after it untrained; with "all", all of them trained."""
+    rest of the answer `trained`, the `\n` after it trained with it where `train_separator`; with "all", all of
+    them trained."""
     if ignore_empty_think and answer.startswith(EMPTY_THINK):  # even under "all", as ms-swift's regex does
         prompt, prompt_trained = EMPTY_THINK, False
     else:
         prompt, prompt_trained = (lead if lead and answer.startswith(lead) else ""), everything
     return [Segment(ASSISTANT, everything), Segment(prompt, prompt_trained), Segment(answer[len(prompt):], trained),
-            Segment("\n", everything)]
+            Segment("\n", everything or (trained and train_separator))]
 
 
 def _with_media(message: Message, image: str, video: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from vlft.data.encode import IGNORE_INDEX, EncodedSample, TooLongError
+from vlft.data.loader import escape_controls
 from vlft.data.pipeline import EncodeResult
 
 HISTOGRAM_EDGES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -24,6 +25,12 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 def printable(text: str) -> str:
     """`text` writable as UTF-8: lone surrogates (a dataset's bad bytes quoted in a message) as \\udcXX."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def one_line(text: str) -> str:
+    """`text` printable on one line of a report: a newline in a file name or a quoted value cannot start a line
+    that looks like the report's own."""
+    return printable(escape_controls(text))
 
 
 def encoded_line(result: EncodeResult, tokenizer) -> dict:
@@ -46,6 +53,7 @@ def encoded_line(result: EncodeResult, tokenizer) -> dict:
         out["second_per_grid_ts"] = s.second_per_grid_ts
     if s.truncated:
         out["truncated"] = True
+        out["dropped"] = s.dropped
     return out
 
 
@@ -78,7 +86,7 @@ def bad_results(results: list[EncodeResult]) -> list[EncodeResult]:
 
 def listed_errors(results: list[EncodeResult], max_listed: int, flag: str) -> list[str]:
     """`  file:line: field: problem` for the first `max_listed` results, and a line counting the rest."""
-    lines = [f"  {r.error}" for r in results[:max_listed]]
+    lines = [f"  {one_line(str(r.error))}" for r in results[:max_listed]]
     if len(results) > max_listed:
         lines.append(f"  ... and {len(results) - max_listed} more ({flag})")
     return lines
@@ -113,11 +121,11 @@ def check_report(results: list[EncodeResult], max_length: int | None, max_errors
         lines += listed_errors(bad, max_errors, "--max_errors")
     if too_long:
         lines.append(f"over --max_length {max_length}, dropped ({len(too_long)}):")
-        lines += [f"  {r.error}" for r in too_long[:max_errors]]
+        lines += [f"  {one_line(str(r.error))}" for r in too_long[:max_errors]]
     truncated = [s for s in good if s.truncated]
     if truncated:
         lines.append(f"over --max_length {max_length}, truncated ({len(truncated)}):")
-        lines += [f"  {s.source}:{s.line}" for s in truncated[:max_errors]]
+        lines += [f"  {one_line(s.source)}:{s.line}: dropped {s.dropped}" for s in truncated[:max_errors]]
     if good:
         counts = Counter(modality(s) for s in good)
         n_images = sum(len(s.image_grid_thw) for s in good if s.image_grid_thw is not None)

@@ -48,6 +48,8 @@ class Template:
     # ms-swift appends "+ignore_empty_think" to --loss_scale for hybrid-thinking templates
     # (unless --disable_ignore_empty_think); true for those.
     ignore_empty_think: bool = False
+    # The roles whose media the official chat template renders (Qwen3-VL drops system and assistant images).
+    media_roles: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
     @property
     def generation_prompt(self) -> str:
@@ -71,6 +73,8 @@ def load_template(name: str) -> Template:
         raise VlftError(f"unknown template {name!r}; known: {', '.join(known)}")
     spec = json.loads(path.read_text())
     spec["stop_words"] = tuple(spec["stop_words"])
+    if "media_roles" in spec:
+        spec["media_roles"] = tuple(spec["media_roles"])
     return Template(**spec)
 
 
@@ -89,8 +93,9 @@ def split_loss_scale(loss_scale: str) -> tuple[LossScale, bool]:
 def render(template: Template, messages: list[Message], *, loss_scale: str = "default",
            add_generation_prompt: bool = False, tools: list | None = None, enable_thinking: bool | None = None,
            preserve_thinking: bool = False, style: TemplateStyle | None = None,
-           disable_ignore_empty_think: bool = False) -> list[Segment]:
-    """The conversation as text segments; assistant content and its closing turn_end are trained.
+           disable_ignore_empty_think: bool = False, train_turn_separator: bool = True) -> list[Segment]:
+    """The conversation as text segments; assistant content, its closing turn_end and (`train_turn_separator`,
+    as ms-swift and Qwen's fine-tuning code do) the separator after it are trained.
 
     `loss_scale`: "default" trains every assistant turn, "last_round" only the last, "all" every token;
     "+ignore_empty_think": an empty `<think>` block is not trained (templates with `ignore_empty_think` add it
@@ -102,18 +107,18 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
     base, ignore_empty_think = split_loss_scale(loss_scale)
     if template.renderer is None:
         _refuse_hook_only(template, messages, tools)
-        return _render_fields(template, messages, base, add_generation_prompt)
+        return _render_fields(template, messages, base, add_generation_prompt, train_turn_separator)
     hook, default_style = _renderer(template.renderer)
     ignore_empty_think = ignore_empty_think or (template.ignore_empty_think and not disable_ignore_empty_think)
     return hook(messages, tools=tools, style=style or default_style, loss_scale=base,
-                ignore_empty_think=ignore_empty_think,
+                ignore_empty_think=ignore_empty_think, train_turn_separator=train_turn_separator,
                 add_generation_prompt=add_generation_prompt, preserve_thinking=preserve_thinking,
                 enable_thinking=template.enable_thinking if enable_thinking is None else enable_thinking,
                 image=template.image, video=template.video)
 
 
 def _render_fields(template: Template, messages: list[Message], loss_scale: LossScale,
-                   add_generation_prompt: bool) -> list[Segment]:
+                   add_generation_prompt: bool, train_turn_separator: bool) -> list[Segment]:
     segments: list[Segment] = []
     everything = loss_scale == "all"
     if messages and messages[0].role == "system":
@@ -141,7 +146,7 @@ def _render_fields(template: Template, messages: list[Message], loss_scale: Loss
         segments += [
             Segment(start, everything),
             Segment(content + template.turn_end, trained),
-            Segment(template.turn_separator, everything),
+            Segment(template.turn_separator, everything or (trained and train_turn_separator)),
         ]
     if add_generation_prompt:
         segments.append(Segment(template.generation_prompt, False))

@@ -70,8 +70,11 @@ def read_video(path: Path, sampling: VideoSampling, image_factor: int,
         raise DataError(f"corrupt or unsupported video {path}: {type(e).__name__}: {e}") from None
     nframes, _, height, width = raw.shape
     min_pixels, max_pixels = frame_pixel_bounds(sampling, nframes, image_factor)
-    resized_h, resized_w = smart_resize(height, width, factor=image_factor, min_pixels=min_pixels,
-                                        max_pixels=max_pixels)
+    try:  # frames smaller than a patch are resized up to min_pixels, as qwen-vl-utils does
+        resized_h, resized_w = smart_resize(height, width, factor=image_factor, min_pixels=min_pixels,
+                                            max_pixels=max_pixels)
+    except ValueError as e:  # as qwen-vl-utils raises it: an aspect ratio over 200
+        raise DataError(f"cannot process video {path} ({width}x{height} frames): {e}") from None
     frames = tvF.resize(raw, [resized_h, resized_w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
     return VideoFrames(frames=frames, video_fps=float(video_fps), frame_indices=indices, total_frames=total)
 
@@ -101,10 +104,24 @@ def _decode(path: Path, sampling: VideoSampling) -> tuple[torch.Tensor, float, l
         import decord
     except ImportError:
         return _decode_pyav(path, sampling)
+    try:
+        return _decode_decord(decord, path, sampling)
+    except DataError:
+        raise
+    except Exception:  # qwen-vl-utils, too, reads with another backend (torchvision's, i.e. PyAV) when decord fails
+        return _decode_pyav(path, sampling)
+
+
+def _decode_decord(decord, path: Path, sampling: VideoSampling) -> tuple[torch.Tensor, float, list[int], int]:
     reader = decord.VideoReader(str(path))
     total, video_fps = len(reader), reader.get_avg_fps()
     indices = sample_indices(total, video_fps, sampling)
-    frames = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
+    batch = reader.get_batch(indices).asnumpy()
+    # decord 0.6 mis-sizes frames whose rows ffmpeg pads (8x8, 16x16, 48x48 px, ...): get_batch raises, and a
+    # single frame comes back (h, w, 12) rather than (h, w, 3); anything but RGB frames is not trusted.
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"decord gave frames of shape {batch.shape}")
+    frames = torch.from_numpy(batch).permute(0, 3, 1, 2)
     return frames, video_fps, indices, total
 
 

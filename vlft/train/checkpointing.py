@@ -1,6 +1,7 @@
 """Atomic checkpoints: a checkpoint is written whole into `RUN/.saving/checkpoint-N`, flushed to disk, then
 renamed to `RUN/checkpoint-N`. A run killed (or out of disk) mid-save leaves the previous checkpoint as it
-was, and no partial `checkpoint-N` that a resume could pick up (transformers' own save writes in place)."""
+was, and no partial `checkpoint-N` that a resume could pick up (transformers' own save writes in place). A
+resume checks its checkpoint first (checkpoint_check.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vlft.errors import VlftError
 from vlft.export.unloaded import copy_unloaded_tensors
+from vlft.train.checkpoint_check import check_checkpoint_files, check_fits_model, other_checkpoints
+
+if TYPE_CHECKING:
+    from vlft.arguments import SftArguments
 
 STAGING_DIR = ".saving"
 COMPLETE_MARKER = "trainer_state.json"  # transformers writes it last; a published checkpoint always has it
@@ -74,14 +79,22 @@ def clear_interrupted_saves(run_dir: Path) -> list[str]:
     return done
 
 
-def check_resumable(checkpoint: Path) -> None:
-    """VlftError unless `checkpoint` is a complete checkpoint dir that training can resume from."""
+def check_resumable(checkpoint: Path, args: SftArguments | None = None, ds_config: dict | None = None) -> None:
+    """VlftError unless `checkpoint` is a complete checkpoint dir that training can resume from; given the
+    resuming run's `args` (and DeepSpeed config), also that every file the resume reads is there and whole
+    (checkpoint_check.py): cheap file checks, before any data or model is loaded."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise VlftError(f"--resume_from_checkpoint {checkpoint}: no such directory")
+        # ms-swift-style `true` (the last checkpoint) is not taken: a resume names the checkpoint it continues.
+        hint = " (it takes a checkpoint dir, e.g. output/v0-.../checkpoint-100)" if checkpoint.name.lower() in (
+            "true", "false") else ""
+        raise VlftError(f"--resume_from_checkpoint {checkpoint}: no such directory{hint}")
     if not (checkpoint / COMPLETE_MARKER).is_file():
         raise VlftError(f"--resume_from_checkpoint {checkpoint}: not a complete checkpoint (no {COMPLETE_MARKER}: "
-                        "its save was interrupted, or it is not a training checkpoint)")
+                        "its save was interrupted, or it is not a training checkpoint); "
+                        f"{other_checkpoints(checkpoint)}")
+    if args is not None:
+        check_checkpoint_files(checkpoint, args, ds_config)
 
 
 def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[str, Any],
@@ -97,12 +110,20 @@ def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[st
 
 
 class AtomicCheckpoints:
-    """A transformers Trainer mixin: checkpoints are staged whole and renamed into place.
+    """A transformers Trainer mixin: checkpoints are staged whole and renamed into place, and a checkpoint to
+    resume from is checked against the model before transformers loads it.
 
     `checkpoint_extras(dir)`, when set, adds files (processor, args.json) to a checkpoint before its rename.
     """
 
     checkpoint_extras: Callable[[Path], None] | None = None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Trainer.train, after the checkpoint's weights (safetensors headers) and optimizer state are checked
+        to fit the model: the first thing Trainer.train does with a checkpoint is load it."""
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            check_fits_model(Path(resume_from_checkpoint), self.model)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints

@@ -20,7 +20,7 @@ from vlft.data.dataset import PixelsOnFetch
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset, load_processor
-from vlft.data.report import bad_results, skipped_summary, write_skipped_lines
+from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
@@ -163,7 +163,7 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
                         "outside its forward); use ZeRO-2 or no --deepspeed")
     check_writable(Path(args.output_dir))
     if args.resume_from_checkpoint:
-        check_resumable(Path(args.resume_from_checkpoint))
+        check_resumable(Path(args.resume_from_checkpoint), args, ds_config)
     return attn_implementation, attention_note, ds_config
 
 
@@ -201,16 +201,18 @@ def encoded_samples(args: SftArguments, encoder, model_dir: Path,
     skipped = bad_results(results)
     bad = [r.error for r in skipped]
     if bad and args.strict:
-        listed = "\n  ".join(str(e) for e in bad[:MAX_LISTED_ERRORS])
-        more = f"\n  ... and {len(bad) - MAX_LISTED_ERRORS} more" if len(bad) > MAX_LISTED_ERRORS else ""
+        listed = "\n".join(listed_errors(skipped, MAX_LISTED_ERRORS, "`vlft data check` lists them all"))
         raise VlftError(f"{len(bad)} bad dataset line(s) (`vlft data check` lists them all; --strict false "
-                        f"skips them):\n  {listed}{more}")
+                        f"skips them):\n{listed}")
     if bad:
         logger.warning(f"--strict false: skipping {len(bad)} bad line(s) of {' '.join(specs)}")
     dropped = [r.error for r in results if isinstance(r.error, TooLongError)]
     for error in dropped:
-        logger.warning(f"dropped: {error}")
+        logger.warning(f"dropped: {one_line(str(error))}")
     samples = [r.sample for r in results if r.sample is not None]
+    for sample in [s for s in samples if s.truncated][:MAX_LISTED_ERRORS]:
+        logger.warning(f"truncated ({args.truncation_strategy}): {one_line(f'{sample.source}:{sample.line}')}: "
+                       f"dropped {sample.dropped}")
     if not samples:
         raise VlftError(f"no usable samples in {' '.join(specs)}")
     return samples, skipped
