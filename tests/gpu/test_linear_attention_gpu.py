@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlft.train.linear_attention import PackedGatedDeltaNet, delta_rule_per_sample, fla_refusal, packed_causal_conv1d
+from vlft.train.linear_attention import (PackedGatedDeltaNet, delta_rule_per_sample, fla_dtype_refusal, fla_refusal,
+                                         packed_causal_conv1d)
 
 
 def fla_importable() -> bool:
@@ -129,8 +130,15 @@ def tiny_stock_layer(dtype):
     return layer.to("cuda", dtype)
 
 
+# Measured on an H100 with tilelang (2026-12-06): the float32 layer's gate gradients (A_log, dt_bias, in_proj_a)
+# are 0.17-0.26 RMS off the exact path; vlft trains float32 with the torch kernels there (fla_dtype_refusal).
+FP32_GATE_GRADIENTS = pytest.param(torch.float32, id="fp32", marks=pytest.mark.xfail(
+    torch.cuda.is_available() and fla_dtype_refusal(torch.float32) is not None, raises=AssertionError,
+    strict=True, reason="fla's float32 gate gradients on Hopper (fla_dtype_refusal)"))
+
+
 @refused_backward
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bf16"), FP32_GATE_GRADIENTS])
 def test_packed_layer_fla_matches_torch_kernels(dtype):
     stock = tiny_stock_layer(dtype)
     hidden = torch.randn(1, sum(LENGTHS), 256, device="cuda", dtype=dtype,

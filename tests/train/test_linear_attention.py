@@ -242,3 +242,12 @@ def test_a_packed_run_on_cuda_stops_before_loading_when_fla_cannot_train(monkeyp
     model_module.check_linear_attention_kernels(get_family("qwen3_5"), padding_free=False, cuda=True)
     model_module.check_linear_attention_kernels(get_family("qwen3_5"), padding_free=True, cuda=False)
     model_module.check_linear_attention_kernels(get_family("qwen3_vl"), padding_free=True, cuda=True)
+    # fla trains, but not in this dtype here (float32 on Hopper): a packed run stops naming bfloat16
+    monkeypatch.setattr(model_module, "fla_refusal", lambda: None)
+    dtype_reason = "fla 0.6.0's float32 gated delta rule gives wrong gate gradients on Hopper GPUs"
+    monkeypatch.setattr(model_module, "fla_dtype_refusal",
+                        lambda dtype: dtype_reason if dtype == torch.float32 else None)
+    with pytest.raises(VlftError, match=dtype_reason):
+        model_module.check_linear_attention_kernels(get_family("qwen3_5"), True, True, torch.float32)
+    model_module.check_linear_attention_kernels(get_family("qwen3_5"), True, True, torch.bfloat16)
+    assert linear_attention.fla_dtype_refusal(torch.float32) is None  # no CUDA here

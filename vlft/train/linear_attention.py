@@ -71,9 +71,20 @@ def _fla_version() -> str:
         return "(unknown version)"
 
 
-def fla_available() -> bool:
-    """Whether fla's kernels train here (fla_refusal says why not)."""
-    return fla_refusal() is None
+def fla_available(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether fla's kernels train here in `dtype` (fla_refusal and fla_dtype_refusal say why not)."""
+    return fla_refusal() is None and fla_dtype_refusal(dtype) is None
+
+
+def fla_dtype_refusal(dtype: torch.dtype) -> str | None:
+    """None when fla's gradients hold in `dtype` on this GPU; else why not. Measured on an H100 (fla 0.6.0 with
+    tilelang 0.1.15, Triton 3.6; tests/gpu/test_linear_attention_gpu.py): a float32 packed layer gets the gate's
+    gradients wrong (A_log, dt_bias and in_proj_a 0.17-0.26 RMS off the exact path) while bfloat16 holds
+    (<= 0.03), so float32 on Hopper trains with the exact torch kernels instead."""
+    if dtype == torch.float32 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+        return (f"fla {_fla_version()}'s float32 gated delta rule gives wrong gate gradients on Hopper GPUs "
+                "(measured in tests/gpu); train in bfloat16 (--torch_dtype bfloat16)")
+    return None
 
 
 def replace_linear_attention(layers: nn.ModuleList, attribute: str, kernels: str) -> int:

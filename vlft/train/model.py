@@ -14,7 +14,7 @@ from vlft.families import family_of, get_family, module_at
 from vlft.families.base import Family
 from vlft.train.attention import (ATTENTION_NAME, attach_row_boundaries, register_varlen_attention,
                                   use_varlen_in_vision_tower)
-from vlft.train.linear_attention import fla_available, fla_refusal, replace_linear_attention
+from vlft.train.linear_attention import fla_available, fla_dtype_refusal, fla_refusal, replace_linear_attention
 
 logger = logging.getLogger("vlft")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -78,18 +78,25 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     family = family_of(model)
     if family.hybrid:
         replace_linear_attention(module_at(model, family.modules.decoder_layers), family.modules.linear_attention,
-                                 "fla" if fla_available() else "torch")
+                                 "fla" if fla_available(dtype) else "torch")
     return model
 
 
-def check_linear_attention_kernels(family: Family, padding_free: bool, cuda: bool) -> None:
-    """A hybrid family's packed rows need boundary-aware linear attention: fla on CUDA. Without it a packed
-    run stops here (transformers' own fallback would mix the samples, and vlft's exact per-sample torch path
-    is far too slow for a GPU); padded batches train with the torch path."""
-    if family.hybrid and cuda and padding_free and fla_refusal() is not None:
+def check_linear_attention_kernels(family: Family, padding_free: bool, cuda: bool,
+                                   dtype: torch.dtype = torch.bfloat16) -> None:
+    """A hybrid family's packed rows need boundary-aware linear attention: fla on CUDA, in a dtype whose
+    gradients it gets right. Without it a packed run stops here (transformers' own fallback would mix the
+    samples, and vlft's exact per-sample torch path is far too slow for a GPU); padded batches train with the
+    torch path."""
+    if not (family.hybrid and cuda and padding_free):
+        return
+    if (reason := fla_refusal()) is not None:
         raise VlftError(f"{family.name}: packed rows (--packing / --padding_free true) on CUDA need fla's "
-                        f"linear-attention kernels, and {fla_refusal()}; fix that (fla#640 names the Triton and "
+                        f"linear-attention kernels, and {reason}; fix that (fla#640 names the Triton and "
                         "tilelang versions), or train unpacked with --packing false --padding_free false")
+    if (reason := fla_dtype_refusal(dtype)) is not None:
+        raise VlftError(f"{family.name}: packed rows on CUDA need fla's linear-attention kernels, and {reason}; "
+                        "or train unpacked with --packing false --padding_free false")
 
 
 def _zero3_expert_loading(model_dir: Path):

@@ -67,7 +67,7 @@ def run_sft(args: SftArguments) -> Path:
     # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here
     # (--strict false: bad lines are skipped, written to skipped_lines.jsonl and listed at the end).
     encoder, model_dir, family = build_encoder(args)
-    check_linear_attention_kernels(family, args.padding_free, cuda)  # still before any data or model is loaded
+    check_linear_attention_kernels(family, args.padding_free, cuda, dtype)  # before any data or model loads
     with training_args.main_process_first(desc="encoding"):
         train, skipped = encoded_samples(args, encoder, model_dir, args.dataset)
         val, val_skipped = (encoded_samples(args, encoder, model_dir, args.val_dataset) if args.val_dataset
