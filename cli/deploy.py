@@ -18,6 +18,8 @@ def run(argv: list[str]) -> int:
     limits = ServerLimits.from_args(args)
     check_media_root(limits.request.media.root)  # before the model loads
     engine = InferEngine(args=args)
+    if args.served_model_name:
+        engine.model_name = args.served_model_name  # the name /v1/models lists and every answer carries
     server = make_server(engine, args.host, args.port, limits, api_key=args.api_key)
     host, port = server.server_address[:2]
     root = limits.request.media.root

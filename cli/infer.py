@@ -23,12 +23,57 @@ def run(argv: list[str]) -> int:
     from vlft.infer.protocol import RequestConfig
 
     engine = InferEngine(args=args)
+    if args.stop_words:
+        engine = StopWordsEngine(engine, args.stop_words)
     config = RequestConfig(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
                            stream=args.stream)
     if args.val_dataset or args.load_data_args:
         return answer_dataset(engine, args, config)
     return chat(engine, config, sys.stdin)
+
+
+def before_stop_words(text: str, words: list[str], final: bool = True) -> tuple[str, bool]:
+    """(the part of `text` to show, whether a stop word ended it): the text before the first stop word; while
+    streaming (final=False), less a tail that may yet become one."""
+    starts = [i for i in (text.find(word) for word in words) if i >= 0]
+    if starts:
+        return text[:min(starts)], True
+    held = 0 if final else max((n for word in words for n in range(1, len(word)) if text.endswith(word[:n])),
+                               default=0)
+    return text[:len(text) - held], False
+
+
+class StopWordsEngine:
+    """An engine whose answers end before the first of --stop_words (ms-swift's; the engine itself stops only at
+    the template's stop tokens, so generation runs on to one of them and the rest is cut off)."""
+
+    def __init__(self, engine, words: list[str]):
+        self.engine, self.words = engine, list(words)
+
+    def infer(self, requests: list, request_config=None) -> list:
+        answers = self.engine.infer(requests, request_config)
+        if request_config is not None and request_config.stream:
+            return [self._streamed(chunks) for chunks in answers]
+        for answer in answers:
+            choice = answer.choices[0]
+            choice.message.content, stopped = before_stop_words(choice.message.content, self.words)
+            choice.finish_reason = "stop" if stopped else choice.finish_reason
+        return answers
+
+    def _streamed(self, chunks):
+        text, shown, stopped = "", 0, False
+        for chunk in chunks:  # drained to the end: the generation thread finishes before the next request
+            choice = chunk.choices[0]
+            final = choice.finish_reason is not None
+            if not stopped:
+                text += choice.delta.content or ""
+                visible, stopped = before_stop_words(text, self.words, final=final)
+                choice.delta.content, shown = visible[shown:] or None, len(visible)
+            else:
+                choice.delta.content = None
+            if choice.delta.content or final:
+                yield chunk
 
 
 def _answer(engine, request, config) -> str:
@@ -53,20 +98,24 @@ def val_rows(args: InferArguments) -> list:
 
     specs = list(args.val_dataset)
     if args.load_data_args:
-        run_val = _run_dir(Path(args.adapters[0])) / "val_dataset.jsonl"
-        if not run_val.is_file():
-            from vlft.errors import VlftError
-
-            raise VlftError(f"--load_data_args: {run_val} not found (the run had no validation split)")
-        specs.append(str(run_val))
+        specs.append(str(run_val_split(Path(args.adapters[0] if args.adapters else args.model))))
     rows = []
     for spec in specs:
         rows += load_dataset_rows(spec, seed=args.seed, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir))
     return rows
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    return checkpoint.parent if checkpoint.name.startswith("checkpoint-") else checkpoint
+def run_val_split(trained: Path) -> Path:
+    """The val split (`val_dataset.jsonl`) of the run that wrote `trained`: a checkpoint, a run dir, or a merged
+    model (`checkpoint-N-merged`, beside the checkpoints, as ms-swift's `--load_data_args` finds its run)."""
+    from vlft.errors import VlftError
+
+    candidates = [trained / "val_dataset.jsonl", trained.parent / "val_dataset.jsonl"]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise VlftError(f"--load_data_args: no val_dataset.jsonl in {trained} or {trained.parent} (the run had no "
+                        "validation split, or the model was moved out of its run dir); pass --val_dataset")
+    return found
 
 
 def answer_dataset(engine, args: InferArguments, config) -> int:

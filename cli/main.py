@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from vlft.errors import VlftError
 
@@ -16,6 +17,25 @@ COMMANDS = {
     "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
     "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
 }
+
+# Library warnings that fill the console of every run but ask nothing of the user: (category, message regex,
+# module regex of the warning's origin, why it is harmless). Each is matched exactly, so a new warning still shows.
+KNOWN_WARNINGS = (
+    # transformers 5.23 renames gradient checkpointing to activation checkpointing; the old names still work.
+    (FutureWarning, r"`gradient_checkpointing` is deprecated", r"transformers\.training_args",
+     "vlft passes gradient_checkpointing=False to TrainingArguments (it enables checkpointing per part)"),
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils",
+     "vlft/train/model.py and PEFT call the old name"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils",
+     "PEFT reads the old name when it wraps a model (training, infer --adapters, export --merge_lora)"),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Hide KNOWN_WARNINGS (only those) for the rest of the process."""
+    for category, message, module, _ in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module + r"\Z")
+
 
 USAGE = "usage: vlft <command> [<args>]\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {description}" for name, (_, description) in COMMANDS.items()
@@ -41,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlft: unknown command {command!r}" + (f"; did you mean {near[0]!r}?" if near else "")
               + f"\n\n{USAGE}", file=sys.stderr)
         return 2
+    quiet_known_warnings()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return module.run(argv[1:])

@@ -1,7 +1,9 @@
 """Command-line arguments from the argument dataclasses, ms-swift style (`--flag value`, `--flag true`).
 
-Precedence: command line > environment variable named in the field's metadata > default. This is
-the one place environment variables become typed arguments.
+Precedence: command line > `--model_kwargs` (ms-swift's JSON of environment settings) > environment variable
+named in the field's metadata > default. This is the one place environment variables become typed arguments.
+Every flag a command does not take is reported at once: ms-swift's flags that vlft refuses with what to use
+instead (REFUSED, listed in docs/ms_swift.md), others with the nearest flag of the command.
 """
 
 from __future__ import annotations
@@ -17,8 +19,88 @@ from typing import Any, Literal, Mapping
 
 from vlft.errors import VlftError
 
-TRUE = {"true", "1", "yes", "y", "on"}
-FALSE = {"false", "0", "no", "n", "off"}
+TRUE = frozenset({"true", "1", "yes", "y", "on"})
+FALSE = frozenset({"false", "0", "no", "n", "off"})
+
+_LIGER = ("Liger's kernels are not used; --chunked_loss true computes the loss without a whole row's float32 "
+          "logits, the memory Liger's fused loss saves")
+_WHOLE_DATA = ("every line is encoded once before training (cached: --load_from_cache_file true; in parallel: "
+               "--dataset_num_proc N), and pixels are made when a batch is fetched")
+_SHARD = "--deepspeed zero3 (or zero3_offload) shards the model over the GPUs instead"
+_QUANT = ("quantized weights are neither trained (QLoRA) nor written; LoRA trains on bfloat16 weights "
+          "(--torch_dtype bfloat16) and --deepspeed zero3 shards a large model")
+_TUNERS = "vlft trains LoRA (--train_type lora, with --use_dora or --use_rslora) or in full (--train_type full)"
+_ENGINES = ("vlft generates with transformers (ms-swift's --infer_backend transformers); vLLM, SGLang and LMDeploy "
+            "are not used")
+_MEGATRON = "no Megatron-Core: vlft trains and writes HF checkpoints"
+_NONE: frozenset[str] = frozenset()
+
+# ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
+# does anyway, accepted and dropped; why not, and what to use instead). A name ending in "_" covers every flag that
+# begins with it (--vllm_gpu_memory_utilization). A field of the command always wins over an entry here.
+REFUSED: dict[str, tuple[frozenset[str], str]] = {
+    "use_liger_kernel": (FALSE, _LIGER),
+    "liger_kernel_config": (_NONE, _LIGER),
+    "streaming": (FALSE, _WHOLE_DATA),
+    "lazy_tokenize": (FALSE, _WHOLE_DATA),
+    "cached_dataset": (_NONE, "vlft caches encodings itself (--load_from_cache_file true): pass the data with "
+                              "--dataset"),
+    "cached_val_dataset": (_NONE, "vlft caches encodings itself: pass the data with --val_dataset"),
+    "packing_length": (_NONE, "packed rows are --max_length tokens long"),
+    "fsdp": (frozenset({""}), _SHARD),
+    "fsdp_config": (_NONE, _SHARD),
+    "device_map": (_NONE, _SHARD),
+    "max_memory": (_NONE, _SHARD),
+    "sequence_parallel_size": (frozenset({"1"}), "no sequence parallelism; --packing true with --chunked_loss true "
+                                                 "fits long rows on one GPU"),
+    "deepspeed_autotp_size": (_NONE, "put DeepSpeed's own settings in a config file: --deepspeed ds_config.json"),
+    "zero_hpz_partition_size": (_NONE, "put DeepSpeed's own settings in a config file: --deepspeed ds_config.json"),
+    "bf16": (_NONE, "--torch_dtype bfloat16 sets the weights' dtype and the mixed precision together"),
+    "fp16": (_NONE, "--torch_dtype float16 sets the weights' dtype and the mixed precision together"),
+    "push_to_hub": (FALSE, "push a checkpoint after training: vlft export --push_to_hub true --hub_model_id ID"),
+    "hub_model_id": (_NONE, "push a checkpoint after training: vlft export --push_to_hub true --hub_model_id ID"),
+    "use_ray": (FALSE, "no Ray; NPROC_PER_NODE, NNODES and NODE_RANK make vlft start torchrun"),
+    "quant_method": (_NONE, _QUANT),
+    "quant_bits": (_NONE, _QUANT),
+    "bnb_": (_NONE, _QUANT),
+    "hqq_axis": (_NONE, _QUANT),
+    "tuner_backend": (frozenset({"peft"}), "LoRA is PEFT's (ms-swift's default backend); unsloth is not used"),
+    "use_galore": (FALSE, _TUNERS),
+    "lorap_lr_ratio": (_NONE, _TUNERS),
+    **{prefix: (_NONE, _TUNERS) for prefix in ("adalora_", "adapter_", "boft_", "fourier_", "galore_", "lisa_",
+                                               "llamapro_", "lora_ga_", "reft_", "vera_")},
+    "swanlab_": (_NONE, "log with --report_to tensorboard (every run also writes logging.jsonl and plots)"),
+    "adapters": (_NONE, "vlft sft trains new adapters: --resume_from_checkpoint CKPT continues a run, or merge "
+                        "the adapter first (vlft export --merge_lora true) and train the merged model"),
+    "resume_only_model": (FALSE, "--resume_from_checkpoint resumes the model, the optimizer and the data order "
+                                 "together"),
+    "predict_with_generate": (FALSE, "evaluation computes the loss; vlft infer --load_data_args true answers the "
+                                     "val split"),
+    "model_name": (_NONE, "self-cognition data is not built in: write the model's name into your dataset"),
+    "model_author": (_NONE, "self-cognition data is not built in: write the author into your dataset"),
+    "infer_backend": (frozenset({"transformers", "pt"}), _ENGINES + "; vlft deploy batches requests "
+                                                                     "(--max_batch_size)"),
+    "vllm_": (_NONE, _ENGINES),
+    "sglang_": (_NONE, _ENGINES),
+    "lmdeploy_": (_NONE, _ENGINES),
+    "num_beams": (frozenset({"1"}), "answers are greedy (--temperature 0) or sampled (--temperature, --top_p, "
+                                    "--top_k), never beam-searched"),
+    "logprobs": (FALSE, "log probabilities are not returned"),
+    "top_logprobs": (_NONE, "log probabilities are not returned"),
+    "merge_lora": (FALSE, "vlft infer merges --adapters into the weights as it loads them; vlft export --merge_lora "
+                          "true writes a merged model"),
+    "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
+    "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
+    "ssl_certfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
+    "max_shard_size": (_NONE, "the merged model is written in transformers' shards (up to 50GB each; ms-swift's "
+                              "default is 5GB); not settable yet"),
+    "safe_serialization": (TRUE, "vlft always writes safetensors"),
+    "to_ollama": (FALSE, "no Ollama export: vlft export --merge_lora true writes a plain HF model dir"),
+    "to_mcore": (FALSE, _MEGATRON),
+    "to_hf": (FALSE, _MEGATRON),
+    "mcore_model": (_NONE, _MEGATRON),
+    "mcore_adapter": (_NONE, _MEGATRON),
+}
 
 
 def parse_bool(text: str) -> bool:
@@ -31,12 +113,20 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _json_or_name(text: str) -> Any:
+    """A JSON object, or (text not starting with `{`) a name kept as text: `--columns AI-ModelScope/LaTeX_OCR`
+    applies a known dataset's column mapping (vlft/data/formats.py rename_columns)."""
+    return json.loads(text) if text.lstrip().startswith("{") else text
+
+
 def _converter(hint: Any):
     """(convert-one-string, nargs, choices) for a field's type hint."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
         return _converter(args[0])
+    if str in args and any(a is dict or typing.get_origin(a) is dict for a in args):  # a JSON object or a name
+        return _json_or_name, None, None
     if origin is Literal:
         return str, None, list(typing.get_args(hint))
     if origin is list:
@@ -50,7 +140,9 @@ def _converter(hint: Any):
     raise TypeError(f"unsupported argument type {hint}")
 
 
-def _convert(name: str, convert, text: str):
+def _convert(name: str, convert, text: str, choices: list | None = None):
+    if choices is not None and text not in choices:
+        raise VlftError(f"--{name} {text!r}: choose from {', '.join(map(str, choices))}")
     try:
         return convert(text)
     except (ValueError, json.JSONDecodeError) as e:
@@ -65,36 +157,96 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     for f in dataclasses.fields(cls):
         _, nargs, choices = _converter(hints[f.name])
         help_text = f.metadata.get("help", "")
+        if choices:  # checked in parse_args, with the other problems
+            help_text += f" {{{', '.join(map(str, choices))}}}"
         if "env" in f.metadata:
             help_text += f" [env: {f.metadata['env']}]"
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name}", nargs=nargs, choices=choices, default=argparse.SUPPRESS,
+        parser.add_argument(f"--{f.name}", nargs=nargs, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {default})" if help_text else None, metavar=f.name.upper())
     return parser
 
 
-def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str] | None = None):
-    """Parse argv into an instance of the dataclass `cls`; unknown flags suggest the nearest known one."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser(cls, prog)
-    known, unknown = parser.parse_known_args(argv)
-    flags = [f"--{f.name}" for f in dataclasses.fields(cls)]
-    for token in unknown:
+def refusal(name: str) -> tuple[frozenset[str], str] | None:
+    """REFUSED's entry for an ms-swift flag (by name or by prefix), or None."""
+    if name in REFUSED:
+        return REFUSED[name]
+    return next((entry for key, entry in REFUSED.items() if key.endswith("_") and name.startswith(key)), None)
+
+
+def leftover_problems(flags: list[str], leftovers: list[str]) -> list[str]:
+    """A sentence for each flag in argparse's leftovers that the command (taking `flags`) does not take; a
+    REFUSED flag whose values all ask for what vlft does anyway (`--use_liger_kernel false`) passes."""
+    given: list[tuple[str, list[str]]] = []  # (flag, its values)
+    loose: list[str] = []
+    for token in leftovers:
         if token.startswith("--"):
-            flag = token.split("=", 1)[0]
-            near = difflib.get_close_matches(flag, flags, n=1)
-            raise VlftError(f"{prog}: unknown argument {flag}" + (f"; did you mean {near[0]}?" if near else ""))
-    if unknown:
-        raise VlftError(f"{prog}: unexpected value(s) {' '.join(unknown)}")
+            name, eq, value = token[2:].partition("=")
+            given.append((name, [value] if eq else []))
+        elif given:
+            given[-1][1].append(token)
+        else:
+            loose.append(token)
+    problems = [f"unexpected value(s) {' '.join(loose)}"] if loose else []
+    for name, values in given:
+        entry = refusal(name)
+        if entry is None:
+            # Compared without the dashes every flag shares (with them, --ddp_backend is "near" --packing).
+            near = difflib.get_close_matches(name.replace("-", "_"), flags, n=1)
+            problems.append(f"unknown argument --{name}" + (f"; did you mean --{near[0]}?" if near else ""))
+        elif not values or any(v.strip().lower() not in entry[0] for v in values):
+            problems.append(f"--{' '.join([name, *values])} is not supported: {entry[1]}")
+    return problems
+
+
+def model_kwargs_environ(cls: type, model_kwargs, problems: list[str]) -> dict[str, str]:
+    """--model_kwargs (ms-swift: JSON of environment settings) as environment variables, each one that a field of
+    `cls` reads."""
+    if not model_kwargs:
+        return {}
+    if not isinstance(model_kwargs, dict):
+        problems.append(f"--model_kwargs takes a JSON object, got {model_kwargs!r}")
+        return {}
+    names = sorted(f.metadata["env"] for f in dataclasses.fields(cls) if "env" in f.metadata)
+    environ = {}
+    for key, value in model_kwargs.items():
+        if key.upper() not in names:
+            problems.append(f"--model_kwargs: {key} is not a setting vlft reads; it reads {', '.join(names)}")
+        else:
+            environ[key.upper()] = json.dumps(value) if isinstance(value, (bool, dict, list)) else str(value)
+    return environ
+
+
+def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str] | None = None):
+    """Parse argv into an instance of the dataclass `cls`. One VlftError lists every flag the command does not
+    take (unknown ones with the nearest flag of the command) and every value that does not convert."""
+    environ = os.environ if environ is None else environ
+    known, leftovers = build_parser(cls, prog).parse_known_args(argv)
+    fields = dataclasses.fields(cls)
+    problems = leftover_problems([f.name for f in fields], leftovers)
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        convert, nargs, _ = _converter(hints[f.name])
+
+    def convert(f: dataclasses.Field, name: str, raw) -> None:
+        to_value, nargs, choices = _converter(hints[f.name])
+        try:
+            values[f.name] = ([_convert(name, to_value, r, choices) for r in raw] if nargs and isinstance(raw, list)
+                              else _convert(name, to_value, raw, choices))
+        except VlftError as e:
+            problems.append(str(e))
+
+    for f in fields:
         if f.name in vars(known):
-            raw = vars(known)[f.name]
-            values[f.name] = [_convert(f.name, convert, r) for r in raw] if nargs else _convert(f.name, convert, raw)
-        elif "env" in f.metadata and environ.get(f.metadata["env"]) not in (None, ""):
-            values[f.name] = _convert(f.metadata["env"], convert, environ[f.metadata["env"]])
+            convert(f, f.name, vars(known)[f.name])
+    environ = {**environ, **model_kwargs_environ(cls, values.get("model_kwargs"), problems)}
+    for f in fields:
+        if f.name not in values and "env" in f.metadata and environ.get(f.metadata["env"]) not in (None, ""):
+            convert(f, f.metadata["env"], environ[f.metadata["env"]])
+    if len(problems) == 1:
+        raise VlftError(f"{prog}: {problems[0]}")
+    if problems:
+        raise VlftError(f"{prog}: {len(problems)} problems with the arguments:\n" +
+                        "\n".join(f"  {problem}" for problem in problems))
     return cls(**values)
 
 

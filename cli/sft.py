@@ -1,9 +1,14 @@
-"""`vlft sft`: fine-tune (ms-swift's `swift sft` arguments); starts torchrun itself for NPROC_PER_NODE > 1."""
+"""`vlft sft`: fine-tune (ms-swift's `swift sft` arguments); starts torchrun itself for NPROC_PER_NODE > 1 and
+for DeepSpeed. A failed run's v{N}-{time} dir is removed when it holds nothing (no checkpoint, no logged step),
+else kept, with a FAILED file saying why."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -16,31 +21,71 @@ def run(argv: list[str]) -> int:
         build_parser(SftArguments, "vlft sft").print_help()
         return 0
     args = parse_args(SftArguments, argv, "vlft sft")  # bad arguments fail here, before anything loads
-    from vlft.train.launch import LaunchPlan, is_distributed_worker, launch_plan, torchrun_command
+    import torch
 
-    # DeepSpeed needs a process group even for one process: torchrun provides it.
-    plan = launch_plan(os.environ) or (LaunchPlan(nproc_per_node=1) if args.deepspeed else None)
-    if plan is not None and not is_distributed_worker(os.environ):
-        import torch
+    from vlft.train.launch import is_distributed_worker, launch_plan, worker_error_recorded
+    from vlft.train.run_dir import failed_run_handled
+    from vlft.train.sft import check_run_arguments, run_sft
 
-        from vlft.train.run_dir import new_run_dir
-        from vlft.train.sft import check_run_arguments
-
-        check_run_arguments(args, torch.cuda.is_available())
-        # The parent resolves the model (a download or a tiny build happens once per node, not once per rank)
-        # and, on one node, picks the run dir; the nodes of a multi-node launch agree on it once connected.
-        from vlft.model.hub import resolve_model_dir
-        from vlft.paths import cache_root
-
-        model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
-                                      hub_token=args.hub_token, revision=args.model_revision)
-        worker_argv = argv + ["--model", str(model_dir)]
-        if plan.nnodes == 1 and args.add_version:
-            run_dir = new_run_dir(Path(args.output_dir), datetime.now())
-            worker_argv += ["--output_dir", str(run_dir), "--add_version", "false"]
-        return subprocess.call(torchrun_command(plan, worker_argv))
-    from vlft.train.sft import run_sft
-
-    run_sft(args)
+    if is_distributed_worker(os.environ):  # a worker of the torchrun below (or of one the user started)
+        with worker_error_recorded(os.environ):
+            run_sft(args)
+        return 0
+    plan = launch_plan(os.environ, single=bool(args.deepspeed))  # DeepSpeed: torchrun, also for one process
+    # Every problem that shows without data or a model, in one error, before anything is made or loaded.
+    check_run_arguments(args, torch.cuda.is_available())
+    if plan is not None:
+        return launch(plan, args, argv)
+    run_dir, created = own_run_dir(args)
+    if created:  # the run writes into the dir made here, which is removed or marked FAILED if it fails
+        args = parse_args(SftArguments, [*argv, "--output_dir", str(run_dir), "--add_version", "false"], "vlft sft")
+    with failed_run_handled(run_dir, created):
+        run_sft(args)
     return 0
 
+
+def own_run_dir(args: SftArguments, nnodes: int = 1) -> tuple[Path | None, bool]:
+    """(the run dir, whether it was made here): a new v{N}-{time} dir, --output_dir itself under --add_version
+    false, or None on several nodes, whose ranks agree on a new dir once connected."""
+    if not args.add_version:
+        return Path(args.output_dir), False
+    if nnodes > 1:
+        return None, False
+    from vlft.train.run_dir import new_run_dir
+
+    return new_run_dir(Path(args.output_dir), datetime.now()), True
+
+
+def launch(plan, args: SftArguments, argv: list[str]) -> int:
+    """Run this command under torchrun with `plan`. The model is resolved here (a download or a tiny build
+    happens once per node, not once per rank) and, on one node, the run dir is made here; a worker's error is
+    printed after torchrun's report, and the run dir is removed or marked FAILED when the run fails."""
+    from vlft.errors import VlftError
+    from vlft.model.hub import resolve_model_dir
+    from vlft.paths import cache_root
+    from vlft.train.launch import WORKER_ERRORS, first_worker_error, torchrun_command
+    from vlft.train.run_dir import clear_failed, finish_failed_run
+
+    model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
+                                  hub_token=args.hub_token, revision=args.model_revision)
+    worker_argv = argv + ["--model", str(model_dir)]
+    run_dir, created = own_run_dir(args, plan.nnodes)
+    if created:
+        worker_argv += ["--output_dir", str(run_dir), "--add_version", "false"]
+    with tempfile.TemporaryDirectory(prefix="vlft-sft-") as errors:
+        code = subprocess.call(torchrun_command(plan, worker_argv), env={**os.environ, WORKER_ERRORS: errors})
+        error = first_worker_error(Path(errors))
+    if code == 0:
+        if run_dir is not None:
+            clear_failed(run_dir)
+        return 0
+    if run_dir is not None:
+        note = finish_failed_run(run_dir, error.message if error else f"torchrun exited with code {code}", created)
+        if note:
+            logging.getLogger("vlft").warning(note)
+    if error is not None and error.code == 2:
+        raise VlftError(error.message)  # printed last, as in one process; exit code 2
+    if error is not None:
+        print(f"vlft sft: rank {error.rank} failed: {error.message} (its traceback is above torchrun's report)",
+              file=sys.stderr)
+    return code

@@ -4,8 +4,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`from vlft import InferEngine, InferRequest, RequestConfig` without importing torch up front."""
-    if name == "InferEngine":
+    """`from vlft import InferEngine, InferRequest, RequestConfig` without importing torch up front; `PtEngine` is
+    ms-swift's name for the same engine (`from swift.llm import PtEngine` -> `from vlft import PtEngine`)."""
+    if name in ("InferEngine", "PtEngine"):
         from vlft.infer.engine import InferEngine
 
         return InferEngine

@@ -4,7 +4,9 @@ does nothing else: no downloads, no directories, no environment writes."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from vlft.data.template import split_loss_scale
@@ -15,6 +17,19 @@ from vlft.families import FAMILIES, get_family
 def public_args(args) -> dict:
     """The arguments as a JSON-able dict, secrets (hub tokens) left out."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if not f.metadata.get("secret")}
+
+
+def system_prompt(system: str | None) -> str | None:
+    """--system as ms-swift reads it: a path ending in .txt is the prompt's file, and `\\n` typed on a command
+    line is a line break."""
+    if system is None:
+        return None
+    if system.endswith(".txt"):
+        path = Path(system).expanduser()
+        if not path.is_file():
+            raise VlftError(f"--system {system}: no such file (a value ending in .txt is read as the prompt's file)")
+        return path.read_text(encoding="utf-8")
+    return system.replace("\\n", "\n")
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -36,13 +51,18 @@ class ModelArguments:
                                                                       "secret": True})
     cache_dir: str | None = field(default=None, metadata={"help": "vlft's cache (tiny models, encodings)",
                                                           "env": "VLFT_CACHE_HOME"})
+    model_kwargs: dict | None = field(default=None, metadata={
+        "help": "environment settings as JSON, as ms-swift takes them (e.g. '{\"FPS_MAX_FRAMES\": 16}'), each one a "
+                "flag's [env: ...]; a flag on the command line wins over them, they win over the environment"})
 
 
 @dataclass
 class TemplateArguments:
     """How samples are rendered and encoded: system prompt, lengths, labels and media sizes."""
 
-    system: str | None = field(default=None, metadata={"help": "system prompt for samples without one"})
+    system: str | None = field(default=None, metadata={
+        "help": "system prompt for samples without one; a path ending in .txt is read (as ms-swift does), and a "
+                "typed \\n is a line break"})
     max_length: int | None = field(default=None, metadata={"help": "max tokens per sample"})
     truncation_strategy: Literal["delete", "left", "right", "error"] = field(
         default="delete", metadata={"help": "over max_length: drop and report (delete), cut (left/right), or fail"})
@@ -82,6 +102,7 @@ class TemplateArguments:
         "help": "images (and video frames) over this many pixels are refused before decoding"})
 
     def __post_init__(self):
+        self.system = system_prompt(self.system)
         split_loss_scale(self.loss_scale)  # names the accepted forms
         for name in ("max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
                      "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
@@ -96,7 +117,10 @@ class DatasetArguments:
     dataset: list[str] = field(default_factory=list, metadata={"help": "files, folders or ID[:SUBSET][#N]"})
     val_dataset: list[str] = field(default_factory=list, metadata={"help": "validation data, same forms"})
     split_dataset_ratio: float = field(default=0.0, metadata={"help": "share of --dataset held out for eval"})
-    columns: dict[str, str] | None = field(default=None, metadata={"help": "JSON map of column renames"})
+    columns: dict[str, str] | str | None = field(default=None, metadata={
+        "help": "JSON map of column renames, or a known dataset id whose mapping applies"})
+    dataset_dir: str | None = field(default=None, metadata={
+        "help": "LLaMA-Factory dataset dir: --dataset names defined in its dataset_info.json"})
     dataset_num_proc: int = field(default=1, metadata={"help": "processes that encode samples"})
     load_from_cache_file: bool = field(default=True, metadata={"help": "reuse encodings cached by a previous run"})
     seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
@@ -175,13 +199,24 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps warming up the lr"})
+    warmup_steps: float = field(default=0.0, metadata={
+        "help": "steps warming up the lr (below 1: a share of the steps); not with --warmup_ratio"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    lr_scheduler_kwargs: dict | None = field(default=None, metadata={
+        "help": "JSON of the scheduler's own arguments, e.g. '{\"min_lr\": 1e-6}' with cosine_with_min_lr"})
+    optim: str | None = field(default=None, metadata={
+        "help": "transformers optimizer name (default: transformers', adamw_torch_fused)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float | None = field(default=None, metadata={
         "help": "LoRA dropout (default 0.05; 0 when LoRA reaches MoE experts, which take no dropout)"})
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
         "help": "all-linear, module names, or one regex"})
+    target_regex: str | None = field(default=None, metadata={
+        "help": "regex of the module names LoRA adapts (PEFT's full match; wins over --target_modules)"})
     modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained fully with LoRA"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA"})
@@ -205,6 +240,12 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    save_strategy: Literal["steps", "epoch", "best", "no"] = field(default="steps", metadata={
+        "help": "checkpoint every --save_steps, every epoch, at each best eval loss, or only the last step (no); "
+                "the last step is always saved"})
+    eval_strategy: Literal["steps", "epoch", "no"] | None = field(default=None, metadata={
+        "help": "evaluate every --eval_steps or every epoch (default: as --save_strategy; no without eval data; "
+                "no also holds out no --split_dataset_ratio)"})
     save_total_limit: int | None = field(default=None, metadata={"help": "checkpoints kept (best and last)"})
     logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
     logging_nan_inf_filter: bool = field(default=False, metadata={
@@ -214,7 +255,11 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     add_version: bool = field(default=True, metadata={"help": "put the run in a new v{N}-{time} subdir"})
     deepspeed: str | None = field(default=None, metadata={
         "help": "zero0, zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path"})
+    ddp_timeout: int = field(default=18_000_000, metadata={
+        "help": "seconds ranks wait for each other (ranks wait while rank 0 encodes the data)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    data_seed: int | None = field(default=None, metadata={"help": "seed of the order batches are drawn in "
+                                                                 "(default: --seed)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint dir to resume"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "tensorboard or none"})
 
@@ -243,6 +288,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.learning_rate = 1e-4 if self.train_type == "lora" else 1e-5
         if self.eval_steps is None:
             self.eval_steps = self.save_steps
+        self._check_trainer_flags()
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "save_steps", "eval_steps", "logging_steps", "lora_rank", "learning_rate"):
             _positive(name, getattr(self, name))
@@ -250,6 +296,37 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             raise VlftError(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
             raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+
+    def _check_trainer_flags(self) -> None:
+        """ms-swift's TrainingArguments flags: warmup, eval and save strategies, scheduler kwargs, LoRA regex."""
+        if self.warmup_ratio and self.warmup_steps:
+            # transformers would silently let one override the other (ms-swift refuses the pair too)
+            raise VlftError("--warmup_ratio and --warmup_steps: give one of them")
+        if not 0 <= self.warmup_ratio < 1:
+            raise VlftError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}; --warmup_steps N counts "
+                            "steps")
+        if self.warmup_steps < 0:
+            raise VlftError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_scheduler_kwargs is not None and not isinstance(self.lr_scheduler_kwargs, dict):
+            raise VlftError(f"--lr_scheduler_kwargs takes a JSON object, got {self.lr_scheduler_kwargs!r}")
+        evaluates = bool(self.val_dataset or self.split_dataset_ratio)
+        if self.save_strategy == "best" and not evaluates:
+            raise VlftError("--save_strategy best keeps the checkpoints of the best eval loss: it needs eval data "
+                            "(--val_dataset or --split_dataset_ratio)")
+        if self.eval_strategy is None:  # ms-swift: as the save strategy, no without eval data
+            as_saved = "steps" if self.save_strategy == "best" else self.save_strategy
+            self.eval_strategy = as_saved if evaluates else "no"
+        if self.eval_strategy == "no":
+            if self.save_strategy == "best":
+                raise VlftError("--save_strategy best needs evaluation: not with --eval_strategy no")
+            self.split_dataset_ratio = 0.0  # as ms-swift: nothing is held out that is never evaluated
+        if self.target_regex is not None:
+            try:
+                re.compile(self.target_regex)
+            except re.error as e:
+                raise VlftError(f"--target_regex {self.target_regex!r}: {e}") from None
+            # One entry in regex form (the group makes it one even for a bare name) is used as given.
+            self.target_modules = [f"(?:{self.target_regex})"]
 
     def _check_cuda_graph_batches(self) -> None:
         """What CUDA graphs over fixed-shape rows need (collator.py, compile.py)."""
@@ -264,6 +341,21 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             raise VlftError(f"{flag}: --per_device_eval_batch_size ({self.per_device_eval_batch_size}) may not "
                             f"exceed --per_device_train_batch_size ({self.per_device_train_batch_size}): every "
                             "row has the training batch's fixed length")
+
+
+# --attn_impl of infer and deploy -> transformers' attn_implementation (ms-swift: flash_attn is flash_attention_2).
+GENERATION_ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash_attn": "flash_attention_2", "fa2": "flash_attention_2",
+                        "flash_attention_2": "flash_attention_2", "fa3": "flash_attention_3",
+                        "flash_attention_3": "flash_attention_3"}
+
+
+def generation_attention(attn_impl: str) -> str:
+    """transformers' name of the attention kernel that --attn_impl asks generation to use."""
+    if attn_impl not in GENERATION_ATTENTION:
+        hint = " (varlen is vlft's kernel for padding-free training rows)" if attn_impl == "varlen" else ""
+        raise VlftError(f"--attn_impl {attn_impl}: not an attention for generation{hint}; use sdpa, eager, "
+                        "flash_attn or flash_attention_3")
+    return GENERATION_ATTENTION[attn_impl]
 
 
 @dataclass
@@ -286,13 +378,18 @@ class InferArguments(ModelArguments, TemplateArguments):
     result_path: str | None = field(default=None, metadata={"help": "result jsonl (default: in the "
                                                                     "checkpoint dir)"})
     max_batch_size: int = field(default=1, metadata={"help": "requests generated together (left-padded)"})
+    attn_impl: str | None = field(default=None, metadata={
+        "help": "attention while generating: sdpa (default), eager, flash_attn (= flash_attention_2; needs "
+                "flash-attn), flash_attention_3"})
+    stop_words: list[str] = field(default_factory=list, metadata={
+        "help": "more texts that end an answer (cut off before them), besides the template's stop tokens"})
 
     def __post_init__(self):
         TemplateArguments.__post_init__(self)
         if not self.model and not self.adapters:
             raise VlftError("--model or --adapters is required")
-        if self.load_data_args and not self.adapters:
-            raise VlftError("--load_data_args true reads a training run's val split: it needs --adapters")
+        if self.attn_impl is not None:
+            self.attn_impl = generation_attention(self.attn_impl)
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("max_batch_size", self.max_batch_size)
 
@@ -303,6 +400,8 @@ class DeployArguments(InferArguments):
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "port (0 picks a free one)"})
+    served_model_name: str | None = field(default=None, metadata={
+        "help": "the model's name in /v1/models and in answers (default: --model, or the last --adapters)"})
     # Secret: left out of args.json (public_args) and of the dataclass repr, never printed.
     api_key: str | None = field(default=None, repr=False, metadata={
         "help": "require `Authorization: Bearer KEY` on every request", "env": "VLFT_API_KEY", "secret": True})
@@ -327,6 +426,11 @@ class DeployArguments(InferArguments):
                             f"got {self.allow_local_media!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise VlftError("--api_key is empty")
+        if self.stop_words:
+            raise VlftError("--stop_words is not supported by vlft deploy (answers end at the template's stop tokens "
+                            "or max_tokens); vlft infer takes it")
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise VlftError("--served_model_name is empty")
         for name in ("max_body_bytes", "max_media_per_request", "max_tokens_limit", "max_pending_requests",
                      "client_timeout"):
             _positive(name, getattr(self, name))

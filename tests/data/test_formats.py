@@ -4,12 +4,13 @@ kind of bad row rejected with a DataError that names the field at fault."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
 from vlft.data.formats import rename_columns, to_sample
 from vlft.data.sample import Message
-from vlft.errors import DataError
+from vlft.errors import DataError, VlftError
 
 
 def user(text, loss=None):
@@ -323,3 +324,71 @@ def test_messages_remember_their_field_in_the_row():
     assert [m.where for m in to_sample({"query": "q", "response": "r", "history": [["a", "b"]]}).messages] == [
         "history[0][0]", "history[0][1]", "query", "response"]
     assert [m.where for m in to_sample({"instruction": "i", "output": "o"}).messages] == ["instruction", "output"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# --columns naming a known dataset (datasets_registry/datasets.json), and local files in those formats
+
+
+def test_columns_naming_a_known_dataset_apply_its_mapping():
+    # ms-swift's LaTeX_OCR preprocessing: the image and its LaTeX as the answer, one fixed question.
+    row = {"image": "formula.png", "text": "x^{2}"}
+    sample = to_sample(rename_columns(row, "AI-ModelScope/LaTeX_OCR"))
+    assert sample.messages == [user("<image>Using LaTeX to perform OCR on the image."), assistant("x^{2}")]
+    assert sample.images == ["formula.png"]
+    with pytest.raises(VlftError) as info:
+        rename_columns(row, "LaTeX_OCR")
+    assert "nor a known dataset id" in str(info.value) and "AI-ModelScope/LaTeX_OCR" in str(info.value)
+
+
+@pytest.mark.parametrize("row", [
+    {"video_name": "v_1.mp4", "question": "What happens?", "answer": "A dog runs."},  # VideoChatGPT Generic
+    {"video_name": "v_1.mp4", "question_1": "What happens?", "question_2": "And then?", "answer": "A dog runs."},
+])
+def test_rows_in_a_known_datasets_columns_are_detected(row):
+    sample = to_sample(rename_columns(row, None))
+    assert sample.messages == [user("<video>What happens?"), assistant("A dog runs.")]
+    assert sample.videos == ["v_1.mp4"]
+    # An explicit mapping is used as given, without detection.
+    assert rename_columns(row, {"answer": "response"})["video_name"] == "v_1.mp4"
+
+
+def test_a_known_format_that_adds_a_question_is_named_not_detected():
+    row = {"image": "photo.png", "text": "a cat on a mat"}  # could be any captioning set
+    assert rename_columns(row, None) == row
+    with pytest.raises(DataError) as info:
+        to_sample(rename_columns(row, None))
+    assert "--columns AI-ModelScope/LaTeX_OCR applies its mapping" in str(info.value)
+
+
+def test_sharegpt_function_call_with_parallel_calls():
+    # LLaMA-Factory's function_call turns hold one call or a JSON list of parallel calls.
+    calls = [{"name": "weather", "arguments": {"city": "Paris"}}, {"name": "weather", "arguments": {"city": "Rome"}}]
+    row = {"conversations": [{"from": "human", "value": "Paris and Rome?"},
+                             {"from": "function_call", "value": json.dumps(calls)},
+                             {"from": "observation", "value": "21, 25"}, {"from": "gpt", "value": "21 and 25."}]}
+    sample = to_sample(row)
+    assert sample.messages == [user("Paris and Rome?"), Message("assistant", "", tool_calls=calls),
+                               Message("tool", "21, 25"), assistant("21 and 25.")]
+    row["conversations"][1]["value"] = "[]"
+    with pytest.raises(DataError) as info:
+        to_sample(row)
+    assert info.value.field == "conversations[1].value" and "empty list" in info.value.problem
+
+
+def test_data_check_of_local_files_in_known_formats(tmp_path, media_dir, vlft_cache, capsys):
+    from vlft.cli.main import main
+
+    latex = tmp_path / "latex.jsonl"
+    latex.write_text(json.dumps({"image": str(media_dir / "a.png"), "text": "x^{2}"}) + "\n")
+    videos = tmp_path / "video_qa.jsonl"
+    videos.write_text(json.dumps({"video_name": str(media_dir / "v.mp4"), "question": "What moves?",
+                                  "answer": "A bar."}) + "\n")
+    argv = ["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset"]
+    # `--columns` takes a JSON object of renames, or the id of a known dataset whose mapping applies.
+    assert main([*argv, str(latex), "--columns", "AI-ModelScope/LaTeX_OCR"]) == 0
+    assert "lines: 1 (1 ok, 0 bad" in capsys.readouterr().out
+    assert main([*argv, str(videos)]) == 0
+    assert "lines: 1 (1 ok, 0 bad" in capsys.readouterr().out
+    assert main([*argv, str(latex)]) == 1
+    assert "--columns AI-ModelScope/LaTeX_OCR applies its mapping" in capsys.readouterr().out

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import REPO
+from vlft.cli.infer import run_val_split
 from vlft.cli.main import main
+from vlft.errors import VlftError
 
 EXAMPLES = REPO / "examples" / "data"
 MEDIA = ["--image_max_token_num", "16", "--image_min_token_num", "4"]
@@ -83,13 +87,19 @@ def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, cap
     first = tmp_path / "adapter.jsonl"
     assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "6",
                  "--result_path", str(first), "--max_batch_size", "2"]) == 0
-    merged = tmp_path / "merged"
-    assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(merged)]) == 0
+    # The ms-swift page's last steps: merge beside the checkpoints (the default CKPT-merged), then answer the run's
+    # val split with the merged model (--load_data_args finds the run from the merged dir).
+    run = tmp_path / checkpoint.parent.name
+    shutil.copytree(checkpoint.parent, run)
+    assert main(["export", "--adapters", str(run / checkpoint.name), "--merge_lora", "true"]) == 0
+    merged = run / f"{checkpoint.name}-merged"
     second = tmp_path / "merged.jsonl"
-    assert main(["infer", "--model", str(merged), "--val_dataset", str(checkpoint.parent / "val_dataset.jsonl"),
-                 *MEDIA, "--max_new_tokens", "6", "--result_path", str(second)]) == 0
+    assert main(["infer", "--model", str(merged), "--load_data_args", "true", *MEDIA, "--max_new_tokens", "6",
+                 "--result_path", str(second)]) == 0
     answers = [[json.loads(line)["response"] for line in open(p)] for p in (first, second)]
     assert answers[0] == answers[1] and len(answers[0]) == 3
+    with pytest.raises(VlftError, match="--load_data_args: no val_dataset.jsonl in"):
+        run_val_split(tmp_path)
 
 
 def test_batched_generation_equals_one_at_a_time(checkpoint):
@@ -107,3 +117,22 @@ def test_batched_generation_equals_one_at_a_time(checkpoint):
     one = [r.choices[0].message.content for r in single.infer(requests, config)]
     together = [r.choices[0].message.content for r in batched.infer(requests, config)]
     assert together == one
+
+
+def test_ms_swift_ptengine_snippet_runs_as_written(capsys):
+    """The ms-swift Qwen3-VL page's PtEngine snippet with `swift.llm` -> `vlft` (a tiny local model in place of
+    the hub id): the name, the attn_impl argument, and a streamed print that does not end with a stray None."""
+    from vlft import InferRequest, PtEngine, RequestConfig
+
+    engine = PtEngine("vlft/tiny-qwen3-vl", attn_impl="sdpa")
+    infer_request = InferRequest(messages=[{"role": "user", "content": "<image>Describe this image."}],
+                                 images=[str(EXAMPLES / "images" / "red.png")])
+    resp_list = engine.infer([infer_request], request_config=RequestConfig(max_tokens=8, temperature=0))
+    response = resp_list[0].choices[0].message.content
+    gen_list = engine.infer([infer_request], request_config=RequestConfig(max_tokens=8, temperature=0, stream=True))
+    for chunk in gen_list[0]:
+        if chunk is None:
+            continue
+        print(chunk.choices[0].delta.content, end="", flush=True)
+    print()
+    assert capsys.readouterr().out == response + "\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlft.data.grounding import check_objects
+from vlft.data.registry import apply_entry, detected_entry, matching_entries, registry_entry
 from vlft.data.sample import ROLES, Message, Sample
 from vlft.errors import DataError
 
@@ -19,11 +20,18 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 MESSAGE_ROLES = (*ROLES, "tool_call", "tool_response")
 
 
-def rename_columns(row: dict, columns: dict[str, str] | None) -> dict:
-    """Row with its columns renamed by a `--columns` mapping ({source: target})."""
-    if not columns:
+def rename_columns(row: dict, columns: dict[str, str] | str | None) -> dict:
+    """Row in vlft's column names by `--columns`: a mapping ({source: target}), or a known dataset id whose
+    registry mapping applies (`AI-ModelScope/LaTeX_OCR`: image, text). Without `--columns`, a row in the columns
+    of exactly one known dataset whose mapping adds no text (VideoChatGPT's) gets that mapping."""
+    if not isinstance(row, dict):  # to_sample says what is wrong with it
         return row
-    return {columns.get(k, k): v for k, v in row.items()}
+    if isinstance(columns, str):
+        return apply_entry(row, registry_entry(columns))
+    if columns:
+        return {columns.get(k, k): v for k, v in row.items()}
+    entry = detected_entry(row)
+    return apply_entry(row, entry) if entry else row
 
 
 def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
@@ -46,7 +54,8 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
         messages = _from_query_response(row)
     else:
         raise DataError("no conversation found: expected one of messages, conversations, instruction, "
-                        f"query/response (columns: {', '.join(map(str, row))}); map others with --columns")
+                        f"query/response (columns: {', '.join(map(str, row))}); map others with --columns"
+                        + _registry_hint(row))
     system = row.get("system")
     if system is not None and not isinstance(system, str):
         raise DataError(f"expected a string, got {type(system).__name__}", field="system")
@@ -61,6 +70,12 @@ def to_sample(row: Any, *, source: str | None = None, line: int | None = None,
         check_objects(objects)
     return Sample(messages=messages, images=images, videos=videos, objects=objects or None,
                   source=source, line=line, base_dir=base_dir, tools=_tools(row.get("tools")))
+
+
+def _registry_hint(row: dict) -> str:
+    """Known datasets in whose columns the row is (named, never applied, when the mapping adds a question)."""
+    names = matching_entries(row)
+    return f" (the columns of {' or '.join(names)}: --columns {names[0]} applies its mapping)" if names else ""
 
 
 def _tools(value: Any) -> list[dict] | None:
@@ -170,16 +185,23 @@ def _tool_call(call: Any, field: str) -> dict:
 
 
 def _add_tool_call(out: list[Message], content: Any, loss: bool | None, field: str) -> None:
-    """An ms-swift `tool_call` message: a call of the assistant turn just before it, else a turn of its own."""
-    call = _tool_call(_json(content, field) if isinstance(content, str) else content, field)
+    """An ms-swift `tool_call` message, or LLaMA-Factory's `function_call` turn (whose JSON may list parallel
+    calls): the calls of the assistant turn just before it, else a turn of its own."""
+    value = _json(content, field) if isinstance(content, str) else content
+    if isinstance(value, list):
+        if not value:
+            raise DataError("expected a tool call, got an empty list", field=field)
+        calls = [_tool_call(item, f"{field}[{j}]") for j, item in enumerate(value)]
+    else:
+        calls = [_tool_call(value, field)]
     previous = out[-1] if out else None
     if previous is None or previous.role != "assistant":
-        out.append(Message("assistant", "", loss, where=field, tool_calls=[call]))
+        out.append(Message("assistant", "", loss, where=field, tool_calls=calls))
         return
     if loss is not None and loss != previous.loss:  # one loss per turn; ms-swift would split the turn
         raise DataError(f"a tool call joins the assistant turn before it ({previous.where}), so its loss must be "
                         f"that turn's ({previous.loss})", field=field.rsplit(".", 1)[0] + ".loss")
-    previous.tool_calls = [*(previous.tool_calls or []), call]
+    previous.tool_calls = [*(previous.tool_calls or []), *calls]
 
 
 def _reasoning(value: Any, role: str, where: str) -> str | None:

@@ -56,7 +56,7 @@ def parse_spec(spec: str) -> DatasetSpec:
     if not match:
         raise VlftError(f"--dataset {spec!r}: expected PATH or ID[:SUBSET][#N]")
     name, subset, n = match["name"], match["subset"], match["n"]
-    if Path(name).expanduser().exists() and subset:
+    if Path(name).expanduser().exists() and subset and not _is_llamafactory_dir(Path(name).expanduser()):
         raise VlftError(f"--dataset {spec!r}: a local file has no subsets")
     return DatasetSpec(name, subset, int(n) if n is not None else None)
 
@@ -253,14 +253,44 @@ def sample_rows(rows: list[RawRow], n: int | None, seed: int) -> list[RawRow]:
     return rows * whole + [rows[i] for i in sorted(rng.sample(range(len(rows)), rest))]
 
 
-def load_dataset_rows(spec_text: str, *, seed: int, use_hf: bool, cache_root: Path) -> list[RawRow]:
-    """All rows of one `--dataset` spec (local or hub), with `#N` applied."""
+def load_dataset_rows(spec_text: str, *, seed: int, use_hf: bool, cache_root: Path,
+                      dataset_dir: str | Path | None = None) -> list[RawRow]:
+    """All rows of one `--dataset` spec, with `#N` applied: a LLaMA-Factory dataset (a name defined in
+    `dataset_dir`'s dataset_info.json; `DIR:NAME`; `DIR` for all its local ones), a local file or folder, or a
+    hub id."""
     spec = parse_spec(spec_text)
     path = Path(spec.name).expanduser()
-    if path.exists():
+    rows = _llamafactory_rows(spec, path, dataset_dir, seed=seed, use_hf=use_hf, cache_root=cache_root)
+    if rows is None and path.exists():
         rows = list(read_local(path))
-    else:
+    elif rows is None:
         from vlft.data.registry import load_hub_rows
 
         rows = load_hub_rows(spec, use_hf=use_hf, cache_root=cache_root)
     return sample_rows(rows, spec.n, seed)
+
+
+def _is_llamafactory_dir(path: Path) -> bool:
+    from vlft.data.llamafactory import is_dataset_dir
+
+    return is_dataset_dir(path)
+
+
+def _llamafactory_rows(spec: DatasetSpec, path: Path, dataset_dir: str | Path | None, **how) -> list[RawRow] | None:
+    """The rows of a spec that names a LLaMA-Factory dataset, else None. As in LLaMA-Factory, a name defined in
+    `--dataset_dir` wins over a file of that name; a name without a `/` that is neither is an error there."""
+    from vlft.data import llamafactory
+
+    if dataset_dir is not None:
+        directory = Path(dataset_dir).expanduser()
+        defined = spec.name in llamafactory.read_info(directory)
+        if defined and spec.subset:
+            raise VlftError(f"--dataset {spec.name}:{spec.subset}: a dataset of {directory / llamafactory.INFO_FILE} "
+                            "takes no :SUBSET (its entry's `subset` names one)")
+        if defined or not (path.exists() or "/" in spec.name):
+            return llamafactory.entry_rows(directory, spec.name, **how)  # not defined: names those that are
+    if llamafactory.is_dataset_dir(path):
+        if spec.subset:
+            return llamafactory.entry_rows(path, spec.subset, **how)
+        return llamafactory.dir_rows(path, **how)
+    return None

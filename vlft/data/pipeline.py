@@ -18,6 +18,7 @@ from vlft.errors import DataError, VlftError
 from vlft.families import detect_family
 from vlft.families.base import Family
 from vlft.model.hub import resolve_model_dir
+from vlft.model.loading import load_processor
 from vlft.paths import cache_root
 
 
@@ -29,13 +30,6 @@ class EncodeResult:
     line: int
     sample: EncodedSample | None = None
     error: DataError | None = None
-
-
-def load_processor(model_dir: Path):
-    """The model dir's HF processor (tokenizer, image and video processors, chat template)."""
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(model_dir)
 
 
 def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Path, Family]:
@@ -59,7 +53,8 @@ def read_rows(args: DatasetArguments, specs: list[str], root: Path) -> list[RawR
     """Every row of every spec, in order."""
     rows: list[RawRow] = []
     for spec in specs:
-        rows += load_dataset_rows(spec, seed=args.seed, use_hf=getattr(args, "use_hf", False), cache_root=root)
+        rows += load_dataset_rows(spec, seed=args.seed, use_hf=getattr(args, "use_hf", False), cache_root=root,
+                                  dataset_dir=args.dataset_dir)
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from vlft.errors import VlftError
@@ -68,3 +69,28 @@ def base_model_of(checkpoint: Path, model_override: str | None, cache_dir: str |
                                  hub_token=hub_token, revision=args.get("model_revision"))
     except VlftError as e:
         raise VlftError(f"the base model {model!r} of {args_json_path(checkpoint)}: {e}; pass --model") from None
+
+
+def current_umask() -> int:
+    """The process's umask: from /proc on Linux (no window with another umask set), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes the user's umask gives new dirs and files. safetensors
+    (0.8) writes each file through a 0600 temporary file, and tempfile.mkdtemp makes 0700 dirs: without this,
+    checkpoints and merged models are private to their writer whatever the umask."""
+    mask = current_umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o111
+        os.chmod(path, (0o777 if executable else 0o666) & ~mask)

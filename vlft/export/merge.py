@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
-from vlft.export.checkpoint import args_json_path, require_lora_checkpoint
+from vlft.export.checkpoint import apply_umask, args_json_path, require_lora_checkpoint
 from vlft.export.unloaded import copy_unloaded_tensors
+from vlft.model.loading import load_pretrained, load_processor, merge_adapter
 from vlft.families import detect_family
 from vlft.train.run_dir import check_writable
 
@@ -77,26 +78,13 @@ def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
                         + "\n  ".join(misfits[:MAX_LISTED]) + more)
 
 
-def load_processor(checkpoint: Path, base_model_dir: Path):
-    """The processor saved with the checkpoint (the chat template it trained with), else the base model's."""
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(checkpoint)
-    except (OSError, ValueError, KeyError):  # an adapter saved without processor files
-        return AutoProcessor.from_pretrained(base_model_dir)
-
-
 def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: torch.dtype | None = None) -> Path:
     """Write the base with the LoRA merged in, its processor, generation config and args.json to output_dir."""
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText
-
     require_lora_checkpoint(checkpoint)
     check_output_dir(output_dir)
-    base = AutoModelForImageTextToText.from_pretrained(base_model_dir, dtype=dtype or "auto")
+    base = load_pretrained(base_model_dir, dtype or "auto")
     check_adapter_fits(checkpoint, base, base_model_dir)
-    merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    merged = merge_adapter(base, checkpoint)
     # Written beside output_dir (same filesystem) and renamed at the end: an interrupted export leaves no
     # half-written model dir where a later command would take it for a model.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +92,12 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
     try:
         merged.save_pretrained(staging)
         copy_unloaded_tensors(base_model_dir, staging, detect_family(base_model_dir).unloaded_prefixes)
-        load_processor(checkpoint, base_model_dir).save_pretrained(staging)
+        # the processor saved with the checkpoint (the chat template it trained with), else the base model's
+        load_processor(checkpoint, fallback=base_model_dir).save_pretrained(staging)
         for source in (base_model_dir / "generation_config.json", args_json_path(checkpoint)):
             if source is not None and source.is_file():
                 shutil.copyfile(source, staging / source.name)
+        apply_umask(staging)  # mkdtemp made it 0700, safetensors its weights 0600
         os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ from vlft.data.pipeline import build_encoder
 from vlft.errors import DataError, VlftError
 from vlft.infer.protocol import (ChatCompletionResponse, ChatCompletionStreamResponse, ChatMessage, Choice,
                                  DeltaMessage, InferRequest, RequestConfig, StreamChoice, Usage)
+from vlft.model.loading import load_pretrained, merge_adapter
 from vlft.train.model import resolve_dtype
 
 TEMPLATE_FIELDS = [f.name for f in dataclasses.fields(TemplateArguments)]
@@ -51,10 +52,8 @@ class InferEngine:
         self.encoder, model_dir, self.family = build_encoder(self.args)
         self.base_model_dir = model_dir
         cuda = torch.cuda.is_available()
-        from transformers import AutoModelForImageTextToText
-
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            model_dir, dtype=resolve_dtype(self.args.torch_dtype, cuda), attn_implementation="sdpa")
+        self.model = load_pretrained(model_dir, resolve_dtype(self.args.torch_dtype, cuda),
+                                     getattr(self.args, "attn_impl", None) or "sdpa")
         for adapter in self.args.adapters:
             self.model = _with_adapter(self.model, Path(adapter), model_dir)
         self.model.eval().to("cuda" if cuda else "cpu")
@@ -137,7 +136,9 @@ class InferEngine:
             thread.join()
             if errors:  # e.g. out of memory inside generate: the caller sees it instead of a silent stop
                 raise errors[0]
-            yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(), "stop")], chunk_id)
+            # content "" (not None): the ms-swift snippet prints each delta's content, the last one included
+            yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(content=""), "stop")],
+                                               chunk_id)
 
         return chunks()
 
@@ -166,11 +167,9 @@ def _left_padded(inputs: list[dict], pad_id: int) -> dict:
 
 def _with_adapter(model, adapter: Path, base_model_dir: Path):
     """The model with a LoRA checkpoint applied and merged (so several can stack)."""
-    from peft import PeftModel
-
     from vlft.export.merge import check_adapter_fits
 
     if not (adapter / "adapter_config.json").is_file():
         raise VlftError(f"--adapters {adapter}: no adapter_config.json (not a LoRA checkpoint)")
     check_adapter_fits(adapter, model, base_model_dir)
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return merge_adapter(model, adapter)

@@ -1,4 +1,4 @@
-"""Trainer callbacks: logging.jsonl, and loss and lr plots at the end."""
+"""Trainer callbacks: logging.jsonl (the last step always in it), and loss and lr plots at the end."""
 
 from __future__ import annotations
 
@@ -12,16 +12,26 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "logging.jsonl"
-# image name -> (logged key, add a smoothed curve): noisy per-step series get one, sparse or exact ones don't
-PLOTS = {"train_loss": ("loss", True), "eval_loss": ("eval_loss", False),
-         "learning_rate": ("learning_rate", False), "tokens_per_second": ("tokens_per_second", True)}
+# image name -> (logged key, y-axis label, add a smoothed curve): noisy per-step series get one, sparse or exact
+# ones don't
+PLOTS = {"train_loss": ("loss", "training loss", True), "eval_loss": ("eval_loss", "eval loss", False),
+         "learning_rate": ("learning_rate", "learning rate", False),
+         "tokens_per_second": ("tokens_per_second", "tokens / s", True)}
+SMOOTHING = 0.9
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Append each log (`{"step", "epoch", **logs}`) to a JSON-lines file."""
+    """Append each log (`{"step", "epoch", **logs}`) to a JSON-lines file; the last step is always logged."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # transformers logs every logging_steps steps only (DefaultFlowCallback, run before this one): a last
+        # step off that grid (max_steps 10, logging_steps 4) would leave the final loss out of the log and plots.
+        if args.logging_strategy == "steps" and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
 
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -42,7 +52,7 @@ def read_log_series(path: Path, key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
     """TensorBoard's exponential moving average, debiased so the first points are not pulled to zero."""
     out, last = [], 0.0
     for i, value in enumerate(values, start=1):
@@ -51,22 +61,29 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def plot_series(steps: list[int], values: list[float], title: str, path: Path, smoothed: bool = False) -> None:
-    """Write one value-against-step line plot as a PNG (Agg canvas: no display, no pyplot global state)."""
+def plot_series(steps: list[int], values: list[float], title: str, path: Path, smoothed: bool = False,
+                ylabel: str | None = None):
+    """Write one value-against-step line plot as a PNG (Agg canvas: no display, no pyplot global state); returns
+    the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(8, 5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     smoothed = smoothed and len(values) > 1
     marker = "." if len(values) < 20 else None
-    axes.plot(steps, values, color="#1f77b4", alpha=0.4 if smoothed else 1.0, marker=marker)
+    axes.plot(steps, values, color="#1f77b4", alpha=0.4 if smoothed else 1.0, marker=marker,
+              label="raw" if smoothed else None)
     if smoothed:
-        axes.plot(steps, smooth(values), color="#1f77b4")
-    axes.set(title=title, xlabel="step")
+        axes.plot(steps, smooth(values), color="#1f77b4", label=f"smoothed (EMA {SMOOTHING})")
+        axes.legend()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no tick at step 2.5
+    axes.set(title=title, xlabel="step", ylabel=ylabel or title)
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=100, bbox_inches="tight")
+    return figure
 
 
 class PlotCallback(TrainerCallback):
@@ -87,7 +104,7 @@ class PlotCallback(TrainerCallback):
             return
         images = self.run_dir / "images"
         images.mkdir(exist_ok=True)
-        for name, (key, smoothed) in PLOTS.items():
+        for name, (key, ylabel, smoothed) in PLOTS.items():
             steps, values = read_log_series(log_file, key)
             if values:
-                plot_series(steps, values, name, images / f"{name}.png", smoothed)
+                plot_series(steps, values, name, images / f"{name}.png", smoothed, ylabel)

@@ -101,12 +101,24 @@ def write_checkpoint_extras(checkpoint: Path, processor: Any, args_json: dict[st
                             unloaded_from: tuple[Path, tuple[str, ...]] | None = None) -> None:
     """The processor and args.json beside the weights, so a checkpoint dir loads and resumes on its own; with
     `unloaded_from` (base model dir, prefixes), a full model's checkpoint also gets the base's tensors that
-    transformers did not load (Qwen3.5's `mtp.*`), so it keeps the base's key set."""
+    transformers did not load (Qwen3.5's `mtp.*`), so it keeps the base's key set. A LoRA checkpoint's
+    adapter_config.json names the base model as args_json's `model` names it; every file gets the umask's mode."""
+    from vlft.export.checkpoint import apply_umask
+
     processor.save_pretrained(checkpoint)
     if unloaded_from is not None:
         copy_unloaded_tensors(unloaded_from[0], Path(checkpoint), unloaded_from[1])
     text = json.dumps(args_json, indent=2, ensure_ascii=False, default=str)
     (Path(checkpoint) / "args.json").write_text(text + "\n", encoding="utf-8")
+    adapter_config = Path(checkpoint) / "adapter_config.json"
+    if adapter_config.is_file() and args_json.get("model"):
+        # PEFT records the dir the base was loaded from (a hub cache, vlft's tiny-model cache); the adapter names
+        # the model as the user gave it (`Qwen/Qwen3-VL-4B-Instruct`, `vlft/tiny-qwen3-vl`). Rewritten here, not
+        # in PEFT's config: at each save PEFT reads the base's config.json by that name, online for a hub id.
+        config = json.loads(adapter_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = args_json["model"]
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    apply_umask(Path(checkpoint))  # safetensors writes the weights 0600
 
 
 class AtomicCheckpoints:

@@ -1,12 +1,22 @@
-"""Multi-GPU launching as ms-swift does it: NPROC_PER_NODE / NNODES / ... make `vlft sft` re-run under torchrun."""
+"""Multi-GPU launching as ms-swift does it: NPROC_PER_NODE / NNODES / ... make `vlft sft` re-run under torchrun.
+
+A worker that fails records why in a dir its launcher names (WORKER_ERRORS), so the launcher prints the error
+after torchrun's own report of the failed process, as the last thing the user sees."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Iterator, Mapping
 
 from vlft.errors import VlftError
+
+WORKER_ERRORS = "VLFT_WORKER_ERRORS"  # the dir where the workers of a `vlft sft` launch record their errors
 
 
 @dataclass(frozen=True)
@@ -30,9 +40,10 @@ def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
         raise VlftError(f"environment variable {name}={text!r}: expected an integer") from None
 
 
-def launch_plan(environ: Mapping[str, str]) -> LaunchPlan | None:
-    """The torchrun plan from ms-swift's variables; None for a plain single process."""
-    if not environ.get("NPROC_PER_NODE", "").strip():
+def launch_plan(environ: Mapping[str, str], single: bool = False) -> LaunchPlan | None:
+    """The torchrun plan from ms-swift's variables; None for a plain single process, unless `single` asks for a
+    plan of one process too (DeepSpeed needs a process group: torchrun provides it, at MASTER_ADDR:MASTER_PORT)."""
+    if not environ.get("NPROC_PER_NODE", "").strip() and not single:
         return None
     plan = LaunchPlan(
         nproc_per_node=_int_env(environ, "NPROC_PER_NODE", 1),
@@ -43,7 +54,7 @@ def launch_plan(environ: Mapping[str, str]) -> LaunchPlan | None:
     )
     if plan.nproc_per_node < 1 or plan.nnodes < 1:
         raise VlftError(f"NPROC_PER_NODE and NNODES must be positive, got {plan.nproc_per_node} and {plan.nnodes}")
-    if plan.nproc_per_node == 1 and plan.nnodes == 1:
+    if plan.nproc_per_node == 1 and plan.nnodes == 1 and not single:
         return None
     return plan
 
@@ -64,3 +75,46 @@ def torchrun_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
         "--master_port", str(plan.master_port),
         "-m", "vlft.cli.main", "sft", *argv,
     ]
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """Why a worker failed: its rank, its exit code (2 for a VlftError, as the CLI exits) and the message."""
+
+    rank: int
+    code: int
+    message: str
+    time: float
+
+
+@contextmanager
+def worker_error_recorded(environ: Mapping[str, str]) -> Iterator[None]:
+    """In a worker of a `vlft sft` launch (WORKER_ERRORS set), an exception is written to the launcher's dir
+    (rank{RANK}.json) before it goes on; elsewhere nothing is done."""
+    try:
+        yield
+    except Exception as e:
+        directory = environ.get(WORKER_ERRORS, "").strip()
+        if directory:
+            rank = _int_env(environ, "RANK", 0)
+            user_error = isinstance(e, VlftError)
+            record = {"rank": rank, "code": 2 if user_error else 1, "time": time.time(),
+                      "message": str(e) if user_error else f"{type(e).__name__}: {e}"}
+            path = Path(directory) / f"rank{rank}.json"
+            try:
+                path.with_suffix(".tmp").write_text(json.dumps(record), encoding="utf-8")
+                os.replace(path.with_suffix(".tmp"), path)
+            except OSError:
+                pass  # the worker's own output still shows the error
+        raise
+
+
+def first_worker_error(directory: Path) -> WorkerError | None:
+    """The error recorded first by a worker in `directory`, if any."""
+    errors = []
+    for path in Path(directory).glob("rank*.json"):
+        try:
+            errors.append(WorkerError(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            continue
+    return min(errors, key=lambda e: e.time, default=None)

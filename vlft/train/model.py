@@ -12,6 +12,7 @@ import torch
 from vlft.errors import VlftError
 from vlft.families import family_of, get_family, module_at
 from vlft.families.base import Family
+from vlft.model.loading import load_pretrained
 from vlft.train.attention import (ATTENTION_NAME, attach_row_boundaries, register_varlen_attention,
                                   use_varlen_in_vision_tower)
 from vlft.train.linear_attention import fla_available, fla_dtype_refusal, fla_refusal, replace_linear_attention
@@ -63,13 +64,10 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     per forward), under the varlen attention the vision tower's images attended in one call per block, and
     a hybrid family's linear-attention layers replaced by ones that keep packed samples apart
     (linear_attention.py; fla's kernels where they train, else the exact torch ones)."""
-    from transformers import AutoModelForImageTextToText
-
     if attn_implementation == ATTENTION_NAME:
         register_varlen_attention()
     with _zero3_expert_loading(model_dir):
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype,
-                                                            attn_implementation=attn_implementation)
+        model = load_pretrained(model_dir, dtype, attn_implementation)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
     attach_row_boundaries(model, varlen=attn_implementation == ATTENTION_NAME)

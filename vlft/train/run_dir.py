@@ -1,18 +1,25 @@
-"""The run's output dir: `OUTPUT_DIR/v{N}-{YYYYMMDD-HHMMSS}` as ms-swift names it, checked and given args.json."""
+"""The run's output dir: `OUTPUT_DIR/v{N}-{YYYYMMDD-HHMMSS}` as ms-swift names it, checked and given args.json;
+after a failure removed when it holds nothing, else marked with a FAILED file."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
+import tempfile
+import traceback
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlft.arguments import public_args
 from vlft.errors import VlftError
 
 _VERSION_DIR = re.compile(r"^v(\d+)-")
+FAILED = "FAILED"  # in a failed run's dir that was kept: when and why it failed
 
 
 def _next_version(output_dir: Path) -> int:
@@ -50,20 +57,83 @@ def agreed_run_dir(output_dir: Path, now: datetime, is_main: bool) -> Path:
     return output_dir / name[0]
 
 
-def check_writable(output_dir: Path) -> None:
-    """Raise VlftError unless `output_dir` (or, when missing, its nearest existing parent) is a writable dir."""
+def check_writable(output_dir: Path, flag: str = "--output_dir") -> None:
+    """Raise VlftError unless a dir can be made in `output_dir` (or, when missing, its nearest existing parent).
+
+    Permissions do not tell it all (root passes os.access under /proc, and in dirs of a read-only mount that
+    ignore mode bits), so a dir is made there and removed again."""
     path = Path(output_dir).expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise VlftError(f"--output_dir {output_dir}: {existing} is not a directory")
+        raise VlftError(f"{flag} {output_dir}: {existing} is not a directory")
+    where = "" if existing == path else f" (its parent {existing} is where it would be created)"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (its parent {existing} is where it would be created)"
-        raise VlftError(f"--output_dir {output_dir}: {existing} is not writable{where}")
+        raise VlftError(f"{flag} {output_dir}: {existing} is not writable{where}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vlft-write-check-", dir=existing))
+    except OSError as e:
+        raise VlftError(f"{flag} {output_dir}: no directory can be made in {existing} ({e.strerror})") from None
 
 
 def write_args_json(path: Path, args: Any) -> None:
     """Write the run's arguments (secrets such as hub_token left out) to `path` as indented JSON."""
     text = json.dumps(public_args(args), indent=2, ensure_ascii=False, default=str)
     Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run dir holds what a failed run must keep: a checkpoint (also one whose replacement was cut
+    short, `.checkpoint-N.old`) or logged training steps (the loss curve up to the failure)."""
+    run_dir = Path(run_dir)
+    if any(p.is_dir() for pattern in ("checkpoint-*", ".checkpoint-*.old") for p in run_dir.glob(pattern)):
+        return True
+    log = run_dir / "logging.jsonl"
+    return log.is_file() and log.stat().st_size > 0
+
+
+def failure_text(error: BaseException) -> str:
+    """What a FAILED file says about `error`: a VlftError's message, else its traceback."""
+    if isinstance(error, VlftError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    return "".join(traceback.format_exception(error)).rstrip()
+
+
+def finish_failed_run(run_dir: Path, error: str, created: bool) -> str:
+    """After a failed run: remove `run_dir` when this run created it and it holds no results, else write FAILED
+    (the time and `error`) into it, keeping its name so that paths into it stay valid. Returns a line saying
+    which, for the log."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return ""
+    if created and not holds_results(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"removed {run_dir}: the run failed before it logged a step or saved a checkpoint"
+    try:
+        (run_dir / FAILED).write_text(f"vlft sft failed at {datetime.now():%Y-%m-%d %H:%M:%S}:\n{error}\n",
+                                      encoding="utf-8")
+    except OSError as e:  # the failure may be a full disk
+        return f"{run_dir}: kept; could not write {FAILED} ({e.strerror})"
+    return f"{run_dir}: kept; {run_dir / FAILED} says why the run failed"
+
+
+@contextmanager
+def failed_run_handled(run_dir: Path, created: bool) -> Iterator[None]:
+    """Around a run in `run_dir`: on failure, `finish_failed_run` (logged) before the error goes on; on success,
+    a FAILED left by an earlier run in the same dir (a resume under --add_version false) is removed."""
+    try:
+        yield
+    except BaseException as e:
+        note = finish_failed_run(run_dir, failure_text(e), created)
+        if note:
+            logging.getLogger("vlft").warning(note)
+        raise
+    clear_failed(run_dir)
+
+
+def clear_failed(run_dir: Path) -> None:
+    """Remove the FAILED of an earlier run in `run_dir` (one that a run in the same dir has now completed)."""
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)

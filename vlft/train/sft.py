@@ -1,5 +1,34 @@
 """`vlft sft`, top to bottom: check the arguments, encode the data once, load the model, choose what
-trains, build the batches, train with transformers' Trainer, save."""
+trains, build the batches, train with transformers' Trainer, save.
+
+Everything that makes a training step differ from transformers' Trainer on a stock HF model, and where it
+lives (tests/train/test_step_changes.py fails by name if transformers renames a method overridden here):
+
+Model, changed once at load (`load_model`, vlft/train/model.py):
+  - `attention.attach_row_boundaries`: forward pre-hooks on the model and its language model take the packed
+    row's boundaries (`cu_seq_lens`) from the inputs for every token-mixing layer (attention.py).
+  - `attention.register_varlen_attention` / `use_varlen_in_vision_tower`: the varlen attention kernel, and one
+    attention call per vision block over all images (attention.py).
+  - `linear_attention.replace_linear_attention`: hybrid families' Gated DeltaNet layers swapped for
+    PackedGatedDeltaNet, which keeps packed samples apart (linear_attention.py).
+  - `enable_gradient_checkpointing`, `prepare_trainable` (LoRA targets, freeze flags: tuners.py, modules.py),
+    `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
+Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/train/checkpointing.py):
+  - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
+  - `training_step`: LoRA inputs kept in half precision under autocast (LoraLayers); CUDA-graph step marks.
+  - `compute_loss`: token and FLOP counting; `--chunked_loss` (chunked_loss.py: a forward hook on the final
+    norm captures its output, the loss is computed in chunks); ZeRO-3's balanced vision calls (zero3.py: a
+    forward pre-hook on the language model runs a dummy vision pass on ranks whose batch has no image).
+  - `prediction_step`: CUDA-graph step marks. `log`: tokens/s, MFU, memory. `floating_point_ops`: cached count.
+  - `_clip_grad_norm` (private in transformers): clips over the trained parameters only.
+  - `train` / `_save_checkpoint` (private in transformers): the checkpoint to resume from is checked against the
+    model first (checkpoint_check.py); checkpoints are staged and renamed into place whole.
+Batches: the collators (vlft/data/collator.py: packed or padding-free rows with position ids [4, 1, L], or
+padded batches) and PixelsOnFetch (pixels made in the data-loader workers, vlft/data/dataset.py).
+Around the loop: `long_lived_objects_frozen` (frozen_gc.py: no full GC pass walks the model mid-step) and the
+callbacks (callbacks.py: logging.jsonl, with the last step always logged, and plots). Before it: the checks of
+every argument at once (preflight.py) and the data / steps / memory summary (summary.py).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +48,10 @@ from vlft.data.collator import FixedRowShape, PaddedCollator, PaddingFreeCollato
 from vlft.data.dataset import PixelsOnFetch
 from vlft.data.encode import EncodedSample, TooLongError
 from vlft.data.packing import pack_samples
-from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset, load_processor
+from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
+from vlft.model.loading import load_processor
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
@@ -32,7 +62,9 @@ from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.launch import is_distributed_worker
 from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
                               resolve_attention, resolve_dtype, set_router_aux_loss)
-from vlft.train.run_dir import agreed_run_dir, check_writable, new_run_dir, write_args_json
+from vlft.train.preflight import collected, preflight_problems, raise_problems
+from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
+from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
 from vlft.train.tuners import count_parameters, prepare_trainable
 
@@ -111,6 +143,7 @@ def run_sft(args: SftArguments) -> Path:
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, tokenizer.pad_token_id)
     train_rows = pack(train, args.max_length, args.seed) if args.packing else train
     eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
+    log_run_summary(args, training_args, model, family, encoder, train, val, skipped, train_rows, ds_config)
     if args.padding_free:
         tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
         fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.max_length,
@@ -146,51 +179,65 @@ def run_sft(args: SftArguments) -> Path:
 
 
 def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict | None]:
-    """(attn_implementation, a note on the kernel, DeepSpeed config); VlftError for what cannot run."""
-    attn_implementation, attention_note = resolve_attention(args.attn_impl, args.padding_free, cuda)
-    ds_config = resolve_deepspeed_config(args.deepspeed)
+    """(attn_implementation, a note on the kernel, DeepSpeed config); one VlftError listing every problem of the
+    command that shows without data or a model (with the machine's packages and dirs: preflight.py)."""
+    problems: list[str] = []
+    attention = collected(problems, resolve_attention, args.attn_impl, args.padding_free, cuda)
+    attn_implementation, attention_note = attention or (None, None)
+    ds_config = collected(problems, resolve_deepspeed_config, args.deepspeed)
     if args.torch_compile and _zero_stage(ds_config) == 3:
-        raise VlftError("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
+        problems.append("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
                         "compiled graphs); use ZeRO-2 or no --deepspeed")
-    if args.torch_compile_mode == "reduce-overhead" and cuda and attn_implementation != ATTENTION_NAME:
-        raise VlftError(f"--torch_compile_mode reduce-overhead needs the varlen attention (--attn_impl varlen), not "
+    if args.torch_compile_mode == "reduce-overhead" and cuda and attention and attn_implementation != ATTENTION_NAME:
+        problems.append(f"--torch_compile_mode reduce-overhead needs the varlen attention (--attn_impl varlen), not "
                         f"{attn_implementation}: only it takes the rows' boundaries without host reads")
     if args.torch_compile_mode == "reduce-overhead" and ds_config is not None:
-        raise VlftError("--torch_compile_mode reduce-overhead does not run under --deepspeed (CUDA graphs beside "
+        problems.append("--torch_compile_mode reduce-overhead does not run under --deepspeed (CUDA graphs beside "
                         "DeepSpeed's gradient hooks are untested); use --torch_compile true, or no --deepspeed")
     if args.chunked_loss and _zero_stage(ds_config) == 3:
-        raise VlftError("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
+        problems.append("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
                         "outside its forward); use ZeRO-2 or no --deepspeed")
-    check_writable(Path(args.output_dir))
-    if args.resume_from_checkpoint:
-        check_resumable(Path(args.resume_from_checkpoint), args, ds_config)
+    problems += preflight_problems(args)
+    if args.resume_from_checkpoint and (ds_config is not None or args.deepspeed is None):
+        collected(problems, check_resumable, Path(args.resume_from_checkpoint), args, ds_config)
+    raise_problems(problems)
     return attn_implementation, attention_note, ds_config
 
 
 def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None, dtype: torch.dtype, cuda: bool,
                       has_eval: bool):
-    """transformers TrainingArguments from vlft's (ms-swift's) arguments."""
+    """transformers TrainingArguments from vlft's (ms-swift's) arguments; VlftError for values transformers refuses
+    (an unknown --optim, a --save_strategy it cannot follow)."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
-        output_dir=str(run_dir), num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, warmup_steps=args.warmup_ratio,
-        lr_scheduler_type=args.lr_scheduler_type, logging_steps=args.logging_steps,
-        logging_nan_inf_filter=args.logging_nan_inf_filter, save_strategy="steps",
-        save_steps=args.save_steps, save_total_limit=args.save_total_limit,
-        eval_strategy="steps" if has_eval else "no", eval_steps=args.eval_steps,
-        metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False if has_eval else None,
-        seed=args.seed, data_seed=args.seed, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        use_cpu=not cuda, ddp_backend="gloo" if not cuda and is_distributed_worker(os.environ) else None,
-        deepspeed=ds_config,
-        dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
-        remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
-        # Batches reach the GPU from pinned memory without a host sync, the next one while this one trains.
-        accelerator_config={"non_blocking": cuda},
-    )
+    evaluates = has_eval and args.eval_strategy != "no"
+    optional = {"optim": args.optim} if args.optim else {}  # else transformers' own default
+    try:
+        return TrainingArguments(
+            output_dir=str(run_dir), num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+            # transformers 5 reads a warmup_steps below 1 as a share of the steps (its warmup_ratio is deprecated)
+            warmup_steps=args.warmup_steps or args.warmup_ratio,
+            lr_scheduler_type=args.lr_scheduler_type, lr_scheduler_kwargs=args.lr_scheduler_kwargs,
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon, **optional,
+            logging_steps=args.logging_steps, logging_nan_inf_filter=args.logging_nan_inf_filter,
+            save_strategy=args.save_strategy, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+            eval_strategy=args.eval_strategy if evaluates else "no", eval_steps=args.eval_steps,
+            metric_for_best_model="eval_loss" if evaluates else None, greater_is_better=False if evaluates else None,
+            seed=args.seed, data_seed=args.seed if args.data_seed is None else args.data_seed,
+            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
+            ddp_backend="gloo" if not cuda and is_distributed_worker(os.environ) else None,
+            ddp_timeout=args.ddp_timeout, deepspeed=ds_config,
+            dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
+            remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
+            # Batches reach the GPU from pinned memory without a host sync, the next one while this one trains.
+            accelerator_config={"non_blocking": cuda},
+        )
+    except ValueError as e:  # transformers checks the combination of its arguments here
+        raise VlftError(f"transformers refuses the training arguments: {e}") from None
 
 
 def encoded_samples(args: SftArguments, encoder, model_dir: Path,

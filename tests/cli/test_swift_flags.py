@@ -1,0 +1,319 @@
+"""ms-swift's flags (issue 21): docs/ms_swift.md lists every flag of vlft's argument dataclasses, every flag vlft
+refuses and every default that differs from ms-swift 4.6's (written out below from its swift/arguments/*.py, the
+ground truth the dataclasses are compared with); each newly taken flag reaches its effect; refused and unknown
+flags are reported all at once, with what to use instead or the nearest flag of the command, exit code 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from vlft.arguments import DeployArguments, InferArguments, SftArguments
+from vlft.cli.infer import StopWordsEngine, before_stop_words
+from vlft.cli.main import main
+from vlft.cli.parsing import REFUSED, parse_args
+from vlft.errors import VlftError
+from vlft.export.arguments import ExportArguments
+from vlft.infer.protocol import (ChatCompletionResponse, ChatCompletionStreamResponse, ChatMessage, Choice,
+                                 DeltaMessage, RequestConfig, StreamChoice, Usage)
+from vlft.train.sft import trainer_arguments
+
+DOC = REPO / "docs" / "ms_swift.md"
+SFT = ["--model", "vlft/tiny-qwen3-vl", "--dataset", "train.jsonl"]
+
+
+class Computed(str):
+    """An ms-swift default worked out at run time (never equal to a fixed vlft default)."""
+
+
+# ms-swift 4.6's default of each of its flags that vlft takes (swift/arguments/*.py at 3602360, and transformers'
+# TrainingArguments under `swift sft`), as vlft's dataclasses are built below: without eval data, export merging
+# "ckpt". `train_type` is ms-swift 3's name of `tuner_type`.
+_TEMPLATE = {"system": None, "max_length": Computed("the model's max_model_len"), "truncation_strategy": "delete",
+             "loss_scale": "default", "enable_thinking": None, "disable_ignore_empty_think": False,
+             "max_pixels": None, "model_type": None, "template": None, "model_revision": None, "use_hf": False,
+             "hub_token": None, "model_kwargs": None, "seed": 42, "val_dataset": [],
+             "torch_dtype": Computed("the checkpoint's dtype")}
+MS_SWIFT = {
+    "sft": {**_TEMPLATE, "split_dataset_ratio": 0.0, "columns": None, "dataset_num_proc": 1,
+            "load_from_cache_file": False, "strict": False, "train_type": "lora", "tuner_type": "lora",
+            "attn_impl": Computed("the checkpoint's; flash-attn for packing"), "padding_free": False,
+            "packing": False, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
+            "per_device_eval_batch_size": 1, "gradient_accumulation_steps": Computed("ceil(16 / batch / GPUs)"),
+            "learning_rate": 1e-4, "vit_lr": None, "aligner_lr": None, "weight_decay": 0.1, "max_grad_norm": 1.0,
+            "warmup_ratio": 0.0, "warmup_steps": 0, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": None,
+            "optim": None,  # both: transformers' default
+            "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "lora_rank": 8, "lora_alpha": 32,
+            "lora_dropout": 0.05, "target_modules": ["all-linear"], "target_regex": None, "modules_to_save": [],
+            "use_dora": False, "use_rslora": False, "freeze_vit": True, "freeze_aligner": True, "freeze_llm": False,
+            "router_aux_loss_coef": 0.0, "gradient_checkpointing": True, "vit_gradient_checkpointing": True,
+            "torch_compile": False, "torch_compile_mode": None, "save_steps": 500, "save_strategy": "steps",
+            "eval_steps": 500, "eval_strategy": "no", "save_total_limit": None, "logging_steps": 5,
+            "logging_nan_inf_filter": True, "output_dir": Computed("output/<model name>"), "add_version": True,
+            "deepspeed": None, "ddp_timeout": 18_000_000, "dataloader_num_workers": 1, "data_seed": 42,
+            "resume_from_checkpoint": None, "report_to": ["tensorboard"]},
+    "infer": {**_TEMPLATE, "stream": Computed("true when chatting"), "max_new_tokens": Computed("max_model_len"),
+              "temperature": Computed("generation_config.json"), "top_p": Computed("generation_config.json"),
+              "top_k": Computed("generation_config.json"),
+              "repetition_penalty": Computed("generation_config.json"), "load_data_args": False,
+              "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
+              "stop_words": []},
+    "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "use_hf": False, "push_to_hub": False,
+               "hub_model_id": None, "hub_token": None, "hub_private_repo": False},
+}
+MS_SWIFT["deploy"] = {**MS_SWIFT["infer"], "host": "0.0.0.0", "port": 8000, "api_key": None,
+                      "served_model_name": Computed("the model dir's last name")}
+# vlft's dataclasses, built with what each command requires (those flags are not compared).
+BUILT = {"sft": lambda: SftArguments(model="m", dataset=["d"]), "infer": lambda: InferArguments(model="m"),
+         "deploy": lambda: DeployArguments(model="m"),
+         "export": lambda: ExportArguments(adapters=["ckpt"], merge_lora=True)}
+ALIASES = {"tuner_type": "train_type"}  # vlft's alias flag -> the field holding its value
+
+
+def doc_flags(heading: str) -> set[str]:
+    """The flags named in the first column of the table under `## heading` (`--prefix_*` as `prefix_*`)."""
+    section = DOC.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `--")]
+    return {name + star for row in rows for name, star in re.findall(r"`--([a-z0-9_]+)(\*?)`", row)}
+
+
+def field_names(command: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(type(BUILT[command]()))}
+
+
+def test_the_doc_lists_every_flag_of_every_command_under_the_right_table():
+    takes, own = doc_flags("Flags vlft takes"), doc_flags("vlft's own flags")
+    for command in BUILT:
+        swift_named = set(MS_SWIFT[command]) | {"model", "dataset", "adapters", "merge_lora"}
+        fields = field_names(command)
+        assert fields & swift_named - takes == set(), f"{command}: ms-swift flags missing from 'Flags vlft takes'"
+        assert fields - swift_named - own == set(), (f"{command}: flags that are not ms-swift's (add their ms-swift "
+                                                     "default to MS_SWIFT if they are) missing from 'vlft's own "
+                                                     "flags'")
+    every = set().union(*(field_names(command) for command in BUILT))
+    assert takes - every == set() and own - every == set(), "the doc lists flags no command takes"
+
+
+def test_the_doc_lists_every_refused_flag():
+    refused = doc_flags("ms-swift flags vlft refuses")
+    assert {name + "*" if name.endswith("_") else name for name in REFUSED} - refused == set()
+
+
+def test_the_doc_lists_exactly_the_defaults_that_differ_from_ms_swifts():
+    differing = set()
+    for command, swift in MS_SWIFT.items():
+        built = BUILT[command]()
+        assert set(swift) <= field_names(command), f"{command}: MS_SWIFT names flags vlft does not take"
+        differing |= {flag for flag, default in swift.items()
+                      if isinstance(default, Computed) or getattr(built, ALIASES.get(flag, flag)) != default}
+    assert differing == doc_flags("Defaults that differ from ms-swift's")
+
+
+def made(tmp_path, *argv: str, has_eval: bool = False):
+    args = parse_args(SftArguments, [*SFT, *argv], "vlft sft")
+    return trainer_arguments(args, tmp_path, None, torch.float32, cuda=False, has_eval=has_eval)
+
+
+def test_training_flags_reach_transformers_training_arguments(tmp_path):
+    made_ = made(tmp_path, "--warmup_steps", "30", "--save_strategy", "epoch", "--optim", "adafactor",
+                 "--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 1e-6}',
+                 "--data_seed", "7", "--adam_beta2", "0.95", "--ddp_timeout", "600", "--split_dataset_ratio", "0.1",
+                 has_eval=True)
+    assert made_.get_warmup_steps(1000) == 30 and made_.save_strategy == "epoch" and made_.optim == "adafactor"
+    assert made_.eval_strategy == "epoch"  # as the save strategy (ms-swift)
+    assert made_.lr_scheduler_kwargs == {"min_lr": 1e-6} and made_.adam_beta2 == 0.95
+    assert (made_.data_seed, made_.seed, made_.ddp_timeout) == (7, 42, 600)
+    assert made(tmp_path, "--warmup_ratio", "0.1").get_warmup_steps(1000) == 100
+    assert made(tmp_path, "--warmup_steps", "0.2").get_warmup_steps(1000) == 200  # below 1: a share
+    plain = made(tmp_path)
+    assert plain.data_seed == 42 and plain.eval_strategy == "no" and plain.ddp_timeout == 18_000_000
+    assert made(tmp_path, "--eval_strategy", "steps", "--eval_steps", "7", "--val_dataset", "v.jsonl",
+                has_eval=True).eval_steps == 7
+
+
+def test_eval_strategy_no_holds_nothing_out_and_bad_combinations_are_refused(tmp_path):
+    assert parse_args(SftArguments, [*SFT, "--split_dataset_ratio", "0.1", "--eval_strategy", "no"],
+                      "t").split_dataset_ratio == 0.0
+    for argv, message in [(["--warmup_ratio", "0.1", "--warmup_steps", "10"], "give one of them"),
+                          (["--save_strategy", "best"], "needs eval data"),
+                          (["--lr_scheduler_kwargs", "[1]"], "takes a JSON object"),
+                          (["--target_regex", "(q_proj"], "--target_regex '(q_proj'")]:
+        with pytest.raises(VlftError, match=re.escape(message)):
+            parse_args(SftArguments, [*SFT, *argv], "t")
+    with pytest.raises(VlftError, match="adamw_nonsense is not a valid"):
+        made(tmp_path, "--optim", "adamw_nonsense")
+
+
+def test_target_regex_reaches_peft_target_modules(tiny_model_dir):
+    from vlft.families import get_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj"
+    args = parse_args(SftArguments, [*SFT, "--target_regex", regex], "t")
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa")
+    expected = {name for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and re.fullmatch(regex, name)}
+    model = prepare_trainable(model, get_family("qwen3_vl"), args)
+    adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if hasattr(module, "lora_A")}
+    assert len(expected) >= 2 and adapted == expected
+    assert re.fullmatch(model.peft_config["default"].target_modules, "model.language_model.layers.0.self_attn.q_proj")
+
+
+def test_system_file_is_read_and_a_typed_newline_is_a_line_break(tmp_path):
+    prompt = tmp_path / "system.txt"
+    prompt.write_text("You are a careful reader.\nAnswer briefly.", encoding="utf-8")
+    assert parse_args(SftArguments, [*SFT, "--system", str(prompt)], "t").system == prompt.read_text()
+    assert parse_args(InferArguments, ["--model", "m", "--system", r"a\nb"], "t").system == "a\nb"
+    with pytest.raises(VlftError, match="no such file"):
+        parse_args(SftArguments, [*SFT, "--system", str(tmp_path / "missing.txt")], "t")
+
+
+def test_model_kwargs_are_environment_settings_below_the_command_line():
+    args = parse_args(SftArguments, [*SFT, "--model_kwargs", '{"fps_max_frames": 16, "MAX_PIXELS": 1000}',
+                                     "--max_pixels", "5000"], "t", environ={"FPS_MAX_FRAMES": "8"})
+    assert (args.fps_max_frames, args.max_pixels) == (16, 5000)
+    with pytest.raises(VlftError, match="--model_kwargs: foo is not a setting vlft reads; it reads FPS, "):
+        parse_args(SftArguments, [*SFT, "--model_kwargs", '{"foo": 1}'], "t")
+
+
+def test_infer_attn_impl_takes_ms_swifts_names_and_reaches_the_loaded_model(tiny_model_dir):
+    assert InferArguments(model="m", attn_impl="flash_attn").attn_impl == "flash_attention_2"
+    with pytest.raises(VlftError, match="varlen is vlft's kernel for padding-free training rows"):
+        InferArguments(model="m", attn_impl="varlen")
+    from vlft.infer.engine import InferEngine
+
+    engine = InferEngine(args=parse_args(InferArguments, ["--model", str(tiny_model_dir("qwen3_vl")),
+                                                          "--attn_impl", "eager"], "vlft infer"))
+    assert engine.model.config._attn_implementation == "eager"
+
+
+def test_stop_words_end_answers_whole_and_streamed():
+    assert before_stop_words("It is red.\nObservation: x", ["Observation:"]) == ("It is red.\n", True)
+    assert before_stop_words("It is red. Obs", ["Observation:"], final=False) == ("It is red. ", False)
+    assert before_stop_words("It is red. Obs", ["Observation:"]) == ("It is red. Obs", False)
+
+    class Engine:  # answers "red. Obs" "ervation: no" "pe", whole or in those pieces
+        pieces = ["red. Obs", "ervation: no", "pe"]
+
+        def infer(self, requests, config):
+            if not config.stream:
+                return [ChatCompletionResponse("m", [Choice(0, ChatMessage("assistant", "".join(self.pieces)),
+                                                            "length")], Usage(1, 3)) for _ in requests]
+            chunks = [ChatCompletionStreamResponse("m", [StreamChoice(0, DeltaMessage("assistant", p))], "i")
+                      for p in self.pieces]
+            return [iter(chunks + [ChatCompletionStreamResponse("m", [StreamChoice(0, DeltaMessage(), "stop")],
+                                                                "i")])]
+
+    engine = StopWordsEngine(Engine(), ["Observation:"])
+    whole = engine.infer([object()], RequestConfig())[0].choices[0]
+    assert (whole.message.content, whole.finish_reason) == ("red. ", "stop")
+    shown = [c.choices[0].delta.content for c in engine.infer([object()], RequestConfig(stream=True))[0]]
+    assert shown == ["red. ", None]  # "Obs" held back until it turned out to begin the stop word
+    assert "".join(c.choices[0].delta.content or "" for c in StopWordsEngine(Engine(), ["zzz"]).infer(
+        [object()], RequestConfig(stream=True))[0]) == "red. Observation: nope"
+
+
+def test_stop_words_reach_vlft_infer(checkpoint, tmp_path):
+    import json
+
+    def responses(*argv: str) -> list[str]:
+        result = tmp_path / "result.jsonl"
+        assert main(["infer", "--adapters", str(checkpoint), "--load_data_args", "true", "--max_new_tokens", "8",
+                     "--result_path", str(result), *argv]) == 0
+        return [json.loads(line)["response"] for line in result.read_text().splitlines()]
+
+    plain = responses()
+    word = next((r[len(r) // 2:len(r) // 2 + 2] for r in plain if len(r.strip()) >= 4), None)
+    if word is None:
+        pytest.skip(f"the tiny model's answers are too short to cut: {plain}")
+    assert responses("--stop_words", word) == [r[:r.find(word)] if word in r else r for r in plain]
+
+
+def test_served_model_name_names_the_model_the_server_lists(monkeypatch, capsys):
+    import vlft.infer.engine
+    import vlft.infer.server
+
+    class Engine:
+        def __init__(self, args):
+            self.model_name = args.model
+
+    class Server:
+        server_address = ("127.0.0.1", 8123)
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    served = []
+    monkeypatch.setattr(vlft.infer.engine, "InferEngine", Engine)
+    monkeypatch.setattr(vlft.infer.server, "make_server", lambda engine, *a, **k: served.append(engine) or Server())
+    assert main(["deploy", "--model", "some/dir", "--served_model_name", "qwen-vl-ft"]) == 0
+    assert served[0].model_name == "qwen-vl-ft" and "serving qwen-vl-ft at" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, argv, messages", [
+    ("sft", [*SFT, "--use_liger_kernel", "true", "--streaming", "true", "--fsdp", "full_shard auto_wrap",
+             "--quant_method", "bnb", "--lora_rnak", "8", "--ddp_backend", "nccl", "--train_type", "qlora"],
+     ["--use_liger_kernel true is not supported: Liger's kernels are not used; --chunked_loss true",
+      "--streaming true is not supported: every line is encoded once before training",
+      "--fsdp full_shard auto_wrap is not supported: --deepspeed zero3",
+      "--quant_method bnb is not supported: quantized weights are neither trained (QLoRA) nor written",
+      "unknown argument --lora_rnak; did you mean --lora_rank?",
+      "unknown argument --ddp_backend\n",  # no false suggestion (compared with the dashes: "--packing")
+      "--train_type 'qlora': choose from lora, full"]),
+    ("infer", ["--model", "m", "--infer_backend", "vllm", "--num_beams", "4", "--vllm_gpu_memory_utilization", "0.9",
+               "--max_new_token", "8"],
+     ["--infer_backend vllm is not supported: vlft generates with transformers",
+      "--num_beams 4 is not supported: answers are greedy",
+      "--vllm_gpu_memory_utilization 0.9 is not supported",
+      "unknown argument --max_new_token; did you mean --max_new_tokens?"]),
+    ("deploy", ["--model", "m", "--infer_backend", "sglang", "--ssl_keyfile", "k.pem", "--served_model_nam", "x"],
+     ["--infer_backend sglang is not supported", "--ssl_keyfile k.pem is not supported: the server speaks plain HTTP",
+      "unknown argument --served_model_nam; did you mean --served_model_name?"]),
+    ("export", ["--adapters", "ckpt", "--merge_lora", "true", "--max_shard_size", "5GB", "--quant_method", "awq",
+                "--fp16", "true"],
+     ["--max_shard_size 5GB is not supported: the merged model is written in transformers' shards",
+      "--quant_method awq is not supported", "--fp16 true is not supported: --torch_dtype float16"]),
+])
+def test_refused_and_unknown_flags_are_all_reported_at_once(command, argv, messages, capsys, monkeypatch):
+    import vlft.infer.engine
+
+    monkeypatch.setattr(vlft.infer.engine, "InferEngine", None)  # nothing may load
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{len(messages)} problems with the arguments" in err and "Traceback" not in err
+    for message in messages:
+        assert message in err + "\n"
+
+
+def test_refused_flags_asking_for_what_vlft_does_pass():
+    parse_args(InferArguments, ["--model", "m", "--infer_backend", "pt", "--num_beams", "1"], "t")
+    parse_args(DeployArguments, ["--model", "m", "--infer_backend", "transformers"], "t")
+    args = parse_args(SftArguments, [*SFT, "--use_liger_kernel", "false", "--streaming", "false", "--tuner_backend",
+                                     "peft", "--sequence_parallel_size", "1"], "t")
+    assert not hasattr(args, "use_liger_kernel")
+    with pytest.raises(VlftError, match="--stop_words is not supported by vlft deploy"):
+        parse_args(DeployArguments, ["--model", "m", "--stop_words", "Observation:"], "t")
+
+
+def test_the_seed_guides_command_flags_are_all_taken():
+    """Every flag of the ms-swift Qwen3-VL guide's `swift sft` / `swift infer` commands (seed 001) is a flag of the
+    command (its `swift export` commands convert to and from Megatron-Core, which vlft refuses)."""
+    guide = REPO.parent / "shared" / "seeds" / "001_d8b2c31d2655d5e0.txt"
+    if not guide.is_file():
+        pytest.skip("seed documents not in this checkout")
+    commands = re.findall(r"swift (sft|infer)\s*\\\n(.*?)(?:```|\n\n)", guide.read_text(), re.S)
+    classes = {"sft": SftArguments, "infer": InferArguments}
+    for command, body in commands:
+        flags = sorted(set(re.findall(r"--([a-z0-9_]+)", body)))
+        fields = {f.name for f in dataclasses.fields(classes[command])}
+        assert [flag for flag in flags if flag not in fields] == [], command
+    assert commands
