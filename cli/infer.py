@@ -152,6 +152,7 @@ def answer_dataset(engine, args: InferArguments, config) -> int:
 def dataset_requests(args: InferArguments) -> tuple[list, int]:
     """[(raw row, InferRequest, label)] of the rows to answer, and how many rows were bad (reported)."""
     from vlft.data.formats import to_sample
+    from vlft.data.grounding import objects_of
     from vlft.infer.protocol import InferRequest
 
     items, failures = [], 0
@@ -165,9 +166,11 @@ def dataset_requests(args: InferArguments) -> tuple[list, int]:
             print(f"error: {e.at(raw.source, raw.line)}", file=sys.stderr)
             continue
         labels = sample.messages.pop().content if sample.messages[-1].role == "assistant" else None
+        # the answer's <ref-object> / <bbox> placeholders go with it: the prompt keeps only the objects it takes
+        objects = objects_of([m.content for m in sample.messages], sample.objects)
         request = InferRequest(messages=[{"role": m.role, "content": m.content} for m in sample.messages],
                                images=[_absolute(i, raw.base_dir) for i in sample.images],
-                               videos=[_absolute(v, raw.base_dir) for v in sample.videos], objects=sample.objects)
+                               videos=[_absolute(v, raw.base_dir) for v in sample.videos], objects=objects)
         items.append((raw, request, labels))
     return items, failures
 

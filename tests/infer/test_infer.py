@@ -136,3 +136,17 @@ def test_ms_swift_ptengine_snippet_runs_as_written(capsys):
         print(chunk.choices[0].delta.content, end="", flush=True)
     print()
     assert capsys.readouterr().out == response + "\n"
+
+
+def test_dataset_mode_answers_a_grounding_row_whose_boxes_are_in_the_answer(checkpoint, tmp_path, capsys):
+    """The example grounding row: `<ref-object>` in the question, `<bbox>` and a second ref in the answer. The
+    prompt keeps the objects its own placeholders take; the answer's go with the labels."""
+    row = next(line for line in (EXAMPLES / "train.jsonl").read_text().splitlines() if "<bbox>" in line)
+    data = tmp_path / "grounding.jsonl"
+    data.write_text(row.replace('"images/', f'"{EXAMPLES}/images/') + "\n")
+    result = tmp_path / "result.jsonl"
+    assert main(["infer", "--adapters", str(checkpoint), "--val_dataset", str(data), *MEDIA, "--max_new_tokens", "4",
+                 "--result_path", str(result)]) == 0
+    assert "error" not in capsys.readouterr().err
+    [answer] = [json.loads(line) for line in open(result)]
+    assert isinstance(answer["response"], str) and "<bbox>" in answer["labels"]

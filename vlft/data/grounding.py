@@ -110,6 +110,21 @@ def fill_grounding(texts: list[str], objects: dict | None, geometries: list[Imag
     return out
 
 
+def objects_of(texts: list[str], objects: dict | None) -> dict | None:
+    """The leading objects the `texts`' placeholders take (they are taken in order): what a prompt keeps of a row's
+    objects when its answer, holding the later placeholders, is left out (`vlft infer` on a dataset)."""
+    if objects is None:
+        return None
+    n_ref = sum(t.count(REF_PLACEHOLDER) for t in texts)
+    n_box = sum(t.count(BOX_PLACEHOLDER) for t in texts)
+    if n_ref == 0 and n_box == 0:
+        return None
+    kept = {"ref": list(objects.get("ref") or [])[:n_ref], "bbox": list(objects.get("bbox") or [])[:n_box]}
+    if objects.get("image_id") is not None:
+        kept["image_id"] = list(objects["image_id"])[:n_box]
+    return kept
+
+
 def _finite(value: int | float) -> bool:
     try:
         return math.isfinite(value)
