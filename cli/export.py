@@ -23,7 +23,7 @@ def merge(args: ExportArguments) -> Path:
     check_output_dir(output_dir)
     base_dir = base_model_of(checkpoint, args.model, args.cache_dir, use_hf=args.use_hf, hub_token=args.hub_token)
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
-    merge_lora(checkpoint, output_dir, base_dir, dtype)
+    merge_lora(checkpoint, output_dir, base_dir, dtype, max_shard_size=args.max_shard_size)
     print(f"merged {checkpoint} into {base_dir}: wrote {output_dir}")
     return output_dir
 

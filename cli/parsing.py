@@ -92,8 +92,6 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
     "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
     "ssl_certfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
-    "max_shard_size": (_NONE, "the merged model is written in transformers' shards (up to 50GB each; ms-swift's "
-                              "default is 5GB); not settable yet"),
     "safe_serialization": (TRUE, "vlft always writes safetensors"),
     "to_ollama": (FALSE, "no Ollama export: vlft export --merge_lora true writes a plain HF model dir"),
     "to_mcore": (FALSE, _MEGATRON),

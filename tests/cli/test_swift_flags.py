@@ -63,7 +63,7 @@ MS_SWIFT = {
               "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
               "stop_words": []},
     "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "use_hf": False, "push_to_hub": False,
-               "hub_model_id": None, "hub_token": None, "hub_private_repo": False},
+               "hub_model_id": None, "hub_token": None, "hub_private_repo": False, "max_shard_size": "5GB"},
 }
 MS_SWIFT["deploy"] = {**MS_SWIFT["infer"], "host": "0.0.0.0", "port": 8000, "api_key": None,
                       "served_model_name": Computed("the model dir's last name")}
@@ -278,10 +278,10 @@ def test_served_model_name_names_the_model_the_server_lists(monkeypatch, capsys)
     ("deploy", ["--model", "m", "--infer_backend", "sglang", "--ssl_keyfile", "k.pem", "--served_model_nam", "x"],
      ["--infer_backend sglang is not supported", "--ssl_keyfile k.pem is not supported: the server speaks plain HTTP",
       "unknown argument --served_model_nam; did you mean --served_model_name?"]),
-    ("export", ["--adapters", "ckpt", "--merge_lora", "true", "--max_shard_size", "5GB", "--quant_method", "awq",
+    ("export", ["--adapters", "ckpt", "--merge_lora", "true", "--to_ollama", "true", "--quant_method", "awq",
                 "--fp16", "true"],
-     ["--max_shard_size 5GB is not supported: the merged model is written in transformers' shards",
-      "--quant_method awq is not supported", "--fp16 true is not supported: --torch_dtype float16"]),
+     ["--to_ollama true is not supported", "--quant_method awq is not supported",
+      "--fp16 true is not supported: --torch_dtype float16"]),
 ])
 def test_refused_and_unknown_flags_are_all_reported_at_once(command, argv, messages, capsys, monkeypatch):
     import vlft.infer.engine

@@ -173,3 +173,23 @@ def test_existing_output_dir_is_never_overwritten(lora_checkpoint, tmp_path):
     ckpt = lora_checkpoint("qwen3_vl")
     with pytest.raises(VlftError, match="exists"):
         run(["--adapters", str(ckpt), "--merge_lora", "true", "--output_dir", str(tmp_path)])
+
+
+def test_max_shard_size_splits_the_merged_weights_and_keeps_every_tensor(lora_checkpoint, tmp_path):
+    """`--max_shard_size` (ms-swift's flag and default, 5GB): the tiny model's 78 MB in shards of at most 30MB
+    (a tensor larger than that gets a shard of its own), the same tensors as one file."""
+    ckpt = lora_checkpoint("qwen3_vl")
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    assert run(["--adapters", str(ckpt), "--merge_lora", "true", "--output_dir", str(whole)]) == 0
+    assert run(["--adapters", str(ckpt), "--merge_lora", "true", "--output_dir", str(sharded),
+                "--max_shard_size", "30MB"]) == 0
+    assert [p.name for p in whole.glob("model*.safetensors")] == ["model.safetensors"]
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(shards) >= 3 and sorted(set(index.values())) == [p.name for p in shards]
+    for shard in shards:
+        tensors = load_file(shard)
+        assert len(tensors) == 1 or shard.stat().st_size <= 30 * 10**6 + 10**5
+    expected = load_file(whole / "model.safetensors")
+    got = {k: v for shard in shards for k, v in load_file(shard).items()}
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)

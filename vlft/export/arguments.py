@@ -27,6 +27,8 @@ class ExportArguments:
     output_dir: str | None = field(default=None, metadata={"help": "merged model dir (default: CKPT-merged)"})
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
         default=None, metadata={"help": "dtype to merge and save in (default: the base model's)"})
+    max_shard_size: str = field(default="5GB", metadata={
+        "help": "largest weights file of the merged model (ms-swift's default, 5GB); e.g. 500MB, 2GB"})
     cache_dir: str | None = field(default=None, metadata={"help": "vlft's cache (tiny models)",
                                                           "env": "VLFT_CACHE_HOME"})
     use_hf: bool = field(default=False, metadata={"help": "use the HF Hub instead of ModelScope (to download the "

@@ -78,7 +78,8 @@ def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
                         + "\n  ".join(misfits[:MAX_LISTED]) + more)
 
 
-def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: torch.dtype | None = None) -> Path:
+def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: torch.dtype | None = None,
+               max_shard_size: str = "5GB") -> Path:
     """Write the base with the LoRA merged in, its processor, generation config and args.json to output_dir."""
     require_lora_checkpoint(checkpoint)
     check_output_dir(output_dir)
@@ -90,7 +91,7 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        merged.save_pretrained(staging)
+        merged.save_pretrained(staging, max_shard_size=max_shard_size)
         copy_unloaded_tensors(base_model_dir, staging, detect_family(base_model_dir).unloaded_prefixes)
         # the processor saved with the checkpoint (the chat template it trained with), else the base model's
         load_processor(checkpoint, fallback=base_model_dir).save_pretrained(staging)
