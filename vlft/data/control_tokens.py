@@ -47,7 +47,7 @@ class ControlTokens:
     def refuse(self, messages: list[Message], tools: list | None) -> None:
         """DataError naming the field and the first control token typed in a message or a tool schema."""
         for i, message in enumerate(messages):
-            for where, text in _texts(message, i):
+            for where, text in message.rendered_texts(i):
                 self._refuse_in(text, where)
         if tools:
             self._refuse_in(json.dumps(tools, ensure_ascii=False), "tools")
@@ -63,7 +63,7 @@ class ControlTokens:
         """Messages and tools with each typed control token replaced by its sentinel (see the module doc)."""
         out = []
         for i, message in enumerate(messages):
-            for where, text in _texts(message, i):
+            for where, text in message.rendered_texts(i):
                 sentinel = _SENTINEL.search(text)
                 if sentinel:
                     raise DataError(f"contains U+{ord(sentinel.group()):05X}, a private-use character vlft "
@@ -102,18 +102,6 @@ _SENTINEL = re.compile(f"[{chr(SENTINEL_BASE)}-{chr(SENTINEL_BASE + 0xFFFF)}]")
 
 def _alternation(tokens: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(re.escape(t) for t in tokens)) if tokens else re.compile("(?!)")
-
-
-def _texts(message: Message, i: int) -> list[tuple[str, str]]:
-    """(field, text) of everything in a message that is rendered as text."""
-    where = message.where or f"messages[{i}].content"
-    base = where.rsplit(".", 1)[0] if "." in where else where
-    texts = [(where, message.content)]
-    if message.reasoning_content:
-        texts.append((f"{base}.reasoning_content", message.reasoning_content))
-    if message.tool_calls:
-        texts.append((f"{base}.tool_calls", json.dumps(message.tool_calls, ensure_ascii=False)))
-    return texts
 
 
 def _map_strings(value: Any, fn) -> Any:

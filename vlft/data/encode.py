@@ -8,7 +8,6 @@ number of vision tokens the processor's grid gives.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -366,14 +365,11 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON may escape one ("\\ud800"
 def _check_text(messages: list[Message]) -> None:
     """DataError for text the tokenizer cannot take."""
     for i, message in enumerate(messages):
-        where = message.where or f"messages[{i}].content"
-        # Reasoning and tool-call arguments are rendered as text too.
-        calls = json.dumps(message.tool_calls or [], ensure_ascii=False)
-        text = "\n".join([message.content, message.reasoning_content or "", calls])
-        surrogate = LONE_SURROGATE.search(text)
-        if surrogate:
-            raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "
-                            "(not valid Unicode)", field=where)
+        for where, text in message.rendered_texts(i):
+            surrogate = LONE_SURROGATE.search(text)
+            if surrogate:
+                raise DataError(f"lone surrogate \\u{ord(surrogate.group()):04x} at character {surrogate.start() + 1} "
+                                "(not valid Unicode)", field=where)
 
 
 def _check_media_roles(messages: list[Message], template: Template) -> None:

@@ -305,7 +305,7 @@ def _check_turns(messages: list[Message], field: str, role_key: str, require_ans
     if require_answer and first is not None and first.role == "assistant":
         # ms-swift inserts an empty user turn here (its pretraining rows); the HF templates render an answer to
         # nothing. Neither is what a chat dataset means: say so, and how to get ms-swift's encoding.
-        where = first.where.rsplit(".", 1)[0] + f".{role_key}" if first.where else field
+        where = first.field(role_key) if first.where else field
         raise DataError("the conversation starts with an assistant turn: there is no question for it to answer. "
                         'Start with a user turn (ms-swift inserts an empty one: add {"role": "user", "content": ""} '
                         "for the same encoding)", field=where)

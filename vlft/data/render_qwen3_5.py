@@ -109,7 +109,7 @@ def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style:
     for i, (message, text) in enumerate(zip(messages, texts)):
         if message.role == "system":
             if i:
-                raise DataError("a system message may only come first", field=_field(message, "role"))
+                raise DataError("a system message may only come first", field=message.field("role"))
         elif message.role == "user":
             segments.append(Segment(f"<|im_start|>user\n{text}<|im_end|>\n", everything))
         elif message.role == "tool":
@@ -125,7 +125,7 @@ def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style:
             segments += _assistant_turn(answer, lead if shows_think else "", trained, everything,
                                         ignore_empty_think and shows_think, train_turn_separator)
         else:
-            raise DataError(f"unknown role {message.role!r}", field=_field(message, "role"))
+            raise DataError(f"unknown role {message.role!r}", field=message.field("role"))
     if add_generation_prompt:
         segments.append(Segment(generation_prompt(style, enable_thinking), False))
     return [s for s in segments if s.text]
@@ -182,7 +182,7 @@ def _answer(message: Message, text: str, shows_think: bool, style: TemplateStyle
     think = f"<think>\n{reasoning.strip()}\n</think>\n\n" if shows_think else ""
     calls = []
     for j, call in enumerate(message.tool_calls or []):
-        name, arguments = _tool_call(call, _field(message, f"tool_calls[{j}]"))
+        name, arguments = _tool_call(call, message.field(f"tool_calls[{j}]"))
         separator = "\n" if j else "\n\n" if content.strip() else ""
         parameters = "".join(f"<parameter={key}>\n{_argument(value, style)}\n</parameter>\n"
                              for key, value in arguments.items())
@@ -211,11 +211,6 @@ def _argument(value, style: TemplateStyle) -> str:
     if isinstance(value, (dict, list, tuple)) or style.scalar_arguments == "json":
         return json.dumps(value, ensure_ascii=False)
     return str(value)  # Jinja's `|string`
-
-
-def _field(message: Message, name: str) -> str:
-    place = message.where.rsplit(".", 1)[0] if message.where and "." in message.where else "messages"
-    return f"{place}.{name}"
 
 
 render = render_qwen3_5  # the name vlft/data/template.py calls a render hook by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,23 @@ class Message:
     where: str | None = field(default=None, compare=False)  # the field in the row (`messages[2].content`)
     tool_calls: list[dict] | None = None
     reasoning_content: str | None = None
+
+    def field(self, name: str, index: int | None = None) -> str:
+        """The row field `name` of this message (`messages[2].role` beside its `messages[2].content`); without a
+        `where` to go by, `messages[index].name`, or `messages.name`."""
+        if self.where and "." in self.where:
+            return f"{self.where.rsplit('.', 1)[0]}.{name}"
+        return f"messages[{index}].{name}" if index is not None else f"messages.{name}"
+
+    def rendered_texts(self, index: int) -> list[tuple[str, str]]:
+        """(field, text) of everything of this message a template writes as text: its content, reasoning and tool
+        calls (as JSON)."""
+        texts = [(self.where or f"messages[{index}].content", self.content)]
+        if self.reasoning_content:
+            texts.append((self.field("reasoning_content", index), self.reasoning_content))
+        if self.tool_calls:
+            texts.append((self.field("tool_calls", index), json.dumps(self.tool_calls, ensure_ascii=False)))
+        return texts
 
 
 @dataclass

@@ -176,12 +176,11 @@ def _refuse_hook_only(template: Template, messages: list[Message], tools: list |
     if tools:
         raise DataError(f"the {template.name} template cannot render tools", field="tools")
     for m in messages:
-        where = m.where.rsplit(".", 1)[0] if m.where else "messages"
         if m.tool_calls:
-            raise DataError(f"the {template.name} template cannot render tool calls", field=f"{where}.tool_calls")
+            raise DataError(f"the {template.name} template cannot render tool calls", field=m.field("tool_calls"))
         if m.reasoning_content is not None:
             raise DataError(f"the {template.name} template cannot render reasoning_content",
-                            field=f"{where}.reasoning_content")
+                            field=m.field("reasoning_content"))
 
 
 def _with_media(template: Template, text: str) -> str:
