@@ -31,6 +31,7 @@ a link to the Qwen3.5 model.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -202,10 +203,30 @@ def give_swift_fla(swift_site: str) -> str:
                         "--no-cache-dir", "--upgrade", "--target", swift_site, *wheels], check=True)
     from swift_sft import swift_env
 
-    probe = subprocess.run([sys.executable, "-c", "import fla, transformers; print(f'fla {fla.__version__} | "
+    link_tilelang(Path(swift_site))
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util, fla, transformers; "
+                            "tl = importlib.util.find_spec('tilelang') is not None; "
+                            "print(f'fla {fla.__version__} (tilelang: {tl}) | "
                             "transformers {transformers.__version__}')"],
                            env=swift_env(swift_site), capture_output=True, text=True)
     return (probe.stdout or probe.stderr).strip().splitlines()[-1]
+
+
+TILELANG_PARTS = ("tilelang", "tvm_ffi", "apache_tvm_ffi", "z3", "z3_solver")  # bench/stage_tilelang.sh's tree
+
+
+def link_tilelang(swift_site: Path) -> None:
+    """Links tilelang (unpacked into vlft's site by bench/device_env.sh) into ms-swift's dir, so that fla there
+    takes the same Hopper backward as vlft's (without it fla 0.6.0 refuses the gated backward on Hopper)."""
+    spec = importlib.util.find_spec("tilelang")
+    if spec is None or spec.origin is None:
+        return
+    site = Path(spec.origin).parent.parent
+    for part in TILELANG_PARTS:
+        for entry in site.glob(f"{part}*"):
+            link = swift_site / entry.name
+            if not link.exists():
+                link.symlink_to(entry)
 
 
 def run_swift(workdir: Path, model_type: str, max_length: int, steps: int, warmup_steps: int, num_workers: int,
@@ -225,8 +246,8 @@ def run_swift(workdir: Path, model_type: str, max_length: int, steps: int, warmu
     data = absolute_images(workdir / "data" / "train.jsonl")
     command = swift_command(workdir / PEER_MODEL_NAME, data, output, max_length, steps, "sdpa", batch_size,
                             num_workers, 4, cuda=True, lora_dropout=0.0, logging_steps=1)
-    for flag in ("--model_type", "--template"):
-        command[command.index(flag) + 1] = model_type
+    command[command.index("--model_type") + 1] = model_type
+    command[command.index("--template") + 1] = "qwen3_5"  # ms-swift 4.6's one template for qwen3_5 and qwen3_5_moe
     started = time.time()
     run_logged([sys.executable, str(HERE / "peers" / "measured_run.py"), str(records), *command], log, "swift sft",
                env=with_path_first(swift_env(site), fla_dir), cwd=workdir)

@@ -3,6 +3,7 @@ interactively (`<<<` prompt, `<image>`/`<video>` ask for a path or URL, `clear`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,13 +46,16 @@ def before_stop_words(text: str, words: list[str], final: bool = True) -> tuple[
 
 
 class StopWordsEngine:
-    """An engine whose answers end before the first of --stop_words (ms-swift's; the engine itself stops only at
-    the template's stop tokens, so generation runs on to one of them and the rest is cut off)."""
+    """An engine whose answers end before the first of --stop_words (ms-swift's): generation stops at the token
+    that completes one (RequestConfig.stop), and the text from the stop word on is cut off."""
 
     def __init__(self, engine, words: list[str]):
         self.engine, self.words = engine, list(words)
 
     def infer(self, requests: list, request_config=None) -> list:
+        from vlft.infer.protocol import RequestConfig
+
+        request_config = dataclasses.replace(request_config or RequestConfig(), stop=self.words)
         answers = self.engine.infer(requests, request_config)
         if request_config is not None and request_config.stream:
             return [self._streamed(chunks) for chunks in answers]

@@ -25,7 +25,7 @@ KNOWN_WARNINGS = (
     (FutureWarning, r"`gradient_checkpointing` is deprecated", r"transformers\.training_args",
      "vlft passes gradient_checkpointing=False to TrainingArguments (it enables checkpointing per part)"),
     (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils",
-     "vlft/train/model.py and PEFT call the old name"),
+     "PEFT calls the old name (prepare_model_for_kbit_training, and when it wraps a checkpointed model)"),
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils",
      "PEFT reads the old name when it wraps a model (training, infer --adapters, export --merge_lora)"),
 )

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vlft.arguments import SftArguments
+from vlft.errors import ArgumentProblems
 from vlft.cli.parsing import build_parser, parse_args
 
 
@@ -20,27 +21,32 @@ def run(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         build_parser(SftArguments, "vlft sft").print_help()
         return 0
-    args = parse_args(SftArguments, argv, "vlft sft")  # bad arguments fail here, before anything loads
+    try:  # flags the command does not take, and values that do not convert, fail here
+        args, argument_problems = parse_args(SftArguments, argv, "vlft sft"), []
+    except ArgumentProblems as e:  # the values' own problems: reported below with the run's others
+        if e.arguments is None:
+            raise
+        args, argument_problems = e.arguments, e.problems
     import torch
 
     from vlft.train.launch import is_distributed_worker, launch_plan, worker_error_recorded
     from vlft.train.run_dir import failed_run_handled
     from vlft.train.sft import check_run_arguments, run_sft
 
+    # Every problem that shows without data or a model, in one error, before anything is made or loaded.
     if is_distributed_worker(os.environ):  # a worker of the torchrun below (or of one the user started)
         with worker_error_recorded(os.environ):
-            run_sft(args)
+            run_sft(args, check_run_arguments(args, torch.cuda.is_available(), argument_problems))
         return 0
+    checks = check_run_arguments(args, torch.cuda.is_available(), argument_problems)
     plan = launch_plan(os.environ, single=bool(args.deepspeed))  # DeepSpeed: torchrun, also for one process
-    # Every problem that shows without data or a model, in one error, before anything is made or loaded.
-    check_run_arguments(args, torch.cuda.is_available())
     if plan is not None:
         return launch(plan, args, argv)
     run_dir, created = own_run_dir(args)
     if created:  # the run writes into the dir made here, which is removed or marked FAILED if it fails
         args = parse_args(SftArguments, [*argv, "--output_dir", str(run_dir), "--add_version", "false"], "vlft sft")
     with failed_run_handled(run_dir, created):
-        run_sft(args)
+        run_sft(args, checks)
     return 0
 
 
@@ -68,7 +74,7 @@ def launch(plan, args: SftArguments, argv: list[str]) -> int:
 
     model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
                                   hub_token=args.hub_token, revision=args.model_revision)
-    worker_argv = argv + ["--model", str(model_dir)]
+    worker_argv = argv + ["--model_dir", str(model_dir)]
     run_dir, created = own_run_dir(args, plan.nnodes)
     if created:
         worker_argv += ["--output_dir", str(run_dir), "--add_version", "false"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlft.data.template import split_loss_scale
-from vlft.errors import VlftError
+from vlft.errors import ArgumentProblems, VlftError
 from vlft.families import FAMILIES, get_family
 
 
@@ -32,16 +32,42 @@ def system_prompt(system: str | None) -> str | None:
     return system.replace("\\n", "\n")
 
 
-def _positive(name: str, value: int | float | None) -> None:
-    if value is not None and value <= 0:
-        raise VlftError(f"--{name} must be positive, got {value}")
+def not_positive(args: object, names: tuple[str, ...]) -> list[str]:
+    """A problem for each of the named flags whose value is set and not positive."""
+    values = ((name, getattr(args, name)) for name in names)
+    return [f"--{name} must be positive, got {value}" for name, value in values if value is not None and value <= 0]
+
+
+def checked(problems: list[str], check, *args):
+    """check(*args); None, with the VlftError's message appended to `problems`, when it raises one."""
+    try:
+        return check(*args)
+    except VlftError as e:
+        problems.append(str(e))
+        return None
+
+
+class CheckedArguments:
+    """Arguments checked when constructed: `problems()` (the class's checks with its bases', normalising values as
+    it goes) runs in __post_init__, and any problems raise one ArgumentProblems that lists them all."""
+
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ArgumentProblems(problems, self)
+
+    def problems(self) -> list[str]:
+        return []
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(CheckedArguments):
     """Which model: a local dir, `vlft/tiny-*`, or a hub id (ModelScope, or the HF Hub with --use_hf)."""
 
     model: str | None = field(default=None, metadata={"help": "model dir, hub id, or vlft/tiny-qwen3-vl"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "the local dir --model resolved to; `vlft sft` sets it for its torchrun workers, so that they neither "
+                "resolve --model again nor record a cache path in place of the user's --model"})
     model_type: str | None = field(default=None, metadata={"help": "family, overriding config.json's model_type"})
     template: str | None = field(default=None, metadata={"help": "template name (default: the family's)"})
     model_revision: str | None = field(default=None, metadata={"help": "hub revision to download"})
@@ -57,7 +83,7 @@ class ModelArguments:
 
 
 @dataclass
-class TemplateArguments:
+class TemplateArguments(CheckedArguments):
     """How samples are rendered and encoded: system prompt, lengths, labels and media sizes."""
 
     system: str | None = field(default=None, metadata={
@@ -101,17 +127,18 @@ class TemplateArguments:
     max_image_pixels: int = field(default=178_956_970, metadata={
         "help": "images (and video frames) over this many pixels are refused before decoding"})
 
-    def __post_init__(self):
-        self.system = system_prompt(self.system)
-        split_loss_scale(self.loss_scale)  # names the accepted forms
-        for name in ("max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
-                     "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
-                     "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames", "max_image_pixels"):
-            _positive(name, getattr(self, name))
+    def problems(self) -> list[str]:
+        problems: list[str] = []
+        self.system = checked(problems, system_prompt, self.system)
+        checked(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
+        return problems + not_positive(self, (
+            "max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
+            "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels", "video_total_pixels",
+            "fps", "fps_min_frames", "fps_max_frames", "max_image_pixels"))
 
 
 @dataclass
-class DatasetArguments:
+class DatasetArguments(CheckedArguments):
     """Which data: local files or hub ids (`ID[:SUBSET][#N]`), the split, and the encoding cache."""
 
     dataset: list[str] = field(default_factory=list, metadata={"help": "files, folders or ID[:SUBSET][#N]"})
@@ -127,10 +154,11 @@ class DatasetArguments:
     strict: bool = field(default=True, metadata={
         "help": "a bad line stops the run; false: bad lines are skipped and listed at the end"})
 
-    def __post_init__(self):
+    def problems(self) -> list[str]:
+        problems = not_positive(self, ("dataset_num_proc",))
         if not 0.0 <= self.split_dataset_ratio < 1.0:
-            raise VlftError(f"--split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
-        _positive("dataset_num_proc", self.dataset_num_proc)
+            problems.append(f"--split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
+        return problems
 
 
 @dataclass
@@ -139,13 +167,13 @@ class DataCheckArguments(ModelArguments, TemplateArguments, DatasetArguments):
 
     max_errors: int = field(default=50, metadata={"help": "errors listed in full (all are counted)"})
 
-    def __post_init__(self):
-        TemplateArguments.__post_init__(self)
-        DatasetArguments.__post_init__(self)
+    def problems(self) -> list[str]:
+        problems = TemplateArguments.problems(self) + DatasetArguments.problems(self)
         if not self.model:
-            raise VlftError("--model is required")
+            problems.append("--model is required")
         if not self.dataset:
-            raise VlftError("--dataset is required")
+            problems.append("--dataset is required")
+        return problems
 
 
 @dataclass
@@ -154,24 +182,22 @@ class DataEncodeArguments(DataCheckArguments):
 
     output: str | None = field(default=None, metadata={"help": "output .jsonl path"})
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.output:
-            raise VlftError("--output is required")
+    def problems(self) -> list[str]:
+        return super().problems() + ([] if self.output else ["--output is required"])
 
 
 @dataclass
-class TinyModelArguments:
+class TinyModelArguments(CheckedArguments):
     """`vlft model tiny`: write a built-in tiny model dir."""
 
     family: str = field(default="qwen3_vl", metadata={"help": "model family: " + ", ".join(FAMILIES)})
     output: str | None = field(default=None, metadata={"help": "output dir"})
     seed: int = field(default=0, metadata={"help": "seed of the random weights"})
 
-    def __post_init__(self):
-        if not self.output:
-            raise VlftError("--output is required")
-        get_family(self.family)  # an unknown one names the supported families
+    def problems(self) -> list[str]:
+        problems = [] if self.output else ["--output is required"]
+        checked(problems, get_family, self.family)  # an unknown one names the supported families
+        return problems
 
 
 @dataclass
@@ -263,23 +289,22 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint dir to resume"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "tensorboard or none"})
 
-    def __post_init__(self):
-        TemplateArguments.__post_init__(self)
-        DatasetArguments.__post_init__(self)
+    def problems(self) -> list[str]:
+        problems = TemplateArguments.problems(self) + DatasetArguments.problems(self)
         if self.tuner_type is not None:
             self.train_type = self.tuner_type
         if not self.model:
-            raise VlftError("--model is required")
+            problems.append("--model is required")
         if not self.dataset:
-            raise VlftError("--dataset is required")
+            problems.append("--dataset is required")
         if self.packing:
             self.padding_free = True
             if self.max_length is None:
-                raise VlftError("--packing true needs --max_length (the row length)")
+                problems.append("--packing true needs --max_length (the row length)")
         if self.torch_compile_mode is not None:
             self.torch_compile = True
         if self.torch_compile_mode == "reduce-overhead":
-            self._check_cuda_graph_batches()
+            problems += self._cuda_graph_batch_problems()
         if self.vit_gradient_checkpointing is None:
             self.vit_gradient_checkpointing = self.gradient_checkpointing
         if self.gradient_accumulation_steps is None:
@@ -288,59 +313,63 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.learning_rate = 1e-4 if self.train_type == "lora" else 1e-5
         if self.eval_steps is None:
             self.eval_steps = self.save_steps
-        self._check_trainer_flags()
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "save_steps", "eval_steps", "logging_steps", "lora_rank", "learning_rate"):
-            _positive(name, getattr(self, name))
+        problems += self._trainer_flag_problems()
+        problems += not_positive(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
+                                        "gradient_accumulation_steps", "save_steps", "eval_steps", "logging_steps",
+                                        "lora_rank", "learning_rate"))
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
-            raise VlftError(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
+            problems.append(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
-            raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+            problems.append("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+        return problems
 
-    def _check_trainer_flags(self) -> None:
+    def _trainer_flag_problems(self) -> list[str]:
         """ms-swift's TrainingArguments flags: warmup, eval and save strategies, scheduler kwargs, LoRA regex."""
+        problems = []
         if self.warmup_ratio and self.warmup_steps:
             # transformers would silently let one override the other (ms-swift refuses the pair too)
-            raise VlftError("--warmup_ratio and --warmup_steps: give one of them")
+            problems.append("--warmup_ratio and --warmup_steps: give one of them")
         if not 0 <= self.warmup_ratio < 1:
-            raise VlftError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}; --warmup_steps N counts "
+            problems.append(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}; --warmup_steps N counts "
                             "steps")
         if self.warmup_steps < 0:
-            raise VlftError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+            problems.append(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr_scheduler_kwargs is not None and not isinstance(self.lr_scheduler_kwargs, dict):
-            raise VlftError(f"--lr_scheduler_kwargs takes a JSON object, got {self.lr_scheduler_kwargs!r}")
+            problems.append(f"--lr_scheduler_kwargs takes a JSON object, got {self.lr_scheduler_kwargs!r}")
         evaluates = bool(self.val_dataset or self.split_dataset_ratio)
         if self.save_strategy == "best" and not evaluates:
-            raise VlftError("--save_strategy best keeps the checkpoints of the best eval loss: it needs eval data "
+            problems.append("--save_strategy best keeps the checkpoints of the best eval loss: it needs eval data "
                             "(--val_dataset or --split_dataset_ratio)")
         if self.eval_strategy is None:  # ms-swift: as the save strategy, no without eval data
             as_saved = "steps" if self.save_strategy == "best" else self.save_strategy
             self.eval_strategy = as_saved if evaluates else "no"
         if self.eval_strategy == "no":
-            if self.save_strategy == "best":
-                raise VlftError("--save_strategy best needs evaluation: not with --eval_strategy no")
+            if self.save_strategy == "best" and evaluates:
+                problems.append("--save_strategy best needs evaluation: not with --eval_strategy no")
             self.split_dataset_ratio = 0.0  # as ms-swift: nothing is held out that is never evaluated
         if self.target_regex is not None:
             try:
                 re.compile(self.target_regex)
+                # One entry in regex form (the group makes it one even for a bare name) is used as given.
+                self.target_modules = [f"(?:{self.target_regex})"]
             except re.error as e:
-                raise VlftError(f"--target_regex {self.target_regex!r}: {e}") from None
-            # One entry in regex form (the group makes it one even for a bare name) is used as given.
-            self.target_modules = [f"(?:{self.target_regex})"]
+                problems.append(f"--target_regex {self.target_regex!r}: {e}")
+        return problems
 
-    def _check_cuda_graph_batches(self) -> None:
+    def _cuda_graph_batch_problems(self) -> list[str]:
         """What CUDA graphs over fixed-shape rows need (collator.py, compile.py)."""
-        flag = "--torch_compile_mode reduce-overhead"
+        flag, problems = "--torch_compile_mode reduce-overhead", []
         if not self.packing:
-            raise VlftError(f"{flag} needs --packing true (CUDA graphs replay rows of one length, --max_length)")
+            problems.append(f"{flag} needs --packing true (CUDA graphs replay rows of one length, --max_length)")
         if (self.gradient_accumulation_steps or 1) > 1:
             # The first micro-step's gradients would live in memory the next micro-step's graphs reuse.
-            raise VlftError(f"{flag} needs --gradient_accumulation_steps 1 (gradients kept between micro-steps "
+            problems.append(f"{flag} needs --gradient_accumulation_steps 1 (gradients kept between micro-steps "
                             "would sit in CUDA graph memory); raise --per_device_train_batch_size instead")
         if self.per_device_eval_batch_size > self.per_device_train_batch_size:
-            raise VlftError(f"{flag}: --per_device_eval_batch_size ({self.per_device_eval_batch_size}) may not "
+            problems.append(f"{flag}: --per_device_eval_batch_size ({self.per_device_eval_batch_size}) may not "
                             f"exceed --per_device_train_batch_size ({self.per_device_train_batch_size}): every "
                             "row has the training batch's fixed length")
+        return problems
 
 
 # --attn_impl of infer and deploy -> transformers' attn_implementation (ms-swift: flash_attn is flash_attention_2).
@@ -384,14 +413,13 @@ class InferArguments(ModelArguments, TemplateArguments):
     stop_words: list[str] = field(default_factory=list, metadata={
         "help": "more texts that end an answer (cut off before them), besides the template's stop tokens"})
 
-    def __post_init__(self):
-        TemplateArguments.__post_init__(self)
+    def problems(self) -> list[str]:
+        problems = TemplateArguments.problems(self)
         if not self.model and not self.adapters:
-            raise VlftError("--model or --adapters is required")
+            problems.append("--model or --adapters is required")
         if self.attn_impl is not None:
-            self.attn_impl = generation_attention(self.attn_impl)
-        _positive("max_new_tokens", self.max_new_tokens)
-        _positive("max_batch_size", self.max_batch_size)
+            self.attn_impl = checked(problems, generation_attention, self.attn_impl)
+        return problems + not_positive(self, ("max_new_tokens", "max_batch_size"))
 
 
 @dataclass
@@ -419,21 +447,21 @@ class DeployArguments(InferArguments):
     client_timeout: float = field(default=60.0, metadata={
         "help": "seconds a client may stall while sending its request or reading the answer"})
 
-    def __post_init__(self):
-        super().__post_init__()
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.allow_local_media is not None and self.allow_local_media.strip().lower() in ("true", "false", ""):
-            raise VlftError(f"--allow_local_media takes a folder (the only place local media may come from), "
+            problems.append(f"--allow_local_media takes a folder (the only place local media may come from), "
                             f"got {self.allow_local_media!r}")
         if self.api_key is not None and not self.api_key.strip():
-            raise VlftError("--api_key is empty")
+            problems.append("--api_key is empty")
         if self.stop_words:
-            raise VlftError("--stop_words is not supported by vlft deploy (answers end at the template's stop tokens "
-                            "or max_tokens); vlft infer takes it")
+            problems.append("--stop_words is not supported by vlft deploy (answers end at the template's stop "
+                            "tokens or max_tokens); vlft infer takes it")
         if self.served_model_name is not None and not self.served_model_name.strip():
-            raise VlftError("--served_model_name is empty")
-        for name in ("max_body_bytes", "max_media_per_request", "max_tokens_limit", "max_pending_requests",
-                     "client_timeout"):
-            _positive(name, getattr(self, name))
+            problems.append("--served_model_name is empty")
+        problems += not_positive(self, ("max_body_bytes", "max_media_per_request", "max_tokens_limit",
+                                        "max_pending_requests", "client_timeout"))
         if self.max_new_tokens > self.max_tokens_limit:
-            raise VlftError(f"--max_new_tokens {self.max_new_tokens} is above --max_tokens_limit "
+            problems.append(f"--max_new_tokens {self.max_new_tokens} is above --max_tokens_limit "
                             f"{self.max_tokens_limit}")
+        return problems

@@ -36,3 +36,21 @@ class DataError(VlftError):
         self.field = prefix if not self.field else f"{prefix}.{self.field}"
         self.args = (self.format(),)
         return self
+
+
+def listed_problems(problems: list[str]) -> str:
+    """Problems as one message: a single one as it is, several counted and listed."""
+    if len(problems) == 1:
+        return problems[0]
+    listed = "\n".join("  - " + p.replace("\n", "\n    ") for p in problems)
+    return f"{len(problems)} problems with this command:\n{listed}"
+
+
+class ArgumentProblems(VlftError):
+    """Every problem a command's arguments show on their own. `arguments` is the instance as far as it was built,
+    so that a command can add what else it checks before loading anything and report it all in one error."""
+
+    def __init__(self, problems: list[str], arguments: object = None):
+        self.problems = list(problems)
+        self.arguments = arguments
+        super().__init__(listed_problems(self.problems))

@@ -77,6 +77,10 @@ def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path,
         assert (run_dir / "checkpoint-6" / name).is_file(), name
     adapter = json.loads((run_dir / "checkpoint-6" / "adapter_config.json").read_text())
     assert any(name.endswith("mlp.experts.down_proj") for name in adapter["target_parameters"])
+    # torchrun's workers get the resolved dir as --model_dir; what they record is the user's --model
+    assert adapter["base_model_name_or_path"] == "vlft/tiny-qwen3-vl-moe"
+    for args_json in (run_dir / "args.json", run_dir / "checkpoint-6" / "args.json"):
+        assert json.loads(args_json.read_text())["model"] == "vlft/tiny-qwen3-vl-moe", args_json
 
     resumed_dir = tmp_path / "resumed"
     import shutil

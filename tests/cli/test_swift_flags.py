@@ -165,6 +165,18 @@ def test_target_regex_reaches_peft_target_modules(tiny_model_dir):
     assert re.fullmatch(model.peft_config["default"].target_modules, "model.language_model.layers.0.self_attn.q_proj")
 
 
+def test_target_regex_matching_nothing_names_the_models_linears(tiny_model_dir):
+    from vlft.families import get_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    args = parse_args(SftArguments, [*SFT, "--target_regex", r"layers\.\d+\.attn\.q_proj"], "t")  # not a full name
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa")
+    with pytest.raises(VlftError, match=r"matches no module's full name \(the model's \d+ linears are named like "
+                                        r"model\.visual\.blocks\.0\.attn\.qkv"):
+        prepare_trainable(model, get_family("qwen3_vl"), args)
+
+
 def test_system_file_is_read_and_a_typed_newline_is_a_line_break(tmp_path):
     prompt = tmp_path / "system.txt"
     prompt.write_text("You are a careful reader.\nAnswer briefly.", encoding="utf-8")
@@ -202,6 +214,7 @@ def test_stop_words_end_answers_whole_and_streamed():
         pieces = ["red. Obs", "ervation: no", "pe"]
 
         def infer(self, requests, config):
+            assert config.stop == ["Observation:"] or config.stop == ["zzz"]  # generation ends there too
             if not config.stream:
                 return [ChatCompletionResponse("m", [Choice(0, ChatMessage("assistant", "".join(self.pieces)),
                                                             "length")], Usage(1, 3)) for _ in requests]
@@ -233,6 +246,25 @@ def test_stop_words_reach_vlft_infer(checkpoint, tmp_path):
     if word is None:
         pytest.skip(f"the tiny model's answers are too short to cut: {plain}")
     assert responses("--stop_words", word) == [r[:r.find(word)] if word in r else r for r in plain]
+
+
+def test_stop_words_end_generation_early(checkpoint):
+    """Generation stops at the token that completes a stop word (not only the shown text): fewer tokens made."""
+    from vlft.arguments import InferArguments
+    from vlft.infer.engine import InferEngine
+    from vlft.infer.protocol import InferRequest
+
+    engine = InferEngine(args=InferArguments(adapters=[str(checkpoint)]))
+    request = InferRequest(messages=[{"role": "user", "content": "Where is the capital of Zhejiang?"}])
+    [plain] = engine.infer([request], RequestConfig(max_tokens=16))
+    text = plain.choices[0].message.content
+    if plain.usage.completion_tokens < 6 or len(text) < 8:
+        pytest.skip(f"the tiny model's answer is too short to cut: {text!r}")
+    word = text[len(text) // 3:len(text) // 3 + 2]
+    [stopped] = StopWordsEngine(engine, [word]).infer([request], RequestConfig(max_tokens=16))
+    assert stopped.choices[0].message.content == text[:text.find(word)]
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens < plain.usage.completion_tokens
 
 
 def test_served_model_name_names_the_model_the_server_lists(monkeypatch, capsys):

@@ -91,6 +91,26 @@ def test_argument_conflicts_are_listed_with_the_machine_problems(tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+def test_value_problems_of_the_arguments_are_listed_with_the_machine_problems(tmp_path, monkeypatch, capsys,
+                                                                              nothing_loads):
+    """Problems the values show on their own (checked when the arguments are built) come in the same one error
+    as those found with the machine's packages and dirs: none is held back for a second try."""
+    without_integration(monkeypatch, "wandb")
+    code = main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
+                 "--warmup_ratio", "1.5", "--packing", "true", "--lora_rank", "0", "--split_dataset_ratio", "2",
+                 "--system", str(tmp_path / "missing.txt"), "--report_to", "wandb",
+                 "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    first, *listed = err.strip().splitlines()
+    assert first == "vlft sft: error: 6 problems with this command:", err
+    for expected in (f"--system {tmp_path / 'missing.txt'}: no such file", "--split_dataset_ratio must be in [0, 1)",
+                     "--packing true needs --max_length", "--warmup_ratio must be in [0, 1), got 1.5",
+                     "--lora_rank must be positive, got 0", "--report_to wandb: not installed"):
+        assert sum(line.startswith(f"  - {expected}") for line in listed) == 1, (expected, err)
+    assert not (tmp_path / "out").exists()
+
+
 def test_scheduler_arguments_given_on_the_command_line_satisfy_the_check(tmp_path):
     from vlft.arguments import SftArguments
     from vlft.cli.parsing import parse_args
@@ -285,7 +305,7 @@ def test_a_run_that_fails_after_a_checkpoint_is_kept_and_marked(tmp_path, monkey
 
     seen = []
 
-    def fails_after_a_checkpoint(args):
+    def fails_after_a_checkpoint(args, checks=None):
         run = Path(args.output_dir)
         seen.append((run, args.add_version))
         (run / "checkpoint-10").mkdir()

@@ -298,3 +298,16 @@ def test_a_hub_id_stays_the_adapters_base(tmp_path):
                             {"model": "Qwen/Qwen3-VL-4B-Instruct"})
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config == {"base_model_name_or_path": "Qwen/Qwen3-VL-4B-Instruct", "r": 8}
+
+
+def test_vlft_enables_checkpointing_without_a_deprecation_warning(tiny_model_dir):
+    """vlft's own call uses transformers' current name; only the libraries' calls are left to KNOWN_WARNINGS."""
+    from vlft.train.model import enable_gradient_checkpointing, load_model
+
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enable_gradient_checkpointing(model, llm=True, vit=False)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert model.model.language_model.layers[0].gradient_checkpointing
+    assert not model.model.visual.blocks[0].gradient_checkpointing

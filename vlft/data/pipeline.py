@@ -35,8 +35,11 @@ class EncodeResult:
 def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Path, Family]:
     """The encoder for the model the arguments name (downloading a hub id if needed)."""
     root = cache_root(args.cache_dir)
-    model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=root, hub_token=args.hub_token,
-                                  revision=args.model_revision)
+    if getattr(args, "model_dir", None):
+        model_dir = Path(args.model_dir)
+    else:
+        model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=root, hub_token=args.hub_token,
+                                      revision=args.model_revision)
     family = detect_family(model_dir, args.model_type)
     template = load_template(args.template or family.template)
     processor = load_processor(model_dir)

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vlft.errors import VlftError
+from vlft.arguments import CheckedArguments
 
 # A hub repo id: NAME (the token's own namespace) or OWNER/NAME, as both hubs spell them.
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 
 
 @dataclass
-class ExportArguments:
+class ExportArguments(CheckedArguments):
     """`vlft export`: merge a LoRA checkpoint into its base model (--merge_lora) and/or push a model dir or
     checkpoint to ModelScope or the HF Hub (--push_to_hub)."""
 
@@ -47,31 +47,35 @@ class ExportArguments:
         "secret": True})
     hub_private_repo: bool = field(default=False, metadata={"help": "create the repo as private"})
 
-    def __post_init__(self):
+    def problems(self) -> list[str]:
         if self.hub_token is None:
             self.hub_token = (self.hf_token if self.use_hf else self.modelscope_api_token) or None
+        problems = []
         if len(self.adapters) > 1:
-            raise VlftError(f"--adapters: export takes one checkpoint, got {len(self.adapters)}")
+            problems.append(f"--adapters: export takes one checkpoint, got {len(self.adapters)}")
         if self.push_to_hub:
-            self._check_push()
+            problems += self._push_problems()
         elif not self.merge_lora:
-            raise VlftError("nothing to do: --merge_lora true is required to merge --adapters into its base, "
+            problems.append("nothing to do: --merge_lora true is required to merge --adapters into its base, "
                             "--push_to_hub true to push")
         if self.merge_lora and not self.adapters:
-            raise VlftError("--adapters is required with --merge_lora true (a LoRA checkpoint dir)")
-        if self.merge_lora and self.output_dir is None:
+            problems.append("--adapters is required with --merge_lora true (a LoRA checkpoint dir)")
+        if self.merge_lora and self.output_dir is None and self.adapters:
             self.output_dir = f"{Path(self.adapters[0])}-merged"  # Path drops a trailing slash
+        return problems
 
-    def _check_push(self) -> None:
+    def _push_problems(self) -> list[str]:
         hub, env = ("the HF Hub", "HF_TOKEN") if self.use_hf else ("ModelScope", "MODELSCOPE_API_TOKEN")
+        problems = []
         if not self.hub_model_id:
-            raise VlftError("--push_to_hub true needs --hub_model_id (OWNER/NAME, or NAME in your own namespace)")
-        if not _REPO_ID.match(self.hub_model_id) or ".." in self.hub_model_id:
-            raise VlftError(f"--hub_model_id {self.hub_model_id!r}: not a repo id; expected OWNER/NAME or NAME "
+            problems.append("--push_to_hub true needs --hub_model_id (OWNER/NAME, or NAME in your own namespace)")
+        elif not _REPO_ID.match(self.hub_model_id) or ".." in self.hub_model_id:
+            problems.append(f"--hub_model_id {self.hub_model_id!r}: not a repo id; expected OWNER/NAME or NAME "
                             "(letters, digits, '-', '_', '.')")
         if not self.hub_token:
-            raise VlftError(f"--push_to_hub true needs a token with write access to {hub}: pass --hub_token or "
+            problems.append(f"--push_to_hub true needs a token with write access to {hub}: pass --hub_token or "
                             f"set {env}" + ("" if self.use_hf else " (or push to the HF Hub with --use_hf true)"))
         if not self.adapters and not self.model:
-            raise VlftError("--push_to_hub true needs what to push: --model DIR (a model dir or checkpoint) or "
+            problems.append("--push_to_hub true needs what to push: --model DIR (a model dir or checkpoint) or "
                             "--adapters CKPT")
+        return problems

@@ -96,6 +96,8 @@ class InferEngine:
                   "repetition_penalty": config.repetition_penalty}
         if sampling:
             kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        if config.stop:  # generation ends at the token that completes one (the text still holds it)
+            kwargs.update(stop_strings=list(config.stop), tokenizer=self.encoder.tokenizer)
         return kwargs
 
     def _answer_batch(self, requests: list[InferRequest], config: RequestConfig) -> list[ChatCompletionResponse]:

@@ -32,6 +32,7 @@ class RequestConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stream: bool = False
+    stop: list[str] = field(default_factory=list)  # texts that end generation (ms-swift's RequestConfig.stop)
 
 
 @dataclass

@@ -126,7 +126,10 @@ def enable_gradient_checkpointing(model, llm: bool, vit: bool) -> None:
     """Recompute activations in the LLM and/or the ViT blocks (non-reentrant: frozen inputs are fine)."""
     if not (llm or vit):
         return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name; the old one warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     modules = family_of(model).modules
     for part, keep in ((module_at(model, modules.vision_tower), vit), (module_at(model, modules.language_model), llm)):
         if not keep:

@@ -98,6 +98,13 @@ def lora_targets(model: nn.Module, family: Family, targets: Iterable[str], parts
     """
     targets = list(targets)
     if len(targets) == 1 and targets[0] != "all-linear" and re.search(r"[\\^$*+?()\[\]|]", targets[0]):
+        # PEFT matches a regex against each module's whole name; one that matches nothing is an error here, naming
+        # a few of the model's linears, rather than PEFT's after the adapter is half made.
+        if not any(re.fullmatch(targets[0], n) for n, _ in model.named_modules()):
+            names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            shown = ", ".join(names[:3] + names[-2:]) if len(names) > 5 else ", ".join(names)
+            raise ValueError(f"--target_regex / --target_modules {targets[0]!r} matches no module's full name "
+                             f"(the model's {len(names)} linears are named like {shown})")
         return targets[0], []
     linears, experts = linear_names(model, family, parts), expert_parameter_names(model, family, parts)
     if "all-linear" not in targets:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from vlft.errors import VlftError
+from vlft.errors import VlftError, listed_problems
 from vlft.paths import cache_root
 from vlft.train.run_dir import check_writable
 
@@ -50,11 +50,8 @@ def collected(problems: list[str], check: Callable[..., T], *args: Any) -> T | N
 
 def raise_problems(problems: list[str]) -> None:
     """One VlftError listing every problem (a single one as it is); nothing when there are none."""
-    if len(problems) == 1:
-        raise VlftError(problems[0])
     if problems:
-        listed = "\n".join("  - " + p.replace("\n", "\n    ") for p in problems)
-        raise VlftError(f"{len(problems)} problems with this command:\n{listed}")
+        raise VlftError(listed_problems(problems))
 
 
 def preflight_problems(args) -> list[str]:

@@ -39,6 +39,7 @@ import random
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -72,12 +73,13 @@ logger = logging.getLogger("vlft")
 MAX_LISTED_ERRORS = 20
 
 
-def run_sft(args: SftArguments) -> Path:
-    """Train as the arguments say; returns the run dir (output/v{N}-{time})."""
+def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
+    """Train as the arguments say; returns the run dir (output/v{N}-{time}). `checks`: what
+    check_run_arguments returned for these arguments, when the caller has run it."""
     # 1. What can fail fast fails before any data or model is loaded.
     cuda = torch.cuda.is_available()
     dtype = resolve_dtype(args.torch_dtype, cuda)
-    attn_implementation, attention_note, ds_config = check_run_arguments(args, cuda)
+    attn_implementation, attention_note, ds_config = checks or check_run_arguments(args, cuda)
     # One process names its run itself; ranks of a multi-node launch agree on one name once they are connected.
     distributed = is_distributed_worker(os.environ)
     output_dir = Path(args.output_dir)
@@ -178,10 +180,19 @@ def run_sft(args: SftArguments) -> Path:
     return run_dir
 
 
-def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict | None]:
-    """(attn_implementation, a note on the kernel, DeepSpeed config); one VlftError listing every problem of the
-    command that shows without data or a model (with the machine's packages and dirs: preflight.py)."""
-    problems: list[str] = []
+class RunChecks(NamedTuple):
+    """What check_run_arguments settles for a run."""
+
+    attn_implementation: str
+    attention_note: str
+    ds_config: dict | None
+
+
+def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[str] = ()) -> RunChecks:
+    """The attention, its note and the DeepSpeed config; one VlftError listing every problem of the command that
+    shows without data or a model: `argument_problems` (the arguments' own, ArgumentProblems), and those found with
+    the machine's packages and dirs (preflight.py)."""
+    problems: list[str] = list(argument_problems)
     attention = collected(problems, resolve_attention, args.attn_impl, args.padding_free, cuda)
     attn_implementation, attention_note = attention or (None, None)
     ds_config = collected(problems, resolve_deepspeed_config, args.deepspeed)
@@ -201,7 +212,7 @@ def check_run_arguments(args: SftArguments, cuda: bool) -> tuple[str, str, dict 
     if args.resume_from_checkpoint and (ds_config is not None or args.deepspeed is None):
         collected(problems, check_resumable, Path(args.resume_from_checkpoint), args, ds_config)
     raise_problems(problems)
-    return attn_implementation, attention_note, ds_config
+    return RunChecks(attn_implementation, attention_note, ds_config)
 
 
 def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None, dtype: torch.dtype, cuda: bool,
