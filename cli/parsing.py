@@ -32,7 +32,8 @@ _QUANT = ("quantized weights are neither trained (QLoRA) nor written; LoRA train
 _TUNERS = "vlft trains LoRA (--train_type lora, with --use_dora or --use_rslora) or in full (--train_type full)"
 _ENGINES = ("vlft generates with transformers (ms-swift's --infer_backend transformers); vLLM, SGLang and LMDeploy "
             "are not used")
-_MEGATRON = "no Megatron-Core: vlft trains and writes HF checkpoints"
+_MEGATRON = ("Megatron-Core LoRA adapters are not converted: vlft export --adapters CKPT --to_mcore true converts "
+             "a vlft LoRA checkpoint merged into its base")
 _NONE: frozenset[str] = frozenset()
 
 # ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
@@ -94,9 +95,6 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "ssl_certfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
     "safe_serialization": (TRUE, "vlft always writes safetensors"),
     "to_ollama": (FALSE, "no Ollama export: vlft export --merge_lora true writes a plain HF model dir"),
-    "to_mcore": (FALSE, _MEGATRON),
-    "to_hf": (FALSE, _MEGATRON),
-    "mcore_model": (_NONE, _MEGATRON),
     "mcore_adapter": (_NONE, _MEGATRON),
 }
 

@@ -107,3 +107,39 @@ def checkpoint(tmp_path_factory, vlft_cache) -> Path:
                  "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "none",
                  "--output_dir", str(out)]) == 0
     return sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
+
+
+@pytest.fixture
+def lora_checkpoint(tiny_model_dir, vlft_cache, tmp_path, monkeypatch):
+    """(family, freeze_vit, args_json) -> a LoRA checkpoint dir as `vlft sft` writes it (no training run), lora_B
+    non-zero (tests/export, tests/megatron)."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoProcessor
+
+    from vlft.families import detect_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    monkeypatch.setenv("VLFT_CACHE_HOME", str(vlft_cache))  # `vlft/tiny-*` in args.json resolves to the fixture
+
+    def build(family="qwen3_vl", freeze_vit=True, args_json=True):
+        model_dir = tiny_model_dir(family)
+        args = SimpleNamespace(train_type="lora", freeze_vit=freeze_vit, freeze_aligner=True, freeze_llm=False,
+                               target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                               use_dora=False, use_rslora=False, modules_to_save=[], freeze_router=True)
+        torch.manual_seed(0)
+        model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), args)
+        for name, param in model.named_parameters():  # LoRA B starts at zero: a merge of it would be a no-op
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+        ckpt = tmp_path / f"{family}-vit{not freeze_vit}" / "v0-20260101-000000" / "checkpoint-1"
+        model.save_pretrained(ckpt)
+        AutoProcessor.from_pretrained(model_dir).save_pretrained(ckpt)
+        if args_json:
+            (ckpt / "args.json").write_text(json.dumps({"model": TINY_NAMES[family], "train_type": "lora"}))
+        return ckpt
+
+    return build

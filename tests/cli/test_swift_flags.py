@@ -63,7 +63,10 @@ MS_SWIFT = {
               "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
               "stop_words": []},
     "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "use_hf": False, "push_to_hub": False,
-               "hub_model_id": None, "hub_token": None, "hub_private_repo": False, "max_shard_size": "5GB"},
+               "hub_model_id": None, "hub_token": None, "hub_private_repo": False, "max_shard_size": "5GB",
+               "to_mcore": False, "to_hf": False, "mcore_model": None, "tensor_model_parallel_size": 1,
+               "pipeline_model_parallel_size": 1, "expert_model_parallel_size": 1, "expert_tensor_parallel_size": 1,
+               "test_convert_precision": False},
 }
 MS_SWIFT["deploy"] = {**MS_SWIFT["infer"], "host": "0.0.0.0", "port": 8000, "api_key": None,
                       "served_model_name": Computed("the model dir's last name")}

@@ -4,7 +4,6 @@ loads with plain transformers, and its logits equal base + PeftModel's (fp32, 1e
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,36 +15,7 @@ from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
 from vlft.cli.export import run
 from vlft.data.formats import to_sample
 from vlft.errors import VlftError
-from vlft.families import detect_family
-from vlft.train.model import load_model
-from vlft.train.tuners import prepare_trainable
 
-TINY = {"qwen3_vl": "vlft/tiny-qwen3-vl", "qwen2_vl": "vlft/tiny-qwen2-vl", "qwen3_vl_moe": "vlft/tiny-qwen3-vl-moe"}
-
-
-@pytest.fixture
-def lora_checkpoint(tiny_model_dir, vlft_cache, tmp_path, monkeypatch):
-    """(family, freeze_vit, args_json) -> a checkpoint dir as `vlft sft` writes it, lora_B non-zero."""
-    monkeypatch.setenv("VLFT_CACHE_HOME", str(vlft_cache))  # `vlft/tiny-*` in args.json resolves to the fixture
-
-    def build(family="qwen3_vl", freeze_vit=True, args_json=True):
-        model_dir = tiny_model_dir(family)
-        args = SimpleNamespace(train_type="lora", freeze_vit=freeze_vit, freeze_aligner=True, freeze_llm=False,
-                               target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0,
-                               use_dora=False, use_rslora=False, modules_to_save=[], freeze_router=True)
-        torch.manual_seed(0)
-        model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), args)
-        for name, param in model.named_parameters():  # LoRA B starts at zero: a merge of it would be a no-op
-            if "lora_B" in name:
-                torch.nn.init.normal_(param, std=0.05)
-        ckpt = tmp_path / f"{family}-vit{not freeze_vit}" / "v0-20260101-000000" / "checkpoint-1"
-        model.save_pretrained(ckpt)
-        AutoProcessor.from_pretrained(model_dir).save_pretrained(ckpt)
-        if args_json:
-            (ckpt / "args.json").write_text(json.dumps({"model": TINY[family], "train_type": "lora"}))
-        return ckpt
-
-    return build
 
 
 def image_logits(model, family, tiny_model_dir, processor_of, media_dir):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vlft.arguments import CheckedArguments
+from vlft.arguments import CheckedArguments, not_positive
 
 # A hub repo id: NAME (the token's own namespace) or OWNER/NAME, as both hubs spell them.
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
@@ -16,7 +16,8 @@ _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 @dataclass
 class ExportArguments(CheckedArguments):
     """`vlft export`: merge a LoRA checkpoint into its base model (--merge_lora) and/or push a model dir or
-    checkpoint to ModelScope or the HF Hub (--push_to_hub)."""
+    checkpoint to ModelScope or the HF Hub (--push_to_hub); or convert to and from Megatron-Core (--to_mcore,
+    --to_hf)."""
 
     adapters: list[str] = field(default_factory=list, metadata={
         "help": "the LoRA checkpoint dir to merge or push"})
@@ -46,6 +47,25 @@ class ExportArguments(CheckedArguments):
         "help": "token for ModelScope when --hub_token is not given", "env": "MODELSCOPE_API_TOKEN",
         "secret": True})
     hub_private_repo: bool = field(default=False, metadata={"help": "create the repo as private"})
+    # Megatron-Core (the extra vlft[megatron]), as ms-swift's `swift export --to_mcore` / `--to_hf`.
+    to_mcore: bool = field(default=False, metadata={
+        "help": "convert --model (merged with --adapters if given) to a Megatron-Core checkpoint in --output_dir"})
+    to_hf: bool = field(default=False, metadata={
+        "help": "convert the Megatron-Core checkpoint --mcore_model to an HF model dir in --output_dir"})
+    mcore_model: str | None = field(default=None, metadata={
+        "help": "the Megatron-Core checkpoint dir to convert (--to_hf true)"})
+    tensor_model_parallel_size: int = field(default=1, metadata={
+        "help": "--to_mcore: tensor-parallel ranks the checkpoint is split into"})
+    pipeline_model_parallel_size: int = field(default=1, metadata={
+        "help": "--to_mcore: pipeline stages the checkpoint is split into"})
+    expert_model_parallel_size: int = field(default=1, metadata={
+        "help": "--to_mcore: expert-parallel ranks the checkpoint is split into (MoE)"})
+    expert_tensor_parallel_size: int = field(default=1, metadata={
+        "help": "--to_mcore: tensor-parallel ranks of each expert (divides --tensor_model_parallel_size)"})
+    iteration: int | None = field(default=None, metadata={
+        "help": "--to_hf: the iteration to convert (default: latest_checkpointed_iteration.txt's)"})
+    test_convert_precision: bool = field(default=False, metadata={
+        "help": "--to_mcore: print the largest logit difference between the HF and Megatron-Core models"})
 
     def problems(self) -> list[str]:
         if self.hub_token is None:
@@ -53,15 +73,42 @@ class ExportArguments(CheckedArguments):
         problems = []
         if len(self.adapters) > 1:
             problems.append(f"--adapters: export takes one checkpoint, got {len(self.adapters)}")
+        if self.to_mcore or self.to_hf:
+            return problems + self._megatron_problems()
         if self.push_to_hub:
             problems += self._push_problems()
         elif not self.merge_lora:
             problems.append("nothing to do: --merge_lora true is required to merge --adapters into its base, "
-                            "--push_to_hub true to push")
+                            "--push_to_hub true to push, --to_mcore true or --to_hf true to convert")
         if self.merge_lora and not self.adapters:
             problems.append("--adapters is required with --merge_lora true (a LoRA checkpoint dir)")
         if self.merge_lora and self.output_dir is None and self.adapters:
             self.output_dir = f"{Path(self.adapters[0])}-merged"  # Path drops a trailing slash
+        return problems
+
+    def _megatron_problems(self) -> list[str]:
+        problems = not_positive(self, ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                                       "expert_model_parallel_size", "expert_tensor_parallel_size", "iteration"))
+        if self.to_mcore and self.to_hf:
+            problems.append("--to_mcore true and --to_hf true: choose one direction")
+        others = [flag for flag, on in (("--merge_lora", self.merge_lora), ("--push_to_hub", self.push_to_hub)) if on]
+        if others:
+            problems.append(f"{' and '.join(others)} cannot be combined with --to_mcore / --to_hf")
+        if self.output_dir is None:
+            problems.append("--to_mcore / --to_hf need --output_dir (the dir to write)")
+        if self.to_mcore and not self.model and not self.adapters:
+            problems.append("--to_mcore true needs --model (an HF model dir, hub id or vlft/tiny-*) or --adapters")
+        if self.to_mcore and self.mcore_model:
+            problems.append("--mcore_model is what --to_hf true converts; --to_mcore true converts --model")
+        if self.to_hf and not self.mcore_model:
+            problems.append("--to_hf true needs --mcore_model (a Megatron-Core checkpoint dir)")
+        if self.to_hf and self.adapters:
+            problems.append("--to_hf true converts a whole checkpoint; --adapters applies to --to_mcore only")
+        if self.to_hf and (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+                           self.expert_model_parallel_size, self.expert_tensor_parallel_size) != (1, 1, 1, 1):
+            problems.append("--to_hf reads the parallel sizes from the checkpoint; the size flags are for --to_mcore")
+        if self.test_convert_precision and not self.to_mcore:
+            problems.append("--test_convert_precision true compares the models of --to_mcore true")
         return problems
 
     def _push_problems(self) -> list[str]:

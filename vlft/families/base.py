@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from vlft.errors import VlftError
+from vlft.families.mcore_layout import McoreLayout
 
 BoxConvention = Literal["norm1000", "resized_pixels"]
 AttentionKind = Literal["softmax", "linear"]
@@ -101,6 +102,8 @@ class Family:
     unloaded_prefixes: tuple[str, ...] = ()
     video_timestamps: bool = False  # Qwen3-VL writes `<t seconds>` before each temporal patch group
     video_second_per_grid: bool = False  # Qwen2.5-VL feeds `second_per_grid_ts` to its mRoPE
+    # How its checkpoint maps to Megatron-Core's (vlft export --to_mcore / --to_hf); None: not mapped yet.
+    mcore: McoreLayout | None = None
 
     @property
     def image_factor(self) -> int:

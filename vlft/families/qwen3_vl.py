@@ -7,6 +7,7 @@ into the first LLM layers.
 from dataclasses import replace
 
 from vlft.families.base import Family, TinySpec
+from vlft.families.mcore_layout import McoreLayout
 from vlft.families.qwen2_5_vl import format_box_list
 from vlft.families.tiny_text import TINY_EXPERTS, tiny_text
 from vlft.families.tokenizers import QWEN_VOCAB
@@ -32,6 +33,7 @@ QWEN3_VL = Family(
     tiny=TinySpec(config_class="Qwen3VLConfig", text=TINY_TEXT, vision=TINY_VISION,
                   processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor"),
     video_timestamps=True,
+    mcore=McoreLayout(vision_class="Qwen3VLVisionModel"),
 )
 
 QWEN3_VL_MOE = replace(
@@ -39,4 +41,5 @@ QWEN3_VL_MOE = replace(
     tiny=replace(QWEN3_VL.tiny, config_class="Qwen3VLMoeConfig",
                  text={**TINY_TEXT, **TINY_EXPERTS, "decoder_sparse_step": 1}),
     moe_layers="sparse_step",
+    mcore=McoreLayout(vision_class="Qwen3VLMoeVisionModel"),
 )

@@ -1,0 +1,38 @@
+"""What a family's HF checkpoint looks like to the Megatron-Core converter (vlft/megatron/), as data: the names
+of a decoder layer's tensors, how they fuse into Megatron-Core's, and the HF class of the vision tower. The HF
+prefixes (the language model, the output head, the vision tower, the experts, the router) come from the family's
+ModuleMap and which layers are MoE from its decoder kinds. Nothing here imports Megatron-Core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """A decoder layer's HF tensor names (relative to the layer; `.weight` is added)."""
+
+    q: str = "self_attn.q_proj"
+    k: str = "self_attn.k_proj"
+    v: str = "self_attn.v_proj"
+    o: str = "self_attn.o_proj"
+    q_norm: str | None = "self_attn.q_norm"  # None: no qk-norm (Qwen2.5-VL)
+    k_norm: str | None = "self_attn.k_norm"
+    input_norm: str = "input_layernorm"
+    post_attention_norm: str = "post_attention_layernorm"
+    gate: str = "mlp.gate_proj"
+    up: str = "mlp.up_proj"
+    down: str = "mlp.down_proj"
+    # Inside the family's `experts` module: the fused 3-D expert tensors, [experts, 2*ffn, hidden] (gate rows
+    # first) and [experts, hidden, ffn] as transformers holds them (a file may store them transposed).
+    experts_gate_up: str = "gate_up_proj"
+    experts_down: str = "down_proj"
+
+
+@dataclass(frozen=True)
+class McoreLayout:
+    """A family's conversion data (see the module docstring)."""
+
+    vision_class: str  # transformers class of the vision tower, built from config.vision_config
+    layer: LayerNames = LayerNames()
+    qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2.5-VL)

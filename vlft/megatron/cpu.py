@@ -1,0 +1,57 @@
+"""Running Megatron-Core 0.16.1 on a machine without CUDA (conversion, CPU tests).
+
+megatron-core 0.16.1 hard-codes CUDA in code paths that conversion needs, even with
+`use_cpu_initialization=True`: buffers made with `device=torch.cuda.current_device()` (the rotary
+embeddings' `inv_freq`, tensor-parallel gather buffers, the MoE router), `torch.cuda.synchronize()` in
+dist_checkpointing's writer, a default causal mask built with `device="cuda"`, and a router that names
+TransformerEngine's `te_general_gemm` without defining it when TE is absent (NameError). None of these
+has a public switch, so `cpu_shims()` patches exactly these attributes for the duration of a conversion,
+in the converter's own process only, and only when CUDA is absent; it restores them on exit. vlft never
+applies them at import time.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+import torch
+
+
+def _cpu_causal_mask(sq: int, sk: int | None = None) -> torch.Tensor:
+    return torch.triu(torch.ones(sq, sk or sq), diagonal=1).bool()
+
+
+@contextmanager
+def _patched(owner: object, name: str, value: object) -> Iterator[None]:
+    missing = object()
+    old = getattr(owner, name, missing)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if old is missing:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
+
+
+@contextmanager
+def cpu_shims() -> Iterator[None]:
+    """Within the block, Megatron-Core's hard-coded CUDA calls work on CPU (nothing is done when CUDA is
+    available)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    import megatron.core.fusions.fused_softmax as fused_softmax
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+    import megatron.core.transformer.utils as transformer_utils
+
+    with ExitStack() as stack:
+        stack.enter_context(_patched(torch.cuda, "current_device", lambda: "cpu"))
+        stack.enter_context(_patched(torch.cuda, "synchronize", lambda *args, **kwargs: None))
+        stack.enter_context(_patched(transformer_utils, "get_default_causal_mask", _cpu_causal_mask))
+        stack.enter_context(_patched(fused_softmax, "get_default_causal_mask", _cpu_causal_mask))
+        if not hasattr(moe_utils, "te_general_gemm"):  # the router then multiplies with torch.mm
+            stack.enter_context(_patched(moe_utils, "te_general_gemm", None))
+        yield

@@ -1,0 +1,93 @@
+"""The Megatron-Core model of a Qwen-VL checkpoint, structured as ms-swift's: `language_model` (Megatron-Core's
+GPTModel, local layer spec) and, on the first pipeline stage, `visual.visual` (the HF vision tower as is,
+replicated over tensor-parallel ranks)."""
+
+from __future__ import annotations
+
+import torch
+
+from vlft.errors import VlftError
+from vlft.families.base import Family
+from vlft.megatron.config import rope_parameters
+from vlft.megatron.layouts import McoreLayout
+
+# The local spec names the norms it fuses into the next linear as the TransformerEngine spec does
+# (`self_attention.linear_qkv.layer_norm_*`, `mlp.linear_fc1.layer_norm_*`). For MoE layers the TE spec keeps a
+# separate `pre_mlp_layernorm`, so MoE layers keep only the attention norm's rename (keys as ms-swift writes).
+_MOE_KEYS_MAP = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+
+
+def interleaved_mrope_class():
+    """Qwen3-VL's mrope: frequency j takes its position from t, h or w by j % 3 (for j below 3 * section),
+    where Megatron-Core's MultimodalRotaryEmbedding takes them in chunks [t..., h..., w...] (Qwen2-VL's)."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import MultimodalRotaryEmbedding
+
+    class InterleavedMRoPE(MultimodalRotaryEmbedding):
+        def forward(self, position_ids: torch.Tensor, mrope_section: list[int], cp_group=None) -> torch.Tensor:
+            positions = position_ids.to(device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+            freqs = positions[..., None] * self.inv_freq  # [3, B, L, dim / 2]
+            mixed = freqs[0].clone()
+            for axis in (1, 2):
+                picked = slice(axis, mrope_section[axis] * 3, 3)
+                mixed[..., picked] = freqs[axis, ..., picked]
+            emb = torch.cat((mixed, mixed), dim=-1)  # [B, L, dim]
+            return emb[..., None, :].transpose(0, 1).contiguous()  # [L, B, 1, dim]
+
+    return InterleavedMRoPE
+
+
+def layer_spec(config, moe_kinds: list[bool]):
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if len(set(moe_kinds)) > 1:
+        raise VlftError("models that mix dense and MoE decoder layers cannot be converted to Megatron-Core yet")
+    moe = moe_kinds[0]
+    spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts if moe else None, moe_grouped_gemm=False,
+                                    qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+    if moe:
+        spec.submodules.sharded_state_dict_keys_map = dict(_MOE_KEYS_MAP)
+    return spec
+
+
+def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_process: bool, post_process: bool):
+    """This rank's part of the model (weights allocated, not initialised)."""
+    import transformers
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.huggingface.module import HuggingFaceModule
+    from megatron.core.transformer.module import MegatronModule
+
+    text_config = hf_config.text_config
+    rope = rope_parameters(text_config)
+
+    class VisionTower(HuggingFaceModule):
+        """The HF vision tower as `.visual` (so its keys are ms-swift's `visual.visual.*`)."""
+
+        def __init__(self):
+            super().__init__(config)
+            vision_class = getattr(transformers, layout.vision_class)
+            self.visual = vision_class._from_config(hf_config.vision_config, dtype=config.params_dtype)
+
+    class VisionLanguageModel(MegatronModule):
+        def __init__(self):
+            super().__init__(config=config)
+            self.pre_process, self.post_process = pre_process, post_process
+            self.language_model = GPTModel(
+                config, layer_spec(config, [kind.moe for kind in family.decoder_kinds(text_config)]),
+                vocab_size=text_config.vocab_size, max_sequence_length=text_config.max_position_embeddings,
+                pre_process=pre_process, post_process=post_process, parallel_output=False,
+                share_embeddings_and_output_weights=bool(getattr(hf_config, "tie_word_embeddings", False)),
+                position_embedding_type="mrope", rotary_base=rope["rope_theta"])
+            if rope.get("mrope_interleaved"):
+                self.language_model.rotary_pos_emb = interleaved_mrope_class()(
+                    kv_channels=config.kv_channels, rotary_percent=1.0,
+                    rotary_interleaved=config.rotary_interleaved, rotary_base=rope["rope_theta"])
+            if pre_process:
+                self.visual = VisionTower()
+
+        def set_input_tensor(self, input_tensor):
+            self.language_model.set_input_tensor(input_tensor)
+
+        def forward(self, *args, **kwargs):
+            return self.language_model(*args, **kwargs)
+
+    return VisionLanguageModel()

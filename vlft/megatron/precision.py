@@ -1,0 +1,108 @@
+"""`--test_convert_precision true`: the HF model and the converted Megatron-Core model (this rank's shard, with
+its tensor- and expert-parallel peers) run one batch of text, an image and a video; rank 0 prints the largest
+logit difference. The Megatron-Core side uses only public entry points: the vision tower's embeddings are
+scattered into the token embeddings passed as GPTModel's `decoder_input`, and the deepstack features are added
+after the first decoder layers by forward hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>"
+          "What moves, and where?<|im_end|>\n<|im_start|>assistant\nA red bar, from left to right.<|im_end|>\n")
+
+
+def probe_batch(processor) -> dict:
+    """A text + image + video batch made here (seeded noise image, 4 frames of a moving bar)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    frames = np.full((4, 64, 64, 3), 230, np.uint8)
+    for t in range(4):
+        frames[t, :, 12 * t:12 * t + 10] = (200, 30, 30)
+    metadata = [{"fps": 2.0, "total_num_frames": 4, "frames_indices": [0, 1, 2, 3]}]
+    return dict(processor(text=[PROMPT], images=[image], videos=[frames], return_tensors="pt",
+                          videos_kwargs={"do_sample_frames": False, "video_metadata": metadata}))
+
+
+def _vision(tower, pixels: torch.Tensor, grid: torch.Tensor):
+    out = tower(pixels.to(next(tower.parameters()).dtype), grid_thw=grid, return_dict=True)
+    return out.pooler_output, list(out.deepstack_features)
+
+
+def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token: int, video_token: int):
+    """The Megatron-Core model's full-vocabulary logits [B, L, V] for the batch."""
+    model, ids = converter.model, batch["input_ids"]
+    language = model.language_model
+    embeds = language.embedding(input_ids=ids, position_ids=None)  # [L, B, H]
+    tower = model.visual.visual
+    visual_mask = torch.zeros_like(ids, dtype=torch.bool)
+    deepstack = None
+    for pixels, grid, token in ((batch.get("pixel_values"), batch.get("image_grid_thw"), image_token),
+                                (batch.get("pixel_values_videos"), batch.get("video_grid_thw"), video_token)):
+        if pixels is None:
+            continue
+        merged, features = _vision(tower, pixels, grid)
+        mask = ids == token
+        embeds = embeds.transpose(0, 1).masked_scatter(mask[..., None], merged.to(embeds.dtype)).transpose(0, 1)
+        # Deepstack features in the order of the visual positions (images and videos interleaved as placed).
+        placed = [f.new_zeros(int((visual_mask | mask).sum()), f.shape[-1]) for f in features]
+        joint_mask = visual_mask | mask
+        for k, feature in enumerate(features):
+            if deepstack is not None:
+                placed[k][visual_mask[joint_mask]] = deepstack[k]
+            placed[k][mask[joint_mask]] = feature
+        deepstack, visual_mask = placed, joint_mask
+
+    hooks = []
+    if deepstack:
+        def add(feature):
+            def hook(module, args, output):
+                hidden, *rest = output if isinstance(output, tuple) else (output,)
+                hidden = hidden.clone()
+                hidden.transpose(0, 1)[visual_mask] += feature.to(hidden.dtype)
+                return (hidden, *rest) if isinstance(output, tuple) else hidden
+            return hook
+
+        for layer in language.decoder.layers:
+            k = layer.layer_number - 1
+            if k < len(deepstack):
+                hooks.append(layer.register_forward_hook(add(deepstack[k])))
+    try:
+        return language(input_ids=ids, position_ids=position_ids, attention_mask=None,
+                        decoder_input=embeds.contiguous())
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
+    """Compare the logits (both models in `dtype`, as ms-swift compares them: in bfloat16 the two computations
+    round differently, so only float32 shows the conversion's own error); rank 0 prints the result. Returns the
+    largest absolute difference."""
+    import torch.distributed as dist
+    from vlft.model.loading import load_pretrained, load_processor
+
+    device = converter.device
+    hf = load_pretrained(model_dir, dtype).to(device).eval()
+    batch = {key: value.to(device) if torch.is_tensor(value) else value
+             for key, value in probe_batch(load_processor(model_dir)).items()}
+    hf_logits = hf(**batch).logits
+    inner = hf.model
+    positions = inner.compute_3d_position_ids(
+        input_ids=batch["input_ids"], inputs_embeds=None, image_grid_thw=batch.get("image_grid_thw"),
+        video_grid_thw=batch.get("video_grid_thw"), attention_mask=batch.get("attention_mask"),
+        mm_token_type_ids=batch.get("mm_token_type_ids"))
+    positions = positions[-3:]
+    config = hf.config
+    logits = mcore_logits(converter, batch, positions, config.image_token_id, config.video_token_id)
+    diff = (hf_logits.float() - logits.float()).abs()
+    if dist.get_rank() == 0:
+        print(f"test_convert_precision: {batch['input_ids'].shape[1]} tokens (text, 1 image, 1 video), {dtype}: "
+              f"max |logits HF - Megatron-Core| = {diff.max().item():.3e}, mean {diff.mean().item():.3e}",
+              flush=True)
+    return diff.max().item()
