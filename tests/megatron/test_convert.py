@@ -98,6 +98,25 @@ def test_moe_ep2_round_trip_is_bit_exact_and_logits_match(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
+def test_qwen2_5_vl_tp2_round_trip_keeps_the_files_names_and_bytes(tiny_model_dir, tmp_path):
+    """Qwen2.5-VL: q/k/v biases, no qk-norm, Megatron-Core's own (chunked) mRoPE, and files that keep the legacy
+    names (`model.layers.*`, `visual.*`) transformers renames at load: read under them, written back under them."""
+    source = tiny_model_dir("qwen2_5_vl")
+    mcore, hf = tmp_path / "mcore", tmp_path / "hf"
+    output = vlft_export("--model", str(source), "--to_mcore", "true", "--output_dir", str(mcore),
+                         "--tensor_model_parallel_size", "2", "--test_convert_precision", "true")
+    assert precision(output) < 1e-5  # text + image + video, TP=2
+    from megatron.core.dist_checkpointing import load_tensors_metadata
+
+    keys = set(load_tensors_metadata(str(mcore / "iter_0000001")))
+    assert "language_model.decoder.layers.self_attention.linear_qkv.bias" in keys
+    assert not any("q_layernorm" in key for key in keys)
+    vlft_export("--mcore_model", str(mcore), "--to_hf", "true", "--output_dir", str(hf))
+    assert_same_tensors(source, hf)
+    assert any(key.startswith("model.layers.") for key in load_file(str(hf / "model.safetensors")))
+
+
+@pytest.mark.slow
 def test_lora_checkpoint_is_merged_then_converted_at_tp2(lora_checkpoint, tmp_path):
     ckpt = lora_checkpoint("qwen3_vl")
     mcore = tmp_path / "mcore"
@@ -148,8 +167,8 @@ def test_bad_input_is_named_before_any_weight_is_read(tmp_path, capsys, no_weigh
     out = str(tmp_path / "out")
     unmapped = tmp_path / "qwen2_5"
     unmapped.mkdir()
-    (unmapped / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
-    assert "no Megatron-Core mapping yet; supported: qwen3_vl, qwen3_vl_moe" in export_error(
+    (unmapped / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    assert "no Megatron-Core mapping yet; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl" in export_error(
         capsys, "--model", str(unmapped), "--to_mcore", "true", "--output_dir", out)
 
     empty = tmp_path / "empty"

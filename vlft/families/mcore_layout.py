@@ -36,3 +36,21 @@ class McoreLayout:
     vision_class: str  # transformers class of the vision tower, built from config.vision_config
     layer: LayerNames = LayerNames()
     qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2.5-VL)
+    # (prefix as transformers loads it, prefix in the files): Qwen2-VL and Qwen2.5-VL files keep the names their
+    # first transformers release used (`model.layers.*`, `visual.*`), which transformers renames at load and back
+    # at save. Read under either name; --to_hf writes the files' names, as transformers' save_pretrained does.
+    file_prefixes: tuple[tuple[str, str], ...] = ()
+
+    def file_name(self, key: str) -> str:
+        """`key` (as transformers loads it) as the files name it."""
+        for loaded, stored in self.file_prefixes:
+            if key.startswith(loaded):
+                return stored + key[len(loaded):]
+        return key
+
+    def loaded_name(self, key: str) -> str:
+        """A name of the files as transformers loads it."""
+        for loaded, stored in self.file_prefixes:
+            if key.startswith(stored) and not key.startswith(loaded):
+                return loaded + key[len(stored):]
+        return key

@@ -1,6 +1,7 @@
 """Qwen2.5-VL: boxes as `[x1, y1, x2, y2]` in absolute pixels of the resized image; seconds per temporal grid."""
 
 from vlft.families.base import Family, TinySpec
+from vlft.families.mcore_layout import LayerNames, McoreLayout
 from vlft.families.qwen2_vl import TINY_TEXT as QWEN2_VL_TINY_TEXT
 from vlft.families.tokenizers import QWEN_VOCAB
 
@@ -33,4 +34,7 @@ QWEN2_5_VL = Family(
     ),
     vit_mlp_matrices=3,  # its ViT MLP is gated (SwiGLU)
     video_second_per_grid=True,
+    mcore=McoreLayout(vision_class="Qwen2_5_VisionTransformerPretrainedModel",
+                      layer=LayerNames(q_norm=None, k_norm=None), qkv_bias=True,
+                      file_prefixes=(("model.language_model.", "model."), ("model.visual.", "visual."))),
 )

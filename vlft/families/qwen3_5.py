@@ -44,6 +44,7 @@ QWEN3_5 = replace(
                   unloaded_tensor_shapes=tiny_mtp_shapes),
     layer_kinds={"full_attention": "softmax", "linear_attention": "linear"},
     unloaded_prefixes=("mtp.",),
+    mcore=None,  # not Qwen3-VL's: its Gated DeltaNet layers and `mtp.*` have no Megatron-Core mapping yet
 )
 
 QWEN3_5_MOE = replace(

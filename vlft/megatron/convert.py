@@ -78,7 +78,7 @@ class Converter:
     def fill_from_hf(self, model_dir: Path, dtype: torch.dtype) -> None:
         from vlft.megatron.reader import SafetensorsReader
 
-        reader = SafetensorsReader(model_dir, dtype)
+        reader = SafetensorsReader(model_dir, dtype, self.layout.loaded_name)
         language = language_model_shard(reader, self.text_config, self.names, self.shard, self.moe, self.tied)
         state = {LANGUAGE + key: value for key, value in language.items()}
         if self.shard.first_stage:
@@ -96,7 +96,7 @@ class Converter:
         tensors = {**hf_language_model(language, self.text_config, self.names, self.moe, self.tied),
                    **hf_vision(vision, self.names)}
         # Own storage per tensor: safetensors refuses tensors that share memory (q, k, v are views of one).
-        return {key: value.detach().to("cpu", dtype).clone(memory_format=torch.contiguous_format)
+        return {self.layout.file_name(key): value.detach().to("cpu", dtype).clone(memory_format=torch.contiguous_format)
                 for key, value in tensors.items()}
 
 

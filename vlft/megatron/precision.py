@@ -31,7 +31,7 @@ def probe_batch(processor) -> dict:
 
 def _vision(tower, pixels: torch.Tensor, grid: torch.Tensor):
     out = tower(pixels.to(next(tower.parameters()).dtype), grid_thw=grid, return_dict=True)
-    return out.pooler_output, list(out.deepstack_features)
+    return out.pooler_output, list(getattr(out, "deepstack_features", None) or [])
 
 
 def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token: int, video_token: int):
@@ -91,13 +91,18 @@ def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
     hf = load_pretrained(model_dir, dtype).to(device).eval()
     batch = {key: value.to(device) if torch.is_tensor(value) else value
              for key, value in probe_batch(load_processor(model_dir)).items()}
-    hf_logits = hf(**batch).logits
-    inner = hf.model
-    positions = inner.compute_3d_position_ids(
-        input_ids=batch["input_ids"], inputs_embeds=None, image_grid_thw=batch.get("image_grid_thw"),
-        video_grid_thw=batch.get("video_grid_thw"), attention_mask=batch.get("attention_mask"),
-        mm_token_type_ids=batch.get("mm_token_type_ids"))
-    positions = positions[-3:]
+    # The mRoPE positions the HF model gives its language model (each family computes them its own way).
+    seen = {}
+
+    def keep_positions(module, args, kwargs):
+        seen["positions"] = kwargs["position_ids"]
+
+    hook = hf.model.language_model.register_forward_pre_hook(keep_positions, with_kwargs=True)
+    try:
+        hf_logits = hf(**batch).logits
+    finally:
+        hook.remove()
+    positions = seen["positions"][-3:]  # [3, B, L] (Qwen3-VL passes text positions first)
     config = hf.config
     logits = mcore_logits(converter, batch, positions, config.image_token_id, config.video_token_id)
     diff = (hf_logits.float() - logits.float()).abs()

@@ -13,7 +13,9 @@ from vlft.errors import VlftError
 class SafetensorsReader:
     """The tensors of a model dir (one model.safetensors or an index of shards), read lazily."""
 
-    def __init__(self, model_dir: Path, dtype: torch.dtype | None = None):
+    def __init__(self, model_dir: Path, dtype: torch.dtype | None = None, loaded_name=None):
+        """`loaded_name(file key)`: the key as transformers loads it (McoreLayout.loaded_name); keys are given and
+        listed that way."""
         from safetensors import safe_open
 
         self.model_dir, self.dtype = Path(model_dir), dtype
@@ -26,20 +28,22 @@ class SafetensorsReader:
         else:
             raise VlftError(f"{self.model_dir}: no model.safetensors (or its index): only safetensors weights are "
                             "converted")
+        self.stored = {(loaded_name or str)(key): key for key in self.files}  # loaded name -> file key
         self._open: dict[str, object] = {}
 
     def keys(self) -> list[str]:
-        return list(self.files)
+        return list(self.stored)
 
     def _slice(self, key: str):
         from safetensors import safe_open
 
-        if key not in self.files:
+        if key not in self.stored:
             raise VlftError(f"{self.model_dir}: tensor {key} is missing from the checkpoint")
-        name = self.files[key]
+        stored = self.stored[key]
+        name = self.files[stored]
         if name not in self._open:
             self._open[name] = safe_open(str(self.model_dir / name), "pt")
-        return self._open[name].get_slice(key)
+        return self._open[name].get_slice(stored)
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.dtype) if self.dtype is not None else tensor
