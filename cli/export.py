@@ -15,8 +15,8 @@ def merge(args: ExportArguments) -> Path:
     """Merge --adapters into its base model; returns the merged model dir."""
     import torch
 
-    from vlft.export.checkpoint import base_model_of, require_lora_checkpoint
-    from vlft.export.merge import check_output_dir, merge_lora
+    from vlft.export.checkpoint import base_model_of, check_output_dir, require_lora_checkpoint
+    from vlft.export.merge import merge_lora
 
     checkpoint, output_dir = Path(args.adapters[0]).expanduser(), Path(args.output_dir).expanduser()
     # Cheap checks first: resolving the base model may download it.

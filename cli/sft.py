@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 from vlft.arguments import SftArguments
-from vlft.errors import ArgumentProblems
 from vlft.cli.parsing import build_parser, parse_args
+from vlft.errors import ArgumentProblems
 
 
 def run(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlft.data.template import split_loss_scale
-from vlft.errors import ArgumentProblems, VlftError
+from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
 
 
@@ -36,15 +36,6 @@ def not_positive(args: object, names: tuple[str, ...]) -> list[str]:
     """A problem for each of the named flags whose value is set and not positive."""
     values = ((name, getattr(args, name)) for name in names)
     return [f"--{name} must be positive, got {value}" for name, value in values if value is not None and value <= 0]
-
-
-def checked(problems: list[str], check, *args):
-    """check(*args); None, with the VlftError's message appended to `problems`, when it raises one."""
-    try:
-        return check(*args)
-    except VlftError as e:
-        problems.append(str(e))
-        return None
 
 
 class CheckedArguments:
@@ -129,8 +120,8 @@ class TemplateArguments(CheckedArguments):
 
     def problems(self) -> list[str]:
         problems: list[str] = []
-        self.system = checked(problems, system_prompt, self.system)
-        checked(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
+        self.system = collected(problems, system_prompt, self.system)
+        collected(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
         return problems + not_positive(self, (
             "max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
             "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels", "video_total_pixels",
@@ -196,7 +187,7 @@ class TinyModelArguments(CheckedArguments):
 
     def problems(self) -> list[str]:
         problems = [] if self.output else ["--output is required"]
-        checked(problems, get_family, self.family)  # an unknown one names the supported families
+        collected(problems, get_family, self.family)  # an unknown one names the supported families
         return problems
 
 
@@ -418,7 +409,7 @@ class InferArguments(ModelArguments, TemplateArguments):
         if not self.model and not self.adapters:
             problems.append("--model or --adapters is required")
         if self.attn_impl is not None:
-            self.attn_impl = checked(problems, generation_attention, self.attn_impl)
+            self.attn_impl = collected(problems, generation_attention, self.attn_impl)
         return problems + not_positive(self, ("max_new_tokens", "max_batch_size"))
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
 
 class VlftError(Exception):
     """A problem with the user's input (data, arguments, model dir): printed as is, exit code 2."""
@@ -36,6 +40,15 @@ class DataError(VlftError):
         self.field = prefix if not self.field else f"{prefix}.{self.field}"
         self.args = (self.format(),)
         return self
+
+
+def collected(problems: list[str], check: Callable[..., T], *args: Any) -> T | None:
+    """check(*args); None, with the VlftError's message appended to `problems`, when it raises one."""
+    try:
+        return check(*args)
+    except VlftError as e:
+        problems.append(str(e))
+        return None
 
 
 def listed_problems(problems: list[str]) -> str:

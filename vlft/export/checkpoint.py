@@ -8,10 +8,18 @@ from pathlib import Path
 
 from vlft.errors import VlftError
 from vlft.paths import cache_root
+from vlft.train.run_dir import check_writable
 
 # A full-training checkpoint is a complete model dir: a config and its weights (one file or shards).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise VlftError if `output_dir` exists (a model dir is never overwritten) or cannot be created."""
+    if output_dir.exists():
+        raise VlftError(f"--output_dir {output_dir} exists; remove it or pass another --output_dir")
+    check_writable(output_dir)
 
 
 def args_json_path(checkpoint: Path) -> Path | None:

@@ -11,21 +11,13 @@ from pathlib import Path
 import torch
 
 from vlft.errors import VlftError
-from vlft.export.checkpoint import apply_umask, args_json_path, require_lora_checkpoint
+from vlft.export.checkpoint import apply_umask, args_json_path, check_output_dir, require_lora_checkpoint
 from vlft.export.unloaded import copy_unloaded_tensors
 from vlft.model.loading import load_pretrained, load_processor, merge_adapter
 from vlft.families import detect_family
-from vlft.train.run_dir import check_writable
 
 PEFT_PREFIX = "base_model.model."
 MAX_LISTED = 5
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Raise VlftError if `output_dir` exists (a model dir is never overwritten) or cannot be created."""
-    if output_dir.exists():
-        raise VlftError(f"--output_dir {output_dir} exists; remove it or pass another --output_dir")
-    check_writable(output_dir)
 
 
 def adapted_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:

@@ -138,6 +138,10 @@ class Family:
                                 f"vlft knows for {self.name} ({', '.join(self.layer_kinds)})")
         return [DecoderKind(self.layer_kinds[types[i]], self._moe_layer(text_config, i)) for i in range(n)]
 
+    def has_moe_layers(self, text_config) -> bool:
+        """Whether any decoder layer of this text config is a mixture of experts."""
+        return any(kind.moe for kind in self.decoder_kinds(text_config))
+
     def _moe_layer(self, text_config, i: int) -> bool:
         if self.moe_layers == "every":
             return True

@@ -22,7 +22,7 @@ def transformer_config(text_config, family: Family, layout: McoreLayout, sizes: 
     import torch.nn.functional as F
     from megatron.core.transformer import TransformerConfig
 
-    moe = any(kind.moe for kind in family.decoder_kinds(text_config))
+    moe = family.has_moe_layers(text_config)
     settings = dict(
         num_layers=text_config.num_hidden_layers, hidden_size=text_config.hidden_size,
         num_attention_heads=text_config.num_attention_heads, num_query_groups=text_config.num_key_value_heads,

@@ -62,7 +62,7 @@ class Converter:
         self.plan, self.family = plan, get_family(plan.family)
         self.layout = layout_of(self.family)
         self.hf_config, self.text_config, self.tied = text_and_tied(plan.hf_config)
-        self.moe = any(kind.moe for kind in self.family.decoder_kinds(self.text_config))
+        self.moe = self.family.has_moe_layers(self.text_config)
         self.names = Names(self.family, self.layout)
         config = transformer_config(self.text_config, self.family, self.layout, sizes, dtype)
         first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()

@@ -39,7 +39,7 @@ def split_problems(sizes: ParallelSizes, text_config, family: Family, tied: bool
     tp, pp, ep, etp = sizes.tensor, sizes.pipeline, sizes.expert, sizes.expert_tensor
     heads, groups = text_config.num_attention_heads, text_config.num_key_value_heads
     layers, vocab = text_config.num_hidden_layers, text_config.vocab_size
-    moe = any(kind.moe for kind in family.decoder_kinds(text_config))
+    moe = family.has_moe_layers(text_config)
     experts = getattr(text_config, "num_experts", 0) if moe else 0
     checks = [
         (heads % tp, f"--tensor_model_parallel_size {tp} does not divide the {heads} attention heads"),

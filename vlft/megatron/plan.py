@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlft.errors import VlftError
+from vlft.export.checkpoint import check_output_dir
 from vlft.families import detect_family, get_family
 from vlft.megatron import checkpoint, require_megatron
 from vlft.megatron.layouts import layout_of
@@ -59,15 +60,6 @@ def _config_dtype(hf_config: dict) -> str:
             if config.get(key) in ("float32", "bfloat16", "float16"):
                 return config[key]
     return "float32"
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """As `vlft export --merge_lora`'s (a dir is never overwritten), without importing torch."""
-    from vlft.train.run_dir import check_writable
-
-    if output_dir.exists():
-        raise VlftError(f"--output_dir {output_dir} exists; remove it or pass another --output_dir")
-    check_writable(output_dir)
 
 
 def plan_to_mcore(model_dir: Path, output_dir: Path, sizes: ParallelSizes, dtype: str | None,

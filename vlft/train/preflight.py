@@ -9,13 +9,10 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
 
-from vlft.errors import VlftError, listed_problems
+from vlft.errors import VlftError, collected, listed_problems
 from vlft.paths import cache_root
 from vlft.train.run_dir import check_writable
-
-T = TypeVar("T")
 
 # --report_to name -> (transformers' own availability check in integrations.integration_utils, what to install).
 # transformers' callbacks call the same checks, but only when the Trainer is built.
@@ -37,15 +34,6 @@ SUPPLIED = frozenset({"optimizer", "num_warmup_steps", "num_training_steps", "la
 NO_KWARGS = frozenset({"constant", "constant_with_warmup"})
 # Schedulers needing one of two arguments that their signatures make optional (checked in the function body).
 ONE_OF = {"cosine_with_min_lr": ("min_lr", "min_lr_rate"), "cosine_warmup_with_min_lr": ("min_lr", "min_lr_rate")}
-
-
-def collected(problems: list[str], check: Callable[..., T], *args: Any) -> T | None:
-    """check(*args); None, with the VlftError's message appended to `problems`, when it raises one."""
-    try:
-        return check(*args)
-    except VlftError as e:
-        problems.append(str(e))
-        return None
 
 
 def raise_problems(problems: list[str]) -> None:

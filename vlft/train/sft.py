@@ -63,7 +63,8 @@ from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.launch import is_distributed_worker
 from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
                               resolve_attention, resolve_dtype, set_router_aux_loss)
-from vlft.train.preflight import collected, preflight_problems, raise_problems
+from vlft.errors import collected
+from vlft.train.preflight import preflight_problems, raise_problems
 from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
