@@ -98,10 +98,12 @@ def test_moe_ep2_round_trip_is_bit_exact_and_logits_match(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_qwen2_5_vl_tp2_round_trip_keeps_the_files_names_and_bytes(tiny_model_dir, tmp_path):
-    """Qwen2.5-VL: q/k/v biases, no qk-norm, Megatron-Core's own (chunked) mRoPE, and files that keep the legacy
-    names (`model.layers.*`, `visual.*`) transformers renames at load: read under them, written back under them."""
-    source = tiny_model_dir("qwen2_5_vl")
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_qwen2_x_vl_tp2_round_trip_keeps_the_files_names_and_bytes(family, tiny_model_dir, tmp_path):
+    """Qwen2-VL and Qwen2.5-VL: q/k/v biases, no qk-norm, Megatron-Core's own (chunked) mRoPE, and files that keep
+    the legacy names (`model.layers.*`, `visual.*`) transformers renames at load: read under them, written back
+    under them."""
+    source = tiny_model_dir(family)
     mcore, hf = tmp_path / "mcore", tmp_path / "hf"
     output = vlft_export("--model", str(source), "--to_mcore", "true", "--output_dir", str(mcore),
                          "--tensor_model_parallel_size", "2", "--test_convert_precision", "true")
@@ -167,8 +169,8 @@ def test_bad_input_is_named_before_any_weight_is_read(tmp_path, capsys, no_weigh
     out = str(tmp_path / "out")
     unmapped = tmp_path / "qwen2_5"
     unmapped.mkdir()
-    (unmapped / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    assert "no Megatron-Core mapping yet; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl" in export_error(
+    (unmapped / "config.json").write_text(json.dumps({"model_type": "qwen3_5"}))
+    assert "no Megatron-Core mapping yet; supported: qwen3_vl, qwen3_vl_moe, qwen2_5_vl, qwen2_vl" in export_error(
         capsys, "--model", str(unmapped), "--to_mcore", "true", "--output_dir", out)
 
     empty = tmp_path / "empty"

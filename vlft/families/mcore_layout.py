@@ -33,7 +33,9 @@ class LayerNames:
 class McoreLayout:
     """A family's conversion data (see the module docstring)."""
 
-    vision_class: str  # transformers class of the vision tower, built from config.vision_config
+    # transformers class of the vision tower, built from config.vision_config: a name transformers exports, or a
+    # dotted module path
+    vision_class: str
     layer: LayerNames = LayerNames()
     qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2.5-VL)
     # (prefix as transformers loads it, prefix in the files): Qwen2-VL and Qwen2.5-VL files keep the names their

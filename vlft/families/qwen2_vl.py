@@ -1,11 +1,16 @@
 """Qwen2-VL: boxes as `(x1,y1),(x2,y2)` in 0-1000 between box special tokens; refs in object-ref tokens."""
 
 from vlft.families.base import Family, TinySpec
+from vlft.families.mcore_layout import LayerNames, McoreLayout
 from vlft.families.tiny_text import tiny_text
 from vlft.families.tokenizers import QWEN_VOCAB
 
 
 TINY_TEXT = tiny_text(QWEN_VOCAB, rope_theta=1e6, mrope_section=[2, 3, 3])  # Qwen2-VL's and Qwen2.5-VL's
+
+
+# transformers does not export Qwen2-VL's vision tower class under a top-level name
+VISION_TOWER = "transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel"
 
 
 def _format_box(box: list[int]) -> str:
@@ -34,4 +39,8 @@ QWEN2_VL = Family(
         processor_class="Qwen2VLProcessor",
         video_processor_class="Qwen2VLVideoProcessor",
     ),
+    # Qwen2.5-VL's layout but for the vision tower: its files keep the legacy names as Qwen2.5-VL's do.
+    mcore=McoreLayout(vision_class=VISION_TOWER,
+                      layer=LayerNames(q_norm=None, k_norm=None), qkv_bias=True,
+                      file_prefixes=(("model.language_model.", "model."), ("model.visual.", "visual."))),
 )

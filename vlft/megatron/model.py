@@ -49,9 +49,19 @@ def layer_spec(config, moe_kinds: list[bool]):
     return spec
 
 
+def vision_tower_class(layout: McoreLayout) -> type:
+    """The transformers class named by the layout: a top-level name, or a dotted path for one transformers does
+    not export (Qwen2-VL's tower)."""
+    import importlib
+
+    import transformers
+
+    module, _, name = layout.vision_class.rpartition(".")
+    return getattr(importlib.import_module(module) if module else transformers, name)
+
+
 def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_process: bool, post_process: bool):
     """This rank's part of the model (weights allocated, not initialised)."""
-    import transformers
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.huggingface.module import HuggingFaceModule
     from megatron.core.transformer.module import MegatronModule
@@ -64,8 +74,7 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
 
         def __init__(self):
             super().__init__(config)
-            vision_class = getattr(transformers, layout.vision_class)
-            self.visual = vision_class._from_config(hf_config.vision_config, dtype=config.params_dtype)
+            self.visual = vision_tower_class(layout)._from_config(hf_config.vision_config, dtype=config.params_dtype)
 
     class VisionLanguageModel(MegatronModule):
         def __init__(self):
