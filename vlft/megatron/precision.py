@@ -80,18 +80,12 @@ def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token
             hook.remove()
 
 
-def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
-    """Compare the logits (both models in `dtype`, as ms-swift compares them: in bfloat16 the two computations
-    round differently, so only float32 shows the conversion's own error); rank 0 prints the result. Returns the
-    largest absolute difference."""
-    import torch.distributed as dist
-    from vlft.model.loading import load_pretrained, load_processor
+def hf_logits_and_positions(model_dir: Path, dtype: torch.dtype, batch: dict, device: torch.device):
+    """The HF model's logits for the batch and the mRoPE positions it gave its language model ([3, B, L]; each
+    family computes them its own way). The model is freed before returning."""
+    from vlft.model.loading import load_pretrained
 
-    device = converter.device
     hf = load_pretrained(model_dir, dtype).to(device).eval()
-    batch = {key: value.to(device) if torch.is_tensor(value) else value
-             for key, value in probe_batch(load_processor(model_dir)).items()}
-    # The mRoPE positions the HF model gives its language model (each family computes them its own way).
     seen = {}
 
     def keep_positions(module, args, kwargs):
@@ -99,15 +93,40 @@ def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
 
     hook = hf.model.language_model.register_forward_pre_hook(keep_positions, with_kwargs=True)
     try:
-        hf_logits = hf(**batch).logits
+        logits = hf(**batch).logits.float()
     finally:
         hook.remove()
-    positions = seen["positions"][-3:]  # [3, B, L] (Qwen3-VL passes text positions first)
     config = hf.config
-    logits = mcore_logits(converter, batch, positions, config.image_token_id, config.video_token_id)
-    diff = (hf_logits.float() - logits.float()).abs()
+    del hf
+    return logits, seen["positions"][-3:], config  # Qwen3-VL passes text positions first
+
+
+def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
+    """Compare the logits of both models in `dtype`; rank 0 prints the result and returns the largest absolute
+    difference. In float32 that difference is the conversion's own error. In a 16-bit dtype the two models round
+    differently (fused q/k/v and gate/up matmuls, Megatron-Core's rotary and norm code), so the line also gives
+    each one's distance from the HF model in float32: a faithful conversion is about as far from it as HF's own
+    16-bit model is."""
+    import torch.distributed as dist
+
+    from vlft.model.loading import load_processor
+
+    device = converter.device
+    batch = {key: value.to(device) if torch.is_tensor(value) else value
+             for key, value in probe_batch(load_processor(model_dir)).items()}
+    reference = None
+    if dtype != torch.float32:
+        reference, _, _ = hf_logits_and_positions(model_dir, torch.float32, batch, device)
+    hf_logits, positions, config = hf_logits_and_positions(model_dir, dtype, batch, device)
+    logits = mcore_logits(converter, batch, positions, config.image_token_id, config.video_token_id).float()
+    diff = (hf_logits - logits).abs()
+    name = str(dtype).removeprefix("torch.")
     if dist.get_rank() == 0:
-        print(f"test_convert_precision: {batch['input_ids'].shape[1]} tokens (text, 1 image, 1 video), {dtype}: "
+        print(f"test_convert_precision: {batch['input_ids'].shape[1]} tokens (text, 1 image, 1 video), {name}: "
               f"max |logits HF - Megatron-Core| = {diff.max().item():.3e}, mean {diff.mean().item():.3e}",
               flush=True)
+        if reference is not None:
+            print(f"test_convert_precision: against HF in float32, max |difference|: HF {name} "
+                  f"{(hf_logits - reference).abs().max().item():.3e}, Megatron-Core {name} "
+                  f"{(logits - reference).abs().max().item():.3e}", flush=True)
     return diff.max().item()
