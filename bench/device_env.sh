@@ -6,6 +6,9 @@ if [ ! -f /tmp/site/.installed ] && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && touch /tmp/site/.installed
 fi
+if [ ! -f /tmp/site/.mcore ] && compgen -G ".whl_mcore/*.whl" >/dev/null; then  # bench/convert_mcore.py
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_mcore/*.whl && touch /tmp/site/.mcore
+fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "vlft: editable install failed"
 for dir in .whl_fa4_*/; do

@@ -127,13 +127,14 @@ def to_hf(plan: ConversionPlan, device: torch.device) -> None:
 
 
 def run_plan(plan: ConversionPlan) -> None:
-    """This rank's part of the plan, in its process group, with Megatron-Core's CPU shims when CUDA is absent.
-    --to_mcore puts each rank's shard on its GPU when there are GPUs; --to_hf holds the whole model in host
-    memory (one process, gloo), which a single GPU might not hold."""
+    """This rank's part of the plan, in its process group, with Megatron-Core's CPU shims on the CPU.
+    --to_mcore puts each rank's shard on its own GPU when there is one per rank on this host (else all ranks run on
+    the CPU); --to_hf holds the whole model in host memory (one process, gloo), which a single GPU might not hold."""
     from vlft.megatron.cpu import cpu_shims
 
-    to_gpu = plan.direction == "to_mcore" and torch.cuda.is_available()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    to_gpu = plan.direction == "to_mcore" and torch.cuda.is_available() and torch.cuda.device_count() >= local_ranks
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if to_gpu else torch.device("cpu")
     sizes = plan.sizes if plan.direction == "to_mcore" else ParallelSizes()
-    with model_parallel(sizes, device), cpu_shims(), torch.no_grad():
+    with model_parallel(sizes, device), cpu_shims(device), torch.no_grad():
         (to_mcore if plan.direction == "to_mcore" else to_hf)(plan, device)

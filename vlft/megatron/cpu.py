@@ -6,7 +6,7 @@ embeddings' `inv_freq`, tensor-parallel gather buffers, the MoE router), `torch.
 dist_checkpointing's writer, a default causal mask built with `device="cuda"`, and a router that names
 TransformerEngine's `te_general_gemm` without defining it when TE is absent (NameError). None of these
 has a public switch, so `cpu_shims()` patches exactly these attributes for the duration of a conversion,
-in the converter's own process only, and only when CUDA is absent; it restores them on exit. vlft never
+in the converter's own process only, and only when it runs on the CPU; it restores them on exit. vlft never
 applies them at import time.
 """
 
@@ -37,10 +37,9 @@ def _patched(owner: object, name: str, value: object) -> Iterator[None]:
 
 
 @contextmanager
-def cpu_shims() -> Iterator[None]:
-    """Within the block, Megatron-Core's hard-coded CUDA calls work on CPU (nothing is done when CUDA is
-    available)."""
-    if torch.cuda.is_available():
+def cpu_shims(device: torch.device) -> Iterator[None]:
+    """Within the block, Megatron-Core's hard-coded CUDA calls work on CPU (nothing is done for a GPU device)."""
+    if device.type != "cpu":
         yield
         return
     import megatron.core.fusions.fused_softmax as fused_softmax
