@@ -95,9 +95,17 @@ class Converter:
         vision = {key[len(VISION):]: value for key, value in state.items() if key.startswith(VISION)}
         tensors = {**hf_language_model(language, self.text_config, self.names, self.moe, self.tied),
                    **hf_vision(vision, self.names)}
-        # Own storage per tensor: safetensors refuses tensors that share memory (q, k, v are views of one).
-        return {self.layout.file_name(key): value.detach().to("cpu", dtype).clone(memory_format=torch.contiguous_format)
-                for key, value in tensors.items()}
+        # safetensors refuses a tensor that shares its memory or covers only part of it (gate and up are views of
+        # one linear_fc1): those are copied; whole tensors are written from the model's own memory.
+        out, storages = {}, set()
+        for key, value in tensors.items():
+            value = value.detach().to("cpu", dtype).contiguous()
+            storage = value.untyped_storage()
+            if storage.data_ptr() in storages or storage.nbytes() != value.nbytes:
+                value = value.clone()
+            storages.add(value.untyped_storage().data_ptr())
+            out[self.layout.file_name(key)] = value
+        return out
 
 
 def to_mcore(plan: ConversionPlan, device: torch.device) -> None:
