@@ -48,3 +48,22 @@ def test_vlft_model_tiny_command(tmp_path):
     assert main(["model", "tiny", "--family", "qwen2_vl", "--output", str(tmp_path / "m")]) == 0
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
     assert model.config.model_type == "qwen2_vl"
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
+def test_tiny_qwen3_5_mtp_layer_is_a_full_attention_decoder_layer(family, tiny_model_dir):
+    """The files carry a whole multi-token-prediction head (what Megatron-Core conversion maps): its decoder layer
+    has the names and shapes of the model's own full-attention layer, as real Qwen3.5 checkpoints' have."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tiny_model_dir(family) / "model.safetensors"))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family))
+    full = model.config.text_config.layer_types.index("full_attention")
+    layer = model.model.language_model.layers[full]
+    expected = {name: tuple(t.shape) for name, t in layer.state_dict().items()}
+    mtp = {k[len("mtp.layers.0."):]: tuple(v.shape) for k, v in tensors.items() if k.startswith("mtp.layers.0.")}
+    assert mtp == expected
+    hidden = model.config.text_config.hidden_size
+    assert {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("mtp.") and ".layers." not in k} == {
+        "mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
+        "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,)}

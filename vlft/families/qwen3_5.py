@@ -15,11 +15,35 @@ from vlft.families.tokenizers import QWEN3_5_VOCAB
 
 
 def tiny_mtp_shapes(text_config) -> dict[str, tuple[int, ...]]:
-    """Shapes of some of a Qwen3.5 checkpoint's `mtp.*` tensors, for the tiny model's files (random values)."""
-    hidden = text_config.hidden_size
-    return {"mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
-            "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
-            "mtp.layers.0.mlp.down_proj.weight": (hidden, text_config.intermediate_size)}
+    """Shapes of a Qwen3.5 checkpoint's `mtp.*` tensors, for the tiny model's files (random values): the input
+    norms and `fc` that join the token's embedding with the last hidden state, one gated softmax-attention decoder
+    layer with the model's MLP (MoE in the MoE models), and the final norm."""
+    hidden, heads, kv_heads = text_config.hidden_size, text_config.num_attention_heads, text_config.num_key_value_heads
+    head_dim = text_config.head_dim
+    layer = "mtp.layers.0."
+    shapes = {"mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
+              "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
+              layer + "input_layernorm.weight": (hidden,), layer + "post_attention_layernorm.weight": (hidden,),
+              layer + "self_attn.q_proj.weight": (2 * heads * head_dim, hidden),  # queries and their gates
+              layer + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+              layer + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+              layer + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+              layer + "self_attn.q_norm.weight": (head_dim,), layer + "self_attn.k_norm.weight": (head_dim,)}
+    experts = getattr(text_config, "num_experts", None)
+    if experts:
+        ffn, shared = text_config.moe_intermediate_size, text_config.shared_expert_intermediate_size
+        shapes.update({layer + "mlp.gate.weight": (experts, hidden),
+                       layer + "mlp.experts.gate_up_proj": (experts, 2 * ffn, hidden),
+                       layer + "mlp.experts.down_proj": (experts, hidden, ffn),
+                       layer + "mlp.shared_expert.gate_proj.weight": (shared, hidden),
+                       layer + "mlp.shared_expert.up_proj.weight": (shared, hidden),
+                       layer + "mlp.shared_expert.down_proj.weight": (hidden, shared),
+                       layer + "mlp.shared_expert_gate.weight": (1, hidden)})
+    else:
+        ffn = text_config.intermediate_size
+        shapes.update({layer + "mlp.gate_proj.weight": (ffn, hidden), layer + "mlp.up_proj.weight": (ffn, hidden),
+                       layer + "mlp.down_proj.weight": (hidden, ffn)})
+    return shapes
 
 
 # The 3:1 layer pattern of the real models, at tiny widths. head_dim 32 with partial rotary 0.25 leaves 8
