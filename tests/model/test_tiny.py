@@ -51,19 +51,20 @@ def test_vlft_model_tiny_command(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
-def test_tiny_qwen3_5_mtp_layer_is_a_full_attention_decoder_layer(family, tiny_model_dir):
+def test_tiny_qwen3_5_mtp_layer_is_stored_as_a_full_attention_decoder_layer(family, tiny_model_dir):
     """The files carry a whole multi-token-prediction head (what Megatron-Core conversion maps): its decoder layer
-    has the names and shapes of the model's own full-attention layer, as real Qwen3.5 checkpoints' have."""
+    has the names and shapes the files give the model's own full-attention layer (as transformers saved it), as
+    real Qwen3.5 checkpoints' have."""
     from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     tensors = load_file(str(tiny_model_dir(family) / "model.safetensors"))
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family))
-    full = model.config.text_config.layer_types.index("full_attention")
-    layer = model.model.language_model.layers[full]
-    expected = {name: tuple(t.shape) for name, t in layer.state_dict().items()}
+    text_config = AutoConfig.from_pretrained(tiny_model_dir(family)).text_config
+    full = f"model.language_model.layers.{text_config.layer_types.index('full_attention')}."
+    expected = {k[len(full):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(full)}
     mtp = {k[len("mtp.layers.0."):]: tuple(v.shape) for k, v in tensors.items() if k.startswith("mtp.layers.0.")}
-    assert mtp == expected
-    hidden = model.config.text_config.hidden_size
+    assert mtp == expected and "self_attn.q_proj.weight" in mtp
+    hidden = text_config.hidden_size
     assert {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("mtp.") and ".layers." not in k} == {
         "mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
         "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,)}

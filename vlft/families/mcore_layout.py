@@ -27,6 +27,45 @@ class LayerNames:
     # first) and [experts, hidden, ffn] as transformers holds them (a file may store them transposed).
     experts_gate_up: str = "gate_up_proj"
     experts_down: str = "down_proj"
+    # Files that store each expert on its own (Qwen3.5-MoE's, as transformers' save_pretrained writes them):
+    # `<experts>.<e>.<name>.weight` for these names.
+    expert_matrices: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LinearAttentionNames:
+    """A Gated DeltaNet layer's HF tensor names (relative to the decoder layer), Qwen3.5's."""
+
+    qkv: str = "linear_attn.in_proj_qkv.weight"  # rows [q; k; v]
+    z: str = "linear_attn.in_proj_z.weight"  # the output gate
+    b: str = "linear_attn.in_proj_b.weight"  # beta
+    a: str = "linear_attn.in_proj_a.weight"  # alpha (the decay's input)
+    conv: str = "linear_attn.conv1d.weight"  # [q; k; v channels, 1, kernel]
+    a_log: str = "linear_attn.A_log"
+    dt_bias: str = "linear_attn.dt_bias"
+    norm: str = "linear_attn.norm.weight"  # the gated output norm (plain weight, not zero-centred)
+    out: str = "linear_attn.out_proj.weight"
+
+
+@dataclass(frozen=True)
+class SharedExpertNames:
+    """An MoE layer's shared expert (relative to the decoder layer), Qwen3.5-MoE's."""
+
+    gate: str = "mlp.shared_expert.gate_proj.weight"
+    up: str = "mlp.shared_expert.up_proj.weight"
+    down: str = "mlp.shared_expert.down_proj.weight"
+    router: str = "mlp.shared_expert_gate.weight"  # [1, hidden]: how much of the shared expert a token takes
+
+
+@dataclass(frozen=True)
+class MtpNames:
+    """The multi-token-prediction head's tensors in the files (transformers does not load them)."""
+
+    fc: str = "mtp.fc.weight"  # [hidden, 2 * hidden] over [embedding; hidden state]
+    embedding_norm: str = "mtp.pre_fc_norm_embedding.weight"
+    hidden_norm: str = "mtp.pre_fc_norm_hidden.weight"
+    final_norm: str = "mtp.norm.weight"
+    layers: str = "mtp.layers"  # decoder layers with the names of a softmax-attention layer
 
 
 @dataclass(frozen=True)
@@ -38,6 +77,13 @@ class McoreLayout:
     vision_class: str
     layer: LayerNames = LayerNames()
     qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2.5-VL)
+    # q_proj emits, per head, the query then an output gate of the same size (Qwen3.5's gated attention)
+    gated_attention: bool = False
+    zero_centered_norms: bool = False  # RMSNorms scale by (1 + weight) (Qwen3.5's), the GDN's gated norm aside
+    linear_attention: LinearAttentionNames | None = None  # the layout of `linear` decoder layers
+    shared_expert: SharedExpertNames | None = None
+    mtp: MtpNames | None = None  # a multi-token-prediction head, when the text config has mtp layers
+    experts_per_file_tensor: bool = False  # the files store experts one by one (LayerNames.expert_matrices)
     # (prefix as transformers loads it, prefix in the files): Qwen2-VL and Qwen2.5-VL files keep the names their
     # first transformers release used (`model.layers.*`, `visual.*`), which transformers renames at load and back
     # at save. Read under either name; --to_hf writes the files' names, as transformers' save_pretrained does.

@@ -9,6 +9,7 @@ multi-token-prediction head (`mtp.*`) that transformers does not load; exports c
 from dataclasses import replace
 
 from vlft.families.base import ModuleMap, TinySpec
+from vlft.families.mcore_layout import LinearAttentionNames, McoreLayout, MtpNames, SharedExpertNames
 from vlft.families.qwen3_vl import QWEN3_VL, TINY_VISION as QWEN3_VL_TINY_VISION
 from vlft.families.tiny_text import TINY_EXPERTS, tiny_text
 from vlft.families.tokenizers import QWEN3_5_VOCAB
@@ -17,7 +18,8 @@ from vlft.families.tokenizers import QWEN3_5_VOCAB
 def tiny_mtp_shapes(text_config) -> dict[str, tuple[int, ...]]:
     """Shapes of a Qwen3.5 checkpoint's `mtp.*` tensors, for the tiny model's files (random values): the input
     norms and `fc` that join the token's embedding with the last hidden state, one gated softmax-attention decoder
-    layer with the model's MLP (MoE in the MoE models), and the final norm."""
+    layer with the model's MLP (MoE in the MoE models, its experts stored one by one as the files store the
+    decoder layers'), and the final norm."""
     hidden, heads, kv_heads = text_config.hidden_size, text_config.num_attention_heads, text_config.num_key_value_heads
     head_dim = text_config.head_dim
     layer = "mtp.layers.0."
@@ -32,9 +34,11 @@ def tiny_mtp_shapes(text_config) -> dict[str, tuple[int, ...]]:
     experts = getattr(text_config, "num_experts", None)
     if experts:
         ffn, shared = text_config.moe_intermediate_size, text_config.shared_expert_intermediate_size
+        for e in range(experts):  # one by one, as the files store the decoder layers' experts
+            shapes.update({layer + f"mlp.experts.{e}.gate_proj.weight": (ffn, hidden),
+                           layer + f"mlp.experts.{e}.up_proj.weight": (ffn, hidden),
+                           layer + f"mlp.experts.{e}.down_proj.weight": (hidden, ffn)})
         shapes.update({layer + "mlp.gate.weight": (experts, hidden),
-                       layer + "mlp.experts.gate_up_proj": (experts, 2 * ffn, hidden),
-                       layer + "mlp.experts.down_proj": (experts, hidden, ffn),
                        layer + "mlp.shared_expert.gate_proj.weight": (shared, hidden),
                        layer + "mlp.shared_expert.up_proj.weight": (shared, hidden),
                        layer + "mlp.shared_expert.down_proj.weight": (hidden, shared),
@@ -68,7 +72,8 @@ QWEN3_5 = replace(
                   unloaded_tensor_shapes=tiny_mtp_shapes),
     layer_kinds={"full_attention": "softmax", "linear_attention": "linear"},
     unloaded_prefixes=("mtp.",),
-    mcore=None,  # not Qwen3-VL's: its Gated DeltaNet layers and `mtp.*` have no Megatron-Core mapping yet
+    mcore=McoreLayout(vision_class="Qwen3_5VisionModel", gated_attention=True, zero_centered_norms=True,
+                      linear_attention=LinearAttentionNames(), mtp=MtpNames()),
 )
 
 QWEN3_5_MOE = replace(
@@ -79,4 +84,7 @@ QWEN3_5_MOE = replace(
     # The shared expert's one-output sigmoid gate routes too (how much of the shared expert a token takes).
     modules=ModuleMap(routers=("mlp.gate", "mlp.shared_expert_gate")),
     official_dir="qwen3_5",  # no official Qwen3.5-MoE files were found (templates/official/SOURCES.md)
+    # Its files store experts one by one (transformers fuses them at load and splits them at save).
+    mcore=replace(QWEN3_5.mcore, vision_class="Qwen3_5MoeVisionModel", shared_expert=SharedExpertNames(),
+                  experts_per_file_tensor=True),
 )

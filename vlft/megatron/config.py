@@ -17,6 +17,11 @@ def rope_parameters(text_config) -> dict:
     return params
 
 
+def mtp_layers(text_config, layout: McoreLayout) -> int:
+    """How many multi-token-prediction layers the checkpoint carries (0: none, or not mapped)."""
+    return int(getattr(text_config, "mtp_num_hidden_layers", 0) or 0) if layout.mtp is not None else 0
+
+
 def transformer_config(text_config, family: Family, layout: McoreLayout, sizes: ParallelSizes,
                        dtype: torch.dtype):
     import torch.nn.functional as F
@@ -41,6 +46,22 @@ def transformer_config(text_config, family: Family, layout: McoreLayout, sizes: 
         expert_model_parallel_size=sizes.expert, expert_tensor_parallel_size=sizes.expert_tensor,
         sequence_parallel=False,
     )
+    if layout.gated_attention:
+        settings.update(attention_output_gate=True)
+    if layout.linear_attention is not None:
+        settings.update(
+            experimental_attention_variant="gated_delta_net",
+            linear_attention_freq=[int(kind.attention == "linear") for kind in family.decoder_kinds(text_config)],
+            linear_conv_kernel_dim=text_config.linear_conv_kernel_dim,
+            linear_key_head_dim=text_config.linear_key_head_dim,
+            linear_value_head_dim=text_config.linear_value_head_dim,
+            linear_num_key_heads=text_config.linear_num_key_heads,
+            linear_num_value_heads=text_config.linear_num_value_heads)
+    if mtp_layers(text_config, layout):
+        settings.update(mtp_num_layers=mtp_layers(text_config, layout))
+    if layout.shared_expert is not None and moe:
+        settings.update(moe_shared_expert_intermediate_size=text_config.shared_expert_intermediate_size,
+                        moe_shared_expert_gate=True)
     if moe:
         settings.update(
             num_moe_experts=text_config.num_experts, moe_router_topk=text_config.num_experts_per_tok,

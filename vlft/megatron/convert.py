@@ -56,19 +56,19 @@ class Converter:
     def __init__(self, plan: ConversionPlan, sizes: ParallelSizes, dtype: torch.dtype, device: torch.device):
         from megatron.core import parallel_state as ps
 
-        from vlft.megatron.config import transformer_config
+        from vlft.megatron.config import mtp_layers, transformer_config
         from vlft.megatron.model import build_model
 
         self.plan, self.family = plan, get_family(plan.family)
         self.layout = layout_of(self.family)
         self.hf_config, self.text_config, self.tied = text_and_tied(plan.hf_config)
-        self.moe = self.family.has_moe_layers(self.text_config)
+        self.mtp_layers = mtp_layers(self.text_config, self.layout)
         self.names = Names(self.family, self.layout)
         config = transformer_config(self.text_config, self.family, self.layout, sizes, dtype)
         first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
         self.device = device
         self.model = build_model(config, self.hf_config, self.family, self.layout, pre_process=first,
-                                 post_process=last).to(device).eval()
+                                 post_process=last, device=device).to(device).eval()
         layers = tuple(layer.layer_number - 1 for layer in self.model.language_model.decoder.layers)
         self.shard = Shard(tp_rank=ps.get_tensor_model_parallel_rank(), tp=sizes.tensor,
                            ep_rank=ps.get_expert_model_parallel_rank(), ep=sizes.expert,
@@ -79,7 +79,8 @@ class Converter:
         from vlft.megatron.reader import SafetensorsReader
 
         reader = SafetensorsReader(model_dir, dtype, self.layout.loaded_name)
-        language = language_model_shard(reader, self.text_config, self.names, self.shard, self.moe, self.tied)
+        language = language_model_shard(reader, self.text_config, self.names, self.shard, self.tied,
+                                        self.mtp_layers)
         state = {LANGUAGE + key: value for key, value in language.items()}
         if self.shard.first_stage:
             state.update({VISION + key: value for key, value in vision_shard(reader, self.names).items()})
@@ -93,7 +94,7 @@ class Converter:
         state = {key: value for key, value in self.model.state_dict().items() if not key.endswith("_extra_state")}
         language = {key[len(LANGUAGE):]: value for key, value in state.items() if key.startswith(LANGUAGE)}
         vision = {key[len(VISION):]: value for key, value in state.items() if key.startswith(VISION)}
-        tensors = {**hf_language_model(language, self.text_config, self.names, self.moe, self.tied),
+        tensors = {**hf_language_model(language, self.text_config, self.names, self.tied, self.mtp_layers),
                    **hf_vision(vision, self.names)}
         # safetensors refuses a tensor that shares its memory or covers only part of it (gate and up are views of
         # one linear_fc1): those are copied; whole tensors are written from the model's own memory.

@@ -60,14 +60,20 @@ def vision_tower_class(layout: McoreLayout) -> type:
     return getattr(importlib.import_module(module) if module else transformers, name)
 
 
-def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_process: bool, post_process: bool):
+def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_process: bool, post_process: bool,
+                device: torch.device):
     """This rank's part of the model (weights allocated, not initialised)."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.huggingface.module import HuggingFaceModule
     from megatron.core.transformer.module import MegatronModule
 
+    from vlft.megatron import hybrid
+
     text_config = hf_config.text_config
     rope = rope_parameters(text_config)
+    rotary_percent = float(rope.get("partial_rotary_factor", 1.0))
+    kinds = family.decoder_kinds(text_config)
+    own_layers = layout.zero_centered_norms or layout.linear_attention is not None  # Qwen3.5's (hybrid.py)
 
     class VisionTower(HuggingFaceModule):
         """The HF vision tower as `.visual` (so its keys are ms-swift's `visual.visual.*`)."""
@@ -80,15 +86,21 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
         def __init__(self):
             super().__init__(config=config)
             self.pre_process, self.post_process = pre_process, post_process
+            if own_layers:
+                spec = hybrid.block_spec(config, kinds, device)
+                mtp = hybrid.mtp_block_spec(config, kinds[-1].moe, device) if config.mtp_num_layers else None
+            else:
+                spec, mtp = layer_spec(config, [kind.moe for kind in kinds]), None
             self.language_model = GPTModel(
-                config, layer_spec(config, [kind.moe for kind in family.decoder_kinds(text_config)]),
-                vocab_size=text_config.vocab_size, max_sequence_length=text_config.max_position_embeddings,
-                pre_process=pre_process, post_process=post_process, parallel_output=False,
+                config, spec, vocab_size=text_config.vocab_size,
+                max_sequence_length=text_config.max_position_embeddings, pre_process=pre_process,
+                post_process=post_process, parallel_output=False,
                 share_embeddings_and_output_weights=bool(getattr(hf_config, "tie_word_embeddings", False)),
-                position_embedding_type="mrope", rotary_base=rope["rope_theta"])
+                position_embedding_type="mrope", rotary_percent=rotary_percent, rotary_base=rope["rope_theta"],
+                mtp_block_spec=mtp)
             if rope.get("mrope_interleaved"):
                 self.language_model.rotary_pos_emb = interleaved_mrope_class()(
-                    kv_channels=config.kv_channels, rotary_percent=1.0,
+                    kv_channels=config.kv_channels, rotary_percent=rotary_percent,
                     rotary_interleaved=config.rotary_interleaved, rotary_base=rope["rope_theta"])
             if pre_process:
                 self.visual = VisionTower()
@@ -99,4 +111,7 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
         def forward(self, *args, **kwargs):
             return self.language_model(*args, **kwargs)
 
+    if layout.linear_attention is not None and not hybrid.fla_runs(device):
+        with hybrid.gated_delta_net_without_fla():
+            return VisionLanguageModel()
     return VisionLanguageModel()

@@ -60,4 +60,17 @@ def split_problems(sizes: ParallelSizes, text_config, family: Family, tied: bool
     if moe:
         ffn = text_config.moe_intermediate_size
         checks.append((ffn % etp, f"--expert_tensor_parallel_size {etp} does not divide the expert MLP size {ffn}"))
+    layout = family.mcore
+    if layout is not None and layout.linear_attention is not None:
+        for name in ("linear_num_key_heads", "linear_num_value_heads"):
+            count = getattr(text_config, name)
+            checks.append((count % tp, f"--tensor_model_parallel_size {tp} does not divide the {count} linear-"
+                                       f"attention heads ({name})"))
+    if moe and layout is not None and layout.shared_expert is not None:
+        ffn = text_config.shared_expert_intermediate_size
+        checks.append((ffn % tp, f"--tensor_model_parallel_size {tp} does not divide the shared expert's MLP size "
+                                 f"{ffn}"))
+    if layout is not None and layout.mtp is not None and getattr(text_config, "mtp_num_hidden_layers", 0):
+        checks.append((pp > 1, "multi-token-prediction layers (mtp_num_hidden_layers) with "
+                               "--pipeline_model_parallel_size above 1 are not supported yet"))
     return [message for failed, message in checks if failed]

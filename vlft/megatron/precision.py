@@ -72,12 +72,25 @@ def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token
             k = layer.layer_number - 1
             if k < len(deepstack):
                 hooks.append(layer.register_forward_hook(add(deepstack[k])))
+    if not language.mtp_process:
+        try:
+            return language(input_ids=ids, position_ids=position_ids, attention_mask=None,
+                            decoder_input=embeds.contiguous())
+        finally:
+            for hook in hooks:
+                hook.remove()
+    # With a multi-token-prediction block GPTModel computes losses and needs labels (any will do): the main
+    # logits are the output layer's last output (the MTP layers' come first); its loss then edits them in place.
+    seen = []
+    hooks.append(language.output_layer.register_forward_hook(lambda module, args, output: seen.append(
+        output[0].clone())))
     try:
-        return language(input_ids=ids, position_ids=position_ids, attention_mask=None,
-                        decoder_input=embeds.contiguous())
+        language(input_ids=ids, position_ids=position_ids, attention_mask=None, decoder_input=embeds.contiguous(),
+                 labels=torch.zeros_like(ids))
     finally:
         for hook in hooks:
             hook.remove()
+    return seen[-1].transpose(0, 1)  # [L, B, V] -> [B, L, V]
 
 
 def hf_logits_and_positions(model_dir: Path, dtype: torch.dtype, batch: dict, device: torch.device):
@@ -123,7 +136,8 @@ def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
     name = str(dtype).removeprefix("torch.")
     if dist.get_rank() == 0:
         print(f"test_convert_precision: {batch['input_ids'].shape[1]} tokens (text, 1 image, 1 video), {name}: "
-              f"max |logits HF - Megatron-Core| = {diff.max().item():.3e}, mean {diff.mean().item():.3e}",
+              f"max |logits HF - Megatron-Core| = {diff.max().item():.3e}, mean {diff.mean().item():.3e} "
+              f"(largest |logit| {hf_logits.abs().max().item():.3g})",
               flush=True)
         if reference is not None:
             print(f"test_convert_precision: against HF in float32, max |difference|: HF {name} "

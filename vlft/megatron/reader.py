@@ -73,3 +73,13 @@ class SafetensorsReader:
             return self._cast(matrix.T).contiguous()
         raise VlftError(f"{self.model_dir}: {key}: expected experts of shape {list(shape)} (or transposed), got "
                         f"{list(matrix.shape)}")
+
+    def expert_matrices(self, prefix: str, names, expert: int, ffn: int, hidden: int):
+        """Expert `expert`'s gate [ffn, hidden], up and down [hidden, ffn] under `prefix` (the experts module):
+        from per-expert tensors (`{prefix}.{expert}.gate_proj.weight`, names.expert_matrices) when the files have
+        them, else from the fused 3-D ones (names.experts_gate_up / experts_down)."""
+        single = [f"{prefix}.{expert}.{name}.weight" for name in names.expert_matrices]
+        if single[0] in self.stored:
+            return tuple(self.get(key) for key in single)
+        gate, up = self.expert(f"{prefix}.{names.experts_gate_up}", expert, (2 * ffn, hidden)).chunk(2)
+        return gate, up, self.expert(f"{prefix}.{names.experts_down}", expert, (hidden, ffn))

@@ -17,7 +17,7 @@ from vlft.errors import VlftError
 from vlft.model.tokenizer import build_qwen_tokenizer
 
 TINY_PREFIX = "vlft/tiny-"
-TINY_VERSION = 4  # bump when the tiny models change, so caches rebuild
+TINY_VERSION = 5  # bump when the tiny models change, so caches rebuild
 
 
 def tiny_names() -> dict[str, str]:
