@@ -3,7 +3,8 @@
 megatron-core 0.16.1 hard-codes CUDA in code paths that conversion needs, even with
 `use_cpu_initialization=True`: buffers made with `device=torch.cuda.current_device()` (the rotary
 embeddings' `inv_freq`, tensor-parallel gather buffers, the MoE router), `torch.cuda.synchronize()` in
-dist_checkpointing's writer, a default causal mask built with `device="cuda"`, and a router that names
+dist_checkpointing's writer, a default causal mask built with `device="cuda"`, `Tensor.cuda()` on the pipeline's
+embedding copies, and a router that names
 TransformerEngine's `te_general_gemm` without defining it when TE is absent (NameError). None of these
 has a public switch, so `cpu_shims()` patches exactly these attributes for the duration of a conversion,
 in the converter's own process only, and only when it runs on the CPU; it restores them on exit. vlft never
@@ -53,4 +54,7 @@ def cpu_shims(device: torch.device) -> Iterator[None]:
         stack.enter_context(_patched(fused_softmax, "get_default_causal_mask", _cpu_causal_mask))
         if not hasattr(moe_utils, "te_general_gemm"):  # the router then multiplies with torch.mm
             stack.enter_context(_patched(moe_utils, "te_general_gemm", None))
+        # With PP > 1, a last stage that holds an embedding copy (tied embeddings, or a multi-token-prediction
+        # head) moves it with `weight.data.cuda()` before all-reducing it over the embedding group.
+        stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
         yield

@@ -88,7 +88,9 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
             self.pre_process, self.post_process = pre_process, post_process
             if own_layers:
                 spec = hybrid.block_spec(config, kinds, device)
-                mtp = hybrid.mtp_block_spec(config, kinds[-1].moe, device) if config.mtp_num_layers else None
+                # the multi-token-prediction head lives on the last pipeline stage
+                mtp = (hybrid.mtp_block_spec(config, kinds[-1].moe, device)
+                       if config.mtp_num_layers and post_process else None)
             else:
                 spec, mtp = layer_spec(config, [kind.moe for kind in kinds]), None
             self.language_model = GPTModel(

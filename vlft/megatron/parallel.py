@@ -70,7 +70,4 @@ def split_problems(sizes: ParallelSizes, text_config, family: Family, tied: bool
         ffn = text_config.shared_expert_intermediate_size
         checks.append((ffn % tp, f"--tensor_model_parallel_size {tp} does not divide the shared expert's MLP size "
                                  f"{ffn}"))
-    if layout is not None and layout.mtp is not None and getattr(text_config, "mtp_num_hidden_layers", 0):
-        checks.append((pp > 1, "multi-token-prediction layers (mtp_num_hidden_layers) with "
-                               "--pipeline_model_parallel_size above 1 are not supported yet"))
     return [message for failed, message in checks if failed]
