@@ -129,11 +129,12 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
     from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
     from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
-    from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.mlp import MLP, MLPSubmodules
     from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+    from vlft.megatron.packed_attention import packed_core_attention_class
 
     if linear:
         gdn = GatedDeltaNet if fla_runs(device) else torch_gated_delta_net_class()
@@ -142,7 +143,7 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
     else:
         attention = ModuleSpec(module=SelfAttention, params={"attn_mask_type": AttnMaskType.causal},
                                submodules=SelfAttentionSubmodules(
-                                   linear_qkv=ColumnParallelLinear, core_attention=DotProductAttention,
+                                   linear_qkv=ColumnParallelLinear, core_attention=packed_core_attention_class(),
                                    linear_proj=RowParallelLinear, q_layernorm=ZeroCenteredRMSNorm,
                                    k_layernorm=ZeroCenteredRMSNorm))
     if moe:

@@ -39,11 +39,14 @@ def interleaved_mrope_class():
 def layer_spec(config, moe_kinds: list[bool]):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    from vlft.megatron.packed_attention import packed_core_attention_class
+
     if len(set(moe_kinds)) > 1:
         raise VlftError("models that mix dense and MoE decoder layers cannot be converted to Megatron-Core yet")
     moe = moe_kinds[0]
     spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts if moe else None, moe_grouped_gemm=False,
                                     qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = packed_core_attention_class()  # packed rows
     if moe:
         spec.submodules.sharded_state_dict_keys_map = dict(_MOE_KEYS_MAP)
     return spec
