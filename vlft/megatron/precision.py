@@ -93,9 +93,15 @@ def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token
     return seen[-1].transpose(0, 1)  # [L, B, V] -> [B, L, V]
 
 
-def hf_logits_and_positions(model_dir: Path, dtype: torch.dtype, batch: dict, device: torch.device):
+def _first_tensor(value) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def hf_logits_and_positions(model_dir: Path, dtype: torch.dtype, batch: dict, device: torch.device,
+                            layer_io: dict | None = None):
     """The HF model's logits for the batch and the mRoPE positions it gave its language model ([3, B, L]; each
-    family computes them its own way). The model is freed before returning."""
+    family computes them its own way). With `layer_io`, each decoder layer's input and output hidden states
+    ([B, L, H]) are kept in it as {index: (input, output)}. The model is freed before returning."""
     from vlft.model.loading import load_pretrained
 
     hf = load_pretrained(model_dir, dtype).to(device).eval()
@@ -104,14 +110,45 @@ def hf_logits_and_positions(model_dir: Path, dtype: torch.dtype, batch: dict, de
     def keep_positions(module, args, kwargs):
         seen["positions"] = kwargs["position_ids"]
 
-    hook = hf.model.language_model.register_forward_pre_hook(keep_positions, with_kwargs=True)
+    hooks = [hf.model.language_model.register_forward_pre_hook(keep_positions, with_kwargs=True)]
+    if layer_io is not None:
+        for i, layer in enumerate(hf.model.language_model.layers):
+            hooks.append(layer.register_forward_hook(
+                lambda module, args, kwargs, output, i=i: layer_io.__setitem__(
+                    i, ((args[0] if args else kwargs["hidden_states"]).detach(), _first_tensor(output).detach())),
+                with_kwargs=True))
     try:
         logits = hf(**batch).logits.float()
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     config = hf.config
     del hf
     return logits, seen["positions"][-3:], config  # Qwen3-VL passes text positions first
+
+
+def per_layer_difference(converter, layer_io: dict, run) -> tuple[torch.Tensor, float, int]:
+    """Each Megatron-Core decoder layer run on its HF twin's input (with the arguments the model gave it in
+    `run()`, whose result comes back first), against the HF layer's output: the largest difference and its layer.
+    This is the conversion's error without what later layers make of an earlier rounding difference."""
+    layers = converter.model.language_model.decoder.layers
+    arguments = {}
+    hooks = [layer.register_forward_pre_hook(
+        lambda module, args, kwargs, i=i: arguments.__setitem__(i, kwargs), with_kwargs=True)
+        for i, layer in enumerate(layers)]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    worst, where = -1.0, 0
+    for i, layer in enumerate(layers):
+        hf_input, hf_output = layer_io[layer.layer_number - 1]
+        output = _first_tensor(layer(**{**arguments[i], "hidden_states": hf_input.transpose(0, 1).contiguous()}))
+        difference = (output.transpose(0, 1).float() - hf_output.float()).abs().max().item()
+        if difference > worst:
+            worst, where = difference, layer.layer_number - 1
+    return result, worst, where
 
 
 def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
@@ -130,8 +167,11 @@ def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
     reference = None
     if dtype != torch.float32:
         reference, _, _ = hf_logits_and_positions(model_dir, torch.float32, batch, device)
-    hf_logits, positions, config = hf_logits_and_positions(model_dir, dtype, batch, device)
-    logits = mcore_logits(converter, batch, positions, config.image_token_id, config.video_token_id).float()
+    layer_io = {}
+    hf_logits, positions, config = hf_logits_and_positions(model_dir, dtype, batch, device, layer_io)
+    logits, layer_worst, layer_at = per_layer_difference(converter, layer_io, lambda: mcore_logits(
+        converter, batch, positions, config.image_token_id, config.video_token_id))
+    logits = logits.float()
     diff = (hf_logits - logits).abs()
     name = str(dtype).removeprefix("torch.")
     if dist.get_rank() == 0:
@@ -139,6 +179,8 @@ def report_precision(converter, model_dir: Path, dtype: torch.dtype) -> float:
               f"max |logits HF - Megatron-Core| = {diff.max().item():.3e}, mean {diff.mean().item():.3e} "
               f"(largest |logit| {hf_logits.abs().max().item():.3g})",
               flush=True)
+        print(f"test_convert_precision: each decoder layer on its HF twin's input, max |output difference| = "
+              f"{layer_worst:.3e} (layer {layer_at})", flush=True)
         if reference is not None:
             print(f"test_convert_precision: against HF in float32, max |difference|: HF {name} "
                   f"{(hf_logits - reference).abs().max().item():.3e}, Megatron-Core {name} "
