@@ -34,17 +34,18 @@ class LayerNames:
 
 @dataclass(frozen=True)
 class LinearAttentionNames:
-    """A Gated DeltaNet layer's HF tensor names (relative to the decoder layer), Qwen3.5's."""
+    """A Gated DeltaNet mixer's HF tensor names (relative to the mixer, the ModuleMap's `linear_attention`),
+    Qwen3.5's."""
 
-    qkv: str = "linear_attn.in_proj_qkv.weight"  # rows [q; k; v]
-    z: str = "linear_attn.in_proj_z.weight"  # the output gate
-    b: str = "linear_attn.in_proj_b.weight"  # beta
-    a: str = "linear_attn.in_proj_a.weight"  # alpha (the decay's input)
-    conv: str = "linear_attn.conv1d.weight"  # [q; k; v channels, 1, kernel]
-    a_log: str = "linear_attn.A_log"
-    dt_bias: str = "linear_attn.dt_bias"
-    norm: str = "linear_attn.norm.weight"  # the gated output norm (plain weight, not zero-centred)
-    out: str = "linear_attn.out_proj.weight"
+    qkv: str = "in_proj_qkv.weight"  # rows [q; k; v]
+    z: str = "in_proj_z.weight"  # the output gate
+    b: str = "in_proj_b.weight"  # beta
+    a: str = "in_proj_a.weight"  # alpha (the decay's input)
+    conv: str = "conv1d.weight"  # [q; k; v channels, 1, kernel]
+    a_log: str = "A_log"
+    dt_bias: str = "dt_bias"
+    norm: str = "norm.weight"  # the gated output norm (plain weight, not zero-centred)
+    out: str = "out_proj.weight"
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ def transformer_config(text_config, family: Family, layout: McoreLayout, sizes: 
             linear_value_head_dim=text_config.linear_value_head_dim,
             linear_num_key_heads=text_config.linear_num_key_heads,
             linear_num_value_heads=text_config.linear_num_value_heads)
-    if mtp_layers(text_config, layout):
-        settings.update(mtp_num_layers=mtp_layers(text_config, layout))
+    mtp = mtp_layers(text_config, layout)
+    if mtp:
+        settings.update(mtp_num_layers=mtp)
     if layout.shared_expert is not None and moe:
         settings.update(moe_shared_expert_intermediate_size=text_config.shared_expert_intermediate_size,
                         moe_shared_expert_gate=True)

@@ -22,6 +22,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _rms_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) over the last dim, in float32."""
+    x32 = x.float()
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class ZeroCenteredRMSNorm(torch.nn.Module):
     """y = x / rms(x) * (1 + w), in float32 and cast back (HF's Qwen3_5RMSNorm); built from a spec."""
 
@@ -31,9 +37,7 @@ class ZeroCenteredRMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(hidden_size, dtype=getattr(config, "params_dtype", None)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (1.0 + self.weight.float())).type_as(x)
+        return (_rms_normalized(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
 
 
 class PlainRMSNorm(torch.nn.Module):
@@ -45,9 +49,7 @@ class PlainRMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=getattr(config, "params_dtype", None)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return self.weight * _rms_normalized(x, self.eps).to(x.dtype)
 
 
 def fla_runs(device: torch.device) -> bool:

@@ -122,7 +122,8 @@ def _layer_shard(reader, text_config, names: Names, shard: Shard, prefix: str, a
     out = {"input_layernorm.weight": reader.get(prefix + L.input_norm + ".weight"),
            "pre_mlp_layernorm.weight": reader.get(prefix + L.post_attention_norm + ".weight")}
     if attention == "linear":
-        out.update(_linear_attention_shard(reader, text_config, layout.linear_attention, prefix, r, tp))
+        mixer = f"{prefix}{names.family.modules.linear_attention}."
+        out.update(_linear_attention_shard(reader, text_config, layout.linear_attention, mixer, r, tp))
     else:
         out.update(_attention_shard(reader, text_config, names, prefix, r, tp))
     if not moe:
@@ -154,13 +155,15 @@ def _attention_shard(reader, text_config, names: Names, prefix: str, r: int, tp:
     L, (heads, groups, head_dim, _) = names.layout.layer, _dims(text_config)
     per_group = heads // groups
 
-    def qkv(suffix: str) -> torch.Tensor:
-        q, k, v = (reader.get(prefix + name + suffix) for name in (L.q, L.k, L.v))
+    local = groups // tp
+
+    def qkv(suffix: str) -> torch.Tensor:  # q_proj's heads (and their gates) come group by group: read rank r's
+        q, k, v = (reader.part(prefix + name + suffix, 0, r, tp) for name in (L.q, L.k, L.v))
         rest = q.shape[1:]
-        queries = (_gated_query_rows(q, groups, per_group, head_dim) if names.layout.gated_attention
-                   else q.reshape(groups, per_group * head_dim, *rest))
-        fused = torch.cat([queries, k.reshape(groups, head_dim, *rest), v.reshape(groups, head_dim, *rest)], 1)
-        return _part(fused, 0, r, tp).reshape(-1, *rest)
+        queries = (_gated_query_rows(q, local, per_group, head_dim) if names.layout.gated_attention
+                   else q.reshape(local, per_group * head_dim, *rest))
+        fused = torch.cat([queries, k.reshape(local, head_dim, *rest), v.reshape(local, head_dim, *rest)], 1)
+        return fused.reshape(-1, *rest)
 
     out = {"self_attention.linear_qkv.weight": qkv(".weight"),
            "self_attention.linear_proj.weight": reader.part(prefix + L.o + ".weight", 1, r, tp)}
@@ -179,7 +182,7 @@ def _linear_sizes(text_config) -> tuple[int, int, int]:
 
 
 def _linear_attention_shard(reader, text_config, G, prefix: str, r: int, tp: int) -> dict[str, torch.Tensor]:
-    """Megatron-Core's in_proj holds, on rank r, [q_r; k_r; v_r; z_r; beta_r; alpha_r] (each the r-th part of HF's,
+    """`prefix`: the mixer's, ending in a dot. Megatron-Core's in_proj holds, on rank r, [q_r; k_r; v_r; z_r; beta_r; alpha_r] (each the r-th part of HF's,
     whole heads) and its conv1d [q_r; k_r; v_r] channels."""
     q, k, v = reader.get(prefix + G.qkv).split(_linear_sizes(text_config), 0)
     conv_q, conv_k, conv_v = reader.get(prefix + G.conv).split(_linear_sizes(text_config), 0)
@@ -223,10 +226,11 @@ def _hf_layer(state, m: str, text_config, names: Names, attention: str, moe: boo
         G, sizes = layout.linear_attention, _linear_sizes(text_config)
         heads = text_config.linear_num_value_heads
         q, k, v, z, b, a = state[m + "self_attention.in_proj.weight"].split([*sizes, sizes[2], heads, heads], 0)
-        out.update({G.qkv: torch.cat([q, k, v]), G.z: z.contiguous(), G.b: b.contiguous(), G.a: a.contiguous(),
-                    G.conv: state[m + "self_attention.conv1d.weight"], G.a_log: state[m + "self_attention.A_log"],
-                    G.dt_bias: state[m + "self_attention.dt_bias"], G.norm: state[m + "self_attention.out_norm.weight"],
-                    G.out: state[m + "self_attention.out_proj.weight"]})
+        mixer = {G.qkv: torch.cat([q, k, v]), G.z: z.contiguous(), G.b: b.contiguous(), G.a: a.contiguous(),
+                 G.conv: state[m + "self_attention.conv1d.weight"], G.a_log: state[m + "self_attention.A_log"],
+                 G.dt_bias: state[m + "self_attention.dt_bias"], G.norm: state[m + "self_attention.out_norm.weight"],
+                 G.out: state[m + "self_attention.out_proj.weight"]}
+        out.update({f"{names.family.modules.linear_attention}.{key}": value for key, value in mixer.items()})
     else:
         out.update(_hf_attention(state, m, text_config, names))
     if not moe:
