@@ -15,6 +15,7 @@ COMMANDS = {
     "deploy": ("vlft.cli.deploy", "serve the model with an OpenAI-compatible API (`swift deploy`)"),
     "export": ("vlft.cli.export", "merge LoRA adapters into a full model, push to a hub (`swift export`)"),
     "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
+    "megatron": ("vlft.cli.megatron", "train on Megatron-Core: megatron sft (Megatron-SWIFT's `megatron sft`)"),
     "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
 }
 

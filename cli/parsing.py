@@ -163,16 +163,19 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     return parser
 
 
-def refusal(name: str) -> tuple[frozenset[str], str] | None:
-    """REFUSED's entry for an ms-swift flag (by name or by prefix), or None."""
-    if name in REFUSED:
-        return REFUSED[name]
-    return next((entry for key, entry in REFUSED.items() if key.endswith("_") and name.startswith(key)), None)
+Refusals = Mapping[str, tuple[frozenset[str], str]]
 
 
-def leftover_problems(flags: list[str], leftovers: list[str]) -> list[str]:
+def refusal(name: str, refused: Refusals = REFUSED) -> tuple[frozenset[str], str] | None:
+    """The refused entry for an ms-swift flag (by name or by prefix), or None."""
+    if name in refused:
+        return refused[name]
+    return next((entry for key, entry in refused.items() if key.endswith("_") and name.startswith(key)), None)
+
+
+def leftover_problems(flags: list[str], leftovers: list[str], refused: Refusals = REFUSED) -> list[str]:
     """A sentence for each flag in argparse's leftovers that the command (taking `flags`) does not take; a
-    REFUSED flag whose values all ask for what vlft does anyway (`--use_liger_kernel false`) passes."""
+    refused flag whose values all ask for what vlft does anyway (`--use_liger_kernel false`) passes."""
     given: list[tuple[str, list[str]]] = []  # (flag, its values)
     loose: list[str] = []
     for token in leftovers:
@@ -185,7 +188,7 @@ def leftover_problems(flags: list[str], leftovers: list[str]) -> list[str]:
             loose.append(token)
     problems = [f"unexpected value(s) {' '.join(loose)}"] if loose else []
     for name, values in given:
-        entry = refusal(name)
+        entry = refusal(name, refused)
         if entry is None:
             # Compared without the dashes every flag shares (with them, --ddp_backend is "near" --packing).
             near = difflib.get_close_matches(name.replace("-", "_"), flags, n=1)
@@ -219,7 +222,8 @@ def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str]
     environ = os.environ if environ is None else environ
     known, leftovers = build_parser(cls, prog).parse_known_args(argv)
     fields = dataclasses.fields(cls)
-    problems = leftover_problems([f.name for f in fields], leftovers)
+    # REFUSED, with the command's own refusals (a dataclass's `refused`, e.g. Megatron-SWIFT's flags)
+    problems = leftover_problems([f.name for f in fields], leftovers, {**REFUSED, **getattr(cls, "refused", {})})
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
 

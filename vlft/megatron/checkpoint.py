@@ -130,3 +130,13 @@ def load(model, checkpoint: McoreCheckpoint) -> None:
     if missing or unexpected:
         raise VlftError(f"{checkpoint.path}: does not match the model its args.json describes: missing "
                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def write_model_files(found: McoreCheckpoint, target: Path) -> Path:
+    """An HF model dir without weights (config.json and the processor files) for a checkpoint: what the data
+    pipeline reads the tokenizer, processor and chat template from."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(found.args["hf_config"], indent=2) + "\n", encoding="utf-8")
+    copy_processor_files(found.root, target)
+    return target

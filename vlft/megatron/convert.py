@@ -4,6 +4,7 @@ model (dist_checkpointing reshards) and writes the HF files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from contextlib import contextmanager
@@ -24,8 +25,9 @@ LANGUAGE, VISION = "language_model.", "visual.visual."
 
 
 @contextmanager
-def model_parallel(sizes: ParallelSizes, device: torch.device) -> Iterator[None]:
-    """torch.distributed (NCCL when the model is on a GPU, else gloo) and Megatron-Core's parallel groups."""
+def model_parallel(sizes: ParallelSizes, device: torch.device, data_parallel: bool = False) -> Iterator[None]:
+    """torch.distributed (NCCL when the model is on a GPU, else gloo) and Megatron-Core's parallel groups; with
+    `data_parallel`, the processes beyond the model-parallel ranks are data-parallel replicas (training)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import random
@@ -35,8 +37,13 @@ def model_parallel(sizes: ParallelSizes, device: torch.device) -> Iterator[None]
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        if dist.get_world_size() != sizes.world_size:
-            raise VlftError(f"{dist.get_world_size()} processes for {sizes.world_size} model-parallel ranks")
+        world = dist.get_world_size()
+        if not data_parallel and world != sizes.world_size:
+            raise VlftError(f"{world} processes for {sizes.world_size} model-parallel ranks")
+        dense, expert = sizes.tensor * sizes.pipeline, sizes.expert_tensor * sizes.expert * sizes.pipeline
+        if data_parallel and (world % dense or world % expert):
+            raise VlftError(f"{world} processes (NPROC_PER_NODE x NNODES) are not a multiple of tensor x pipeline "
+                            f"parallel ranks ({dense}) and of expert-tensor x expert x pipeline ranks ({expert})")
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=sizes.tensor, pipeline_model_parallel_size=sizes.pipeline,
             expert_model_parallel_size=sizes.expert, expert_tensor_parallel_size=sizes.expert_tensor,
@@ -53,7 +60,8 @@ def model_parallel(sizes: ParallelSizes, device: torch.device) -> Iterator[None]
 class Converter:
     """The model a plan converts, built for this rank."""
 
-    def __init__(self, plan: ConversionPlan, sizes: ParallelSizes, dtype: torch.dtype, device: torch.device):
+    def __init__(self, plan: ConversionPlan, sizes: ParallelSizes, dtype: torch.dtype, device: torch.device,
+                 overrides: dict | None = None):
         from megatron.core import parallel_state as ps
 
         from vlft.megatron.config import mtp_layers, transformer_config
@@ -65,6 +73,9 @@ class Converter:
         self.mtp_layers = mtp_layers(self.text_config, self.layout)
         self.names = Names(self.family, self.layout)
         config = transformer_config(self.text_config, self.family, self.layout, sizes, dtype)
+        if overrides:  # training settings (vlft/megatron/sft.py)
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
         first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
         self.device = device
         self.model = build_model(config, self.hf_config, self.family, self.layout, pre_process=first,

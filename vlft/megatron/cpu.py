@@ -58,3 +58,40 @@ def cpu_shims(device: torch.device) -> Iterator[None]:
         # head) moves it with `weight.data.cuda()` before all-reducing it over the embedding group.
         stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
         yield
+
+
+def _names_cuda(device) -> bool:
+    try:
+        return device is not None and torch.device(device).type == "cuda"
+    except (RuntimeError, TypeError):
+        return False
+
+
+class CudaNamesOnCpu(torch.overrides.TorchFunctionMode):
+    """Megatron-Core's training path (the schedules' token counts, gradient clipping, the optimizers' scale and
+    overflow buffers) makes small tensors with the literal `device="cuda"`, and its optimizers check
+    `param.type() == "torch.cuda.FloatTensor"`. Inside this mode (torch's public hook for tensor functions) such a
+    tensor is made on the CPU, and `Tensor.type()` names the CUDA type of a CPU tensor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _names_cuda(kwargs.get("device")):
+            kwargs = {**kwargs, "device": "cpu"}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _names_cuda(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name if ".cuda." in name else name.replace("torch.", "torch.cuda.", 1)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def cpu_training(device: torch.device) -> Iterator[None]:
+    """cpu_shims, and for training CudaNamesOnCpu, on a CPU device (nothing on a GPU)."""
+    if device.type != "cpu":
+        yield
+        return
+    with cpu_shims(device), CudaNamesOnCpu():
+        yield

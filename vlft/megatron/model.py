@@ -109,6 +109,12 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
                     rotary_interleaved=config.rotary_interleaved, rotary_base=rope["rope_theta"])
             if pre_process:
                 self.visual = VisionTower()
+            # What Megatron-Core's schedules and gradient finalisation read off the model they train.
+            self.model_type = self.language_model.model_type
+            self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
+
+        def shared_embedding_or_output_weight(self):
+            return self.language_model.shared_embedding_or_output_weight()
 
         def set_input_tensor(self, input_tensor):
             self.language_model.set_input_tensor(input_tensor)
@@ -120,3 +126,25 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
         with hybrid.gated_delta_net_without_fla():
             return VisionLanguageModel()
     return VisionLanguageModel()
+
+
+def mark_tensor_parallel_attributes(model) -> None:
+    """Mark each tensor-parallel weight (`tensor_model_parallel`, `partition_dim`, `partition_stride`) as
+    Megatron-Core's initialisers do, which the conversion's models skip (`perform_initialization=False`): the
+    gradient norm counts an unmarked weight on tensor-parallel rank 0 only, so training needs them."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.layers import (ColumnParallelLinear, RowParallelLinear,
+                                                       VocabParallelEmbedding, set_tensor_model_parallel_attributes)
+
+    for module in model.modules():
+        if isinstance(module, (ColumnParallelLinear, VocabParallelEmbedding)):
+            dim = 0
+        elif isinstance(module, RowParallelLinear):
+            dim = 1
+        else:
+            continue
+        group = getattr(module, "tp_group", None)
+        size = group.size() if group is not None else parallel_state.get_tensor_model_parallel_world_size()
+        weight = getattr(module, "weight", None)
+        if weight is not None and not hasattr(weight, "tensor_model_parallel"):
+            set_tensor_model_parallel_attributes(weight, size > 1, dim, 1)

@@ -29,66 +29,25 @@ def probe_batch(processor) -> dict:
                           videos_kwargs={"do_sample_frames": False, "video_metadata": metadata}))
 
 
-def _vision(tower, pixels: torch.Tensor, grid: torch.Tensor):
-    out = tower(pixels.to(next(tower.parameters()).dtype), grid_thw=grid, return_dict=True)
-    return out.pooler_output, list(getattr(out, "deepstack_features", None) or [])
-
-
 def mcore_logits(converter, batch: dict, position_ids: torch.Tensor, image_token: int, video_token: int):
     """The Megatron-Core model's full-vocabulary logits [B, L, V] for the batch."""
+    from vlft.megatron.vision import vision_embedded
+
     model, ids = converter.model, batch["input_ids"]
     language = model.language_model
-    embeds = language.embedding(input_ids=ids, position_ids=None)  # [L, B, H]
-    tower = model.visual.visual
-    visual_mask = torch.zeros_like(ids, dtype=torch.bool)
-    deepstack = None
-    for pixels, grid, token in ((batch.get("pixel_values"), batch.get("image_grid_thw"), image_token),
-                                (batch.get("pixel_values_videos"), batch.get("video_grid_thw"), video_token)):
-        if pixels is None:
-            continue
-        merged, features = _vision(tower, pixels, grid)
-        mask = ids == token
-        embeds = embeds.transpose(0, 1).masked_scatter(mask[..., None], merged.to(embeds.dtype)).transpose(0, 1)
-        # Deepstack features in the order of the visual positions (images and videos interleaved as placed).
-        placed = [f.new_zeros(int((visual_mask | mask).sum()), f.shape[-1]) for f in features]
-        joint_mask = visual_mask | mask
-        for k, feature in enumerate(features):
-            if deepstack is not None:
-                placed[k][visual_mask[joint_mask]] = deepstack[k]
-            placed[k][mask[joint_mask]] = feature
-        deepstack, visual_mask = placed, joint_mask
-
-    hooks = []
-    if deepstack:
-        def add(feature):
-            def hook(module, args, output):
-                hidden, *rest = output if isinstance(output, tuple) else (output,)
-                hidden = hidden.clone()
-                hidden.transpose(0, 1)[visual_mask] += feature.to(hidden.dtype)
-                return (hidden, *rest) if isinstance(output, tuple) else hidden
-            return hook
-
-        for layer in language.decoder.layers:
-            k = layer.layer_number - 1
-            if k < len(deepstack):
-                hooks.append(layer.register_forward_hook(add(deepstack[k])))
-    if not language.mtp_process:
+    with vision_embedded(model, batch, image_token, video_token) as embeds:
+        if not language.mtp_process:
+            return language(input_ids=ids, position_ids=position_ids, attention_mask=None, decoder_input=embeds)
+        # With a multi-token-prediction block GPTModel computes losses and needs labels (any will do): the main
+        # logits are the output layer's last output (the MTP layers' come first); its loss then edits them in
+        # place.
+        seen = []
+        hook = language.output_layer.register_forward_hook(lambda module, args, output: seen.append(
+            output[0].clone()))
         try:
-            return language(input_ids=ids, position_ids=position_ids, attention_mask=None,
-                            decoder_input=embeds.contiguous())
+            language(input_ids=ids, position_ids=position_ids, attention_mask=None, decoder_input=embeds,
+                     labels=torch.zeros_like(ids))
         finally:
-            for hook in hooks:
-                hook.remove()
-    # With a multi-token-prediction block GPTModel computes losses and needs labels (any will do): the main
-    # logits are the output layer's last output (the MTP layers' come first); its loss then edits them in place.
-    seen = []
-    hooks.append(language.output_layer.register_forward_hook(lambda module, args, output: seen.append(
-        output[0].clone())))
-    try:
-        language(input_ids=ids, position_ids=position_ids, attention_mask=None, decoder_input=embeds.contiguous(),
-                 labels=torch.zeros_like(ids))
-    finally:
-        for hook in hooks:
             hook.remove()
     return seen[-1].transpose(0, 1)  # [L, B, V] -> [B, L, V]
 

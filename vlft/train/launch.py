@@ -64,8 +64,8 @@ def is_distributed_worker(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("LOCAL_RANK", "").strip())
 
 
-def torchrun_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
-    """The command that re-runs `vlft sft argv` under torch.distributed.run with `plan`."""
+def torchrun_command(plan: LaunchPlan, argv: list[str], command: tuple[str, ...] = ("sft",)) -> list[str]:
+    """The command that re-runs `vlft <command> argv` under torch.distributed.run with `plan`."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc_per_node", str(plan.nproc_per_node),
@@ -73,7 +73,7 @@ def torchrun_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
         "--node_rank", str(plan.node_rank),
         "--master_addr", plan.master_addr,
         "--master_port", str(plan.master_port),
-        "-m", "vlft.cli.main", "sft", *argv,
+        "-m", "vlft.cli.main", *command, *argv,
     ]
 
 

@@ -1,0 +1,118 @@
+"""`vlft megatron sft`: training on Megatron-Core (Megatron-SWIFT's `megatron sft` arguments) with vlft's data
+pipeline. Always runs under torchrun (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT as `vlft sft`);
+every problem that shows before the model loads is reported at once. A failed run's v{N}-{time} dir is removed
+when it holds nothing, else kept with a FAILED file saying why."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vlft.cli.parsing import build_parser, parse_args
+from vlft.errors import ArgumentProblems, VlftError
+from vlft.megatron.arguments import MegatronSftArguments
+
+USAGE = """usage: vlft megatron sft [<args>]
+
+Megatron-Core training with vlft's data pipeline (docs/megatron.md).
+`vlft megatron sft --help` describes its arguments."""
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] != "sft":
+        raise VlftError(f"unknown megatron command {argv[0]!r}: vlft megatron sft")
+    argv = argv[1:]
+    if "-h" in argv or "--help" in argv:
+        build_parser(MegatronSftArguments, "vlft megatron sft").print_help()
+        return 0
+    try:
+        args, problems = parse_args(MegatronSftArguments, argv, "vlft megatron sft"), []
+    except ArgumentProblems as e:  # reported below with the model's and the launch's problems
+        if e.arguments is None:
+            raise
+        args, problems = e.arguments, list(e.problems)
+    from vlft.megatron import require_megatron
+    from vlft.train.launch import is_distributed_worker, worker_error_recorded
+
+    require_megatron()
+    if is_distributed_worker(os.environ):  # a worker of the torchrun below (or of one the user started)
+        from vlft.megatron.sft import run_megatron_sft
+
+        with worker_error_recorded(os.environ):
+            if problems:
+                raise ArgumentProblems(problems)
+            run_megatron_sft(args, Path(args.save))
+        return 0
+    return launch(args, argv, problems)
+
+
+def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> int:
+    """Resolve the model once per node, check everything, make the run dir, and run the workers under torchrun."""
+    import torch
+
+    from vlft.errors import listed_problems
+    from vlft.families import detect_family
+    from vlft.megatron.checkpoint import read_checkpoint, write_model_files
+    from vlft.megatron.sft import check_model, check_world
+    from vlft.model.hub import resolve_model_dir
+    from vlft.paths import cache_root
+    from vlft.train.launch import WORKER_ERRORS, first_worker_error, launch_plan, torchrun_command
+    from vlft.train.run_dir import clear_failed, finish_failed_run, new_run_dir
+
+    plan = launch_plan(os.environ, single=True)
+    problems += check_world(args, plan.nproc_per_node * plan.nnodes)
+    with tempfile.TemporaryDirectory(prefix="vlft-megatron-") as scratch:
+        model_dir = None
+        try:
+            if args.load:
+                found = read_checkpoint(Path(args.load).expanduser())
+                model_dir = write_model_files(found, Path(scratch) / "model")
+            elif args.model:
+                model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
+                                              hub_token=args.hub_token, revision=args.model_revision)
+        except VlftError as e:
+            problems.append(str(e))
+        if model_dir is not None:
+            try:
+                family = detect_family(model_dir, args.model_type)
+                hf_config = json.loads((model_dir / "config.json").read_text())
+                problems += check_model(args, family, hf_config, torch.cuda.is_available())
+            except VlftError as e:
+                problems.append(str(e))
+        if problems:
+            raise VlftError(listed_problems(problems))
+        worker_argv = [*argv, "--model_dir", str(model_dir)]
+        created = args.add_version and plan.nnodes == 1
+        run_dir = new_run_dir(Path(args.save), _now()) if created else Path(args.save)
+        worker_argv += ["--save", str(run_dir), "--add_version", "false"]
+        with tempfile.TemporaryDirectory(prefix="vlft-sft-") as errors:
+            code = subprocess.call(torchrun_command(plan, worker_argv, ("megatron", "sft")),
+                                   env={**os.environ, WORKER_ERRORS: errors})
+            error = first_worker_error(Path(errors))
+    if code == 0:
+        clear_failed(run_dir)
+        print(f"vlft megatron sft: wrote {run_dir}")
+        return 0
+    note = finish_failed_run(run_dir, error.message if error else f"torchrun exited with code {code}", created)
+    if note:
+        logging.getLogger("vlft").warning(note)
+    if error is not None and error.code == 2:
+        raise VlftError(error.message)
+    if error is not None:
+        print(f"vlft megatron sft: rank {error.rank} failed: {error.message} (its traceback is above torchrun's "
+              "report)", file=sys.stderr)
+    return code
+
+
+def _now():
+    from datetime import datetime
+
+    return datetime.now()

@@ -1,0 +1,122 @@
+"""What one Megatron-Core training step reads: the rows (packed or single samples) in a seeded order, each step's
+micro-batches for this data-parallel rank, and each micro-batch as GPTModel's inputs.
+
+The order is `vlft sft`'s: epoch e visits the rows in `torch.randperm(rows, seed + e)` (accelerate's seedable
+sampler, which transformers' Trainer uses). Step s takes the next `global_batch_size` rows of that stream; its
+micro-batch m on data-parallel rank r is rows `s * G + m * (micro * dp) + r * micro` onwards (Megatron's
+pretraining sampler), so a resumed run at step s reads exactly what the uninterrupted run would have."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
+
+import torch
+
+from vlft.data.collator import IGNORE_INDEX
+
+
+class RowOrder:
+    """Row indices in training order, over as many epochs as asked for."""
+
+    def __init__(self, rows: int, seed: int):
+        self.rows, self.seed = rows, seed
+        self._epochs: dict[int, list[int]] = {}
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.rows)
+        if epoch not in self._epochs:
+            self._epochs = {epoch: torch.randperm(self.rows, generator=torch.Generator().manual_seed(
+                self.seed + epoch)).tolist()}
+        return self._epochs[epoch][offset]
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """How rows make a step: micro-batches of `micro` rows on each of `data_parallel` ranks."""
+
+    global_batch: int
+    micro: int
+    data_parallel: int
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step on each rank."""
+        return self.global_batch // (self.micro * self.data_parallel)
+
+    def positions(self, step: int, rank: int) -> Iterator[list[int]]:
+        """Stream positions of each of this rank's micro-batches at `step`."""
+        for m in range(self.micro_batches):
+            start = step * self.global_batch + m * self.micro * self.data_parallel + rank * self.micro
+            yield list(range(start, start + self.micro))
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler of a data loader: this rank's micro-batches (lists of row indices), step after step, from
+    `first_step` to `last_step` (exclusive)."""
+
+    def __init__(self, order: RowOrder, shape: StepShape, rank: int, first_step: int, last_step: int):
+        self.order, self.shape, self.rank = order, shape, rank
+        self.first_step, self.last_step = first_step, last_step
+
+    def __len__(self) -> int:
+        return (self.last_step - self.first_step) * self.shape.micro_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.first_step, self.last_step):
+            for positions in self.shape.positions(step, self.rank):
+                yield [self.order[p] for p in positions]
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts (HF's shift: position t is trained on labels[t + 1]); the last position
+    predicts nothing. A packed row's samples each begin with an ignored label, so no sample predicts the next."""
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted
+
+
+def sample_boundaries(text_positions: torch.Tensor):
+    """PackedSeqParams (thd) of a row whose text positions restart at 0 with each sample."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    starts = (text_positions == 0).nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([text_positions.numel()])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                           max_seqlen_kv=longest)
+
+
+def token_loss(trained: torch.Tensor, per_token: torch.Tensor):
+    """Megatron-Core's loss function with `calculate_per_token_loss`: (sum, tokens, logged); the schedule sums
+    over micro-batches and data-parallel ranks and divides the gradients by the tokens, the mean over every
+    trained token of the step (vlft sft's loss)."""
+    loss = (per_token.float() * trained).sum()
+    tokens = trained.sum().to(torch.int)
+    return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+
+
+@dataclass(frozen=True)
+class VisionTokenIds:
+    image: int
+    video: int
+
+
+def forward_step(tokens: VisionTokenIds, device: torch.device, data_iterator, model):
+    """One micro-batch through the model (Megatron-Core's forward_step_func): the vision tower's tokens placed,
+    per-sample attention from the row's boundaries, mRoPE positions, per-token losses."""
+    from vlft.megatron.vision import vision_embedded
+
+    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in next(data_iterator).items()}
+    labels = next_token_labels(batch["labels"])
+    trained = labels != IGNORE_INDEX
+    positions = batch["position_ids"]  # [4, 1, L]: text positions, then mRoPE's t / h / w
+    module = model.module if hasattr(model, "module") else model
+    with vision_embedded(module, batch, tokens.image, tokens.video) as embeds:
+        # Megatron-Core's vocab-parallel cross-entropy has no ignore index: ignored labels are read as token 0
+        # and masked in the loss.
+        per_token = model(input_ids=batch["input_ids"], position_ids=positions[1:], attention_mask=None,
+                          decoder_input=embeds, labels=labels.clamp(min=0),
+                          packed_seq_params=sample_boundaries(positions[0, 0]), runtime_gather_output=False)
+    return per_token, partial(token_loss, trained.float())

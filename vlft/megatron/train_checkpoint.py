@@ -1,0 +1,121 @@
+"""Training checkpoints of `vlft megatron sft`, in the folders `vlft export --to_mcore` writes (checkpoint.py):
+the model's shards, and unless --no_save_optim the optimizer's (Megatron-Core's `dp_reshardable` layout) with the
+learning-rate schedule, the iteration and the data position. `vlft export --mcore_model RUN --to_hf true` reads
+the model's part; `vlft megatron sft --load RUN` resumes from all of it."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlft.errors import VlftError
+from vlft.megatron.checkpoint import TRACKER, McoreCheckpoint, iteration_dir
+from vlft.megatron.parallel import ParallelSizes
+
+# Megatron-SWIFT's metadata: the distributed optimizer's state is saved per data-parallel shard, reshardable.
+OPTIMIZER_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
+                      "distrib_optim_sharding_type": "dp_reshardable"}
+TRAINING = "vlft_training"  # the checkpoint's record of where training stood
+
+
+@dataclass(frozen=True)
+class TrainingPosition:
+    """Where a run stands: optimizer steps taken, and those the optimizer applied (AdamW's step count)."""
+
+    iteration: int = 0
+    applied_steps: int = 0
+
+
+def _inner_optimizers(optimizer) -> list:
+    return [chained.optimizer for chained in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def _prime_adam_state(optimizer) -> None:
+    """A fresh distributed optimizer has no AdamW state, and building its loading state dict reads one `step`:
+    give every parameter the state AdamW's first step makes (the load then overwrites it)."""
+    for inner in _inner_optimizers(optimizer):
+        for group in inner.param_groups:
+            for param in group["params"]:
+                state = inner.state[param]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param),
+                                 exp_avg_sq=torch.zeros_like(param))
+
+
+def _restore_adam_steps(optimizer, steps: int) -> None:
+    """Megatron-Core 0.16.1's distributed optimizer restores AdamW's moments but gives every parameter one shared
+    `step` tensor holding the primed value: each parameter gets its own, the applied steps' count."""
+    for inner in _inner_optimizers(optimizer):
+        for state in inner.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(steps))
+
+
+def save(root: Path, position: TrainingPosition, ddp, optimizer, scheduler, sizes: ParallelSizes,
+         with_optimizer: bool) -> Path:
+    """Save every rank's shards at `position.iteration` (collective), then name it in the tracker file."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    path = iteration_dir(root, position.iteration)
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    model_state = ddp.module.sharded_state_dict()
+    state = {"model": model_state, "checkpoint_version": 3.0, "iteration": position.iteration,
+             "args": Namespace(**sizes.as_args(), no_save_optim=not with_optimizer, no_save_rng=True),
+             TRAINING: {"applied_steps": position.applied_steps, "optimizer": with_optimizer}}
+    if with_optimizer:
+        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=False,
+                                                          metadata=OPTIMIZER_METADATA)
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    dist_checkpointing.save(state, str(path), sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1),
+                            content_metadata=OPTIMIZER_METADATA)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (Path(root) / TRACKER).write_text(str(position.iteration))
+    return path
+
+
+def load(checkpoint: McoreCheckpoint, ddp, optimizer, scheduler, *, weights_only: bool, load_optimizer: bool,
+         distributed_optimizer: bool) -> TrainingPosition:
+    """Fill the model from `checkpoint` and, for a training checkpoint unless `weights_only`, the optimizer (unless
+    not `load_optimizer`) and the schedule; returns where training resumes (step 0 for weights only)."""
+    from megatron.core import dist_checkpointing
+
+    common = dist_checkpointing.load_common_state_dict(str(checkpoint.path))
+    record = common.get(TRAINING) if isinstance(common, dict) else None
+    resume = record is not None and not weights_only
+    model_state = ddp.module.sharded_state_dict()
+    state = {"model": model_state}
+    with_optimizer = resume and load_optimizer
+    if with_optimizer and not record["optimizer"]:
+        raise VlftError(f"{checkpoint.path}: saved without the optimizer (--no_save_optim true): resume with "
+                        "--no_load_optim true, or take its weights alone with --finetune true")
+    if with_optimizer:
+        if distributed_optimizer:
+            _prime_adam_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=True,
+                                                          metadata=OPTIMIZER_METADATA)
+    loaded = dist_checkpointing.load(state, str(checkpoint.path))
+    missing, unexpected = ddp.module.load_state_dict(loaded["model"], strict=False)
+    missing = [key for key in missing if not key.endswith("_extra_state")]
+    if missing or unexpected:
+        raise VlftError(f"{checkpoint.path}: does not match the model its args.json describes: missing "
+                        f"{missing[:5]}, unexpected {unexpected[:5]}")
+    if not resume:
+        return TrainingPosition()
+    position = TrainingPosition(int(common["iteration"]), int(record["applied_steps"]))
+    if with_optimizer:
+        with torch.no_grad():  # the optimizer's main parameters are views of the trained ones
+            optimizer.load_state_dict(loaded["optimizer"])
+        if distributed_optimizer:
+            _restore_adam_steps(optimizer, position.applied_steps)
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    else:
+        scheduler.step(position.iteration)
+    return position
