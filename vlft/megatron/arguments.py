@@ -96,6 +96,9 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     lr_warmup_iters: int = field(default=0, metadata={"help": "warmup steps"})
     lr_warmup_fraction: float | None = field(default=None, metadata={"help": "warmup as a share of the steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    calculate_per_token_loss: bool = field(default=True, metadata={
+        "help": "the step's loss is the mean over all its trained tokens; false: the mean of each micro-batch's "
+                "mean (what vlft sft trains with under gradient accumulation or several GPUs)"})
     clip_grad: float = field(default=1.0, metadata={"help": "gradient norm clipping (0: off)"})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "Adam beta2"})

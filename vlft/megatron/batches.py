@@ -89,12 +89,20 @@ def sample_boundaries(text_positions: torch.Tensor):
 
 
 def token_loss(trained: torch.Tensor, per_token: torch.Tensor):
-    """Megatron-Core's loss function with `calculate_per_token_loss`: (sum, tokens, logged); the schedule sums
-    over micro-batches and data-parallel ranks and divides the gradients by the tokens, the mean over every
-    trained token of the step (vlft sft's loss)."""
+    """The loss function under `calculate_per_token_loss`: (sum, tokens, logged); the schedule sums over
+    micro-batches and data-parallel ranks and divides the gradients by the tokens: the mean over every trained
+    token of the step."""
     loss = (per_token.float() * trained).sum()
     tokens = trained.sum().to(torch.int)
     return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
+
+
+def micro_batch_loss(trained: torch.Tensor, per_token: torch.Tensor):
+    """The loss function without `calculate_per_token_loss`: the micro-batch's mean over its trained tokens; the
+    schedule averages micro-batches and data-parallel ranks (transformers' Trainer's mean under gradient
+    accumulation and DDP, which `vlft sft` trains with). Logged as (mean, 1): the step's mean of means."""
+    loss = (per_token.float() * trained).sum() / trained.sum().clamp(min=1)
+    return loss, {"lm loss": torch.stack([loss.detach(), loss.new_tensor(1.0)])}
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class VisionTokenIds:
     video: int
 
 
-def forward_step(tokens: VisionTokenIds, device: torch.device, data_iterator, model):
+def forward_step(tokens: VisionTokenIds, device: torch.device, per_token_loss: bool, data_iterator, model):
     """One micro-batch through the model (Megatron-Core's forward_step_func): the vision tower's tokens placed,
     per-sample attention from the row's boundaries, mRoPE positions, per-token losses."""
     from vlft.megatron.vision import vision_embedded
@@ -119,4 +127,4 @@ def forward_step(tokens: VisionTokenIds, device: torch.device, data_iterator, mo
         per_token = model(input_ids=batch["input_ids"], position_ids=positions[1:], attention_mask=None,
                           decoder_input=embeds, labels=labels.clamp(min=0),
                           packed_seq_params=sample_boundaries(positions[0, 0]), runtime_gather_output=False)
-    return per_token, partial(token_loss, trained.float())
+    return per_token, partial(token_loss if per_token_loss else micro_batch_loss, trained.float())

@@ -19,7 +19,7 @@ def training_overrides(args: MegatronSftArguments, cuda: bool) -> dict:
     """TransformerConfig settings of a training run, over the conversion's (vlft/megatron/config.py). Without CUDA
     nothing is recomputed (Megatron-Core's recompute saves and restores CUDA's random state): the same step, with
     more activation memory."""
-    overrides = dict(calculate_per_token_loss=True)
+    overrides = dict(calculate_per_token_loss=args.calculate_per_token_loss)
     if args.recompute_granularity != "none" and cuda:
         overrides.update(recompute_granularity=args.recompute_granularity)
     if args.recompute_granularity == "full" and cuda:
@@ -33,7 +33,8 @@ def moe_overrides(args: MegatronSftArguments) -> dict:
                      moe_aux_loss_coeff=args.moe_aux_loss_coeff,
                      moe_router_load_balancing_type="aux_loss" if args.moe_aux_loss_coeff > 0 else "none")
     if args.moe_expert_capacity_factor is not None:
-        overrides.update(moe_expert_capacity_factor=args.moe_expert_capacity_factor, moe_pad_expert_input_to_capacity=False)
+        overrides.update(moe_expert_capacity_factor=args.moe_expert_capacity_factor,
+                         moe_pad_expert_input_to_capacity=False)
     return overrides
 
 

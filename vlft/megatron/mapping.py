@@ -182,7 +182,8 @@ def _linear_sizes(text_config) -> tuple[int, int, int]:
 
 
 def _linear_attention_shard(reader, text_config, G, prefix: str, r: int, tp: int) -> dict[str, torch.Tensor]:
-    """`prefix`: the mixer's, ending in a dot. Megatron-Core's in_proj holds, on rank r, [q_r; k_r; v_r; z_r; beta_r; alpha_r] (each the r-th part of HF's,
+    """`prefix`: the mixer's, ending in a dot. Megatron-Core's in_proj holds, on rank r,
+    [q_r; k_r; v_r; z_r; beta_r; alpha_r] (each the r-th part of HF's,
     whole heads) and its conv1d [q_r; k_r; v_r] channels."""
     q, k, v = reader.get(prefix + G.qkv).split(_linear_sizes(text_config), 0)
     conv_q, conv_k, conv_v = reader.get(prefix + G.conv).split(_linear_sizes(text_config), 0)

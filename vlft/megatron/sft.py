@@ -59,7 +59,7 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from vlft.data.collator import PaddingFreeCollator, VisionTokens
+    from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
     from vlft.data.dataset import PixelsOnFetch
     from vlft.data.pipeline import build_encoder
     from vlft.megatron import train_checkpoint
@@ -122,14 +122,20 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
 
     # 4. The loop.
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
+    # The allgather dispatcher gathers equally long rows from every expert-parallel rank: rows are padded to
+    # --max_length x --micro_batch_size there (the padding is a segment of its own, with no loss).
+    equal_rows = moe and args.expert_model_parallel_size > 1 and args.moe_token_dispatcher_type == "allgather"
+    fixed = FixedRowShape(args.max_length * args.micro_batch_size, args.micro_batch_size * max(
+        len(row) if isinstance(row, list) else 1 for row in rows + val_rows) + 2) if equal_rows else None
     collator = PaddingFreeCollator(family, tokens, getattr(converter.hf_config.vision_config, "tokens_per_second",
-                                                           None))
+                                                           None), fixed)
     loader = torch.utils.data.DataLoader(
         PixelsOnFetch(rows, encoder), collate_fn=collator, num_workers=args.num_workers,
         batch_sampler=StepBatches(RowOrder(len(rows), args.seed), shape, data_rank, position.iteration, train_iters))
     batches = CountedBatches(iter(loader))
     step = partial(forward_step, VisionTokenIds(converter.hf_config.image_token_id,
-                                                converter.hf_config.video_token_id), device)
+                                                converter.hf_config.video_token_id), device,
+                   args.calculate_per_token_loss)
     forward_backward = get_forward_backward_func()
     log = TrainingLog(run_dir / "logging.jsonl", main)
     applied = position.applied_steps
@@ -173,7 +179,7 @@ class CountedBatches:
 
     def __next__(self) -> dict:
         batch = next(self.batches)
-        self.tokens += batch["input_ids"].numel()
+        self.tokens += batch["input_ids"].numel() - batch.get("row_padding", 0)
         return batch
 
     def take_tokens(self) -> int:
@@ -295,6 +301,10 @@ def check_model(args: MegatronSftArguments, family, hf_config: dict, cuda: bool)
         problems.append("MoE layers train with --tensor_model_parallel_size 1 (Megatron-Core's local spec needs "
                         "sequence parallelism for MoE under TP, and its norms refuse it): use "
                         "--expert_model_parallel_size N for the experts, data parallelism for the rest")
+    if moe and args.expert_model_parallel_size > 1 and args.moe_token_dispatcher_type == "allgather" and (
+            args.max_length is None):
+        problems.append("--expert_model_parallel_size above 1 with the allgather dispatcher pads rows to "
+                        "--max_length: give it (or --moe_token_dispatcher_type alltoall on GPUs)")
     if moe and not cuda and args.moe_token_dispatcher_type == "alltoall":
         problems.append("--moe_token_dispatcher_type alltoall runs on GPUs only: use allgather on the CPU")
     return problems
