@@ -62,12 +62,19 @@ def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> 
     from vlft.families import detect_family
     from vlft.megatron.checkpoint import read_checkpoint, write_model_files
     from vlft.megatron.sft import check_model, check_world
+    from vlft.megatron.train_checkpoint import resume_problems
     from vlft.model.hub import resolve_model_dir
     from vlft.paths import cache_root
     from vlft.train.launch import WORKER_ERRORS, first_worker_error, launch_plan, torchrun_command
     from vlft.train.run_dir import clear_failed, finish_failed_run, new_run_dir
 
     plan = launch_plan(os.environ, single=True)
+    if plan.nnodes == 1 and not os.environ.get("MASTER_PORT", "").strip():  # one host: any free port will do
+        from dataclasses import replace
+
+        from vlft.megatron.launch import free_port
+
+        plan = replace(plan, master_port=free_port())
     problems += check_world(args, plan.nproc_per_node * plan.nnodes)
     with tempfile.TemporaryDirectory(prefix="vlft-megatron-") as scratch:
         model_dir = None
@@ -75,6 +82,8 @@ def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> 
             if args.load:
                 found = read_checkpoint(Path(args.load).expanduser())
                 model_dir = write_model_files(found, Path(scratch) / "model")
+                if not args.finetune:
+                    problems += resume_problems(found.args, args)
             elif args.model:
                 model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
                                               hub_token=args.hub_token, revision=args.model_revision)

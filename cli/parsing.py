@@ -242,6 +242,13 @@ def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str]
     for f in fields:
         if f.name not in values and "env" in f.metadata and environ.get(f.metadata["env"]) not in (None, ""):
             convert(f, f.metadata["env"], environ[f.metadata["env"]])
+    if problems:  # with the values' own problems, so that one error lists them all
+        from vlft.errors import ArgumentProblems
+
+        try:
+            cls(**values)
+        except ArgumentProblems as e:
+            problems += [p for p in e.problems if p not in problems]
     if len(problems) == 1:
         raise VlftError(f"{prog}: {problems[0]}")
     if problems:

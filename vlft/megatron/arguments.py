@@ -38,6 +38,17 @@ MEGATRON_REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "fp8_format": (_NONE, _LOCAL_SPEC),
     "fp8_recipe": (_NONE, _LOCAL_SPEC),
 }
+# `vlft sft` (swift sft) flags that Megatron-SWIFT names differently.
+_RENAMED = {"learning_rate": "lr", "per_device_train_batch_size": "micro_batch_size",
+            "gradient_accumulation_steps": "global_batch_size", "num_train_epochs": "max_epochs",
+            "max_steps": "train_iters", "output_dir": "save", "save_steps": "save_interval",
+            "eval_steps": "eval_interval", "logging_steps": "log_interval", "warmup_ratio": "lr_warmup_fraction",
+            "warmup_steps": "lr_warmup_iters", "max_grad_norm": "clip_grad", "adam_epsilon": "adam_eps",
+            "resume_from_checkpoint": "load", "dataloader_num_workers": "num_workers"}
+MEGATRON_REFUSED.update({old: (_NONE, f"vlft megatron sft takes Megatron-SWIFT's --{new}")
+                         for old, new in _RENAMED.items()})
+MEGATRON_REFUSED["deepspeed"] = (_NONE, "Megatron-Core shards the model itself: --tensor_model_parallel_size, "
+                                        "--expert_model_parallel_size, --use_distributed_optimizer")
 
 
 @dataclass

@@ -19,6 +19,26 @@ from vlft.megatron.parallel import ParallelSizes
 OPTIMIZER_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
                       "distrib_optim_sharding_type": "dp_reshardable"}
 TRAINING = "vlft_training"  # the checkpoint's record of where training stood
+# The arguments that decide which rows a step reads: a resumed run must keep them to continue the same curve.
+DATA_ARGUMENTS = ("dataset", "val_dataset", "split_dataset_ratio", "columns", "packing", "max_length", "seed",
+                  "global_batch_size", "truncation_strategy", "loss_scale", "system", "template",
+                  "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels", "video_max_token_num",
+                  "video_min_token_num", "video_max_pixels", "video_min_pixels", "video_total_pixels", "fps",
+                  "fps_min_frames", "fps_max_frames")
+
+
+def resume_problems(saved: dict, args) -> list[str]:
+    """Why a run with `args` would not continue the run whose arguments (args.json) are `saved`."""
+    if "global_batch_size" not in saved:  # a converted checkpoint (vlft export --to_mcore): weights only
+        return []
+    changed = [name for name in DATA_ARGUMENTS if name in saved and saved[name] != getattr(args, name)]
+    problems = [f"--{name} {getattr(args, name)!r} differs from the run resumed ({saved[name]!r}): it reads other "
+                "rows; give the same, or take only its weights with --finetune true" for name in changed]
+    if not args.no_load_optim and saved.get("use_distributed_optimizer") != args.use_distributed_optimizer:
+        problems.append(f"--use_distributed_optimizer {str(args.use_distributed_optimizer).lower()}: the run "
+                        f"resumed saved its optimizer with {str(saved.get('use_distributed_optimizer')).lower()}, "
+                        "whose state is laid out differently; give the same, or --no_load_optim true")
+    return problems
 
 
 @dataclass(frozen=True)
