@@ -8,9 +8,9 @@ Tolerance: both sides run in float32 on the CPU. The two models differ only in s
 gate/up matmuls, Megatron-Core's rotary and norm code: per-token logits within 2e-6 of HF's, tests/megatron/
 test_convert.py), and AdamW's normalised update does not amplify that much: measured loss differences are
 <= 1.5e-5 (dense, 12 steps, the vision tower and aligner training too; 1.6e-6 with them frozen over 20 steps) and
-<= 4.8e-6 (MoE, EP=2, 20 steps) on losses near 10. 1e-4 is 7x the largest and 1e-5 of the loss; a wrong row order, schedule,
-weight-decay group or token position moves a loss by more than 1e-2. Gradient norms (up to 31, the vision tower's
-included) agree to 3.5e-5 of their size; the tests allow 5e-4."""
+<= 4.8e-6 (MoE, EP=2, 20 steps) on losses near 10. 1e-4 is 7x the largest and 1e-5 of the loss; a wrong row
+order, schedule, weight-decay group or token position moves a loss by more than 1e-2. Gradient norms (up to 31,
+the vision tower's included) agree to 3.5e-5 of their size; the tests allow 5e-4."""
 
 from __future__ import annotations
 
