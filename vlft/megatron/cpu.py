@@ -38,13 +38,27 @@ def _patched(owner: object, name: str, value: object) -> Iterator[None]:
 
 
 @contextmanager
-def cpu_shims(device: torch.device) -> Iterator[None]:
-    """Within the block, Megatron-Core's hard-coded CUDA calls work on CPU (nothing is done for a GPU device)."""
-    if device.type != "cpu":
+def router_without_transformer_engine() -> Iterator[None]:
+    """Megatron-Core 0.16.1's MoE router names TransformerEngine's `te_general_gemm` without defining it when TE is
+    absent (NameError, on any device): within the block the name is None, and the router multiplies with torch."""
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    if hasattr(moe_utils, "te_general_gemm"):
         yield
         return
+    with _patched(moe_utils, "te_general_gemm", None):
+        yield
+
+
+@contextmanager
+def cpu_shims(device: torch.device) -> Iterator[None]:
+    """Within the block, Megatron-Core's hard-coded CUDA calls work on CPU (on a GPU, only the router's missing
+    name is given)."""
+    if device.type != "cpu":
+        with router_without_transformer_engine():
+            yield
+        return
     import megatron.core.fusions.fused_softmax as fused_softmax
-    import megatron.core.transformer.moe.moe_utils as moe_utils
     import megatron.core.transformer.utils as transformer_utils
 
     with ExitStack() as stack:
@@ -52,8 +66,7 @@ def cpu_shims(device: torch.device) -> Iterator[None]:
         stack.enter_context(_patched(torch.cuda, "synchronize", lambda *args, **kwargs: None))
         stack.enter_context(_patched(transformer_utils, "get_default_causal_mask", _cpu_causal_mask))
         stack.enter_context(_patched(fused_softmax, "get_default_causal_mask", _cpu_causal_mask))
-        if not hasattr(moe_utils, "te_general_gemm"):  # the router then multiplies with torch.mm
-            stack.enter_context(_patched(moe_utils, "te_general_gemm", None))
+        stack.enter_context(router_without_transformer_engine())
         # With PP > 1, a last stage that holds an embedding copy (tied embeddings, or a multi-token-prediction
         # head) moves it with `weight.data.cuda()` before all-reducing it over the embedding group.
         stack.enter_context(_patched(torch.Tensor, "cuda", lambda self, *args, **kwargs: self))
@@ -89,9 +102,10 @@ class CudaNamesOnCpu(torch.overrides.TorchFunctionMode):
 
 @contextmanager
 def cpu_training(device: torch.device) -> Iterator[None]:
-    """cpu_shims, and for training CudaNamesOnCpu, on a CPU device (nothing on a GPU)."""
+    """cpu_shims, and for training CudaNamesOnCpu, on a CPU device (on a GPU, only the router's missing name)."""
     if device.type != "cpu":
-        yield
+        with router_without_transformer_engine():
+            yield
         return
     with cpu_shims(device), CudaNamesOnCpu():
         yield
