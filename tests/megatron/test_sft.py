@@ -21,8 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("megatron.core")
+
+from safetensors.torch import load_file  # noqa: E402
 
 from tests.conftest import REPO  # noqa: E402
 
@@ -117,6 +120,62 @@ def test_moe_expert_parallel_curve_matches_vlft_sft(tiny_model_dir, tmp_path):
     vlft_sft(tmp_path / "h", "--model", model, "--padding_free", "true", "--max_steps", "20",
              "--gradient_accumulation_steps", "2")
     assert_same_curve(logged(tmp_path / "m"), logged(tmp_path / "h"), 20)
+
+
+def vlft_sft_initial_adapter(model_dir: Path, output: Path, rank: int, alpha: int) -> Path:
+    """The LoRA adapter vlft sft starts from with these settings and SAME_RUN's seed (its own calls, in its order:
+    seed, model, adapters), saved as a PEFT adapter dir."""
+    from transformers import set_seed
+
+    from vlft.arguments import SftArguments
+    from vlft.families import detect_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    args = SftArguments(model=str(model_dir), dataset=[str(DATA)], train_type="lora", lora_rank=rank,
+                        lora_alpha=alpha, lora_dropout=0.0, seed=7)
+    set_seed(args.seed)
+    model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), args)
+    model.save_pretrained(str(output))
+    return output
+
+
+@pytest.mark.slow
+def test_moe_lora_curve_matches_vlft_sft_and_exports_its_adapter(tiny_model_dir, tmp_path):
+    """LoRA on every projection and every expert (PEFT's target_parameters layout), the experts over two
+    expert-parallel processes; starting from vlft sft's own initial adapter (--adapters), the curve is vlft
+    sft's, the adapter written at the end is vlft sft's final one, and vlft infer answers with it as with the
+    merged model."""
+    model_dir = tiny_model_dir("qwen3_vl_moe")
+    lora = ["--train_type", "lora", "--lora_rank", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
+    start = vlft_sft_initial_adapter(model_dir, tmp_path / "start", 4, 8)
+    megatron_sft(tmp_path / "m", "--model", str(model_dir), *lora, "--adapters", str(start),
+                 "--expert_model_parallel_size", "2", "--train_iters", "20", "--global_batch_size", "2",
+                 "--calculate_per_token_loss", "false", nproc=2)
+    vlft_sft(tmp_path / "h", "--model", str(model_dir), *lora, "--padding_free", "true", "--max_steps", "20",
+             "--gradient_accumulation_steps", "2")
+    assert_same_curve(logged(tmp_path / "m"), logged(tmp_path / "h"), 20)
+
+    ours, theirs = (load_file(str(d / "adapter_model.safetensors"))
+                    for d in (tmp_path / "m" / "checkpoint-20", tmp_path / "h" / "checkpoint-20"))
+    theirs = {key.replace(".default.", "."): value for key, value in theirs.items()}
+    assert set(ours) == set(theirs) and any(".mlp.experts.base_layer.lora_B" in key for key in ours)
+    for key, value in theirs.items():
+        assert ours[key].shape == value.shape, key
+        assert (ours[key] - value).abs().max() < 1e-4, key  # trained 20 steps from the same start: float noise
+    assert max((value - start_value).abs().max() for value, start_value in zip(
+        (theirs[k] for k in sorted(theirs)), (v for _, v in sorted(load_file(str(start / "adapter_model.safetensors"))
+                                                                     .items())))) > 1e-3  # the adapter trained
+
+    adapter, merged = tmp_path / "m" / "checkpoint-20", tmp_path / "merged"
+    vlft("export", "--adapters", str(adapter), "--merge_lora", "true", "--output_dir", str(merged))
+    answers = {}
+    for name, source in (("adapter", ["--adapters", str(adapter)]), ("merged", ["--model", str(merged)])):
+        vlft("infer", *source, "--val_dataset", f"{DATA}#3", "--max_new_tokens", "6", "--temperature", "0",
+             "--max_length", "1024", "--result_path", str(tmp_path / f"{name}.jsonl"), *SMALL_MEDIA)
+        answers[name] = [json.loads(line)["response"] for line in (tmp_path / f"{name}.jsonl").read_text()
+                         .splitlines()]
+    assert answers["adapter"] == answers["merged"] and len(answers["adapter"]) == 3
 
 
 def test_unsupported_flags_are_refused_together(tiny_model_dir, tmp_path):

@@ -96,6 +96,16 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "MoE: tokens an expert takes, as a multiple of an even share (default: no limit, no dropping)"})
     moe_token_dispatcher_type: Literal["allgather", "alltoall"] = field(default="allgather", metadata={
         "help": "how MoE tokens reach expert-parallel ranks (alltoall: on GPUs only)"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float | None = field(default=None, metadata={
+        "help": "LoRA dropout (default 0.05; 0 when LoRA reaches MoE experts, as in vlft sft)"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA"})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "all-linear (every projection of the language model, MoE experts included), or projection names "
+                "(q_proj k_proj v_proj o_proj gate_proj up_proj down_proj experts)"})
+    adapters: list[str] = field(default_factory=list, metadata={
+        "help": "a PEFT LoRA adapter (a vlft sft or vlft megatron sft checkpoint) to start LoRA training from"})
     freeze_router: bool = field(default=True, metadata={"help": "MoE: keep the routers frozen (as vlft sft)"})
     freeze_vit: bool = field(default=True, metadata={"help": "freeze the vision tower"})
     freeze_aligner: bool = field(default=True, metadata={"help": "freeze the aligner (merger, deepstack mergers)"})
@@ -144,9 +154,13 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.expert_tensor_parallel_size = 1
         if self.lr is None:
             self.lr = 1e-4 if self.train_type == "lora" else 1e-5
-        if self.train_type == "lora":
-            problems.append("--train_type lora is not in vlft megatron sft yet: train LoRA with vlft sft, or full "
-                            "fine-tune here (--train_type full)")
+        if self.train_type == "lora" and not (self.freeze_vit and self.freeze_aligner):
+            problems.append("--train_type lora adapts the language model only in vlft megatron sft: keep "
+                            "--freeze_vit and --freeze_aligner true")
+        if self.train_type == "lora" and self.freeze_llm:
+            problems.append("--train_type lora with --freeze_llm true: nothing to adapt")
+        if self.adapters and self.train_type != "lora":
+            problems.append("--adapters starts LoRA training from an adapter: give --train_type lora")
         if self.eval_interval is None:
             self.eval_interval = self.save_interval
         if self.lr_warmup_fraction is not None and not 0 <= self.lr_warmup_fraction < 1:
@@ -176,7 +190,7 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         return problems + not_positive(self, (
             "tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
             "expert_tensor_parallel_size", "micro_batch_size", "global_batch_size", "train_iters", "max_epochs",
-            "log_interval", "save_interval", "eval_interval", "recompute_num_layers", "lr"))
+            "log_interval", "save_interval", "eval_interval", "recompute_num_layers", "lr", "lora_rank"))
 
     @property
     def sizes(self) -> ParallelSizes:

@@ -22,6 +22,7 @@ import os
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -96,7 +97,9 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
     model = converter.model.train()
     if source is None:
         converter.fill_from_hf(model_dir, dtype)
-    freeze(model, family, args)
+    lora = add_adapters(args, model, converter, family, dtype, device) if args.train_type == "lora" else None
+    if lora is None:
+        freeze(model, family, args)
     mark_tensor_parallel_attributes(model)
 
     # 3. The engine, and where training stands.
@@ -164,8 +167,57 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
         if (args.save_interval and done % args.save_interval == 0) or done == train_iters:
             path = train_checkpoint.save(run_dir, TrainingPosition(done, applied), engine.ddp, engine.optimizer,
                                          engine.scheduler, args.sizes, with_optimizer=not args.no_save_optim)
+            if lora is not None:
+                path = write_peft_checkpoint(run_dir / f"checkpoint-{done}", lora, model, converter, args, model_dir)
             if main:
                 logger.warning(f"saved {path}")
+
+
+class Lora(NamedTuple):
+    settings: object  # lora.LoraSettings
+    adapted: list[str]
+
+
+def add_adapters(args: MegatronSftArguments, model, converter, family, dtype: torch.dtype,
+                 device: torch.device) -> Lora:
+    """LoRA adapters on the language model (everything else frozen), from --adapters or PEFT's initialisation
+    (seeded by --seed, the same on every data-parallel rank)."""
+    from vlft.megatron.lora import add_lora, lora_settings
+    from vlft.megatron.peft_adapter import load_peft_tensors, read_adapter
+
+    try:
+        settings = lora_settings(args)
+    except ValueError as e:
+        raise VlftError(str(e)) from None
+    torch.manual_seed(args.seed)
+    adapted = add_lora(model, converter.text_config, settings, dtype, device)
+    if args.adapters:
+        try:
+            load_peft_tensors(model, family, read_adapter(Path(args.adapters[0])), args.adapters[0])
+        except ValueError as e:
+            raise VlftError(str(e)) from None
+    return Lora(settings, adapted)
+
+
+def write_peft_checkpoint(directory: Path, lora: Lora, model, converter, args: MegatronSftArguments,
+                          model_dir: Path) -> Path:
+    """The run's adapters as a PEFT adapter dir with vlft sft's checkpoint files (args.json naming the base model,
+    the processor files), for vlft infer --adapters and vlft export --merge_lora (collective)."""
+    import torch.distributed as dist
+
+    from vlft.megatron.checkpoint import copy_processor_files
+    from vlft.megatron.peft_adapter import peft_tensors, write_adapter
+
+    tensors = peft_tensors(model, converter.family, getattr(converter.text_config, "num_experts", 0) or 0)
+    if dist.get_rank() == 0:
+        base = args.model or (json.loads((Path(args.load) / "args.json").read_text()).get("model") if args.load
+                              else None) or str(model_dir)
+        write_adapter(directory, tensors, lora.adapted, converter.family, lora.settings, base,
+                      converter.config.params_dtype)
+        copy_processor_files(model_dir, directory)
+        (directory / "args.json").write_text(json.dumps({**public_args(args), "model": base}, indent=2) + "\n")
+    dist.barrier()
+    return directory
 
 
 class CountedBatches:
@@ -293,6 +345,9 @@ def check_model(args: MegatronSftArguments, family, hf_config: dict, cuda: bool)
                         "with vlft sft")
     _, text_config, tied = text_and_tied(hf_config)
     problems += split_problems(args.sizes, text_config, family, tied)
+    if args.train_type == "lora" and args.tensor_model_parallel_size > 1:
+        problems.append("--train_type lora runs with --tensor_model_parallel_size 1 in vlft megatron sft (expert and "
+                        "data parallelism split the work)")
     if args.pipeline_model_parallel_size > 1:
         problems.append("--pipeline_model_parallel_size above 1 is not in vlft megatron sft yet (tensor, expert and "
                         "data parallelism are)")

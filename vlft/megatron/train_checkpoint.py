@@ -74,6 +74,10 @@ def _restore_adam_steps(optimizer, steps: int) -> None:
                 state["step"] = torch.tensor(float(steps))
 
 
+def _is_lora(key: str) -> bool:
+    return ".lora." in key
+
+
 def save(root: Path, position: TrainingPosition, ddp, optimizer, scheduler, sizes: ParallelSizes,
          with_optimizer: bool) -> Path:
     """Save every rank's shards at `position.iteration` (collective), then name it in the tracker file."""
@@ -88,7 +92,8 @@ def save(root: Path, position: TrainingPosition, ddp, optimizer, scheduler, size
     model_state = ddp.module.sharded_state_dict()
     state = {"model": model_state, "checkpoint_version": 3.0, "iteration": position.iteration,
              "args": Namespace(**sizes.as_args(), no_save_optim=not with_optimizer, no_save_rng=True),
-             TRAINING: {"applied_steps": position.applied_steps, "optimizer": with_optimizer}}
+             TRAINING: {"applied_steps": position.applied_steps, "optimizer": with_optimizer,
+                        "lora": any(_is_lora(key) for key in model_state)}}
     if with_optimizer:
         state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=False,
                                                           metadata=OPTIMIZER_METADATA)
@@ -111,7 +116,9 @@ def load(checkpoint: McoreCheckpoint, ddp, optimizer, scheduler, *, weights_only
     record = common.get(TRAINING) if isinstance(common, dict) else None
     resume = record is not None and not weights_only
     model_state = ddp.module.sharded_state_dict()
-    state = {"model": model_state}
+    saved_lora = record is not None and record.get("lora", False)
+    # LoRA adapters start afresh (or from --adapters) on a checkpoint without them: only the base is read.
+    state = {"model": {key: value for key, value in model_state.items() if saved_lora or not _is_lora(key)}}
     with_optimizer = resume and load_optimizer
     if with_optimizer and not record["optimizer"]:
         raise VlftError(f"{checkpoint.path}: saved without the optimizer (--no_save_optim true): resume with "
@@ -123,7 +130,7 @@ def load(checkpoint: McoreCheckpoint, ddp, optimizer, scheduler, *, weights_only
                                                           metadata=OPTIMIZER_METADATA)
     loaded = dist_checkpointing.load(state, str(checkpoint.path))
     missing, unexpected = ddp.module.load_state_dict(loaded["model"], strict=False)
-    missing = [key for key in missing if not key.endswith("_extra_state")]
+    missing = [key for key in missing if not key.endswith("_extra_state") and (saved_lora or not _is_lora(key))]
     if missing or unexpected:
         raise VlftError(f"{checkpoint.path}: does not match the model its args.json describes: missing "
                         f"{missing[:5]}, unexpected {unexpected[:5]}")

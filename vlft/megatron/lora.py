@@ -1,0 +1,150 @@
+"""LoRA on vlft's Megatron-Core model, in PEFT's terms: one adapter (A: r x in, B: out x r) per HF projection, so
+that a run's adapters are a standard PEFT adapter of the HF model with no approximation. Megatron-Core fuses
+projections (q, k and v into `linear_qkv`, per query group; gate and up into `linear_fc1`): the adapters of a fused
+linear add their products in its output layout, through a forward hook on the linear (its public hook). MoE
+experts get one adapter per expert, as PEFT's `target_parameters` LoRA on transformers' fused expert weights.
+
+Tensor parallelism 1 only (Megatron-Core's local spec trains MoE layers at TP 1): each adapter is whole on its
+rank. Expert adapters are marked `allreduce = False`, so Megatron-Core's DDP reduces their gradients over the
+expert-data-parallel ranks that hold the same experts, as it does the experts'."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class Adapter(nn.Module):
+    """One projection's A and B (PEFT's initialisation: A Kaiming-uniform, B zero)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, dtype: torch.dtype, device):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features, dtype=dtype, device=device))
+        self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.A.t()) @ self.B.t()
+
+
+class LinearAdapters(nn.Module):
+    """The adapters of one Megatron-Core linear, by HF projection name, and how their outputs make the linear's:
+    `groups` > 0 interleaves q, k and v per query group (linear_qkv); otherwise the outputs are concatenated in
+    order (gate then up for linear_fc1)."""
+
+    def __init__(self, adapters: dict[str, Adapter], scaling: float, dropout: float, groups: int = 0):
+        super().__init__()
+        self.adapters = nn.ModuleDict(adapters)
+        self.scaling, self.groups = scaling, groups
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x).to(next(self.parameters()).dtype)
+        outputs = [adapter(x) for adapter in self.adapters.values()]
+        if self.groups:
+            outputs = [out.reshape(*out.shape[:-1], self.groups, -1) for out in outputs]
+            return torch.cat(outputs, dim=-1).flatten(-2) * self.scaling
+        return torch.cat(outputs, dim=-1) * self.scaling
+
+
+def _hook(module, args, output):
+    """A Megatron-Core linear's output (out, bias) with its adapters' contribution added to `out`."""
+    out, bias = output
+    return out + module.lora(args[0]).to(out.dtype), bias
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    alpha: int
+    dropout: float
+    rslora: bool
+    experts: bool  # adapters on the MoE experts too
+    projections: frozenset[str]  # HF projection names adapted (q_proj, ..., down_proj)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+ATTENTION = ("q_proj", "k_proj", "v_proj")
+DENSE_MLP = ("gate_proj", "up_proj")
+ALL_PROJECTIONS = frozenset({*ATTENTION, "o_proj", *DENSE_MLP, "down_proj"})
+
+
+def add_lora(model, text_config, settings: LoraSettings, dtype: torch.dtype, device) -> list[str]:
+    """Adapters on this rank's decoder layers (the rest of the model frozen); returns the HF names adapted, in
+    PEFT's module form (`{i}.self_attn.q_proj`, `{i}.mlp.experts`) relative to the decoder layers."""
+    from megatron.core.transformer.moe.experts import SequentialMLP
+
+    heads, groups = text_config.num_attention_heads, text_config.num_key_value_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    hidden = text_config.hidden_size
+    for param in model.parameters():
+        param.requires_grad = False
+
+    def attach(linear, adapters: dict[str, Adapter], groups_: int = 0, expert: bool = False) -> None:
+        linear.lora = LinearAdapters(adapters, settings.scaling, settings.dropout, groups_)
+        linear.register_forward_hook(_hook)
+        if expert:
+            for param in linear.lora.parameters():
+                param.allreduce = False
+
+    def new(in_features: int, out_features: int) -> Adapter:
+        return Adapter(in_features, out_features, settings.rank, dtype, device)
+
+    adapted = []
+    for layer in model.language_model.decoder.layers:
+        i = layer.layer_number - 1
+        attention = layer.self_attention
+        parts = {name: new(hidden, (heads if name == "q_proj" else groups) * head_dim)
+                 for name in ATTENTION if name in settings.projections}
+        if parts:
+            if len(parts) != 3:
+                raise ValueError("q_proj, k_proj and v_proj are adapted together in Megatron-Core (one fused "
+                                 "linear): target all three or none")
+            attach(attention.linear_qkv, parts, groups)
+            adapted += [f"{i}.self_attn.{name}" for name in parts]
+        if "o_proj" in settings.projections:
+            attach(attention.linear_proj, {"o_proj": new(heads * head_dim, hidden)})
+            adapted.append(f"{i}.self_attn.o_proj")
+        mlp = layer.mlp
+        experts = getattr(mlp, "experts", None)
+        if experts is None:
+            ffn = text_config.intermediate_size
+            parts = {name: new(hidden, ffn) for name in DENSE_MLP if name in settings.projections}
+            if parts:
+                if len(parts) != 2:
+                    raise ValueError("gate_proj and up_proj are adapted together in Megatron-Core (one fused "
+                                     "linear): target both or neither")
+                attach(mlp.linear_fc1, parts)
+                adapted += [f"{i}.mlp.{name}" for name in parts]
+            if "down_proj" in settings.projections:
+                attach(mlp.linear_fc2, {"down_proj": new(ffn, hidden)})
+                adapted.append(f"{i}.mlp.down_proj")
+        elif settings.experts:
+            if not isinstance(experts, SequentialMLP):
+                raise ValueError(f"LoRA on experts needs Megatron-Core's SequentialMLP, not {type(experts).__name__}")
+            ffn = text_config.moe_intermediate_size
+            for local in experts.local_experts:
+                attach(local.linear_fc1, {"gate_up_proj": new(hidden, 2 * ffn)}, expert=True)
+                attach(local.linear_fc2, {"down_proj": new(ffn, hidden)}, expert=True)
+            adapted.append(f"{i}.mlp.experts")
+    return adapted
+
+
+def lora_settings(args) -> LoraSettings:
+    """The adapted projections of --target_modules: all-linear (every projection, the experts too), or names."""
+    names = set(args.target_modules)
+    all_linear = "all-linear" in names
+    unknown = names - ALL_PROJECTIONS - {"all-linear", "experts"}
+    if unknown:
+        raise ValueError(f"--target_modules {' '.join(sorted(unknown))}: vlft megatron sft adapts all-linear or "
+                         f"these projections: {', '.join(sorted(ALL_PROJECTIONS))}, experts")
+    experts = all_linear or "experts" in names
+    dropout = args.lora_dropout if args.lora_dropout is not None else (0.0 if experts else 0.05)
+    return LoraSettings(args.lora_rank, args.lora_alpha, dropout, args.use_rslora, experts=experts,
+                        projections=frozenset(ALL_PROJECTIONS if all_linear else names & ALL_PROJECTIONS))
