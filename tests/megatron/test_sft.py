@@ -1,16 +1,17 @@
-"""`vlft megatron sft` (issue 23) through the real CLI on the tiny Qwen3-VL and Qwen3-VL-MoE: its loss curve is
-`vlft sft`'s on the same data, seed and batch (the ground truth: transformers' model and Trainer), dense on packed
-rows with images and videos, and MoE with its experts split over two expert-parallel processes; a resumed run
-continues the curve exactly; the result converts to HF and answers with `vlft infer`; bad arguments are refused
-together before anything loads.
+"""`vlft megatron sft` (issue 23) through the real CLI on tiny models: its loss curve is `vlft sft`'s on the same
+data, seed and batch (the ground truth: transformers' model and Trainer): Qwen3-VL-MoE with its experts split over
+two expert-parallel processes, in full and with LoRA (whose adapter comes out as vlft sft's); Qwen3.5 on packed
+rows through its linear attention; a resumed run continues the curve exactly; the result converts to HF and
+answers with `vlft infer`; bad arguments are refused together before anything loads.
 
 Tolerance: both sides run in float32 on the CPU. The two models differ only in summation order (fused q/k/v and
-gate/up matmuls, Megatron-Core's rotary and norm code: per-token logits within 2e-6 of HF's, tests/megatron/
-test_convert.py), and AdamW's normalised update does not amplify that much: measured loss differences are
-<= 1.5e-5 (dense, 12 steps, the vision tower and aligner training too; 1.6e-6 with them frozen over 20 steps) and
-<= 4.8e-6 (MoE, EP=2, 20 steps) on losses near 10. 1e-4 is 7x the largest and 1e-5 of the loss; a wrong row
-order, schedule, weight-decay group or token position moves a loss by more than 1e-2. Gradient norms (up to 31,
-the vision tower's included) agree to 3.5e-5 of their size; the tests allow 5e-4."""
+gate/up matmuls, Megatron-Core's rotary and norm code: per-token logits within 2e-6 of HF's for Qwen3-VL,
+tests/megatron/test_convert.py), and AdamW's normalised update does not amplify that much: measured loss
+differences over 20 steps are <= 4.8e-6 (MoE, full) and <= 1.9e-6 (MoE, LoRA) on losses near 12; 1e-4 is 20x the
+largest and 1e-5 of the loss, while a wrong row order, schedule, weight-decay group or token position moves a loss
+by more than 1e-2. Qwen3.5's tiny random model amplifies rounding about fivefold per linear-attention layer (fp32
+logits 2e-5 apart at conversion, docs/megatron.md) and its gradient norms are near 30: its steps after the first
+measured 1.05e-4 apart over 6 steps; the test allows 5e-4 after an exact-to-1e-5 first step."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ SMALL_MEDIA = ["--image_max_token_num", "16", "--image_min_token_num", "4", "--v
                "--fps_max_frames", "4"]
 SAME_RUN = ["--dataset", str(DATA), "--max_length", "256", "--torch_dtype", "float32", "--seed", "7", *SMALL_MEDIA]
 TOLERANCE = 1e-4
-GRAD_NORM_TOLERANCE = 5e-4
+QWEN3_5_TOLERANCE = 5e-4
 
 
 def vlft(*argv: str, nproc: int = 1, ok: bool = True) -> subprocess.CompletedProcess:
@@ -69,45 +70,49 @@ def assert_same_curve(megatron: dict[int, float], reference: dict[int, float], s
     assert reference[steps] < reference[1] - 0.5  # the curve moves: a frozen model would match trivially
 
 
-def assert_same_norms(megatron: dict[int, float], reference: dict[int, float]) -> None:
-    """Gradient norms relative to their size."""
-    assert sorted(megatron) == sorted(reference)
-    worst = max(abs(megatron[s] - reference[s]) / reference[s] for s in reference)
-    assert worst < GRAD_NORM_TOLERANCE, {s: (megatron[s], reference[s]) for s in reference}
+@pytest.mark.slow
+def test_qwen3_5_packed_curve_matches_vlft_sft(tiny_model_dir, tmp_path):
+    """Packed rows of several samples with images and videos through Qwen3.5's Gated DeltaNet and gated softmax
+    attention (each sample's convolution, recurrence and attention restart at its boundary), the vision tower and
+    aligner training too. Before any update (step 1) the losses agree to 1e-5; later steps to QWEN3_5_TOLERANCE."""
+    model = str(tiny_model_dir("qwen3_5"))
+    trained = ["--packing", "true", "--freeze_vit", "false", "--freeze_aligner", "false"]
+    megatron_sft(tmp_path / "m", "--model", model, *trained, "--train_iters", "4", "--global_batch_size", "1")
+    vlft_sft(tmp_path / "h", "--model", model, *trained, "--max_steps", "4")
+    ours, theirs = logged(tmp_path / "m"), logged(tmp_path / "h")
+    assert sorted(ours) == sorted(theirs) == [1, 2, 3, 4]
+    assert abs(ours[1] - theirs[1]) < 1e-5, (ours, theirs)
+    assert max(abs(ours[s] - theirs[s]) for s in theirs) < QWEN3_5_TOLERANCE, (ours, theirs)
+    assert theirs[4] < theirs[1] - 0.5
 
 
 @pytest.mark.slow
-def test_dense_packed_curve_matches_vlft_sft_resumes_exactly_converts_and_answers(tiny_model_dir, tmp_path):
-    """Packed rows with images and videos, the vision tower and aligner training too."""
+def test_dense_packed_run_resumes_exactly_converts_and_answers(tiny_model_dir, tmp_path):
+    """Resume from step 3, picked as the ms-swift guide picks an iteration: by editing the tracker file; a run
+    that would read other rows, or lay the optimizer out otherwise, is refused first."""
     model, whole, resumed = str(tiny_model_dir("qwen3_vl")), tmp_path / "whole", tmp_path / "resumed"
     trained = ["--packing", "true", "--freeze_vit", "false", "--freeze_aligner", "false"]
-    megatron_sft(whole, "--model", model, *trained, "--train_iters", "12", "--global_batch_size", "1",
-                 "--save_interval", "6")
-    vlft_sft(tmp_path / "h", "--model", model, *trained, "--max_steps", "12")
-    assert_same_curve(logged(whole), logged(tmp_path / "h"), 12)
-    assert_same_norms(logged(whole, "grad_norm"), logged(tmp_path / "h", "grad_norm"))
-
-    # Resume from step 6, picked as the ms-swift guide picks an iteration: by editing the tracker file. A run
-    # that would read other rows, or lay the optimizer out otherwise, is refused first.
-    assert (whole / "latest_checkpointed_iteration.txt").read_text() == "12"
-    (whole / "latest_checkpointed_iteration.txt").write_text("6")
-    changed = vlft("megatron", "sft", "--load", str(whole), "--save", str(resumed), *SAME_RUN, "--train_iters", "12",
+    megatron_sft(whole, "--model", model, *trained, "--train_iters", "6", "--global_batch_size", "1",
+                 "--save_interval", "3")
+    assert (whole / "latest_checkpointed_iteration.txt").read_text() == "6"
+    (whole / "latest_checkpointed_iteration.txt").write_text("3")
+    changed = vlft("megatron", "sft", "--load", str(whole), "--save", str(resumed), *SAME_RUN, "--train_iters", "6",
                    "--global_batch_size", "1", "--use_distributed_optimizer", "false", ok=False)
     assert changed.returncode == 2 and not resumed.exists()
     assert "--packing False differs from the run resumed (True)" in changed.stderr, changed.stderr[-2000:]
     assert "--use_distributed_optimizer false: the run resumed saved its optimizer with true" in changed.stderr
-    megatron_sft(resumed, "--load", str(whole), *trained, "--train_iters", "12", "--global_batch_size", "1")
-    (whole / "latest_checkpointed_iteration.txt").write_text("12")
-    assert sorted(logged(resumed)) == list(range(7, 13))
-    assert {s: logged(whole)[s] for s in range(7, 13)} == logged(resumed)  # exactly: same data, state, order
-    assert {s: logged(whole, "grad_norm")[s] for s in range(7, 13)} == logged(resumed, "grad_norm")
+    megatron_sft(resumed, "--load", str(whole), *trained, "--train_iters", "6", "--global_batch_size", "1")
+    (whole / "latest_checkpointed_iteration.txt").write_text("6")
+    assert sorted(logged(resumed)) == [4, 5, 6]
+    assert {s: logged(whole)[s] for s in (4, 5, 6)} == logged(resumed)  # exactly: same data, state and order
+    assert {s: logged(whole, "grad_norm")[s] for s in (4, 5, 6)} == logged(resumed, "grad_norm")
 
     hf = tmp_path / "hf"
     vlft("export", "--mcore_model", str(whole), "--to_hf", "true", "--output_dir", str(hf))
-    answered = vlft("infer", "--model", str(hf), "--val_dataset", f"{DATA}#3", "--max_new_tokens", "4",
-                    "--result_path", str(tmp_path / "answers.jsonl"), *SMALL_MEDIA)
+    answered = vlft("infer", "--model", str(hf), "--val_dataset", f"{DATA}#2", "--max_new_tokens", "4",
+                    "--max_length", "1024", "--result_path", str(tmp_path / "answers.jsonl"), *SMALL_MEDIA)
     answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
-    assert answers and all("response" in a for a in answers), answered.stdout[-2000:]
+    assert len(answers) == 2 and all("response" in a for a in answers), answered.stdout[-2000:]
 
 
 @pytest.mark.slow

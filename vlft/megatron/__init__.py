@@ -1,7 +1,8 @@
 """Megatron-Core: checkpoints (`vlft export --to_mcore` / `--to_hf`) in ms-swift's layout (the GPTModel under
 `language_model.`, the HF vision tower as is under `visual.visual.`, saved by dist_checkpointing in Megatron-LM's
-folders), and training on them (`vlft megatron sft`, sft.py). Megatron-Core is the optional extra `vlft[megatron]`; nothing outside this package imports it, and
-modules here import it only inside the functions that need it."""
+folders), and training on them (`vlft megatron sft`, sft.py). Megatron-Core is the optional extra
+`vlft[megatron]`; nothing outside this package imports it, and modules here import it only inside the functions
+that need it."""
 
 from __future__ import annotations
 

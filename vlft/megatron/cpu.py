@@ -74,10 +74,10 @@ def cpu_shims(device: torch.device) -> Iterator[None]:
 
 
 def _names_cuda(device) -> bool:
-    try:
-        return device is not None and torch.device(device).type == "cuda"
-    except (RuntimeError, TypeError):
-        return False
+    """Whether a `device` argument names CUDA (no exception for other values: torch.compile traces this)."""
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.startswith("cuda")
 
 
 class CudaNamesOnCpu(torch.overrides.TorchFunctionMode):

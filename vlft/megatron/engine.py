@@ -14,12 +14,16 @@ from vlft.megatron.arguments import MegatronSftArguments
 from vlft.megatron.convert import VISION
 from vlft.train.modules import module_part, trainable_parts
 
+MTP = "language_model.mtp."  # the multi-token-prediction head's parameters in vlft's Megatron-Core model
+
 
 def training_overrides(args: MegatronSftArguments, cuda: bool) -> dict:
     """TransformerConfig settings of a training run, over the conversion's (vlft/megatron/config.py). Without CUDA
     nothing is recomputed (Megatron-Core's recompute saves and restores CUDA's random state): the same step, with
     more activation memory."""
-    overrides = dict(calculate_per_token_loss=args.calculate_per_token_loss)
+    # A multi-token-prediction head (Qwen3.5's) is kept, frozen, and adds no loss: vlft sft does not train it
+    # (transformers does not load it), and conversions carry it unchanged.
+    overrides = dict(calculate_per_token_loss=args.calculate_per_token_loss, mtp_loss_scaling_factor=0.0)
     if args.recompute_granularity != "none" and cuda:
         overrides.update(recompute_granularity=args.recompute_granularity)
     if args.recompute_granularity == "full" and cuda:
@@ -52,7 +56,7 @@ def freeze(model, family: Family, args: MegatronSftArguments) -> None:
 
     parts = trainable_parts(args.freeze_vit, args.freeze_aligner, args.freeze_llm)
     for name, param in model.named_parameters():
-        param.requires_grad = parameter_part(name, family) in parts
+        param.requires_grad = parameter_part(name, family) in parts and not name.startswith(MTP)
     if args.freeze_router:
         for module in model.modules():
             if isinstance(module, TopKRouter):

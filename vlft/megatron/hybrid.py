@@ -113,6 +113,26 @@ def torch_gated_delta_net_class():
     return TorchGatedDeltaNet
 
 
+def packed_gated_delta_net_class(base: type) -> type:
+    """`base` (a GatedDeltaNet) that keeps packed samples apart: Megatron-Core 0.16.1's refuses PackedSeqParams,
+    so given a packed row this one runs each sample through `base` on its own (its short convolution and its
+    recurrence restart with every sample, as fla's varlen kernels do with cu_seqlens) and joins the outputs."""
+
+    class PackedGatedDeltaNet(base):
+        def forward(self, hidden_states, attention_mask=None, key_value_states=None, inference_context=None,
+                    attention_bias=None, packed_seq_params=None, sequence_len_offset=None, **kwargs):
+            if packed_seq_params is None:
+                return super().forward(hidden_states, attention_mask, key_value_states, inference_context,
+                                       attention_bias, None, sequence_len_offset, **kwargs)
+            bounds = packed_seq_params.cu_seqlens_q.tolist()
+            outputs = [super(PackedGatedDeltaNet, self).forward(
+                hidden_states[a:b], attention_mask, key_value_states, inference_context, attention_bias, None,
+                sequence_len_offset, **kwargs) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            return torch.cat([out for out, _ in outputs]), outputs[0][1]
+
+    return PackedGatedDeltaNet
+
+
 # The norms TransformerEngine's spec fuses into the next linear, named as it (and so ms-swift) names them.
 def _te_keys_map(linear: bool, moe: bool) -> dict[str, str]:
     keys = {"input_layernorm.": "self_attention.in_proj.layer_norm_" if linear
@@ -139,7 +159,7 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
     from vlft.megatron.packed_attention import packed_core_attention_class
 
     if linear:
-        gdn = GatedDeltaNet if fla_runs(device) else torch_gated_delta_net_class()
+        gdn = packed_gated_delta_net_class(GatedDeltaNet if fla_runs(device) else torch_gated_delta_net_class())
         attention = ModuleSpec(module=gdn, submodules=GatedDeltaNetSubmodules(
             in_proj=ColumnParallelLinear, out_norm=PlainRMSNorm, out_proj=RowParallelLinear))
     else:

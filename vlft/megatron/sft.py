@@ -340,9 +340,6 @@ def check_model(args: MegatronSftArguments, family, hf_config: dict, cuda: bool)
         layout_of(family)
     except VlftError as e:
         return [str(e)]
-    if family.hybrid:
-        problems.append(f"{family.name}: Megatron-Core 0.16.1's Gated DeltaNet takes no packed rows yet; train it "
-                        "with vlft sft")
     _, text_config, tied = text_and_tied(hf_config)
     problems += split_problems(args.sizes, text_config, family, tied)
     if args.train_type == "lora" and args.tensor_model_parallel_size > 1:
