@@ -51,8 +51,10 @@ def parameter_part(name: str, family: Family):
 
 
 def freeze(model, family: Family, args: MegatronSftArguments) -> None:
-    """Full fine-tuning: the unfrozen parts train, with the MoE routers unless --freeze_router true."""
+    """Full fine-tuning: the unfrozen parts train, with the MoE routers (the experts' router, and the shared
+    expert's gate where there is one, as vlft sft's family routers) unless --freeze_router true."""
     from megatron.core.transformer.moe.router import TopKRouter
+    from megatron.core.transformer.moe.shared_experts import SharedExpertMLP
 
     parts = trainable_parts(args.freeze_vit, args.freeze_aligner, args.freeze_llm)
     for name, param in model.named_parameters():
@@ -61,6 +63,8 @@ def freeze(model, family: Family, args: MegatronSftArguments) -> None:
         for module in model.modules():
             if isinstance(module, TopKRouter):
                 module.requires_grad_(False)
+            if isinstance(module, SharedExpertMLP) and getattr(module, "gate_weight", None) is not None:
+                module.gate_weight.requires_grad = False
 
 
 @dataclass
