@@ -6,11 +6,10 @@ when it holds nothing, else kept with a FAILED file saying why."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
-import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from vlft.cli.parsing import build_parser, parse_args
@@ -65,8 +64,8 @@ def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> 
     from vlft.megatron.train_checkpoint import resume_problems
     from vlft.model.hub import resolve_model_dir
     from vlft.paths import cache_root
-    from vlft.train.launch import WORKER_ERRORS, first_worker_error, launch_plan, torchrun_command
-    from vlft.train.run_dir import clear_failed, finish_failed_run, new_run_dir
+    from vlft.train.launch import WORKER_ERRORS, first_worker_error, launch_outcome, launch_plan, torchrun_command
+    from vlft.train.run_dir import new_run_dir
 
     plan = launch_plan(os.environ, single=True)
     if plan.nnodes == 1 and not os.environ.get("MASTER_PORT", "").strip():  # one host: any free port will do
@@ -100,28 +99,14 @@ def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> 
             raise VlftError(listed_problems(problems))
         worker_argv = [*argv, "--model_dir", str(model_dir)]
         created = args.add_version and plan.nnodes == 1
-        run_dir = new_run_dir(Path(args.save), _now()) if created else Path(args.save)
+        run_dir = new_run_dir(Path(args.save), datetime.now()) if created else Path(args.save)
         worker_argv += ["--save", str(run_dir), "--add_version", "false"]
         with tempfile.TemporaryDirectory(prefix="vlft-sft-") as errors:
             code = subprocess.call(torchrun_command(plan, worker_argv, ("megatron", "sft")),
                                    env={**os.environ, WORKER_ERRORS: errors})
             error = first_worker_error(Path(errors))
-    if code == 0:
-        clear_failed(run_dir)
+    outcome = launch_outcome("megatron sft", code, error, run_dir, created)
+    if outcome == 0:
         print(f"vlft megatron sft: wrote {run_dir}")
-        return 0
-    note = finish_failed_run(run_dir, error.message if error else f"torchrun exited with code {code}", created)
-    if note:
-        logging.getLogger("vlft").warning(note)
-    if error is not None and error.code == 2:
-        raise VlftError(error.message)
-    if error is not None:
-        print(f"vlft megatron sft: rank {error.rank} failed: {error.message} (its traceback is above torchrun's "
-              "report)", file=sys.stderr)
-    return code
+    return outcome
 
-
-def _now():
-    from datetime import datetime
-
-    return datetime.now()

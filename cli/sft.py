@@ -4,10 +4,8 @@ else kept, with a FAILED file saying why."""
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -66,11 +64,9 @@ def launch(plan, args: SftArguments, argv: list[str]) -> int:
     """Run this command under torchrun with `plan`. The model is resolved here (a download or a tiny build
     happens once per node, not once per rank) and, on one node, the run dir is made here; a worker's error is
     printed after torchrun's report, and the run dir is removed or marked FAILED when the run fails."""
-    from vlft.errors import VlftError
     from vlft.model.hub import resolve_model_dir
     from vlft.paths import cache_root
-    from vlft.train.launch import WORKER_ERRORS, first_worker_error, torchrun_command
-    from vlft.train.run_dir import clear_failed, finish_failed_run
+    from vlft.train.launch import WORKER_ERRORS, first_worker_error, launch_outcome, torchrun_command
 
     model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
                                   hub_token=args.hub_token, revision=args.model_revision)
@@ -81,17 +77,4 @@ def launch(plan, args: SftArguments, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vlft-sft-") as errors:
         code = subprocess.call(torchrun_command(plan, worker_argv), env={**os.environ, WORKER_ERRORS: errors})
         error = first_worker_error(Path(errors))
-    if code == 0:
-        if run_dir is not None:
-            clear_failed(run_dir)
-        return 0
-    if run_dir is not None:
-        note = finish_failed_run(run_dir, error.message if error else f"torchrun exited with code {code}", created)
-        if note:
-            logging.getLogger("vlft").warning(note)
-    if error is not None and error.code == 2:
-        raise VlftError(error.message)  # printed last, as in one process; exit code 2
-    if error is not None:
-        print(f"vlft sft: rank {error.rank} failed: {error.message} (its traceback is above torchrun's report)",
-              file=sys.stderr)
-    return code
+    return launch_outcome("sft", code, error, run_dir, created)

@@ -96,14 +96,16 @@ def copy_processor_files(source: Path, target: Path) -> None:
         shutil.copy2(path, Path(target) / path.name)
 
 
-def megatron_lm_state(model, iteration: int, sizes: ParallelSizes) -> dict:
-    """What Megatron-LM saves at the top of a model-only checkpoint (no optimizer, no RNG state)."""
-    return {"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": iteration,
-            "args": Namespace(**sizes.as_args(), no_save_optim=True, no_save_rng=True)}
+def megatron_lm_state(model_state: dict, iteration: int, sizes: ParallelSizes, with_optimizer: bool = False) -> dict:
+    """What Megatron-LM saves at the top of a checkpoint (no RNG state): the model's sharded state, the iteration and
+    the parallel sizes; the optimizer's state, when saved, is added beside it."""
+    return {"model": model_state, "checkpoint_version": 3.0, "iteration": iteration,
+            "args": Namespace(**sizes.as_args(), no_save_optim=not with_optimizer, no_save_rng=True)}
 
 
-def save(model, root: Path, iteration: int, sizes: ParallelSizes) -> None:
-    """Save every rank's shard of `model` (collective: every rank calls it) and, on rank 0, the tracker file."""
+def save_state(state: dict, root: Path, iteration: int, content_metadata: dict) -> Path:
+    """Save every rank's part of `state` as iteration `iteration` under `root` (collective: every rank calls it)
+    and, on rank 0, name it in the tracker file; returns the iteration's dir."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
@@ -112,12 +114,29 @@ def save(model, root: Path, iteration: int, sizes: ParallelSizes) -> None:
     if dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    dist_checkpointing.save(megatron_lm_state(model, iteration, sizes), str(path),
+    dist_checkpointing.save(state, str(path),
                             sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1),
-                            content_metadata={"singleton_local_shards": False})
+                            content_metadata=content_metadata)
     dist.barrier()
     if dist.get_rank() == 0:
         (Path(root) / TRACKER).write_text(str(iteration))
+    return path
+
+
+def save(model, root: Path, iteration: int, sizes: ParallelSizes) -> None:
+    """Save every rank's shard of `model` (collective: every rank calls it) and, on rank 0, the tracker file."""
+    save_state(megatron_lm_state(model.sharded_state_dict(), iteration, sizes), root, iteration,
+               {"singleton_local_shards": False})
+
+
+def fill_model(model, loaded: dict, path: Path, may_miss=lambda key: False) -> None:
+    """Load `loaded` (a checkpoint's model state) into `model`; a VlftError naming `path` when keys are missing
+    (other than those `may_miss`) or unexpected."""
+    missing, unexpected = model.load_state_dict(loaded, strict=False)
+    missing = [key for key in missing if not key.endswith("_extra_state") and not may_miss(key)]
+    if missing or unexpected:
+        raise VlftError(f"{path}: does not match the model its args.json describes: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
 
 
 def load(model, checkpoint: McoreCheckpoint) -> None:
@@ -125,11 +144,7 @@ def load(model, checkpoint: McoreCheckpoint) -> None:
     from megatron.core import dist_checkpointing
 
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint.path))
-    missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
-    missing = [key for key in missing if not key.endswith("_extra_state")]
-    if missing or unexpected:
-        raise VlftError(f"{checkpoint.path}: does not match the model its args.json describes: missing "
-                        f"{missing[:5]}, unexpected {unexpected[:5]}")
+    fill_model(model, loaded["model"], checkpoint.path)
 
 
 def write_model_files(found: McoreCheckpoint, target: Path) -> Path:

@@ -18,7 +18,7 @@ from vlft.families import get_family
 from vlft.megatron import checkpoint
 from vlft.megatron.layouts import layout_of
 from vlft.megatron.mapping import Names, Shard, hf_language_model, hf_vision, language_model_shard, vision_shard
-from vlft.megatron.parallel import ParallelSizes
+from vlft.megatron.parallel import ParallelSizes, replica_problems
 from vlft.megatron.plan import ConversionPlan, text_and_tied
 
 LANGUAGE, VISION = "language_model.", "visual.visual."
@@ -40,10 +40,9 @@ def model_parallel(sizes: ParallelSizes, device: torch.device, data_parallel: bo
         world = dist.get_world_size()
         if not data_parallel and world != sizes.world_size:
             raise VlftError(f"{world} processes for {sizes.world_size} model-parallel ranks")
-        dense, expert = sizes.tensor * sizes.pipeline, sizes.expert_tensor * sizes.expert * sizes.pipeline
-        if data_parallel and (world % dense or world % expert):
-            raise VlftError(f"{world} processes (NPROC_PER_NODE x NNODES) are not a multiple of tensor x pipeline "
-                            f"parallel ranks ({dense}) and of expert-tensor x expert x pipeline ranks ({expert})")
+        problems = replica_problems(sizes, world) if data_parallel else []
+        if problems:
+            raise VlftError(problems[0])
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=sizes.tensor, pipeline_model_parallel_size=sizes.pipeline,
             expert_model_parallel_size=sizes.expert, expert_tensor_parallel_size=sizes.expert_tensor,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlft.families.mcore_layout import LayerNames
+
 
 class Adapter(nn.Module):
     """One projection's A and B (PEFT's initialisation: A Kaiming-uniform, B zero)."""
@@ -63,21 +65,29 @@ class LoraSettings:
     dropout: float
     rslora: bool
     experts: bool  # adapters on the MoE experts too
-    projections: frozenset[str]  # HF projection names adapted (q_proj, ..., down_proj)
+    projections: frozenset[str]  # the LayerNames fields adapted (q, k, v, o, gate, up, down)
 
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
 
-ATTENTION = ("q_proj", "k_proj", "v_proj")
-DENSE_MLP = ("gate_proj", "up_proj")
-ALL_PROJECTIONS = frozenset({*ATTENTION, "o_proj", *DENSE_MLP, "down_proj"})
+# Adapters are keyed by the family's LayerNames field of their HF projection; fused together in Megatron-Core:
+ATTENTION = ("q", "k", "v")  # linear_qkv
+DENSE_MLP = ("gate", "up")  # linear_fc1
+PROJECTIONS = (*ATTENTION, "o", *DENSE_MLP, "down")
+EXPERTS = ("experts_gate_up", "experts_down")  # an expert's linear_fc1 and linear_fc2
 
 
-def add_lora(model, text_config, settings: LoraSettings, dtype: torch.dtype, device) -> list[str]:
-    """Adapters on this rank's decoder layers (the rest of the model frozen); returns the HF names adapted, in
-    PEFT's module form (`{i}.self_attn.q_proj`, `{i}.mlp.experts`) relative to the decoder layers."""
+def short_name(names: LayerNames, field: str) -> str:
+    """The PEFT module name --target_modules uses for a projection (`q_proj` for `self_attn.q_proj`)."""
+    return getattr(names, field).rsplit(".", 1)[-1]
+
+
+def add_lora(model, text_config, names: LayerNames, experts_module: str, settings: LoraSettings,
+             dtype: torch.dtype, device) -> list[str]:
+    """Adapters on this rank's decoder layers (the rest of the model frozen); returns the HF modules adapted,
+    relative to the decoder layers (`{i}.self_attn.q_proj`, `{i}.<experts_module>`)."""
     from megatron.core.transformer.moe.experts import SequentialMLP
 
     heads, groups = text_config.num_attention_heads, text_config.num_key_value_heads
@@ -96,55 +106,61 @@ def add_lora(model, text_config, settings: LoraSettings, dtype: torch.dtype, dev
     def new(in_features: int, out_features: int) -> Adapter:
         return Adapter(in_features, out_features, settings.rank, dtype, device)
 
+    def together(fields: tuple[str, ...], parts: dict) -> dict:
+        if parts and len(parts) != len(fields):
+            together_names = ", ".join(short_name(names, field) for field in fields)
+            raise ValueError(f"{together_names} are adapted together in Megatron-Core (one fused linear): target "
+                             "all or none of them")
+        return parts
+
     adapted = []
     for layer in model.language_model.decoder.layers:
         i = layer.layer_number - 1
         attention = layer.self_attention
-        parts = {name: new(hidden, (heads if name == "q_proj" else groups) * head_dim)
-                 for name in ATTENTION if name in settings.projections}
+        parts = together(ATTENTION, {field: new(hidden, (heads if field == "q" else groups) * head_dim)
+                                     for field in ATTENTION if field in settings.projections})
         if parts:
-            if len(parts) != 3:
-                raise ValueError("q_proj, k_proj and v_proj are adapted together in Megatron-Core (one fused "
-                                 "linear): target all three or none")
             attach(attention.linear_qkv, parts, groups)
-            adapted += [f"{i}.self_attn.{name}" for name in parts]
-        if "o_proj" in settings.projections:
-            attach(attention.linear_proj, {"o_proj": new(heads * head_dim, hidden)})
-            adapted.append(f"{i}.self_attn.o_proj")
+        fields = list(parts)
+        if "o" in settings.projections:
+            attach(attention.linear_proj, {"o": new(heads * head_dim, hidden)})
+            fields.append("o")
         mlp = layer.mlp
         experts = getattr(mlp, "experts", None)
         if experts is None:
             ffn = text_config.intermediate_size
-            parts = {name: new(hidden, ffn) for name in DENSE_MLP if name in settings.projections}
+            parts = together(DENSE_MLP, {field: new(hidden, ffn) for field in DENSE_MLP
+                                         if field in settings.projections})
             if parts:
-                if len(parts) != 2:
-                    raise ValueError("gate_proj and up_proj are adapted together in Megatron-Core (one fused "
-                                     "linear): target both or neither")
                 attach(mlp.linear_fc1, parts)
-                adapted += [f"{i}.mlp.{name}" for name in parts]
-            if "down_proj" in settings.projections:
-                attach(mlp.linear_fc2, {"down_proj": new(ffn, hidden)})
-                adapted.append(f"{i}.mlp.down_proj")
+            fields += parts
+            if "down" in settings.projections:
+                attach(mlp.linear_fc2, {"down": new(ffn, hidden)})
+                fields.append("down")
         elif settings.experts:
             if not isinstance(experts, SequentialMLP):
                 raise ValueError(f"LoRA on experts needs Megatron-Core's SequentialMLP, not {type(experts).__name__}")
             ffn = text_config.moe_intermediate_size
             for local in experts.local_experts:
-                attach(local.linear_fc1, {"gate_up_proj": new(hidden, 2 * ffn)}, expert=True)
-                attach(local.linear_fc2, {"down_proj": new(ffn, hidden)}, expert=True)
-            adapted.append(f"{i}.mlp.experts")
+                attach(local.linear_fc1, {"experts_gate_up": new(hidden, 2 * ffn)}, expert=True)
+                attach(local.linear_fc2, {"experts_down": new(ffn, hidden)}, expert=True)
+            fields.append(None)
+        adapted += [f"{i}.{getattr(names, field) if field else experts_module}" for field in fields]
     return adapted
 
 
-def lora_settings(args) -> LoraSettings:
-    """The adapted projections of --target_modules: all-linear (every projection, the experts too), or names."""
-    names = set(args.target_modules)
-    all_linear = "all-linear" in names
-    unknown = names - ALL_PROJECTIONS - {"all-linear", "experts"}
+def lora_settings(args, names: LayerNames) -> LoraSettings:
+    """The adapted projections of --target_modules: all-linear (every projection, the experts too), or PEFT's module
+    names of them (q_proj, ..., down_proj) and `experts`."""
+    by_name = {short_name(names, field): field for field in PROJECTIONS}
+    given = set(args.target_modules)
+    all_linear = "all-linear" in given
+    unknown = given - set(by_name) - {"all-linear", "experts"}
     if unknown:
         raise ValueError(f"--target_modules {' '.join(sorted(unknown))}: vlft megatron sft adapts all-linear or "
-                         f"these projections: {', '.join(sorted(ALL_PROJECTIONS))}, experts")
-    experts = all_linear or "experts" in names
+                         f"these projections: {', '.join(sorted(by_name))}, experts")
+    experts = all_linear or "experts" in given
     dropout = args.lora_dropout if args.lora_dropout is not None else (0.0 if experts else 0.05)
+    fields = PROJECTIONS if all_linear else tuple(field for name, field in by_name.items() if name in given)
     return LoraSettings(args.lora_rank, args.lora_alpha, dropout, args.use_rslora, experts=experts,
-                        projections=frozenset(ALL_PROJECTIONS if all_linear else names & ALL_PROJECTIONS))
+                        projections=frozenset(fields))

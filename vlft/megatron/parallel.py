@@ -33,6 +33,16 @@ class ParallelSizes:
         return cls(*(int(args.get(name, 1)) for name in cls().as_args()))
 
 
+def replica_problems(sizes: ParallelSizes, processes: int) -> list[str]:
+    """Why `processes` training processes do not fit these sizes (those beyond the model-parallel ranks are
+    data-parallel replicas, of the dense layers and of the experts alike); empty when they do."""
+    dense, expert = sizes.tensor * sizes.pipeline, sizes.expert_tensor * sizes.expert * sizes.pipeline
+    if processes % dense or processes % expert:
+        return [f"{processes} processes (NPROC_PER_NODE x NNODES) are not a multiple of tensor x pipeline parallel "
+                f"ranks ({dense}) and of expert-tensor x expert x pipeline ranks ({expert})"]
+    return []
+
+
 def split_problems(sizes: ParallelSizes, text_config, family: Family, tied: bool) -> list[str]:
     """Why the model (`tied`: its input and output embeddings are one tensor) does not split by these sizes
     (empty when it does)."""

@@ -14,27 +14,33 @@ from pathlib import Path
 import torch
 
 from vlft.families.base import Family
+from vlft.families.mcore_layout import LayerNames
 
 PEFT_PREFIX = "base_model.model."
-_EXPERT_KEYS = {"gate_up_proj": "mlp.experts.base_layer", "down_proj": "mlp.experts"}
+
+
+def _expert_module(family: Family, field: str) -> str:
+    """The PEFT module (relative to a decoder layer) of an expert projection's adapter: PEFT wraps the experts
+    module once per targeted parameter, the first (gate_up) innermost."""
+    return f"{family.modules.experts}.base_layer" if field == "experts_gate_up" else family.modules.experts
 
 
 def _decoder_layers(model):
     return [(layer.layer_number - 1, layer) for layer in model.language_model.decoder.layers]
 
 
-def _dense_adapters(layer):
+def _dense_adapters(layer, names: LayerNames):
     """(HF module relative to the decoder layer, Adapter) of a layer's non-expert linears."""
     attention, mlp = layer.self_attention, layer.mlp
-    for module, place in ((attention.linear_qkv, "self_attn"), (attention.linear_proj, "self_attn"),
-                          (getattr(mlp, "linear_fc1", None), "mlp"), (getattr(mlp, "linear_fc2", None), "mlp")):
+    for module in (attention.linear_qkv, attention.linear_proj, getattr(mlp, "linear_fc1", None),
+                   getattr(mlp, "linear_fc2", None)):
         if module is not None and hasattr(module, "lora"):
-            for name, adapter in module.lora.adapters.items():
-                yield f"{place}.{name}", adapter
+            for field, adapter in module.lora.adapters.items():
+                yield getattr(names, field), adapter
 
 
 def _expert_adapters(layer, ep_rank: int):
-    """(projection, global expert index, Adapter) of the layer's local experts."""
+    """(LayerNames field, global expert index, Adapter) of the layer's local experts."""
     experts = getattr(layer.mlp, "experts", None)
     if experts is None:
         return
@@ -42,11 +48,11 @@ def _expert_adapters(layer, ep_rank: int):
     for j, expert in enumerate(local):
         for linear in (expert.linear_fc1, expert.linear_fc2):
             if hasattr(linear, "lora"):
-                for name, adapter in linear.lora.adapters.items():
-                    yield name, ep_rank * len(local) + j, adapter
+                for field, adapter in linear.lora.adapters.items():
+                    yield field, ep_rank * len(local) + j, adapter
 
 
-def peft_tensors(model, family: Family, num_experts: int) -> dict[str, torch.Tensor]:
+def peft_tensors(model, family: Family, names: LayerNames, num_experts: int) -> dict[str, torch.Tensor]:
     """The whole PEFT adapter (collective over the expert-parallel group; every rank returns it)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -56,7 +62,7 @@ def peft_tensors(model, family: Family, num_experts: int) -> dict[str, torch.Ten
     experts: dict[tuple[int, str], dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     ep_rank = parallel_state.get_expert_model_parallel_rank()
     for i, layer in _decoder_layers(model):
-        for module, adapter in _dense_adapters(layer):
+        for module, adapter in _dense_adapters(layer, names):
             base = f"{PEFT_PREFIX}{layers}.{i}.{module}"
             tensors[f"{base}.lora_A.weight"] = adapter.A.detach().cpu().float()
             tensors[f"{base}.lora_B.weight"] = adapter.B.detach().cpu().float()
@@ -74,13 +80,14 @@ def peft_tensors(model, family: Family, num_experts: int) -> dict[str, torch.Ten
             raise RuntimeError(f"layer {i} {name}: adapters of {len(by_expert)} experts gathered, not {num_experts}")
         a = torch.cat([by_expert[e][0] for e in range(num_experts)])  # [E * r, in], expert-major
         b = torch.stack([by_expert[e][1] for e in range(num_experts)], dim=-1).flatten(1)  # [out, r * E]
-        base = f"{PEFT_PREFIX}{layers}.{i}.{_EXPERT_KEYS[name]}"
+        base = f"{PEFT_PREFIX}{layers}.{i}.{_expert_module(family, name)}"
         tensors[f"{base}.lora_A.weight"], tensors[f"{base}.lora_B.weight"] = a, b
     return tensors
 
 
 @torch.no_grad()
-def load_peft_tensors(model, family: Family, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_peft_tensors(model, family: Family, names: LayerNames, tensors: dict[str, torch.Tensor],
+                      source: str) -> None:
     """Fill this rank's adapters from a PEFT adapter's tensors; a ValueError naming what does not match."""
     from megatron.core import parallel_state
 
@@ -103,11 +110,11 @@ def load_peft_tensors(model, family: Family, tensors: dict[str, torch.Tensor], s
         adapter.B.copy_(b)
 
     for i, layer in _decoder_layers(model):
-        for module, adapter in _dense_adapters(layer):
+        for module, adapter in _dense_adapters(layer, names):
             base = f"{PEFT_PREFIX}{layers}.{i}.{module}"
             fill(adapter, take(f"{base}.lora_A.weight", None), take(f"{base}.lora_B.weight", None), base)
         for name, e, adapter in _expert_adapters(layer, ep_rank):
-            base = f"{PEFT_PREFIX}{layers}.{i}.{_EXPERT_KEYS[name]}"
+            base = f"{PEFT_PREFIX}{layers}.{i}.{_expert_module(family, name)}"
             a, b = take(f"{base}.lora_A.weight", None), take(f"{base}.lora_B.weight", None)
             rank = adapter.A.shape[0]
             experts = a.shape[0] // rank
@@ -123,7 +130,7 @@ def read_adapter(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_adapter(directory: Path, tensors: dict[str, torch.Tensor], adapted: list[str], family: Family,
-                  settings, base_model: str, dtype: torch.dtype) -> None:
+                  names: LayerNames, settings, base_model: str, dtype: torch.dtype) -> None:
     """adapter_model.safetensors and adapter_config.json, as PEFT writes them for vlft sft's adapters."""
     import re
 
@@ -131,9 +138,10 @@ def write_adapter(directory: Path, tensors: dict[str, torch.Tensor], adapted: li
     from safetensors.torch import save_file
 
     layers = family.modules.decoder_layers
-    modules = [f"{layers}.{name}" for name in adapted if not name.endswith(".mlp.experts")]
-    parameters = [f"{layers}.{name}.{projection}" for name in adapted if name.endswith(".mlp.experts")
-                  for projection in ("gate_up_proj", "down_proj")]
+    experts = "." + family.modules.experts
+    modules = [f"{layers}.{name}" for name in adapted if not name.endswith(experts)]
+    parameters = [f"{layers}.{name}.{projection}" for name in adapted if name.endswith(experts)
+                  for projection in (names.experts_gate_up, names.experts_down)]
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         use_rslora=settings.rslora,
                         target_modules="^(?:" + "|".join(re.escape(m) for m in modules) + ")$" if modules else None,

@@ -93,9 +93,14 @@ def plan_to_hf(mcore_dir: Path, output_dir: Path, iteration: int | None, dtype: 
                           max_shard_size=max_shard_size)
 
 
+def model_record(plan: ConversionPlan) -> dict:
+    """What a checkpoint's args.json records of its model for --to_hf and --load: the family, dtype, parallel sizes
+    (Megatron-LM's names) and the source config.json, which --to_hf writes back."""
+    return {"family": plan.family, "model_type": plan.hf_config.get("model_type"), "dtype": plan.dtype,
+            **plan.sizes.as_args(), "hf_config": plan.hf_config}
+
+
 def record(plan: ConversionPlan, model: str | None, adapters: list[str]) -> dict:
-    """args.json of the checkpoint a to_mcore plan writes: the --model and --adapters given, the family, dtype,
-    parallel sizes (Megatron-LM's names) and the source config.json, which --to_hf writes back."""
-    return {"model": model, "adapters": list(adapters), "family": plan.family,
-            "model_type": plan.hf_config.get("model_type"), "dtype": plan.dtype, **plan.sizes.as_args(),
-            "iteration": plan.iteration, "hf_config": plan.hf_config}
+    """args.json of the checkpoint a to_mcore plan writes: the --model and --adapters given, the iteration, and
+    model_record's."""
+    return {"model": model, "adapters": list(adapters), "iteration": plan.iteration, **model_record(plan)}

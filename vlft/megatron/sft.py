@@ -97,7 +97,9 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
     model = converter.model.train()
     if source is None:
         converter.fill_from_hf(model_dir, dtype)
-    lora = add_adapters(args, model, converter, family, dtype, device) if args.train_type == "lora" else None
+    base_model = args.model or (source.args.get("model") if source else None) or str(model_dir)
+    lora = (add_adapters(args, model, converter, family, base_model, dtype, device) if args.train_type == "lora"
+            else None)
     if lora is None:
         freeze(model, family, args)
     mark_tensor_parallel_attributes(model)
@@ -175,10 +177,11 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
 
 class Lora(NamedTuple):
     settings: object  # lora.LoraSettings
-    adapted: list[str]
+    adapted: list[str]  # the HF modules adapted, relative to the decoder layers
+    base_model: str  # as the written adapters name their base: --model, or the one --load was made from
 
 
-def add_adapters(args: MegatronSftArguments, model, converter, family, dtype: torch.dtype,
+def add_adapters(args: MegatronSftArguments, model, converter, family, base_model: str, dtype: torch.dtype,
                  device: torch.device) -> Lora:
     """LoRA adapters on the language model (everything else frozen), from --adapters or PEFT's initialisation
     (seeded by --seed, the same on every data-parallel rank)."""
@@ -186,17 +189,19 @@ def add_adapters(args: MegatronSftArguments, model, converter, family, dtype: to
     from vlft.megatron.peft_adapter import load_peft_tensors, read_adapter
 
     try:
-        settings = lora_settings(args)
+        settings = lora_settings(args, converter.layout.layer)
     except ValueError as e:
         raise VlftError(str(e)) from None
     torch.manual_seed(args.seed)
-    adapted = add_lora(model, converter.text_config, settings, dtype, device)
+    adapted = add_lora(model, converter.text_config, converter.layout.layer, family.modules.experts, settings, dtype,
+                       device)
     if args.adapters:
         try:
-            load_peft_tensors(model, family, read_adapter(Path(args.adapters[0])), args.adapters[0])
+            load_peft_tensors(model, family, converter.layout.layer, read_adapter(Path(args.adapters[0])),
+                              args.adapters[0])
         except ValueError as e:
             raise VlftError(str(e)) from None
-    return Lora(settings, adapted)
+    return Lora(settings, adapted, base_model)
 
 
 def write_peft_checkpoint(directory: Path, lora: Lora, model, converter, args: MegatronSftArguments,
@@ -208,14 +213,14 @@ def write_peft_checkpoint(directory: Path, lora: Lora, model, converter, args: M
     from vlft.megatron.checkpoint import copy_processor_files
     from vlft.megatron.peft_adapter import peft_tensors, write_adapter
 
-    tensors = peft_tensors(model, converter.family, getattr(converter.text_config, "num_experts", 0) or 0)
+    tensors = peft_tensors(model, converter.family, converter.layout.layer,
+                           getattr(converter.text_config, "num_experts", 0) or 0)
     if dist.get_rank() == 0:
-        base = args.model or (json.loads((Path(args.load) / "args.json").read_text()).get("model") if args.load
-                              else None) or str(model_dir)
-        write_adapter(directory, tensors, lora.adapted, converter.family, lora.settings, base,
-                      converter.config.params_dtype)
+        write_adapter(directory, tensors, lora.adapted, converter.family, converter.layout.layer, lora.settings,
+                      lora.base_model, converter.config.params_dtype)
         copy_processor_files(model_dir, directory)
-        (directory / "args.json").write_text(json.dumps({**public_args(args), "model": base}, indent=2) + "\n")
+        (directory / "args.json").write_text(json.dumps({**public_args(args), "model": lora.base_model}, indent=2)
+                                              + "\n")
     dist.barrier()
     return directory
 
@@ -308,21 +313,21 @@ def write_run_files(run_dir: Path, args: MegatronSftArguments, plan, model_dir: 
     """args.json (the run's arguments, with what `vlft export --mcore_model RUN --to_hf true` reads: the family,
     dtype, parallel sizes and the model's config.json) and the processor files."""
     from vlft.megatron.checkpoint import copy_processor_files, write_args
+    from vlft.megatron.plan import model_record
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_args(run_dir, {**public_args(args), "family": plan.family, "model_type": plan.hf_config.get("model_type"),
-                         "dtype": plan.dtype, **plan.sizes.as_args(), "hf_config": plan.hf_config})
+    write_args(run_dir, {**public_args(args), **model_record(plan)})
     copy_processor_files(model_dir, run_dir)
 
 
 def check_world(args: MegatronSftArguments, world_size: int) -> list[str]:
-    """Problems of the parallel sizes against the number of processes."""
-    sizes = args.sizes
-    dense, expert = sizes.tensor * sizes.pipeline, sizes.expert_tensor * sizes.expert * sizes.pipeline
-    if world_size % dense or world_size % expert:
-        return [f"{world_size} processes (NPROC_PER_NODE x NNODES) are not a multiple of tensor x pipeline parallel "
-                f"ranks ({dense}) and of expert-tensor x expert x pipeline ranks ({expert})"]
-    data_parallel = world_size // dense
+    """Problems of the parallel sizes and the batch against the number of processes."""
+    from vlft.megatron.parallel import replica_problems
+
+    problems = replica_problems(args.sizes, world_size)
+    if problems:
+        return problems
+    data_parallel = world_size // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
     if args.global_batch_size % (args.micro_batch_size * data_parallel):
         return [f"--global_batch_size {args.global_batch_size} is not a multiple of --micro_batch_size "
                 f"{args.micro_batch_size} x {data_parallel} data-parallel ranks"]

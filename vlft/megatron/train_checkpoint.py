@@ -5,14 +5,13 @@ the model's part; `vlft megatron sft --load RUN` resumes from all of it."""
 
 from __future__ import annotations
 
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vlft.errors import VlftError
-from vlft.megatron.checkpoint import TRACKER, McoreCheckpoint, iteration_dir
+from vlft.megatron.checkpoint import McoreCheckpoint, fill_model, megatron_lm_state, save_state
 from vlft.megatron.parallel import ParallelSizes
 
 # Megatron-SWIFT's metadata: the distributed optimizer's state is saved per data-parallel shard, reshardable.
@@ -81,29 +80,15 @@ def _is_lora(key: str) -> bool:
 def save(root: Path, position: TrainingPosition, ddp, optimizer, scheduler, sizes: ParallelSizes,
          with_optimizer: bool) -> Path:
     """Save every rank's shards at `position.iteration` (collective), then name it in the tracker file."""
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
-
-    path = iteration_dir(root, position.iteration)
-    if dist.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     model_state = ddp.module.sharded_state_dict()
-    state = {"model": model_state, "checkpoint_version": 3.0, "iteration": position.iteration,
-             "args": Namespace(**sizes.as_args(), no_save_optim=not with_optimizer, no_save_rng=True),
-             TRAINING: {"applied_steps": position.applied_steps, "optimizer": with_optimizer,
-                        "lora": any(_is_lora(key) for key in model_state)}}
+    state = megatron_lm_state(model_state, position.iteration, sizes, with_optimizer)
+    state[TRAINING] = {"applied_steps": position.applied_steps, "optimizer": with_optimizer,
+                       "lora": any(_is_lora(key) for key in model_state)}
     if with_optimizer:
         state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=False,
                                                           metadata=OPTIMIZER_METADATA)
         state["opt_param_scheduler"] = scheduler.state_dict()
-    dist_checkpointing.save(state, str(path), sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1),
-                            content_metadata=OPTIMIZER_METADATA)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (Path(root) / TRACKER).write_text(str(position.iteration))
-    return path
+    return save_state(state, root, position.iteration, OPTIMIZER_METADATA)
 
 
 def load(checkpoint: McoreCheckpoint, ddp, optimizer, scheduler, *, weights_only: bool, load_optimizer: bool,
@@ -129,11 +114,7 @@ def load(checkpoint: McoreCheckpoint, ddp, optimizer, scheduler, *, weights_only
         state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=True,
                                                           metadata=OPTIMIZER_METADATA)
     loaded = dist_checkpointing.load(state, str(checkpoint.path))
-    missing, unexpected = ddp.module.load_state_dict(loaded["model"], strict=False)
-    missing = [key for key in missing if not key.endswith("_extra_state") and (saved_lora or not _is_lora(key))]
-    if missing or unexpected:
-        raise VlftError(f"{checkpoint.path}: does not match the model its args.json describes: missing "
-                        f"{missing[:5]}, unexpected {unexpected[:5]}")
+    fill_model(ddp.module, loaded["model"], checkpoint.path, may_miss=lambda key: not saved_lora and _is_lora(key))
     if not resume:
         return TrainingPosition()
     position = TrainingPosition(int(common["iteration"]), int(record["applied_steps"]))

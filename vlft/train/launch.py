@@ -77,6 +77,31 @@ def torchrun_command(plan: LaunchPlan, argv: list[str], command: tuple[str, ...]
     ]
 
 
+def launch_outcome(command: str, code: int, error: "WorkerError | None", run_dir: Path | None, created: bool) -> int:
+    """After torchrun ran `vlft <command>`'s workers: on success, a FAILED left by an earlier run in `run_dir` is
+    removed; on failure the run dir is removed or marked FAILED (run_dir.finish_failed_run), and the first worker's
+    error is reported last: a VlftError (exit code 2) is raised again as in one process, another is printed.
+    Returns the exit code."""
+    import logging
+
+    from vlft.train.run_dir import clear_failed, finish_failed_run
+
+    if code == 0:
+        if run_dir is not None:
+            clear_failed(run_dir)
+        return 0
+    if run_dir is not None:
+        note = finish_failed_run(run_dir, error.message if error else f"torchrun exited with code {code}", created)
+        if note:
+            logging.getLogger("vlft").warning(note)
+    if error is not None and error.code == 2:
+        raise VlftError(error.message)  # printed last, as in one process; exit code 2
+    if error is not None:
+        print(f"vlft {command}: rank {error.rank} failed: {error.message} (its traceback is above torchrun's "
+              "report)", file=sys.stderr)
+    return code
+
+
 @dataclass(frozen=True)
 class WorkerError:
     """Why a worker failed: its rank, its exit code (2 for a VlftError, as the CLI exits) and the message."""
