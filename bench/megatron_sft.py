@@ -1,15 +1,16 @@
-"""`vlft megatron sft` against `vlft sft` on one GPU (issue 23): full fine-tuning of a Qwen3-VL-30B-A3B-shaped
-random model cut to its first --layers decoder layers (128 experts of 768, top-8; the whole 27-block vision tower,
-frozen), on the same packed rows of images and text; tokens/s over the steps after --warmup, peak GPU memory, the
-loss curve's ends. Prints a table.
+"""`vlft megatron sft` against `vlft sft` on one GPU (issue 23): full fine-tuning and LoRA (all-linear, the
+experts too, r8) of a Qwen3-VL-30B-A3B-shaped random model cut to its first --layers decoder layers (128 experts
+of 768, top-8; the whole 27-block vision tower, frozen), on the same packed rows of images and text; tokens/s over
+the steps after --warmup, peak GPU memory, the loss curve's ends. Prints a table.
 
     source bench/device_env.sh   # with megatron-core's wheel carried in .whl_mcore/ (bench/stage_wheels.sh)
     python3 bench/megatron_sft.py --layers 2 --workdir /tmp/msft
 
-Both run bf16 with recomputation (vlft sft: gradient checkpointing; megatron sft: --recompute_granularity full),
-one packed row of --max_length per step, lr 1e-5. vlft sft keeps AdamW's state in the weights' dtype (bf16, 8
-bytes a parameter with the weights and gradients); Megatron-Core keeps float32 gradients, master weights and
-moments (18 bytes a parameter): the memory columns differ by that design, not by waste.
+Both run bf16 with recomputation (vlft sft: gradient checkpointing; megatron sft: --recompute_granularity, full
+unless --recompute says otherwise), one packed row of --max_length per step, lr 1e-5 (full) or 1e-4 (LoRA). vlft
+sft keeps AdamW's state in the weights' dtype (bf16, 8 bytes a parameter with the weights and gradients);
+Megatron-Core keeps float32 gradients, master weights and moments (18 bytes a parameter): the memory columns of
+full fine-tuning differ by that design, not by waste.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def main() -> int:
     parser.add_argument("--max_length", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--peers", default="megatron,vlft")
+    parser.add_argument("--peers", default="megatron,vlft,megatron_lora,vlft_lora")
+    parser.add_argument("--recompute", default="full", choices=["full", "selective", "none"],
+                        help="megatron sft's --recompute_granularity")
     args = parser.parse_args()
     model_dir = args.workdir / f"qwen3-vl-30b-a3b-{args.layers}layers"
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
@@ -64,22 +67,28 @@ def main() -> int:
               str(args.max_length), "--torch_dtype", "bfloat16", "--add_version", "false"]
     vlft = [sys.executable, "-m", "vlft.cli.main"]
     results = []
+    lora = ["--train_type", "lora", "--target_modules", "all-linear", "--lora_rank", "8", "--lora_alpha", "32",
+            "--lora_dropout", "0"]
     for peer in args.peers.split(","):
         out = args.workdir / f"run_{peer}"
-        if peer == "megatron":
-            argv = [*vlft, "megatron", "sft", *common, "--save", str(out), "--train_iters", str(args.steps),
-                    "--global_batch_size", "1", "--log_interval", "1", "--lr", "1e-5", "--recompute_granularity",
-                    "full", "--num_workers", "4", "--no_save_optim", "true"]
-            name = "vlft megatron sft (EP=TP=1)"
+        tuned = lora if peer.endswith("_lora") else ["--train_type", "full"]
+        lr = "1e-4" if peer.endswith("_lora") else "1e-5"
+        if peer.startswith("megatron"):
+            argv = [*vlft, "megatron", "sft", *common, *tuned, "--save", str(out), "--train_iters", str(args.steps),
+                    "--global_batch_size", "1", "--log_interval", "1", "--lr", lr, "--recompute_granularity",
+                    args.recompute, "--num_workers", "4", "--no_save_optim", "true"]
+            name = f"vlft megatron sft{' LoRA' if peer.endswith('_lora') else ''} (EP=TP=1, recompute {args.recompute})"
+        elif peer.startswith("vlft"):
+            argv = [*vlft, "sft", *common, *tuned, "--output_dir", str(out), "--max_steps", str(args.steps),
+                    "--logging_steps", "1", "--learning_rate", lr, "--save_strategy", "no", "--report_to", "none",
+                    "--dataloader_num_workers", "4"]
+            name = f"vlft sft{' LoRA' if peer.endswith('_lora') else ''}"
         else:
-            argv = [*vlft, "sft", *common, "--output_dir", str(out), "--train_type", "full", "--max_steps",
-                    str(args.steps), "--logging_steps", "1", "--learning_rate", "1e-5", "--save_strategy", "no",
-                    "--report_to", "none", "--dataloader_num_workers", "4"]
-            name = "vlft sft"
+            raise SystemExit(f"unknown peer {peer!r}: megatron, vlft, megatron_lora, vlft_lora")
         wall = run_logged(argv, args.workdir / f"{peer}.log")
         results.append(summary(name, out, args.warmup, wall))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\nQwen3-VL-30B-A3B shape, {args.layers} decoder layers, full fine-tuning, rows of {args.max_length}, "
+    print(f"\nQwen3-VL-30B-A3B shape, {args.layers} decoder layers, rows of {args.max_length}, "
           f"{args.steps} steps ({args.warmup} warm-up)\n")
     print("| metric | " + " | ".join(r["name"] for r in results) + " |")
     print("| --- |" + " --- |" * len(results))

@@ -75,6 +75,9 @@ def launch(args: MegatronSftArguments, argv: list[str], problems: list[str]) -> 
 
         plan = replace(plan, master_port=free_port())
     problems += check_world(args, plan.nproc_per_node * plan.nnodes)
+    if torch.cuda.is_available() and plan.nproc_per_node > torch.cuda.device_count():
+        problems.append(f"NPROC_PER_NODE={plan.nproc_per_node} but this host has {torch.cuda.device_count()} GPU(s): "
+                        "Megatron-Core runs one process per GPU (NCCL refuses two ranks on one device)")
     with tempfile.TemporaryDirectory(prefix="vlft-megatron-") as scratch:
         model_dir = None
         try:

@@ -156,6 +156,7 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
     from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+    from vlft.megatron.grouped_experts import with_grouped_experts
     from vlft.megatron.packed_attention import packed_core_attention_class
 
     if linear:
@@ -169,8 +170,8 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
                                    linear_proj=RowParallelLinear, q_layernorm=ZeroCenteredRMSNorm,
                                    k_layernorm=ZeroCenteredRMSNorm))
     if moe:
-        mlp = get_moe_module_spec_for_backend(LocalSpecProvider(), num_experts=config.num_moe_experts,
-                                              moe_grouped_gemm=False)
+        mlp = with_grouped_experts(get_moe_module_spec_for_backend(
+            LocalSpecProvider(), num_experts=config.num_moe_experts, moe_grouped_gemm=False))
     else:
         mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                               linear_fc2=RowParallelLinear))

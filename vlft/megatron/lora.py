@@ -52,6 +52,22 @@ class LinearAdapters(nn.Module):
         return torch.cat(outputs, dim=-1) * self.scaling
 
 
+def grouped_adapters_output(loras: list[LinearAdapters], x: torch.Tensor, matmul) -> torch.Tensor:
+    """The adapters of a group of linears (one per MoE expert, the same projections each) on their token groups
+    at once: `matmul(rows, weights_t)` multiplies each group's rows by its own matrix of weights_t [groups, in,
+    out] (grouped_experts.grouped_matmul). Equals each linear's LinearAdapters on its own rows."""
+    first = loras[0]
+    if first.groups:
+        raise ValueError("grouped adapters add their outputs in order; q/k/v interleaving is not grouped")
+    x = first.dropout(x).to(next(first.parameters()).dtype)
+    outputs = []
+    for name in first.adapters:
+        down = torch.stack([lora.adapters[name].A for lora in loras]).transpose(1, 2)  # [groups, in, r]
+        up = torch.stack([lora.adapters[name].B for lora in loras]).transpose(1, 2)  # [groups, r, out]
+        outputs.append(matmul(matmul(x, down), up))
+    return torch.cat(outputs, dim=-1) * first.scaling
+
+
 def _hook(module, args, output):
     """A Megatron-Core linear's output (out, bias) with its adapters' contribution added to `out`."""
     out, bias = output
@@ -138,7 +154,7 @@ def add_lora(model, text_config, names: LayerNames, experts_module: str, setting
                 attach(mlp.linear_fc2, {"down": new(ffn, hidden)})
                 fields.append("down")
         elif settings.experts:
-            if not isinstance(experts, SequentialMLP):
+            if not isinstance(experts, SequentialMLP):  # grouped_experts' module is one
                 raise ValueError(f"LoRA on experts needs Megatron-Core's SequentialMLP, not {type(experts).__name__}")
             ffn = text_config.moe_intermediate_size
             for local in experts.local_experts:

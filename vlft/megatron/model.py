@@ -39,6 +39,7 @@ def interleaved_mrope_class():
 def layer_spec(config, moe_kinds: list[bool]):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    from vlft.megatron.grouped_experts import with_grouped_experts
     from vlft.megatron.packed_attention import packed_core_attention_class
 
     if len(set(moe_kinds)) > 1:
@@ -49,6 +50,7 @@ def layer_spec(config, moe_kinds: list[bool]):
     spec.submodules.self_attention.submodules.core_attention = packed_core_attention_class()  # packed rows
     if moe:
         spec.submodules.sharded_state_dict_keys_map = dict(_MOE_KEYS_MAP)
+        with_grouped_experts(spec.submodules.mlp)
     return spec
 
 
@@ -71,6 +73,7 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
     from megatron.core.transformer.module import MegatronModule
 
     from vlft.megatron import hybrid
+    from vlft.train.attention import VISION_ATTENTION_NAME, register_varlen_attention
 
     text_config = hf_config.text_config
     rope = rope_parameters(text_config)
@@ -84,6 +87,9 @@ def build_model(config, hf_config, family: Family, layout: McoreLayout, *, pre_p
         def __init__(self):
             super().__init__(config)
             self.visual = vision_tower_class(layout)._from_config(hf_config.vision_config, dtype=config.params_dtype)
+            # vlft sft's attention: all images of a batch in one varlen call per block, no host read per image
+            register_varlen_attention()
+            self.visual.config._attn_implementation = VISION_ATTENTION_NAME
 
     class VisionLanguageModel(MegatronModule):
         def __init__(self):

@@ -2,10 +2,10 @@
 
 Megatron-Core 0.16.1's own local core attention refuses packed sequences (`PackedSeqParams`, the `thd` format
 that carries each row's sample boundaries as `cu_seqlens`); TransformerEngine's is the one that takes them. This
-module is the local spec's `core_attention` instead: causal attention within each sample of a packed row (torch's
-scaled_dot_product_attention per sample), and plain causal attention over an unpacked [s, b] batch. The layer
-around it (q/k/v projections, rotary embedding with per-token mRoPE positions, output gate, output projection)
-stays Megatron-Core's."""
+module is the local spec's `core_attention` instead: causal attention within each sample of a packed row (`vlft
+sft`'s: torch's varlen FlashAttention on CUDA, a block-diagonal mask on CPU; no host read), and plain causal
+attention over an unpacked [s, b] batch. The layer around it (q/k/v projections, rotary embedding with per-token
+mRoPE positions, output gate, output projection) stays Megatron-Core's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from vlft.train.attention import samplewise_attention
 
 
 def packed_core_attention_class():
@@ -46,10 +48,9 @@ def packed_core_attention_class():
                 out = self._attend(query, key, value)  # [s, b, heads, d]
                 return out.reshape(out.shape[0], out.shape[1], -1)
             # thd: [t, heads, d] for the whole packed row; each sample attends within itself
-            bounds = packed_seq_params.cu_seqlens_q.tolist()
-            parts = [self._attend(query[a:b, None], key[a:b, None], value[a:b, None])[:, 0]
-                     for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-            out = torch.cat(parts)
+            params = packed_seq_params
+            out = samplewise_attention(query, key, value, params.cu_seqlens_q, params.cu_seqlens_kv,
+                                       params.max_seqlen_q, params.max_seqlen_kv, causal=True, scale=self.scale)
             return out.reshape(out.shape[0], -1)  # [t, heads * d]; the layer makes it [t, 1, h]
 
     return PackedCoreAttention

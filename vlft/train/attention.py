@@ -141,21 +141,29 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
     if cu_seq_lens_k is None:
         cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+    out = samplewise_attention(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, causal=causal,
+                               scale=scaling)
+    return out.unsqueeze(0), None  # (1, T, H, D), as transformers' attention functions return
+
+
+def samplewise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_length_q: int, max_length_k: int, *, causal: bool,
+                         scale: float | None) -> torch.Tensor:
+    """Attention of packed samples, each to itself: q (T, Hq, D), k / v (T, Hkv, D) -> (T, Hq, D). torch's varlen
+    FlashAttention on CUDA (no host read), sdpa with a block-diagonal mask elsewhere."""
     groups = q.shape[1] // k.shape[1]
     if not q.is_cuda:
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return _block_diagonal_sdpa(q, k, v, cu_seq_lens_q, causal, scaling).unsqueeze(0), None
+        return _block_diagonal_sdpa(q, k, v, cu_seqlens_q, causal, scale)
     extra = {}
     if groups > 1:
         if _KERNEL_GQA:
             extra["enable_gqa"] = True
         else:  # torch 2.11/2.12: repeat the KV heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, cu_seq_lens_k,
-                      max_length_q, max_length_k, scale=scaling,
-                      window_size=(-1, 0) if causal else (-1, -1), **extra)
-    return out.unsqueeze(0), None  # (1, T, H, D), as transformers' attention functions return
+    return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q, cu_seqlens_k, max_length_q,
+                       max_length_k, scale=scale, window_size=(-1, 0) if causal else (-1, -1), **extra)
 
 
 def register_varlen_attention() -> str:
