@@ -17,7 +17,8 @@ pytest.importorskip("megatron.core")
 
 from tests.megatron.test_grouped_experts import experts  # noqa: E402
 from tests.megatron.test_sft import DATA, SMALL_MEDIA, logged  # noqa: E402
-from vlft.megatron.grouped_experts import _use_grouped_mm, grouped_linear  # noqa: E402
+from vlft.megatron.grouped_experts import grouped_linear  # noqa: E402
+from vlft.model.grouped_gemm import runs_grouped_mm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -32,7 +33,7 @@ def test_grouped_mm_experts_match_float64():
     reference = [copy.deepcopy(linear).to("cpu", torch.float64) for linear in linears]
     sizes = [5, 0, 17, 3, 1, 40, 0, 9]
     x = torch.randn(sum(sizes), 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    assert _use_grouped_mm(x, torch.stack([linear.weight for linear in linears]).transpose(1, 2))
+    assert runs_grouped_mm(x, torch.stack([linear.weight for linear in linears]).transpose(1, 2))
     ends = torch.cumsum(torch.tensor(sizes), 0).to("cuda", torch.int32)
     out = grouped_linear(x, linears, sizes, ends)
     out.float().pow(2).sum().backward()

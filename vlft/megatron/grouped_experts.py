@@ -16,26 +16,9 @@ the same arithmetic, which the CPU tests check against SequentialMLP's own loop.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vlft.megatron.lora import grouped_adapters_output
-
-_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
-
-
-def _use_grouped_mm(x: torch.Tensor, weight_t: torch.Tensor) -> bool:
-    """torch's grouped GEMM: CUDA, bfloat16, and rows whose strides are multiples of 16 bytes."""
-    return (_GROUPED_MM is not None and x.is_cuda and x.dtype == weight_t.dtype == torch.bfloat16
-            and x.shape[-1] % 8 == 0 and weight_t.shape[-1] % 8 == 0)
-
-
-def grouped_matmul(x: torch.Tensor, weight_t: torch.Tensor, sizes: list[int], ends: torch.Tensor) -> torch.Tensor:
-    """Rows of x in consecutive groups (`sizes`, cumulative `ends` on x's device) times their group's matrix of
-    weight_t [groups, in, out] -> [rows, out]."""
-    if _use_grouped_mm(x, weight_t):
-        return _GROUPED_MM(x, weight_t, offs=ends)
-    parts = [rows @ weight_t[g] for g, rows in enumerate(torch.split(x, sizes))]
-    return torch.cat(parts) if parts else x.new_zeros(0, weight_t.shape[-1])
+from vlft.model.grouped_gemm import grouped_matmul
 
 
 class _RestackedWeights:
@@ -62,10 +45,10 @@ def grouped_linear(x: torch.Tensor, linears, sizes: list[int], ends: torch.Tenso
         return saved.unpack() if isinstance(saved, _RestackedWeights) else saved
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        out = grouped_matmul(x, stacked, sizes, ends)
+        out = grouped_matmul(x, stacked, ends, sizes)
     if getattr(linears[0], "lora", None) is not None:
         out = out + grouped_adapters_output([linear.lora for linear in linears], x, lambda a, w: grouped_matmul(
-            a, w, sizes, ends)).to(out.dtype)
+            a, w, ends, sizes)).to(out.dtype)
     return out
 
 

@@ -35,6 +35,8 @@ def prepare_trainable(model, family: Family, args):
         return model
     from peft import LoraConfig, get_peft_model
 
+    from vlft.train.grouped_expert_lora import register_grouped_expert_lora
+
     if not parts and not args.modules_to_save:
         raise VlftError("--freeze_vit, --freeze_aligner and --freeze_llm all true: no part for LoRA to adapt")
     try:
@@ -50,6 +52,8 @@ def prepare_trainable(model, family: Family, args):
                         lora_dropout=resolve_lora_dropout(args.lora_dropout, bool(experts)),
                         target_modules=modules, target_parameters=experts or None, use_dora=args.use_dora,
                         use_rslora=args.use_rslora, modules_to_save=modules_to_save or None)
+    if experts:  # expert adapters per routed token group, beside the grouped GEMM (grouped_expert_lora.py)
+        register_grouped_expert_lora(config, model, experts)
     return get_peft_model(model, config)
 
 
