@@ -122,6 +122,10 @@ def forward_step(tokens: VisionTokenIds, device: torch.device, per_token_loss: b
     positions = batch["position_ids"]  # [4, 1, L]: text positions, then mRoPE's t / h / w
     module = model.module if hasattr(model, "module") else model
     with vision_embedded(module, batch, tokens.image, tokens.video) as embeds:
+        if torch.is_grad_enabled() and not embeds.requires_grad:
+            # Megatron-Core's recomputation (a reentrant checkpoint) sends gradients only into layers whose input
+            # needs one: with the embedding and the tower frozen (LoRA), adapters in recomputed layers got none.
+            embeds = embeds.detach().requires_grad_()
         # Megatron-Core's vocab-parallel cross-entropy has no ignore index: ignored labels are read as token 0
         # and masked in the loss.
         per_token = model(input_ids=batch["input_ids"], position_ids=positions[1:], attention_mask=None,
