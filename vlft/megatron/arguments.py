@@ -89,8 +89,9 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     recompute_method: Literal["uniform", "block"] | None = field(default=None, metadata={
         "help": "with --recompute_granularity full: uniform (groups of --recompute_num_layers) or block"})
     recompute_num_layers: int | None = field(default=None, metadata={"help": "layers per recompute group/block"})
-    moe_grouped_gemm: bool = field(default=False, metadata={
-        "help": "MoE experts as one grouped GEMM (needs TransformerEngine; without it the experts run one by one)"})
+    moe_grouped_gemm: bool = field(default=True, metadata={
+        "help": "MoE experts as grouped GEMMs (torch's grouped_mm on GPUs, no TransformerEngine needed); false: "
+                "one by one (Megatron-Core's SequentialMLP)"})
     moe_aux_loss_coeff: float = field(default=0.0, metadata={"help": "MoE load-balancing loss weight"})
     moe_expert_capacity_factor: float | None = field(default=None, metadata={
         "help": "MoE: tokens an expert takes, as a multiple of an even share (default: no limit, no dropping)"})
@@ -174,9 +175,6 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         if self.torch_dtype == "float16":
             problems.append("--torch_dtype float16 needs loss scaling, which vlft megatron sft does not run: use "
                             "bfloat16")
-        if self.moe_grouped_gemm:
-            problems.append("--moe_grouped_gemm true needs TransformerEngine's grouped GEMM, which vlft's local layer "
-                            "spec does not use: leave it false (the experts run one by one)")
         if self.sequence_parallel:
             problems.append("--sequence_parallel true needs TransformerEngine's norms (Megatron-Core's local spec "
                             "refuses it); MoE layers train with --tensor_model_parallel_size 1 and "

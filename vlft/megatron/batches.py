@@ -83,9 +83,13 @@ def sample_boundaries(text_positions: torch.Tensor):
 
     starts = (text_positions == 0).nonzero().flatten()
     cu = torch.cat([starts, starts.new_tensor([text_positions.numel()])]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
+    on_host = cu.cpu()  # the one read back of the micro-batch
+    longest = int((on_host[1:] - on_host[:-1]).max())
+    # The same boundaries on the host as the "padded" ones (a row packs its samples without padding): Megatron-
+    # Core's unfused rotary embedding for thd reads only those, and reads them element by element, which on a
+    # device tensor would wait for the GPU several times per sample in every layer.
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
-                           max_seqlen_kv=longest)
+                           max_seqlen_kv=longest, cu_seqlens_q_padded=on_host, cu_seqlens_kv_padded=on_host)
 
 
 def token_loss(trained: torch.Tensor, per_token: torch.Tensor):

@@ -34,6 +34,7 @@ def training_overrides(args: MegatronSftArguments, cuda: bool) -> dict:
 def moe_overrides(args: MegatronSftArguments) -> dict:
     """The MoE settings a training run may change."""
     overrides = dict(moe_token_dispatcher_type=args.moe_token_dispatcher_type,
+                     moe_grouped_gemm=args.moe_grouped_gemm,  # model.py: vlft's grouped experts, else SequentialMLP
                      moe_aux_loss_coeff=args.moe_aux_loss_coeff,
                      moe_router_load_balancing_type="aux_loss" if args.moe_aux_loss_coeff > 0 else "none")
     if args.moe_expert_capacity_factor is not None:

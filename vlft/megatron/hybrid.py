@@ -124,7 +124,8 @@ def packed_gated_delta_net_class(base: type) -> type:
             if packed_seq_params is None:
                 return super().forward(hidden_states, attention_mask, key_value_states, inference_context,
                                        attention_bias, None, sequence_len_offset, **kwargs)
-            bounds = packed_seq_params.cu_seqlens_q.tolist()
+            padded = packed_seq_params.cu_seqlens_q_padded  # batches.sample_boundaries': the same, on the host
+            bounds = (padded if padded is not None else packed_seq_params.cu_seqlens_q).tolist()
             outputs = [super(PackedGatedDeltaNet, self).forward(
                 hidden_states[a:b], attention_mask, key_value_states, inference_context, attention_bias, None,
                 sequence_len_offset, **kwargs) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
@@ -170,8 +171,10 @@ def layer_spec(config, linear: bool, moe: bool, device: torch.device):
                                    linear_proj=RowParallelLinear, q_layernorm=ZeroCenteredRMSNorm,
                                    k_layernorm=ZeroCenteredRMSNorm))
     if moe:
-        mlp = with_grouped_experts(get_moe_module_spec_for_backend(
-            LocalSpecProvider(), num_experts=config.num_moe_experts, moe_grouped_gemm=False))
+        mlp = get_moe_module_spec_for_backend(LocalSpecProvider(), num_experts=config.num_moe_experts,
+                                              moe_grouped_gemm=False)  # SequentialMLP
+        if config.moe_grouped_gemm:
+            with_grouped_experts(mlp)
     else:
         mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                               linear_fc2=RowParallelLinear))

@@ -50,7 +50,8 @@ def layer_spec(config, moe_kinds: list[bool]):
     spec.submodules.self_attention.submodules.core_attention = packed_core_attention_class()  # packed rows
     if moe:
         spec.submodules.sharded_state_dict_keys_map = dict(_MOE_KEYS_MAP)
-        with_grouped_experts(spec.submodules.mlp)
+        if config.moe_grouped_gemm:
+            with_grouped_experts(spec.submodules.mlp)
     return spec
 
 
