@@ -17,6 +17,7 @@ COMMANDS = {
     "data": ("vlft.cli.data", "check or encode a dataset with a model's template (data check | data encode)"),
     "megatron": ("vlft.cli.megatron", "train on Megatron-Core: megatron sft (Megatron-SWIFT's `megatron sft`)"),
     "model": ("vlft.cli.model", "built-in models (model tiny: write a tiny random model dir)"),
+    "web-ui": ("vlft.cli.web_ui", "a web page to chat with a model and to start and watch training (`swift web-ui`)"),
 }
 
 # Library warnings that fill the console of every run but ask nothing of the user: (category, message regex,
