@@ -20,17 +20,24 @@ def run(argv: list[str]) -> int:
         build_parser(InferArguments, "vlft infer").print_help()
         return 0
     args = parse_args(InferArguments, argv, "vlft infer")
+    from vlft.errors import VlftError
+    from vlft.infer.adapters import adapter_specs
     from vlft.infer.engine import InferEngine
     from vlft.infer.protocol import RequestConfig
 
+    named = adapter_specs(args.adapters).named
+    if named:
+        raise VlftError(f"--adapters {', '.join(f'{k}={v}' for k, v in named.items())}: vlft infer merges its adapters "
+                        "into the model (pass their paths); NAME=PATH serves them apart in vlft deploy")
     engine = InferEngine(args=args)
+    encoder = engine.encoder
     if args.stop_words:
         engine = StopWordsEngine(engine, args.stop_words)
-    config = RequestConfig(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+    config = RequestConfig(max_tokens=None, temperature=args.temperature, top_p=args.top_p,
                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
                            stream=args.stream)
     if args.val_dataset or args.load_data_args:
-        return answer_dataset(engine, args, config)
+        return answer_dataset(engine, args, config, encoder)
     return chat(engine, config, sys.stdin)
 
 
@@ -85,14 +92,7 @@ def _answer(engine, request, config) -> str:
         text = engine.infer([request], config)[0].choices[0].message.content
         print(text, flush=True)
         return text
-    pieces = []
-    for chunk in engine.infer([request], config)[0]:
-        piece = chunk.choices[0].delta.content
-        if piece:
-            pieces.append(piece)
-            print(piece, end="", flush=True)
-    print(flush=True)
-    return "".join(pieces)
+    return _printed_stream(engine.infer([request], config)[0])
 
 
 def val_rows(args: InferArguments) -> list:
@@ -122,27 +122,24 @@ def run_val_split(trained: Path) -> Path:
     return found
 
 
-def answer_dataset(engine, args: InferArguments, config) -> int:
+def answer_dataset(engine, args: InferArguments, config, encoder) -> int:
     result_path = Path(args.result_path) if args.result_path else (
         Path(args.adapters[-1]) / "infer_result.jsonl" if args.adapters else Path("infer_result.jsonl"))
-    items, failures = dataset_requests(args)
+    items, failures = dataset_requests(args, encoder)
     size = 1 if config.stream else args.max_batch_size
     with open(result_path, "w", encoding="utf-8") as out:
         for start in range(0, len(items), size):
             chunk = items[start:start + size]
-            try:
-                answers = None if config.stream else [
-                    r.choices[0].message.content for r in engine.infer([item[1] for item in chunk], config)]
-            except DataError as e:
-                failures += 1
-                print(f"error: {e}", file=sys.stderr)
-                continue
-            for i, (raw, request, labels) in enumerate(chunk):
+            for (raw, request, labels), answer in zip(chunk, _answers(engine, [item[1] for item in chunk], config)):
+                if isinstance(answer, DataError):
+                    failures += 1
+                    print(f"error: {answer.at(raw.source, raw.line)}", file=sys.stderr)
+                    continue
                 print(SEPARATOR)
                 print(f"[QUERY] {request.messages[-1]['content']}")
                 print(f"[LABELS] {labels}")
                 print("[RESPONSE] ", end="", flush=True)
-                response = _answer(engine, request, config) if config.stream else answers[i]
+                response = _printed_stream(answer) if config.stream else answer
                 if not config.stream:
                     print(response, flush=True)
                 out.write(json.dumps({"source": raw.source, "line": raw.line, "messages": request.messages,
@@ -153,10 +150,35 @@ def answer_dataset(engine, args: InferArguments, config) -> int:
     return 1 if failures else 0
 
 
-def dataset_requests(args: InferArguments) -> tuple[list, int]:
-    """[(raw row, InferRequest, label)] of the rows to answer, and how many rows were bad (reported)."""
+def _answers(engine, requests: list, config) -> list:
+    """Per request: the answer's text (streamed: its chunks), or the DataError that refused it. A batch that fails
+    is answered request by request, so that one bad line does not take the others with it."""
+    try:
+        answers = engine.infer(requests, config)
+    except DataError as e:
+        if len(requests) == 1:
+            return [e]
+        return [answer for request in requests for answer in _answers(engine, [request], config)]
+    return answers if config.stream else [answer.choices[0].message.content for answer in answers]
+
+
+def _printed_stream(chunks) -> str:
+    pieces = []
+    for chunk in chunks:
+        piece = chunk.choices[0].delta.content
+        if piece:
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    print(flush=True)
+    return "".join(pieces)
+
+
+def dataset_requests(args: InferArguments, encoder) -> tuple[list, int]:
+    """[(raw row, InferRequest, labels)] of the rows to answer, and how many rows were bad (reported). The labels
+    are the last answer as `vlft sft` trains it (grounding boxes written out); every line sft takes is taken."""
     from vlft.data.formats import to_sample
     from vlft.data.grounding import objects_of
+    from vlft.infer.dataset_labels import trained_answer
     from vlft.infer.protocol import InferRequest
 
     items, failures = [], 0
@@ -165,11 +187,13 @@ def dataset_requests(args: InferArguments) -> tuple[list, int]:
             if raw.error:
                 raise raw.error
             sample = to_sample(raw.row, source=raw.source, line=raw.line, base_dir=raw.base_dir)
+            labels = trained_answer(encoder, sample) if sample.messages[-1].role == "assistant" else None
         except DataError as e:
             failures += 1
             print(f"error: {e.at(raw.source, raw.line)}", file=sys.stderr)
             continue
-        labels = sample.messages.pop().content if sample.messages[-1].role == "assistant" else None
+        if labels is not None:
+            sample.messages.pop()
         # the answer's <ref-object> / <bbox> placeholders go with it: the prompt keeps only the objects it takes
         objects = objects_of([m.content for m in sample.messages], sample.objects)
         request = InferRequest(messages=[{"role": m.role, "content": m.content} for m in sample.messages],

@@ -149,4 +149,90 @@ def test_dataset_mode_answers_a_grounding_row_whose_boxes_are_in_the_answer(chec
                  "--result_path", str(result)]) == 0
     assert "error" not in capsys.readouterr().err
     [answer] = [json.loads(line) for line in open(result)]
-    assert isinstance(answer["response"], str) and "<bbox>" in answer["labels"]
+    assert isinstance(answer["response"], str) and answer["labels"].startswith('[\n\t{"bbox_2d": [')
+
+
+def test_dataset_mode_takes_every_grounding_line_sft_takes_and_shows_the_boxes(served, tmp_path, capsys):
+    """Grounding lines in each form `vlft sft` reads (messages, OpenAI content parts, sharegpt, alpaca,
+    query/response, a system column, image_id, several turns, the box in the question): each is answered, and
+    [LABELS] shows the answer as sft trains it, the box in Qwen3-VL's 0-1000 convention (worked out here from the
+    image's size) instead of the placeholder. (The shared tiny Qwen3-VL engine of tests/infer/conftest.py answers.)"""
+    from PIL import Image
+
+    from vlft.arguments import InferArguments
+    from vlft.cli.infer import answer_dataset
+    from vlft.infer.protocol import RequestConfig
+
+    image = str(EXAMPLES / "images" / "square0.png")
+    width, height = Image.open(image).size
+    box = [8, 8, 30, 30]
+    written = "[" + ", ".join(str(round(v * 1000 / (width if i % 2 == 0 else height))) for i, v in enumerate(box)) + "]"
+    objects = {"ref": ["square"], "bbox": [box]}
+    ask, answer = "<image>Locate the <ref-object>", "<bbox>"
+    rows = [
+        {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}], "images": [image],
+         "objects": objects},
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": image},
+                                                   {"type": "text", "text": "Locate the <ref-object>"}]},
+                      {"role": "assistant", "content": answer}], "objects": objects},
+        {"conversations": [{"from": "human", "value": ask}, {"from": "gpt", "value": answer}], "images": [image],
+         "objects": objects},
+        {"instruction": ask, "output": answer, "images": [image], "objects": objects},
+        {"query": ask, "response": answer, "images": [image], "objects": objects},
+        {"system": "You find things.", "query": ask, "response": answer, "images": [image], "objects": objects},
+        {"query": ask, "response": answer, "images": [image], "objects": {**objects, "image_id": [0]}},
+        {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer},
+                      {"role": "user", "content": "And the <ref-object>?"}, {"role": "assistant", "content": answer}],
+         "images": [image], "objects": {"ref": ["square", "square"], "bbox": [[1, 1, 5, 5], box]}},
+        {"messages": [{"role": "user", "content": "<image>What is in <bbox>?"},
+                      {"role": "assistant", "content": f"A {'<ref-object>'} at {answer}"}], "images": [image],
+         "objects": {"ref": ["square"], "bbox": [[1, 1, 5, 5], box]}},
+    ]
+    data = tmp_path / "grounding.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = tmp_path / "result.jsonl"
+    args = InferArguments(model="vlft/tiny-qwen3-vl", val_dataset=[str(data)], max_batch_size=4,
+                          result_path=str(result))
+    engine = served.engine
+    assert answer_dataset(engine, args, RequestConfig(max_tokens=2), engine.encoder) == 0
+    printed = capsys.readouterr()
+    assert "error" not in printed.err
+    labels = [json.loads(line)["labels"] for line in open(result)]
+    assert labels[:-1] == [written] * (len(rows) - 1) and labels[-1] == f"A square at {written}"
+    shown = [line for line in printed.out.splitlines() if line.startswith("[LABELS]")]
+    assert shown == [f"[LABELS] {label}" for label in labels]
+
+
+class RefusingEngine:
+    """Answers "ok" to each request, and refuses with a DataError every call that holds one saying "refuse"."""
+
+    def __init__(self):
+        self.calls = []
+
+    def infer(self, requests, config):
+        from vlft.errors import DataError
+        from vlft.infer.protocol import ChatCompletionResponse, ChatMessage, Choice, Usage
+
+        self.calls.append(len(requests))
+        if any(r.messages[-1]["content"] == "refuse" for r in requests):
+            raise DataError("refused by the engine", field="messages")
+        return [ChatCompletionResponse("m", [Choice(0, ChatMessage("assistant", "ok"), "stop")], Usage(1, 1))
+                for _ in requests]
+
+
+def test_dataset_mode_places_the_engines_errors_at_their_line(served, tmp_path, capsys):
+    """A line the engine refuses is reported at its file:line; the lines batched with it are still answered."""
+    from vlft.arguments import InferArguments
+    from vlft.cli.infer import answer_dataset
+    from vlft.infer.protocol import RequestConfig
+
+    rows = [{"query": text, "response": "Hello."} for text in ("Say hello.", "refuse", "Say hi.")]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = InferArguments(model="vlft/tiny-qwen3-vl", val_dataset=[str(data)], max_batch_size=3,
+                          result_path=str(tmp_path / "result.jsonl"))
+    engine = RefusingEngine()
+    assert answer_dataset(engine, args, RequestConfig(), served.engine.encoder) == 1
+    assert engine.calls == [3, 1, 1, 1]  # the batch failed, then each line alone
+    assert f"error: {data}:2: messages: refused by the engine" in capsys.readouterr().err
+    assert [json.loads(line)["line"] for line in open(tmp_path / "result.jsonl")] == [1, 3]

@@ -36,7 +36,10 @@ def test_thinking_switches_the_generation_prompt(engine):
     """The tiny model carries Qwen3.5-0.8B's template: thinking off by default, an open <think> when on (the
     engine's --enable_thinking, or a request's chat_template_kwargs as vLLM and SGLang take it)."""
     from vlft.data.formats import to_sample
-    from vlft.infer.chat_request import RequestLimits, parse_chat_request
+    from vlft.infer.chat_request import RequestLimits, engine_request
+    from vlft.infer.openai_types import ChatCompletionRequest
+    from vlft.infer.protocol import RequestConfig
+    from vlft.infer.server_media import ImageDecoder, RequestFiles
 
     sample = to_sample({"messages": [{"role": "user", "content": "Hi"}]}, require_answer=False)
     prompts = {thinking: engine.encoder.tokenizer.decode(
@@ -45,7 +48,8 @@ def test_thinking_switches_the_generation_prompt(engine):
     assert prompts[None] == prompts[False] and prompts[None].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert prompts[True].endswith("<|im_start|>assistant\n<think>\n")
     body = {"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"enable_thinking": True}}
-    request, _ = parse_chat_request(body, RequestLimits())
+    request, _ = engine_request(ChatCompletionRequest.model_validate(body), RequestLimits(), RequestConfig(),
+                                ImageDecoder(), RequestFiles())
     assert engine.encoder.tokenizer.decode(engine._inputs(request)["input_ids"][0]) == prompts[True]
 
 

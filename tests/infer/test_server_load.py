@@ -1,50 +1,41 @@
-"""A bounded load on `vlft deploy` (tiny Qwen3-VL, 127.0.0.1): 200 requests from 16 concurrent clients,
-streamed and whole, some with an image. No errors, and every greedy answer equals the engine's own answer
-to the same request asked alone. Prints latency percentiles and throughput (`pytest -s`)."""
+"""A bounded load on `vlft deploy` (the shared tiny Qwen3-VL server on 127.0.0.1, tests/infer/conftest.py): 200
+requests from 16 concurrent clients, streamed and whole, some with an image, for the base model and both named
+adapters. No errors, and every greedy answer equals the engine's own answer to the same request asked alone with
+the same adapter. Prints latency percentiles and throughput (`pytest -s`)."""
 
 from __future__ import annotations
 
-import base64
-import threading
 import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.infer.server_helpers import KEY, RED, data_uri
 
 pytestmark = [pytest.mark.load, pytest.mark.slow]
-RED = REPO / "examples" / "data" / "images" / "red.png"
-REQUESTS, CONCURRENCY, MAX_TOKENS, BATCH = 200, 16, 4, 8
+REQUESTS, CONCURRENCY, MAX_TOKENS = 200, 16, 4
 
 
-def test_deploy_under_load(tiny_model_dir):
-    from vlft import InferEngine, InferRequest, RequestConfig
+def test_deploy_under_load(served):
+    from vlft import InferRequest, RequestConfig
     from vlft.infer.load_client import load_table, mixed_requests, run_load
-    from vlft.infer.server import make_server
 
     start = time.monotonic()
-    engine = InferEngine(model=str(tiny_model_dir("qwen3_vl")), max_batch_size=BATCH, image_max_token_num=16)
-    image = "data:image/png;base64," + base64.b64encode(RED.read_bytes()).decode()
-    requests = mixed_requests(REQUESTS, image, MAX_TOKENS)
-    # Ground truth: each distinct request answered by the engine alone, before the server runs.
+    engine = served.engine
+    requests = mixed_requests(REQUESTS, data_uri(RED), MAX_TOKENS, [None, "a", "b"])
+    # Ground truth: each distinct request answered by the engine alone (the server decodes the same image).
     expected = {}
     for r in requests:
-        if (r.prompt, r.image_uri) not in expected:
-            answer = engine.infer([InferRequest(messages=r.messages())], RequestConfig(max_tokens=MAX_TOKENS))[0]
-            expected[r.prompt, r.image_uri] = answer.choices[0].message.content
-
-    server = make_server(engine, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        report = run_load(f"http://127.0.0.1:{server.server_address[1]}/v1", requests, CONCURRENCY)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-    print(f"\nvlft deploy load (tiny Qwen3-VL, CPU, max_tokens {MAX_TOKENS}, max_batch_size {BATCH}):\n"
-          f"{load_table(report)}\n(whole test {time.monotonic() - start:.1f} s)")
+        key = (r.prompt, r.image_uri, r.model)
+        if key not in expected:
+            [answer] = engine.infer([InferRequest(messages=r.messages())], RequestConfig(max_tokens=MAX_TOKENS),
+                                    adapter=r.model)
+            expected[key] = answer.choices[0].message.content
+    report = run_load(served.url, requests, CONCURRENCY, KEY)
+    print(f"\nvlft deploy load (tiny Qwen3-VL, CPU, max_tokens {MAX_TOKENS}, max_batch_size "
+          f"{engine.args.max_batch_size}):\n{load_table(report)}\n(whole test {time.monotonic() - start:.1f} s)")
     assert [r.error for r in report.errors] == []
     assert len(report.results) == REQUESTS and sum(r.request.stream for r in report.results) > 0
-    wrong = [(r.request.prompt, r.request.stream, r.answer) for r in report.results
-             if r.answer != expected[r.request.prompt, r.request.image_uri]]
-    assert wrong == []  # whole answers (batched by the server) and streamed ones alike
+    wrong = [(r.request.prompt, r.request.model, r.request.stream, r.answer) for r in report.results
+             if r.answer != expected[r.request.prompt, r.request.image_uri, r.request.model]]
+    assert wrong == []  # whole answers (batched by the server, per adapter) and streamed ones alike
+    assert all(r.completion_tokens == MAX_TOKENS or r.completion_tokens < MAX_TOKENS for r in report.results)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -16,8 +14,9 @@ from vlft.data.formats import to_sample
 from vlft.data.mrope import mm_token_types
 from vlft.data.pipeline import build_encoder
 from vlft.errors import DataError, VlftError
-from vlft.infer.protocol import (ChatCompletionResponse, ChatCompletionStreamResponse, ChatMessage, Choice,
-                                 DeltaMessage, InferRequest, RequestConfig, StreamChoice, Usage)
+from vlft.infer.adapters import active_adapter, adapter_specs, served_name, with_named_adapters
+from vlft.infer.engine_stream import stream_chunks
+from vlft.infer.protocol import ChatCompletionResponse, ChatMessage, Choice, InferRequest, RequestConfig, Usage
 from vlft.model.loading import load_pretrained, merge_adapter
 from vlft.train.model import resolve_dtype
 
@@ -26,21 +25,30 @@ TEMPLATE_FIELDS = [f.name for f in dataclasses.fields(TemplateArguments)]
 
 def with_training_settings(args: InferArguments) -> InferArguments:
     """Base model, family and media settings taken from the first adapter's args.json where unset."""
-    if not args.adapters:
+    first = adapter_specs(args.adapters).first_path
+    if first is None:
         return args
     from vlft.export.checkpoint import args_json_path, read_checkpoint_args
 
-    if args.model and args_json_path(Path(args.adapters[0])) is None:
+    if args.model and args_json_path(first) is None:
         return args  # an adapter dir without a run record: --model says the base
-    trained = read_checkpoint_args(Path(args.adapters[0]))
+    trained = read_checkpoint_args(first)
     defaults = InferArguments(model="unused")
     updates = {name: trained[name] for name in ["model", "model_type", "template", *TEMPLATE_FIELDS]
                if name in trained and getattr(args, name) == getattr(defaults, name) and name != "model"}
     if not args.model:
         updates["model"] = trained.get("model")
         if not updates["model"]:
-            raise VlftError(f"{args.adapters[0]}: args.json names no model; pass --model")
+            raise VlftError(f"{first}: args.json names no model; pass --model")
     return dataclasses.replace(args, **updates)
+
+
+def context_length(model, args) -> int | None:
+    """--max_model_len where the arguments have it (vlft deploy), else the model's max_position_embeddings."""
+    if getattr(args, "max_model_len", None):
+        return args.max_model_len
+    config = getattr(model.config, "text_config", model.config)
+    return getattr(config, "max_position_embeddings", None)
 
 
 class InferEngine:
@@ -49,26 +57,32 @@ class InferEngine:
     def __init__(self, model: str | None = None, adapters: list[str] | None = None, **settings):
         args = settings.pop("args", None) or InferArguments(model=model, adapters=list(adapters or []), **settings)
         self.args = with_training_settings(args)
+        specs = adapter_specs(self.args.adapters)
         self.encoder, model_dir, self.family = build_encoder(self.args)
         self.base_model_dir = model_dir
         cuda = torch.cuda.is_available()
-        self.model = load_pretrained(model_dir, resolve_dtype(self.args.torch_dtype, cuda),
-                                     getattr(self.args, "attn_impl", None) or "sdpa")
-        for adapter in self.args.adapters:
-            self.model = _with_adapter(self.model, Path(adapter), model_dir)
+        loaded = load_pretrained(model_dir, resolve_dtype(self.args.torch_dtype, cuda),
+                                 getattr(self.args, "attn_impl", None) or "sdpa")
+        for adapter in specs.merged:
+            loaded = _with_adapter(loaded, adapter, model_dir)
+        self.model = with_named_adapters(loaded, specs.named, model_dir)
         self.model.eval().to("cuda" if cuda else "cpu")
-        self.model_name = self.args.adapters[-1] if self.args.adapters else str(self.args.model)
+        self.adapter_names = list(specs.named)  # served beside the base, chosen per call (infer's `adapter`)
+        self.model_name = served_name(self.args.model, specs)
+        self.max_model_len = context_length(self.model, self.args)
         tokenizer = self.encoder.tokenizer
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in self.encoder.template.stop_words]
 
-    def infer(self, requests: list[InferRequest], request_config: RequestConfig | None = None):
-        """A response per request; with `stream=True`, a generator of chunks per request."""
+    def infer(self, requests: list[InferRequest], request_config: RequestConfig | None = None, *,
+              adapter: str | None = None, cancel: threading.Event | None = None):
+        """A response per request; with `stream=True`, a generator of chunks per request. `adapter` names one of
+        the named adapters (None: the base); setting `cancel` ends streamed generation at the next token."""
         config = request_config or RequestConfig()
         if config.stream:
-            return [self._stream(r, config) for r in requests]
+            return [self._stream(r, config, adapter, cancel) for r in requests]
         size = self.args.max_batch_size
         return [answer for start in range(0, len(requests), size)
-                for answer in self._answer_batch(requests[start:start + size], config)]
+                for answer in self._answer_batch(requests[start:start + size], config, adapter)]
 
     def _inputs(self, request: InferRequest) -> dict:
         row = {"messages": request.messages, "images": request.images, "videos": request.videos}
@@ -87,11 +101,26 @@ class InferEngine:
                   **media_inputs([encoded])}
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
-    def _generate_kwargs(self, config: RequestConfig) -> dict:
+    def max_tokens(self, config: RequestConfig, prompt_tokens: int) -> int:
+        """The tokens to generate after a prompt: the request's max_tokens (refused above what the context
+        leaves), or --max_new_tokens cut to what it leaves."""
+        left = None if self.max_model_len is None else self.max_model_len - prompt_tokens
+        if left is not None and left < 1:
+            raise DataError(f"the prompt is {prompt_tokens} tokens, which leaves none of --max_model_len "
+                            f"{self.max_model_len} for the answer", field="messages")
+        if config.max_tokens is None:
+            return self.args.max_new_tokens if left is None else min(self.args.max_new_tokens, left)
+        if left is not None and config.max_tokens > left:
+            raise DataError(f"{config.max_tokens} is above the {left} tokens that the {prompt_tokens}-token prompt "
+                            f"leaves of --max_model_len {self.max_model_len}", field="max_tokens")
+        return config.max_tokens
+
+    def generate_kwargs(self, config: RequestConfig, max_tokens: int) -> dict:
+        """model.generate's settings for a request's sampling config."""
         if config.seed is not None:
             torch.manual_seed(config.seed)
         sampling = config.temperature > 0
-        kwargs = {"max_new_tokens": config.max_tokens, "do_sample": sampling, "eos_token_id": self.stop_ids,
+        kwargs = {"max_new_tokens": max_tokens, "do_sample": sampling, "eos_token_id": self.stop_ids,
                   "pad_token_id": self.encoder.tokenizer.pad_token_id,
                   "repetition_penalty": config.repetition_penalty}
         if sampling:
@@ -100,57 +129,42 @@ class InferEngine:
             kwargs.update(stop_strings=list(config.stop), tokenizer=self.encoder.tokenizer)
         return kwargs
 
-    def _answer_batch(self, requests: list[InferRequest], config: RequestConfig) -> list[ChatCompletionResponse]:
+    def finish(self, new_tokens: list[int], max_tokens: int) -> tuple[list[int], str]:
+        """The answer's tokens up to its stop token, and why it ended: "length" when max_tokens cut it."""
+        stop = next((i for i, t in enumerate(new_tokens) if t in self.stop_ids), None)
+        if stop is not None:
+            return new_tokens[:stop + 1], "stop"
+        return new_tokens, "length" if len(new_tokens) >= max_tokens else "stop"  # else: a stop string
+
+    def _answer_batch(self, requests: list[InferRequest], config: RequestConfig,
+                      adapter: str | None) -> list[ChatCompletionResponse]:
         """Generate for several requests at once: prompts left-padded, media concatenated in order."""
         each = [self._inputs(r) for r in requests]
+        limits = [self.max_tokens(config, x["input_ids"].shape[1]) for x in each]
+        if len(set(limits)) > 1:  # the context leaves the rows different room: each alone
+            return [self._generate([x], config, limit, adapter)[0] for x, limit in zip(each, limits)]
+        return self._generate(each, config, limits[0], adapter)
+
+    def _generate(self, each: list[dict], config: RequestConfig, max_tokens: int,
+                  adapter: str | None) -> list[ChatCompletionResponse]:
         inputs = _left_padded(each, self.encoder.tokenizer.pad_token_id) if len(each) > 1 else each[0]
-        with torch.no_grad():
-            out = self.model.generate(**inputs, **self._generate_kwargs(config))
+        with torch.no_grad(), active_adapter(self.model, adapter):
+            out = self.model.generate(**inputs, **self.generate_kwargs(config, max_tokens))
         prompt_length = inputs["input_ids"].shape[1]
         responses = []
         for row, single in zip(out, each):
-            new = row[prompt_length:].tolist()
-            stop = next((i for i, t in enumerate(new) if t in self.stop_ids), None)
-            finished = stop is not None
-            new = new[:stop + 1] if finished else new
+            new, reason = self.finish(row[prompt_length:].tolist(), max_tokens)
             text = self.encoder.tokenizer.decode(new, skip_special_tokens=True)
             responses.append(ChatCompletionResponse(
-                model=self.model_name, usage=Usage(single["input_ids"].shape[1], len(new)),
-                choices=[Choice(0, ChatMessage("assistant", text), "stop" if finished else "length")]))
+                model=adapter or self.model_name, usage=Usage(single["input_ids"].shape[1], len(new)),
+                choices=[Choice(0, ChatMessage("assistant", text), reason)]))
         return responses
 
-    def _stream(self, request: InferRequest, config: RequestConfig) -> Iterator[ChatCompletionStreamResponse]:
-        from transformers import TextIteratorStreamer
-
+    def _stream(self, request: InferRequest, config: RequestConfig, adapter: str | None,
+                cancel: threading.Event | None):
         inputs = self._inputs(request)  # errors surface here, before the generator starts
-        streamer = TextIteratorStreamer(self.encoder.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**inputs, **self._generate_kwargs(config), "streamer": streamer}
-        chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
-
-        def chunks():
-            errors: list[BaseException] = []
-            thread = threading.Thread(target=self._generate_quietly, args=(errors,), kwargs=kwargs, daemon=True)
-            thread.start()
-            for piece in streamer:
-                if piece:
-                    yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(
-                        "assistant", piece))], chunk_id)
-            thread.join()
-            if errors:  # e.g. out of memory inside generate: the caller sees it instead of a silent stop
-                raise errors[0]
-            # content "" (not None): the ms-swift snippet prints each delta's content, the last one included
-            yield ChatCompletionStreamResponse(self.model_name, [StreamChoice(0, DeltaMessage(content=""), "stop")],
-                                               chunk_id)
-
-        return chunks()
-
-    def _generate_quietly(self, errors: list, **kwargs) -> None:
-        try:
-            with torch.no_grad():
-                self.model.generate(**kwargs)
-        except Exception as e:  # the streamer would otherwise wait for tokens forever
-            errors.append(e)
-            kwargs["streamer"].end()
+        max_tokens = self.max_tokens(config, inputs["input_ids"].shape[1])
+        return stream_chunks(self, inputs, config, max_tokens, adapter, cancel)
 
 
 def _left_padded(inputs: list[dict], pad_id: int) -> dict:

@@ -25,7 +25,7 @@ class InferRequest:
 class RequestConfig:
     """Sampling settings; temperature 0 means greedy."""
 
-    max_tokens: int = 512
+    max_tokens: int | None = None  # None: the engine's --max_new_tokens, cut to what --max_model_len leaves
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 50
@@ -85,10 +85,11 @@ class StreamChoice:
 
 @dataclass
 class ChatCompletionStreamResponse:
-    """One streamed chunk: `chunk.choices[0].delta.content`."""
+    """One streamed chunk: `chunk.choices[0].delta.content`; the last one carries the usage."""
 
     model: str
     choices: list[StreamChoice]
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
     object: str = "chat.completion.chunk"
+    usage: Usage | None = None

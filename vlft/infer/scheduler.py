@@ -1,7 +1,8 @@
 """One thread owns the model and answers the server's jobs in arrival order. The model is not safe to
-run from two threads at once (Qwen-VL keeps its rope deltas on the module during generation), so HTTP
-threads only queue jobs and wait; greedy, non-streamed jobs that share their settings are answered
-together, up to the engine's max_batch_size (its batched greedy answers equal one-at-a-time ones)."""
+run from two threads at once (Qwen-VL keeps its rope deltas on the module during generation, and the active
+LoRA adapter is the model's state), so request handlers only queue jobs and wait; greedy, non-streamed jobs
+for the same adapter that share their settings are answered together, up to the engine's max_batch_size (its
+batched greedy answers equal one-at-a-time ones)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import queue
 import threading
 import traceback
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from vlft.infer.protocol import ChatCompletionResponse, InferRequest, RequestConfig
+from vlft.infer.protocol import InferRequest, RequestConfig
 
-STREAM_END = object()  # put on a streamed job's queue after its last chunk
+STREAM_END = object()  # delivered after a streamed job's last chunk
 
 
 class Busy(Exception):
@@ -21,21 +23,27 @@ class Busy(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request waiting for the engine. Whole answers land in `response` / `error` and then `done`
-    is set; streams put their chunks on `chunks`, then STREAM_END, or an exception at any point."""
+    """One request waiting for the engine. Everything the engine thread produces for it is handed to `deliver`
+    (default: put on `results`): a whole answer's response, or a stream's chunks then STREAM_END, or an
+    exception at any point. `done` is set after the last one; setting `cancelled` ends a stream at the next
+    token."""
 
     request: InferRequest
     config: RequestConfig
+    adapter: str | None = None  # a named adapter of the engine; None: the base model
+    deliver: Callable[[Any], None] | None = None
+    results: queue.Queue = field(default_factory=queue.Queue)
     done: threading.Event = field(default_factory=threading.Event)
-    response: ChatCompletionResponse | None = None
-    error: BaseException | None = None
-    chunks: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def put(self, item: Any) -> None:
+        (self.deliver or self.results.put)(item)
 
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may share one generate call; None: this one runs alone."""
         if self.config.stream or self.config.temperature > 0:  # sampling alone keeps seeds meaningful
             return None
-        return self.config.max_tokens, self.config.repetition_penalty
+        return self.adapter, self.config.max_tokens, self.config.repetition_penalty
 
 
 class EngineWorker:
@@ -104,7 +112,7 @@ class EngineWorker:
 
     def _answer(self, jobs: list[Job]) -> None:
         try:
-            responses = self.engine.infer([job.request for job in jobs], jobs[0].config)
+            responses = self.engine.infer([job.request for job in jobs], jobs[0].config, adapter=jobs[0].adapter)
         except Exception as e:
             if len(jobs) == 1:
                 self._fail(jobs, e)
@@ -113,19 +121,20 @@ class EngineWorker:
                     self._answer([job])
             return
         for job, response in zip(jobs, responses):
-            job.response = response
+            job.put(response)
             job.done.set()
 
     def _stream(self, job: Job) -> None:
-        # Drained to the end even when the client has gone: generate runs in its own thread until
-        # max_tokens, and the next job must not start while it does.
+        # Drained to the end: generate runs in its own thread, and the next job must not start while it does.
+        # A job whose client has gone is cancelled, which ends generate at its next token.
         try:
-            for chunk in self.engine.infer([job.request], job.config)[0]:
-                job.chunks.put(chunk)
+            for chunk in self.engine.infer([job.request], job.config, adapter=job.adapter,
+                                           cancel=job.cancelled)[0]:
+                job.put(chunk)
         except Exception as e:
-            job.chunks.put(e)
+            job.put(e)
         else:
-            job.chunks.put(STREAM_END)
+            job.put(STREAM_END)
         job.done.set()
 
     @staticmethod
@@ -133,6 +142,5 @@ class EngineWorker:
         for job in jobs:
             if job.done.is_set():
                 continue
-            job.error = error
-            job.chunks.put(error)
+            job.put(error)
             job.done.set()

@@ -1,0 +1,141 @@
+"""The OpenAI chat-completions API's request, response, model-list and error bodies as pydantic models (the fields
+vlft serves; the names and shapes of OpenAI's API reference, as vLLM's and SGLang's servers give them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlft.infer import protocol
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False  # a last chunk with no choices and the usage
+
+
+class ChatTemplateKwargs(BaseModel):
+    """The template switches a request may set (vLLM's and SGLang's `chat_template_kwargs`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enable_thinking: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. Strict types: "8" is not a number. Fields OpenAI clients send that change nothing
+    here (user, metadata, ...) are let through; the messages' roles and content parts are checked by
+    vlft.data.formats, the rules datasets follow."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str | None = None  # None: the base model
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    seed: int | None = Field(default=None, ge=0)
+    n: int | None = Field(default=None, ge=1, le=1)  # one choice per request
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: protocol.Usage) -> Usage:
+        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                   total_tokens=usage.total_tokens)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+    @classmethod
+    def of(cls, response: protocol.ChatCompletionResponse, model: str) -> ChatCompletion:
+        choices = [Choice(index=c.index, message=AssistantMessage(content=c.message.content),
+                          finish_reason=c.finish_reason) for c in response.choices]
+        return cls(id=response.id, created=response.created, model=model, choices=choices,
+                   usage=Usage.of(response.usage))
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None  # sent (null on every chunk, then a last chunk with it) only if include_usage
+
+    @classmethod
+    def of(cls, chunk: protocol.ChatCompletionStreamResponse, model: str) -> ChatCompletionChunk:
+        choices = [ChunkChoice(index=c.index, delta=Delta(role=c.delta.role, content=c.delta.content),
+                               finish_reason=c.finish_reason) for c in chunk.choices]
+        return cls(id=chunk.id, created=chunk.created, model=model, choices=choices)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "vlft"
+    root: str  # the served id (no local path is shown to clients)
+    parent: str | None = None  # an adapter's base model id
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
