@@ -5,8 +5,6 @@ the whole conversation is the template's text tokenized whole (labels: test_qwen
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from tests.data.test_qwen3_5_render import CASES, JINJA, hf_messages
