@@ -39,8 +39,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def vlft_cache(tmp_path_factory) -> Path:
-    """A cache dir shared by the whole session (tiny models are built once into it)."""
-    path = Path(os.environ.get("VLFT_TEST_CACHE") or tmp_path_factory.mktemp("vlft-cache"))
+    """A cache dir shared by the whole session (tiny models are built once into it): under pytest-xdist, by all
+    its workers (one builds a tiny model under a file lock while the others wait; encodings are cached by content
+    and written atomically), so each tiny model is built once per run rather than once per worker."""
+    if os.environ.get("VLFT_TEST_CACHE"):
+        path = Path(os.environ["VLFT_TEST_CACHE"])
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "vlft-cache"  # the run's dir, above the workers' own
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("vlft-cache")
     os.environ["VLFT_CACHE_HOME"] = str(path)  # CLI subprocesses started by tests find it too
     return path
 
@@ -107,14 +115,31 @@ def media_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, vlft_cache) -> Path:
     """A LoRA checkpoint of the tiny Qwen3-VL, trained 2 steps on the example data by `vlft sft`
-    (30% held out, so the run writes val_dataset.jsonl)."""
+    (30% held out, so the run writes val_dataset.jsonl). Under pytest-xdist one worker trains it (under a file
+    lock) and every worker gets a copy of the run dir of its own (tests write into and beside the checkpoint)."""
+    import shutil
+
+    from filelock import FileLock
+
     from vlft.cli.main import main
 
+    def train(output_dir: Path) -> None:
+        assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                     "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
+                     "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "none",
+                     "--output_dir", str(output_dir)]) == 0
+
     out = tmp_path_factory.mktemp("run")
-    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
-                 "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
-                 "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "none",
-                 "--output_dir", str(out)]) == 0
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "checkpoint-run"  # the run's dir, above the workers' own
+        with FileLock(f"{shared}.lock"):
+            if not (shared / "trained").is_file():
+                shutil.rmtree(shared, ignore_errors=True)
+                train(shared / "out")
+                (shared / "trained").touch()
+        shutil.copytree(shared / "out", out, dirs_exist_ok=True)
+    else:
+        train(out)
     return sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
 
 

@@ -1,13 +1,17 @@
 """Run under torchrun by test_packed.py: the converted Megatron-Core model of a tiny HF model, on one packed row
-of two text samples (PackedSeqParams, thd) and on each sample alone; rank 0 writes the largest logit differences
-(packed vs alone, alone vs the HF model) to a JSON file.
+of three text samples (PackedSeqParams, thd) and on each sample alone; rank 0 writes the largest logit
+differences (packed vs alone, alone vs the HF model) to a JSON file, one entry per case. The cases run one after
+the other in the same processes, each in its own process groups; processes beyond a case's model-parallel ranks
+are data-parallel replicas of it (as in `vlft megatron sft`).
 
-    python -m torch.distributed.run --standalone --nproc_per_node N tests/megatron/packed_probe.py MODEL OUT TP EP
+    python -m torch.distributed.run --standalone --nproc_per_node N tests/megatron/packed_probe.py OUT \\
+        MODEL TP EP [MODEL TP EP ...]
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +19,8 @@ from pathlib import Path
 import torch
 
 
-def main(model_dir: str, out: str, tp: int, ep: int) -> None:
+def probe(model_dir: str, tp: int, ep: int) -> dict | None:
+    """One case's differences (on rank 0; None on the other ranks)."""
     import torch.distributed as dist
     from megatron.core.packed_seq_params import PackedSeqParams
 
@@ -26,8 +31,9 @@ def main(model_dir: str, out: str, tp: int, ep: int) -> None:
     from vlft.model.loading import load_pretrained
 
     sizes, cpu = ParallelSizes(tensor=tp, expert=ep), torch.device("cpu")
+    replicas = int(os.environ["WORLD_SIZE"]) > sizes.world_size  # torchrun's
     plan = plan_to_mcore(Path(model_dir), Path(tempfile.mkdtemp()) / "unused", sizes, "float32", False)
-    with model_parallel(sizes, cpu), cpu_shims(cpu), torch.no_grad():
+    with model_parallel(sizes, cpu, data_parallel=replicas), cpu_shims(cpu), torch.no_grad():
         converter = Converter(plan, sizes, torch.float32, cpu)
         converter.fill_from_hf(Path(model_dir), torch.float32)
         language = converter.model.language_model
@@ -50,13 +56,36 @@ def main(model_dir: str, out: str, tp: int, ep: int) -> None:
         unbounded = language(input_ids=torch.cat(samples, 1), position_ids=positions(lengths), attention_mask=None)
         unbounded_vs_alone = max((unbounded[0, a:b] - one[0]).abs().max().item()
                                  for a, b, one in zip(cu[:-1].tolist(), cu[1:].tolist(), alone))
-        if dist.get_rank() == 0:
-            hf = load_pretrained(Path(model_dir), torch.float32).eval()
-            alone_vs_hf = max((hf(input_ids=ids).logits - one).abs().max().item() for ids, one in zip(samples, alone))
-            Path(out).write_text(json.dumps({"packed_vs_alone": packed_vs_alone, "alone_vs_hf": alone_vs_hf,
-                                             "unbounded_vs_alone": unbounded_vs_alone,
-                                             "largest_logit": max(one.abs().max().item() for one in alone)}))
+        if dist.get_rank() != 0:
+            return None
+        hf = load_pretrained(Path(model_dir), torch.float32).eval()
+        alone_vs_hf = max((hf(input_ids=ids).logits - one).abs().max().item() for ids, one in zip(samples, alone))
+        return {"packed_vs_alone": packed_vs_alone, "alone_vs_hf": alone_vs_hf,
+                "unbounded_vs_alone": unbounded_vs_alone,
+                "largest_logit": max(one.abs().max().item() for one in alone)}
+
+
+def groups_under_fresh_keys() -> None:
+    """Each process group this process starts keeps its keys under a prefix of its own in torchrun's store, which
+    outlives the groups: a second default group under the same keys would read the first one's addresses."""
+    import torch.distributed as dist
+
+    start, count = dist.init_process_group, iter(range(1000))
+
+    def init_process_group(backend=None, **kwargs):
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        start(backend, store=dist.PrefixStore(f"probe-case-{next(count)}", store), rank=rank, world_size=world_size,
+              **kwargs)
+
+    dist.init_process_group = init_process_group
+
+
+def main(out: str, cases: list[str]) -> None:
+    groups_under_fresh_keys()
+    results = [probe(model_dir, int(tp), int(ep)) for model_dir, tp, ep in zip(*[iter(cases)] * 3)]
+    if results and results[0] is not None:
+        Path(out).write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2:])

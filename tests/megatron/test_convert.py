@@ -21,12 +21,24 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 from vlft.cli.main import main  # noqa: E402
 
 
-def vlft_export(*argv: str) -> str:
-    """Run `vlft export ARGV` as the console script does; its output (stdout + stderr), asserting success."""
-    done = subprocess.run([sys.executable, "-m", "vlft.cli.main", "export", *argv], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done.stdout + done.stderr
+@pytest.fixture
+def vlft_export(capfd, monkeypatch):
+    """ARGV -> run `vlft export ARGV` through the console script's entry point, in this process (a process of its
+    own would import torch and transformers again before starting the converter processes, which are the real
+    ones either way); its output and its converter processes' (stdout + stderr), asserting success. The
+    converter processes get 300 s, as the console script did."""
+    import functools
+
+    monkeypatch.setattr(subprocess, "call", functools.partial(subprocess.call, timeout=300))
+
+    def run(*argv: str) -> str:
+        capfd.readouterr()
+        code = main(["export", *argv])
+        out, err = capfd.readouterr()
+        assert code == 0, out[-3000:] + err[-5000:]
+        return out + err
+
+    return run
 
 
 def assert_same_tensors(source_dir, converted_dir):
@@ -53,7 +65,7 @@ def layer_precision(output: str) -> float:
 
 
 @pytest.mark.slow
-def test_dense_tp2_pp2_round_trip_is_bit_exact_and_loads_with_transformers(tiny_model_dir, tmp_path):
+def test_dense_tp2_pp2_round_trip_is_bit_exact_and_loads_with_transformers(tiny_model_dir, tmp_path, vlft_export):
     source = tiny_model_dir("qwen3_vl")
     mcore, hf = tmp_path / "mcore", tmp_path / "hf"
     vlft_export("--model", str(source), "--to_mcore", "true", "--torch_dtype", "float32", "--output_dir", str(mcore),
@@ -88,7 +100,7 @@ def test_dense_tp2_pp2_round_trip_is_bit_exact_and_loads_with_transformers(tiny_
 
 
 @pytest.mark.slow
-def test_moe_ep2_round_trip_is_bit_exact_and_logits_match(tiny_model_dir, tmp_path):
+def test_moe_ep2_round_trip_is_bit_exact_and_logits_match(tiny_model_dir, tmp_path, vlft_export):
     """EP=2 at TP=1 (TP=2 x EP=2 works as well: 4 processes, left out for time)."""
     source = tiny_model_dir("qwen3_vl_moe")
     mcore, hf = tmp_path / "mcore", tmp_path / "hf"
@@ -105,7 +117,7 @@ def test_moe_ep2_round_trip_is_bit_exact_and_logits_match(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_bf16_conversion_is_as_close_to_float32_as_hfs_own_bf16(tiny_model_dir, tmp_path):
+def test_bf16_conversion_is_as_close_to_float32_as_hfs_own_bf16(tiny_model_dir, tmp_path, vlft_export):
     """In bfloat16 the two models round differently, so their logits differ by rounding alone (here ~0.1 on logits
     of a few units). The bound: the Megatron-Core model in bf16 is no further from the HF model in fp32 than
     HF's own bf16 model is, with 50% margin for the different rounding order (measured: 1.01x at TP=2)."""
@@ -122,7 +134,7 @@ def test_bf16_conversion_is_as_close_to_float32_as_hfs_own_bf16(tiny_model_dir, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
-def test_qwen2_x_vl_tp2_round_trip_keeps_the_files_names_and_bytes(family, tiny_model_dir, tmp_path):
+def test_qwen2_x_vl_tp2_round_trip_keeps_the_files_names_and_bytes(family, tiny_model_dir, tmp_path, vlft_export):
     """Qwen2-VL and Qwen2.5-VL: q/k/v biases, no qk-norm, Megatron-Core's own (chunked) mRoPE, and files that keep
     the legacy names (`model.layers.*`, `visual.*`) transformers renames at load: read under them, written back
     under them."""
@@ -151,7 +163,7 @@ def largest_logit(output: str) -> float:
 @pytest.mark.parametrize("family, sizes", [("qwen3_5", ["--tensor_model_parallel_size", "2"]),
                                            ("qwen3_5", ["--pipeline_model_parallel_size", "2"]),
                                            ("qwen3_5_moe", ["--expert_model_parallel_size", "2"])])
-def test_qwen3_5_round_trip_carries_the_mtp_head_bit_exact(family, sizes, tiny_model_dir, tmp_path):
+def test_qwen3_5_round_trip_carries_the_mtp_head_bit_exact(family, sizes, tiny_model_dir, tmp_path, vlft_export):
     """Qwen3.5: Gated DeltaNet layers (in_proj split per rank into q, k, v, z, beta, alpha), gated attention (the
     gate rows of q_proj), zero-centred norms, the MoE's shared expert and its gate, and the multi-token-prediction
     head transformers does not load (read from and written to the files). Each decoder layer, given its HF twin's
@@ -184,7 +196,7 @@ def test_qwen3_5_round_trip_carries_the_mtp_head_bit_exact(family, sizes, tiny_m
 
 
 @pytest.mark.slow
-def test_lora_checkpoint_is_merged_then_converted_at_tp2(lora_checkpoint, tmp_path):
+def test_lora_checkpoint_is_merged_then_converted_at_tp2(lora_checkpoint, tmp_path, vlft_export):
     ckpt = lora_checkpoint("qwen3_vl")
     mcore = tmp_path / "mcore"
     output = vlft_export("--adapters", str(ckpt), "--to_mcore", "true", "--output_dir", str(mcore),

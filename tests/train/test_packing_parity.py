@@ -39,7 +39,10 @@ def lora_args(freeze_vit=True):
 def token_losses(logits, labels):
     """Summed next-token loss and the count of trained targets of one sample's logits/labels."""
     targets = labels[1:].to(logits.device)
-    loss = F.cross_entropy(logits[:-1].float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    # The last position predicts nothing: scored against an ignored target it adds nothing to the sum, where
+    # logits[:-1] would cost its backward a zero fill of the whole vocabulary-wide logits.
+    loss = F.cross_entropy(logits.float(), F.pad(targets, (0, 1), value=IGNORE_INDEX), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
@@ -51,7 +54,7 @@ def unpacked_forward(model, sample, tokens):
                                ("video_grid_thw", sample.video_grid_thw)) if v is not None}
     if sample.second_per_grid_ts:
         extra["second_per_grid_ts"] = torch.tensor(sample.second_per_grid_ts)
-    return model(input_ids=ids, mm_token_type_ids=types, use_cache=False, **extra).logits[0]
+    return model(input_ids=ids, mm_token_type_ids=types, use_cache=False, **extra).logits.squeeze(0)
 
 
 def per_sample_losses(model, samples, tokens, packed: bool, collator=None, use_cache=False):
@@ -61,12 +64,13 @@ def per_sample_losses(model, samples, tokens, packed: bool, collator=None, use_c
     batch = collator(samples)
     batch["use_cache"] = use_cache
     labels = batch.pop("labels")[0]
-    logits = model(**batch).logits[0]
-    out, start = [], 0
-    for s in samples:
-        out.append(token_losses(logits[start:start + s.length], labels[start:start + s.length]))
-        start += s.length
-    return out
+    logits = model(**batch).logits.squeeze(0)
+    # The samples' slices logits[start:start + length] (and the row's padding, if any) taken by one split: its
+    # backward writes the row's gradient once, where a slice's backward fills a zero tensor of the whole row's
+    # vocabulary-wide logits per sample (the same values; most of the test's time on CPU).
+    lengths = [s.length for s in samples]
+    sizes = [*lengths, logits.shape[0] - sum(lengths)]
+    return [token_losses(*piece) for piece in list(zip(logits.split(sizes), labels.split(sizes)))[:len(samples)]]
 
 
 def cosine(a, b):
