@@ -24,39 +24,70 @@ from sft_qwen3_vl_4b import build_model, write_data  # noqa: E402
 from measure import run_logged, summarize  # noqa: E402
 
 
-def run_vlft(workdir: Path, max_length: int, steps: int, warmup_steps: int, num_workers: int,
-             compiled: bool = False, lora_dropout: float = 0.05, logging_steps: int = 1,
-             chunked_loss: bool = False, cuda_graphs: bool = False) -> dict:
-    """`vlft sft` (packing, padding-free, varlen attention; `compiled`: --torch_compile true; `chunked_loss`:
-    --chunked_loss true; `cuda_graphs`: --torch_compile_mode reduce-overhead) under measure.py's hooks."""
+# The seed page's `swift sft` command for Qwen3-VL-4B (ms-swift's Qwen3-VL best practices), `swift` -> `vlft`, with
+# the benchmark's model and data in place of the hub's; one GPU, so no NPROC_PER_NODE=2 and no `--deepspeed zero2`
+# (the GPU image has no DeepSpeed); `--attn_impl flash_attn` without flash-attn installed runs the varlen kernel.
+SEED_FLAGS = ["--train_type", "lora", "--torch_dtype", "bfloat16", "--num_train_epochs", "1",
+              "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1", "--attn_impl", "flash_attn",
+              "--padding_free", "true", "--learning_rate", "1e-4", "--lora_rank", "8", "--lora_alpha", "32",
+              "--target_modules", "all-linear", "--freeze_vit", "true", "--freeze_aligner", "true",
+              "--packing", "true", "--gradient_checkpointing", "true", "--vit_gradient_checkpointing", "false",
+              "--gradient_accumulation_steps", "2", "--save_total_limit", "2", "--warmup_ratio", "0.05",
+              "--dataset_num_proc", "4"]
+# The old defaults, given by hand: the seed command as it ran before the fast path was the default.
+PLAIN_PATH = ["--torch_compile", "false", "--chunked_loss", "false"]
+# vlft's peers: name -> (the flags that make it, a note for the table)
+VLFT_PEERS = {
+    "vlft": (["--gradient_checkpointing", "true", *PLAIN_PATH], "eager, every layer recomputed"),
+    "vlft-compile": (["--gradient_checkpointing", "true", "--torch_compile", "true", "--chunked_loss", "false"],
+                     "--torch_compile true"),
+    "vlft-compile-chunked": (["--gradient_checkpointing", "true", "--torch_compile", "true", "--chunked_loss", "true"],
+                             "--torch_compile true --chunked_loss true"),
+    "vlft-graphs": (["--gradient_checkpointing", "true", "--torch_compile_mode", "reduce-overhead",
+                     "--chunked_loss", "false"], "CUDA graphs"),
+    "vlft-graphs-chunked": (["--gradient_checkpointing", "true", "--torch_compile_mode", "reduce-overhead",
+                             "--chunked_loss", "true"], "CUDA graphs, chunked loss"),
+    "vlft-default": ([], "no speed flag: the default fast path and memory plan"),
+}
+
+
+def run_vlft(workdir: Path, peer: str, max_length: int, steps: int, warmup_steps: int, num_workers: int,
+             lora_dropout: float | None = 0.05, logging_steps: int = 1) -> dict:
+    """`vlft sft` under measure.py's hooks as the peer `peer` of VLFT_PEERS (packed rows of max_length, LoRA r8
+    all-linear, the benchmark's settings), or the seed page's command: `seed-before` (with the old defaults given
+    by hand) or `seed-after` (as typed). `lora_dropout` None: the command's own default."""
     from transformers import AutoConfig
 
     model, data = workdir / "qwen3-vl-4b-random", workdir / "data" / "train.jsonl"
-    name = ("vlft --torch_compile" if compiled else "vlft") + (" --chunked_loss" if chunked_loss else "") + \
-        (" --torch_compile_mode reduce-overhead" if cuda_graphs else "")
-    output = workdir / ("runs_vlft" + ("_compiled" if compiled else "") + ("_chunked" if chunked_loss else "")
-                        + ("_graphs" if cuda_graphs else ""))
+    output = workdir / f"runs_{peer}"
     output.mkdir(parents=True, exist_ok=True)
     records, log = output / "records.json", output / "vlft.log"
+    dropout = [] if lora_dropout is None else ["--lora_dropout", str(lora_dropout)]
+    common = ["--model", str(model), "--dataset", str(data), "--max_length", str(max_length),
+              "--max_steps", str(steps), "--logging_steps", str(logging_steps), "--save_steps", "100000",
+              "--dataloader_num_workers", str(num_workers), "--report_to", "none", "--output_dir", str(output)]
+    if peer.startswith("seed-"):
+        flags = [*SEED_FLAGS, *(PLAIN_PATH if peer == "seed-before" else []), *dropout]
+        settings = ("the seed page's command on one GPU (no DeepSpeed), " +
+                    ("old defaults (--torch_compile false --chunked_loss false)" if peer == "seed-before"
+                     else "as typed (fast path by default)"))
+    else:
+        extra, settings = VLFT_PEERS[peer]
+        flags = ["--train_type", "lora", "--lora_rank", "8", "--lora_alpha", "32", "--target_modules", "all-linear",
+                 "--freeze_vit", "true", "--freeze_aligner", "true", "--torch_dtype", "bfloat16", "--packing", "true",
+                 "--learning_rate", "1e-4", "--dataset_num_proc", "1", *dropout, *extra]
+        settings = f"packed rows of {max_length}, {settings}, LoRA dropout {lora_dropout}"
     command = [sys.executable, str(HERE / "peers" / "measured_run.py"), str(records), "vlft.cli.main", "sft",
-               "--model", str(model), "--dataset", str(data), "--train_type", "lora", "--lora_rank", "8",
-               "--lora_alpha", "32", "--lora_dropout", str(lora_dropout), "--target_modules", "all-linear",
-               "--freeze_vit", "true", "--freeze_aligner", "true", "--torch_dtype", "bfloat16",
-               "--packing", "true", "--max_length", str(max_length), "--gradient_checkpointing", "true",
-               "--max_steps", str(steps), "--learning_rate", "1e-4", "--logging_steps", str(logging_steps), "--save_steps", "100000",
-               "--dataset_num_proc", "1", "--dataloader_num_workers", str(num_workers), "--report_to", "none",
-               "--output_dir", str(output), "--torch_compile", str(compiled).lower(),
-               "--chunked_loss", str(chunked_loss).lower(),
-               *(["--torch_compile_mode", "reduce-overhead"] if cuda_graphs else [])]
+               *flags, *common]
     started = time.time()
     run_logged(command, log, "vlft sft", cwd=workdir)
     run_dir = max(output.glob("v*-*"), key=lambda p: p.stat().st_mtime)
     losses = [json.loads(line)["loss"] for line in open(run_dir / "logging.jsonl") if '"loss"' in line]
     result = summarize(json.loads(records.read_text()), warmup_steps, AutoConfig.from_pretrained(model))
-    result.update(name=name, wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
-                  settings=f"packing + padding-free, torch varlen attention, batch 1 x {max_length} tokens, "
-                           f"LoRA dropout {lora_dropout}" + (", chunked loss" if chunked_loss else "")
-                           + (", CUDA graphs (rows padded to the full length)" if cuda_graphs else ""))
+    chosen = [line.split("WARNING", 1)[-1].strip(" :-") for line in log.read_text().splitlines()
+              if "fast path:" in line or "memory plan" in line or "gradient checkpointing: all" in line]
+    result.update(name=peer, wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
+                  settings=settings + ("; " + " / ".join(chosen) if chosen else ""))
     return result
 
 
@@ -78,7 +109,7 @@ def table(results: list[dict]) -> str:
             else:
                 cells.append(fmt.format(r[key]) if r.get(key) is not None else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    ours = [r for r in results if r["name"].startswith("vlft")]
+    ours = [r for r in results if r["name"].startswith(("vlft", "seed-"))]
     for base in ours:
         for r in results:
             if r not in ours:
@@ -100,9 +131,9 @@ def main() -> int:
     parser.add_argument("--logging_steps", type=int, default=1,
                         help="every peer's; a log reads the loss back to the host, a sync in a host-bound step")
     parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
-                        help="which to run, comma-separated (vlft-compile: vlft with --torch_compile true; "
-                             "vlft-compile-chunked: also --chunked_loss true; vlft-graphs: --torch_compile_mode "
-                             "reduce-overhead; vlft-graphs-chunked: also --chunked_loss true)")
+                        help="which to run, comma-separated: " + ", ".join(VLFT_PEERS) + ", seed-before, "
+                             "seed-after (the seed page's command with the old defaults given by hand / as typed; "
+                             "its own LoRA dropout), swift, plain")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from matmul_peak import measured_bf16_peak
@@ -114,11 +145,10 @@ def main() -> int:
     results = []
     for peer in args.peers.split(","):
         started = time.time()
-        if peer in ("vlft", "vlft-compile", "vlft-compile-chunked", "vlft-graphs", "vlft-graphs-chunked"):
-            results.append(run_vlft(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
-                                    args.num_workers, compiled=peer != "vlft",
-                                    lora_dropout=args.lora_dropout, logging_steps=args.logging_steps,
-                                    chunked_loss=peer.endswith("-chunked"), cuda_graphs="graphs" in peer))
+        if peer in VLFT_PEERS or peer in ("seed-before", "seed-after"):
+            results.append(run_vlft(args.workdir, peer, args.max_length, args.max_steps, args.warmup_steps,
+                                    args.num_workers, lora_dropout=None if peer.startswith("seed-") else
+                                    args.lora_dropout, logging_steps=args.logging_steps))
         elif peer == "swift":
             from swift_sft import run_swift
 

@@ -15,8 +15,10 @@ def merge(args: ExportArguments) -> Path:
     """Merge --adapters into its base model; returns the merged model dir."""
     import torch
 
-    from vlft.export.checkpoint import base_model_of, check_output_dir, require_lora_checkpoint
+    from vlft.export.checkpoint import (args_json_path, base_model_of, check_output_dir, read_checkpoint_args,
+                                        require_lora_checkpoint)
     from vlft.export.merge import merge_lora
+    from vlft.train.quantization import trained_quantized
 
     checkpoint, output_dir = Path(args.adapters[0]).expanduser(), Path(args.output_dir).expanduser()
     # Cheap checks first: resolving the base model may download it.
@@ -24,9 +26,21 @@ def merge(args: ExportArguments) -> Path:
     check_output_dir(output_dir)
     base_dir = base_model_of(checkpoint, args.model, args.cache_dir, use_hf=args.use_hf, hub_token=args.hub_token)
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
+    quantized = trained_quantized(read_checkpoint_args(checkpoint)) if args_json_path(checkpoint) else None
+    if quantized:  # QLoRA: merged as ms-swift merges it (peft#2321), never into rounded 4-bit weights
+        print(f"{checkpoint} trained QLoRA on {quantized} weights: merging it onto the unquantized base model "
+              f"(in {args.torch_dtype or _stored_dtype(base_dir)}), not onto the quantized one")
     merge_lora(checkpoint, output_dir, base_dir, dtype, max_shard_size=args.max_shard_size)
     print(f"merged {checkpoint} into {base_dir}: wrote {output_dir}")
     return output_dir
+
+
+def _stored_dtype(model_dir: Path) -> str:
+    """The dtype a model dir's config.json says its weights are stored in (transformers 5's `dtype`)."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return config.get("dtype") or config.get("torch_dtype") or "its stored dtype"
 
 
 def push(args: ExportArguments, folder: Path, base_override: str | None) -> None:

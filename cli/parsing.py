@@ -26,9 +26,10 @@ _LIGER = ("Liger's kernels are not used; --chunked_loss true computes the loss w
           "logits, the memory Liger's fused loss saves")
 _WHOLE_DATA = ("every line is encoded once before training (cached: --load_from_cache_file true; in parallel: "
                "--dataset_num_proc N), and pixels are made when a batch is fetched")
-_SHARD = "--deepspeed zero3 (or zero3_offload) shards the model over the GPUs instead"
-_QUANT = ("quantized weights are neither trained (QLoRA) nor written; LoRA trains on bfloat16 weights "
-          "(--torch_dtype bfloat16) and --deepspeed zero3 shards a large model")
+_SHARD = "--deepspeed zero3 (or zero3_offload) or --fsdp fsdp2 shards the model over the GPUs instead"
+_QUANT = ("vlft quantizes only to train QLoRA: vlft sft --quant_method bnb --quant_bits 4 (with "
+          "--bnb_4bit_quant_type, --bnb_4bit_use_double_quant, --bnb_4bit_compute_dtype); inference and export use "
+          "the unquantized weights, and no quantized model is written")
 _TUNERS = "vlft trains LoRA (--train_type lora, with --use_dora or --use_rslora) or in full (--train_type full)"
 _ENGINES = ("vlft generates with transformers (ms-swift's --infer_backend transformers); vLLM, SGLang and LMDeploy "
             "are not used")
@@ -48,8 +49,6 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
                               "--dataset"),
     "cached_val_dataset": (_NONE, "vlft caches encodings itself: pass the data with --val_dataset"),
     "packing_length": (_NONE, "packed rows are --max_length tokens long"),
-    "fsdp": (frozenset({""}), _SHARD),
-    "fsdp_config": (_NONE, _SHARD),
     "device_map": (_NONE, _SHARD),
     "max_memory": (_NONE, _SHARD),
     "sequence_parallel_size": (frozenset({"1"}), "no sequence parallelism; --packing true with --chunked_loss true "
@@ -125,6 +124,9 @@ def _converter(hint: Any):
         return _json_or_name, None, None
     if origin is Literal:
         return str, None, list(typing.get_args(hint))
+    if bool in args and len(args) == 2 and typing.get_origin(args[1 - args.index(bool)]) is Literal:
+        words = typing.get_args(args[1 - args.index(bool)])  # true / false, or a word such as "auto"
+        return (lambda text: text if text in words else parse_bool(text)), None, None
     if origin is list:
         return _converter(args[0])[0], "+", None
     if origin is dict or hint is dict:

@@ -1,6 +1,6 @@
 """`vlft sft`: fine-tune (ms-swift's `swift sft` arguments); starts torchrun itself for NPROC_PER_NODE > 1 and
-for DeepSpeed. A failed run's v{N}-{time} dir is removed when it holds nothing (no checkpoint, no logged step),
-else kept, with a FAILED file saying why."""
+for DeepSpeed and FSDP. A failed run's v{N}-{time} dir is removed when it holds nothing (no checkpoint, no logged
+step), else kept, with a FAILED file saying why."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def run(argv: list[str]) -> int:
             run_sft(args, check_run_arguments(args, torch.cuda.is_available(), argument_problems))
         return 0
     checks = check_run_arguments(args, torch.cuda.is_available(), argument_problems)
-    plan = launch_plan(os.environ, single=bool(args.deepspeed))  # DeepSpeed: torchrun, also for one process
+    # DeepSpeed and FSDP: torchrun, also for one process (they need a process group)
+    plan = launch_plan(os.environ, single=bool(args.deepspeed or args.fsdp))
     if plan is not None:
         return launch(plan, args, argv)
     run_dir, created = own_run_dir(args)

@@ -237,22 +237,34 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained fully with LoRA"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA"})
+    quant_method: str | None = field(default=None, metadata={
+        "help": "bnb: QLoRA, LoRA on the LLM's linears loaded as bitsandbytes 4-bit weights (with --quant_bits 4; "
+                "the ViT, aligner and lm_head stay unquantized; docs/qlora.md)"})
+    quant_bits: int | None = field(default=None, metadata={"help": "4 (with --quant_method bnb)"})
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "4-bit data type"})
+    bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "quantize the 4-bit scales too"})
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] | None = field(default=None, metadata={
+        "help": "dtype of the 4-bit matmuls (default: bfloat16 with bfloat16 weights, else float32)"})
     freeze_vit: bool = field(default=True, metadata={"help": "freeze the vision tower"})
     freeze_aligner: bool = field(default=True, metadata={"help": "freeze the aligner (merger, deepstack mergers)"})
     freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model"})
     freeze_router: bool = field(default=True, metadata={"help": "MoE: keep the routers (mlp.gate) frozen"})
     router_aux_loss_coef: float | None = field(default=None, metadata={
         "help": "MoE: weight of the load-balancing loss added to the loss (default: off, as the model config)"})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute LLM activations"})
-    chunked_loss: bool = field(default=False, metadata={
+    gradient_checkpointing: bool | Literal["auto"] = field(default="auto", metadata={
+        "help": "recompute LLM activations: true, false, or auto (on one CUDA process without DeepSpeed: the "
+                "fewest decoder layers that fit the GPU's memory, from a probe of the longest row; else all)"})
+    chunked_loss: bool | None = field(default=None, metadata={
         "help": "cross-entropy from the last hidden states in chunks: no full-row float32 logits (longer rows "
-                "fit); not with ZeRO-3 or an MoE aux loss"})
-    torch_compile: bool = field(default=False, metadata={
-        "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3)"})
+                "fit); not with ZeRO-3 or an MoE aux loss (default: on CUDA where it applies)"})
+    torch_compile: bool | None = field(default=None, metadata={
+        "help": "compile the LLM's decoder layers with torch.compile, one graph for all (not with ZeRO-3; "
+                "default: on CUDA where every layer compiles whole)"})
     torch_compile_mode: Literal["default", "reduce-overhead"] | None = field(default=None, metadata={
         "help": "torch.compile's mode for the decoder layers (implies --torch_compile true); reduce-overhead "
                 "replays them as CUDA graphs over rows padded to --max_length x --per_device_train_batch_size "
-                "(needs --packing true and --gradient_accumulation_steps 1)"})
+                "(needs --packing true and --gradient_accumulation_steps 1; default: reduce-overhead where "
+                "torch.compile is on by default and these hold)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
@@ -272,6 +284,11 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     add_version: bool = field(default=True, metadata={"help": "put the run in a new v{N}-{time} subdir"})
     deepspeed: str | None = field(default=None, metadata={
         "help": "zero0, zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path"})
+    fsdp: str | None = field(default=None, metadata={
+        "help": "PyTorch FSDP2 (not with --deepspeed): fsdp2, FSDP options (full_shard or shard_grad_op, offload), or "
+                "a JSON path of ms-swift's shape {\"fsdp\": ..., \"fsdp_config\": {...}}"})
+    fsdp_config: dict | str | None = field(default=None, metadata={
+        "help": "with --fsdp: transformers' fsdp_config entries (a JSON object or path), over the --fsdp config's"})
     ddp_timeout: int = field(default=18_000_000, metadata={
         "help": "seconds ranks wait for each other (ranks wait while rank 0 encodes the data)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
@@ -296,8 +313,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.torch_compile = True
         if self.torch_compile_mode == "reduce-overhead":
             problems += self._cuda_graph_batch_problems()
-        if self.vit_gradient_checkpointing is None:
-            self.vit_gradient_checkpointing = self.gradient_checkpointing
+        if self.vit_gradient_checkpointing is None:  # the memory plan covers the LLM's layers
+            self.vit_gradient_checkpointing = self.gradient_checkpointing in (True, "auto")
         if self.gradient_accumulation_steps is None:
             self.gradient_accumulation_steps = 1
         if self.learning_rate is None:
@@ -305,6 +322,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         if self.eval_steps is None:
             self.eval_steps = self.save_steps
         problems += self._trainer_flag_problems()
+        problems += self._quantization_problems()
         problems += not_positive(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
                                         "gradient_accumulation_steps", "save_steps", "eval_steps", "logging_steps",
                                         "lora_rank", "learning_rate"))
@@ -317,6 +335,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     def _trainer_flag_problems(self) -> list[str]:
         """ms-swift's TrainingArguments flags: warmup, eval and save strategies, scheduler kwargs, LoRA regex."""
         problems = []
+        if self.deepspeed and self.fsdp:
+            problems.append(f"--deepspeed {self.deepspeed} and --fsdp {self.fsdp}: choose one way of sharding the "
+                            "model (ZeRO-3 or FSDP2)")
         if self.warmup_ratio and self.warmup_steps:
             # transformers would silently let one override the other (ms-swift refuses the pair too)
             problems.append("--warmup_ratio and --warmup_steps: give one of them")
@@ -345,6 +366,30 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 self.target_modules = [f"(?:{self.target_regex})"]
             except re.error as e:
                 problems.append(f"--target_regex {self.target_regex!r}: {e}")
+        return problems
+
+    def _quantization_problems(self) -> list[str]:
+        """ms-swift's --quant_method / --quant_bits: vlft takes bitsandbytes 4-bit under LoRA (QLoRA) only."""
+        method, bits = self.quant_method, self.quant_bits
+        if method is None and bits is None:
+            return []
+        problems = []
+        if method is None:
+            problems.append(f"--quant_bits {bits} needs --quant_method bnb (as ms-swift)")
+        elif method != "bnb":
+            problems.append(f"--quant_method {method}: vlft quantizes with bitsandbytes only (--quant_method bnb "
+                            "--quant_bits 4)")
+        if bits is None:
+            problems.append(f"--quant_method {method} needs --quant_bits 4")
+        elif bits != 4:
+            problems.append(f"--quant_bits {bits}: vlft trains on 4-bit weights only (QLoRA: --quant_bits 4); "
+                            "8-bit (LLM.int8) and other widths are not supported")
+        if self.train_type != "lora":
+            problems.append(f"--quant_bits with --train_type {self.train_type}: quantized weights do not train; "
+                            "QLoRA trains LoRA adapters on them (--train_type lora)")
+        if self.fsdp:
+            problems.append(f"--quant_bits with --fsdp {self.fsdp}: FSDP does not shard bitsandbytes' 4-bit weights "
+                            "here; train QLoRA without --fsdp (or with --deepspeed zero2)")
         return problems
 
     def _cuda_graph_batch_problems(self) -> list[str]:

@@ -49,12 +49,15 @@ MS_SWIFT = {
             "optim": None,  # both: transformers' default
             "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "lora_rank": 8, "lora_alpha": 32,
             "lora_dropout": 0.05, "target_modules": ["all-linear"], "target_regex": None, "modules_to_save": [],
-            "use_dora": False, "use_rslora": False, "freeze_vit": True, "freeze_aligner": True, "freeze_llm": False,
+            "use_dora": False, "use_rslora": False, "quant_method": None, "quant_bits": None,
+            "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": None,
+            "freeze_vit": True, "freeze_aligner": True, "freeze_llm": False,
             "router_aux_loss_coef": 0.0, "gradient_checkpointing": True, "vit_gradient_checkpointing": True,
             "torch_compile": False, "torch_compile_mode": None, "save_steps": 500, "save_strategy": "steps",
             "eval_steps": 500, "eval_strategy": "no", "save_total_limit": None, "logging_steps": 5,
             "logging_nan_inf_filter": True, "output_dir": Computed("output/<model name>"), "add_version": True,
-            "deepspeed": None, "ddp_timeout": 18_000_000, "dataloader_num_workers": 1, "data_seed": 42,
+            "deepspeed": None, "fsdp": None, "fsdp_config": None, "ddp_timeout": 18_000_000,
+            "dataloader_num_workers": 1, "data_seed": 42,
             "resume_from_checkpoint": None, "report_to": ["tensorboard"]},
     "infer": {**_TEMPLATE, "stream": Computed("true when chatting"), "max_new_tokens": Computed("max_model_len"),
               "temperature": Computed("generation_config.json"), "top_p": Computed("generation_config.json"),
@@ -295,12 +298,13 @@ def test_served_model_name_names_the_model_the_server_lists(monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("command, argv, messages", [
-    ("sft", [*SFT, "--use_liger_kernel", "true", "--streaming", "true", "--fsdp", "full_shard auto_wrap",
-             "--quant_method", "bnb", "--lora_rnak", "8", "--ddp_backend", "nccl", "--train_type", "qlora"],
+    ("sft", [*SFT, "--use_liger_kernel", "true", "--streaming", "true", "--device_map", "auto",
+             "--bnb_4bit_quant_storage", "bfloat16", "--lora_rnak", "8", "--ddp_backend", "nccl", "--train_type",
+             "qlora"],
      ["--use_liger_kernel true is not supported: Liger's kernels are not used; --chunked_loss true",
       "--streaming true is not supported: every line is encoded once before training",
-      "--fsdp full_shard auto_wrap is not supported: --deepspeed zero3",
-      "--quant_method bnb is not supported: quantized weights are neither trained (QLoRA) nor written",
+      "--device_map auto is not supported: --deepspeed zero3",
+      "--bnb_4bit_quant_storage bfloat16 is not supported: vlft quantizes only to train QLoRA",
       "unknown argument --lora_rnak; did you mean --lora_rank?",
       "unknown argument --ddp_backend\n",  # no false suggestion (compared with the dashes: "--packing")
       "--train_type 'qlora': choose from lora, full"]),

@@ -104,6 +104,9 @@ class Family:
     video_second_per_grid: bool = False  # Qwen2.5-VL feeds `second_per_grid_ts` to its mRoPE
     # How its checkpoint maps to Megatron-Core's (vlft export --to_mcore / --to_hf); None: not mapped yet.
     mcore: McoreLayout | None = None
+    # transformers' class names of one decoder layer and one vision block: under --fsdp each such block is a unit
+    # of its own, gathered just before its forward and freed after it (vlft/train/fsdp.py).
+    block_classes: tuple[str, ...] = ()
 
     @property
     def image_factor(self) -> int:

@@ -24,6 +24,7 @@ QWEN2_5_VL = Family(
     aligner_prefixes=("model.visual.merger.",),
     tokenizer=QWEN_VOCAB,
     tiny_name="qwen2.5-vl",
+    block_classes=("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
     tiny=TinySpec(
         config_class="Qwen2_5_VLConfig",
         text=QWEN2_VL_TINY_TEXT,

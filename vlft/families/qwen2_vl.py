@@ -31,6 +31,7 @@ QWEN2_VL = Family(
     aligner_prefixes=("model.visual.merger.",),
     tokenizer=QWEN_VOCAB,
     tiny_name="qwen2-vl",
+    block_classes=("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"),
     tiny=TinySpec(
         config_class="Qwen2VLConfig",
         text=TINY_TEXT,

@@ -74,6 +74,7 @@ QWEN3_5 = replace(
     unloaded_prefixes=("mtp.",),
     mcore=McoreLayout(vision_class="Qwen3_5VisionModel", gated_attention=True, zero_centered_norms=True,
                       linear_attention=LinearAttentionNames(), mtp=MtpNames()),
+    block_classes=("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"),
 )
 
 QWEN3_5_MOE = replace(
@@ -87,4 +88,5 @@ QWEN3_5_MOE = replace(
     # Its files store experts one by one (transformers fuses them at load and splits them at save).
     mcore=replace(QWEN3_5.mcore, vision_class="Qwen3_5MoeVisionModel", shared_expert=SharedExpertNames(),
                   experts_per_file_tensor=True),
+    block_classes=("Qwen3_5MoeDecoderLayer", "Qwen3_5MoeVisionBlock"),
 )

@@ -34,6 +34,7 @@ QWEN3_VL = Family(
                   processor_class="Qwen3VLProcessor", video_processor_class="Qwen3VLVideoProcessor"),
     video_timestamps=True,
     mcore=McoreLayout(vision_class="Qwen3VLVisionModel"),
+    block_classes=("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"),
 )
 
 QWEN3_VL_MOE = replace(
@@ -42,4 +43,5 @@ QWEN3_VL_MOE = replace(
                  text={**TINY_TEXT, **TINY_EXPERTS, "decoder_sparse_step": 1}),
     moe_layers="sparse_step",
     mcore=McoreLayout(vision_class="Qwen3VLMoeVisionModel"),
+    block_classes=("Qwen3VLMoeTextDecoderLayer", "Qwen3VLMoeVisionBlock"),
 )

@@ -56,15 +56,13 @@ def with_named_adapters(model, named: dict[str, Path], base_model_dir: Path):
     from peft import PeftModel
 
     from vlft.export.merge import check_adapter_fits
+    from vlft.model.loading import attach_adapter
 
     for name, path in named.items():
         if not (path / "adapter_config.json").is_file():
             raise VlftError(f"--adapters {name}={path}: no adapter_config.json (not a LoRA checkpoint)")
         check_adapter_fits(path, model.get_base_model() if isinstance(model, PeftModel) else model, base_model_dir)
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(path), adapter_name=name)
-        else:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        model = attach_adapter(model, path, name)
     return model
 
 

@@ -25,6 +25,8 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_INDEX = "model.safetensors.index.json"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
+FSDP_MODEL = "pytorch_model_fsdp.bin"  # FSDP's (accelerate's) full model state, beside the safetensors weights
+FSDP_OPTIMIZER = "optimizer.bin"
 LATEST = "latest"  # DeepSpeed's file naming the global_step* dir that a resume loads
 ZERO_SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(optim|model)_states\.pt$")
 SAME_ARGUMENTS = "resume with the arguments of the run that saved it (its args.json)"
@@ -74,7 +76,9 @@ def check_checkpoint_files(checkpoint: Path, args: SftArguments, ds_config: dict
         _check_adapter(checkpoint, args, required=_weights_saved(ds_config))
     else:
         _check_full_weights(checkpoint, required=_weights_saved(ds_config))
-    if ds_config is None:
+    if getattr(args, "fsdp", None):
+        _check_fsdp_states(checkpoint)
+    elif ds_config is None:
         _check_torch_states(checkpoint)
     else:
         _check_deepspeed_states(checkpoint, ds_config)
@@ -193,16 +197,35 @@ def _check_torch_states(checkpoint: Path) -> None:
         raise checkpoint_error(checkpoint, OPTIMIZER, "missing: the checkpoint was saved under DeepSpeed (its "
                                                       "optimizer state is in global_step*/)",
                                f"resume with --deepspeed {_deepspeed_of(checkpoint)}, as the run that saved it")
+    if (checkpoint / FSDP_MODEL).is_file() and not (checkpoint / OPTIMIZER).is_file():
+        raise checkpoint_error(checkpoint, OPTIMIZER, f"missing: the checkpoint was saved under FSDP (its optimizer "
+                                                      f"state is {FSDP_OPTIMIZER})",
+                               f"resume with --fsdp {_saved_arg(checkpoint, 'fsdp')}, as the run that saved it")
     for name in (OPTIMIZER, SCHEDULER):
         check_torch_file(checkpoint, name)
 
 
 def _deepspeed_of(checkpoint: Path) -> str:
     """The --deepspeed of the run that saved `checkpoint` (its args.json), else '...'."""
+    return _saved_arg(checkpoint, "deepspeed")
+
+
+def _saved_arg(checkpoint: Path, name: str) -> str:
+    """The --`name` of the run that saved `checkpoint` (its args.json), else '...'."""
     try:
-        return str(json.loads((checkpoint / "args.json").read_text(encoding="utf-8")).get("deepspeed") or "...")
+        return str(json.loads((checkpoint / "args.json").read_text(encoding="utf-8")).get(name) or "...")
     except (OSError, ValueError, AttributeError):
         return "..."
+
+
+def _check_fsdp_states(checkpoint: Path) -> None:
+    """FSDP's model and optimizer states (accelerate's files) and the scheduler, all whole."""
+    if not (checkpoint / FSDP_MODEL).is_file():
+        raise checkpoint_error(checkpoint, FSDP_MODEL, "missing: the checkpoint was not saved under --fsdp, and "
+                                                       "--fsdp resumes only from FSDP's state",
+                               "resume without --fsdp, as the run that saved it")
+    for name in (FSDP_MODEL, FSDP_OPTIMIZER, SCHEDULER):
+        check_torch_file(checkpoint, name)
 
 
 def _check_deepspeed_states(checkpoint: Path, ds_config: dict) -> None:

@@ -58,8 +58,10 @@ def resolve_attention(attn_impl: str | None, padding_free: bool, cuda: bool) -> 
     return asked, f"attention: {asked}"
 
 
-def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
-    """The HF model, with the KV cache off on the text config (else packed samples attend to each other),
+def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str, quantization=None,
+               device: torch.device | None = None):
+    """The HF model (with `quantization`, a BitsAndBytesConfig, its LLM linears in 4-bit on `device`: QLoRA,
+    quantization.py), with the KV cache off on the text config (else packed samples attend to each other),
     the packed row's boundaries handled by attention.RowBoundaries (under the varlen attention, computed once
     per forward), under the varlen attention the vision tower's images attended in one call per block, and
     a hybrid family's linear-attention layers replaced by ones that keep packed samples apart
@@ -67,7 +69,7 @@ def load_model(model_dir: Path, dtype: torch.dtype, attn_implementation: str):
     if attn_implementation == ATTENTION_NAME:
         register_varlen_attention()
     with _zero3_expert_loading(model_dir):
-        model = load_pretrained(model_dir, dtype, attn_implementation)
+        model = load_pretrained(model_dir, dtype, attn_implementation, quantization, device)
     model.config.use_cache = False
     model.config.text_config.use_cache = False
     attach_row_boundaries(model, varlen=attn_implementation == ATTENTION_NAME)

@@ -5,24 +5,34 @@ Everything that makes a training step differ from transformers' Trainer on a sto
 lives (tests/train/test_step_changes.py fails by name if transformers renames a method overridden here):
 
 Model, changed once at load (`load_model`, vlft/train/model.py):
+  - `--quant_method bnb --quant_bits 4` (QLoRA, quantization.py): the LLM's linears load as bitsandbytes 4-bit
+    weights (the family's vision tower, aligner, output head and routers stay unquantized); PEFT's bitsandbytes
+    LoRA layers train on them.
   - `attention.attach_row_boundaries`: forward pre-hooks on the model and its language model take the packed
     row's boundaries (`cu_seq_lens`) from the inputs for every token-mixing layer (attention.py).
   - `attention.register_varlen_attention` / `use_varlen_in_vision_tower`: the varlen attention kernel, and one
     attention call per vision block over all images (attention.py).
   - `linear_attention.replace_linear_attention`: hybrid families' Gated DeltaNet layers swapped for
     PackedGatedDeltaNet, which keeps packed samples apart (linear_attention.py).
+  - `choose_fast_path` / `FastPath.for_model` (fast_path.py): what is compiled, replayed as CUDA graphs and scored
+    by the chunked loss when the user sets none of those flags (on CUDA, where each applies; one line says why not).
+  - `checkpoint_choice` (`--gradient_checkpointing auto`, memory_plan.py): one probe forward of the longest row
+    counts each decoder layer's saved activations; only as many layers recompute as the GPU's memory needs.
   - `enable_gradient_checkpointing`, `prepare_trainable` (LoRA targets, freeze flags: tuners.py, modules.py),
     `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
 Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/train/checkpointing.py):
   - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
   - `training_step`: LoRA inputs kept in half precision under autocast (LoraLayers); CUDA-graph step marks.
   - `compute_loss`: token and FLOP counting; `--chunked_loss` (chunked_loss.py: a forward hook on the final
-    norm captures its output, the loss is computed in chunks); ZeRO-3's balanced vision calls (zero3.py: a
-    forward pre-hook on the language model runs a dummy vision pass on ranks whose batch has no image).
+    norm captures its output, the loss is computed in chunks); ZeRO-3's and FSDP's balanced vision calls (zero3.py:
+    a forward pre-hook on the language model runs a dummy vision pass on ranks whose batch has no image).
   - `prediction_step`: CUDA-graph step marks. `log`: tokens/s, MFU, memory. `floating_point_ops`: cached count.
   - `_clip_grad_norm` (private in transformers): clips over the trained parameters only.
   - `train` / `_save_checkpoint` (private in transformers): the checkpoint to resume from is checked against the
     model first (checkpoint_check.py); checkpoints are staged and renamed into place whole.
+  - `--fsdp` (fsdp.py): transformers' own FSDP2 (accelerate's `fully_shard`), each of the family's
+    `block_classes` (decoder layer, vision block) a unit; `create_accelerator_and_postprocess` (`FsdpOnCpu`)
+    turns it on for CPU processes too, which accelerate leaves as plain DDP.
 Batches: the collators (vlft/data/collator.py: packed or padding-free rows with position ids [4, 1, L], or
 padded batches) and PixelsOnFetch (pixels made in the data-loader workers, vlft/data/dataset.py).
 Around the loop: `long_lived_objects_frozen` (frozen_gc.py: no full GC pass walks the model mid-step) and the
@@ -57,14 +67,19 @@ from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
-from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
+from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
+from vlft.train.fast_path import FastPath, choose_fast_path, layers_not_whole
 from vlft.train.frozen_gc import long_lived_objects_frozen
+from vlft.train.fsdp import FsdpSettings, fsdp_problems, resolve_fsdp
 from vlft.train.launch import is_distributed_worker
+from vlft.train.memory_plan import apply_plan, measure_run_memory
 from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
                               resolve_attention, resolve_dtype, set_router_aux_loss)
 from vlft.errors import collected
 from vlft.train.preflight import preflight_problems, raise_problems
+from vlft.train.quantization import (bnb_4bit, bnb_config, installed_bitsandbytes, qlora_note,
+                                     quantization_run_problems)
 from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
@@ -80,13 +95,17 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     # 1. What can fail fast fails before any data or model is loaded.
     cuda = torch.cuda.is_available()
     dtype = resolve_dtype(args.torch_dtype, cuda)
-    attn_implementation, attention_note, ds_config = checks or check_run_arguments(args, cuda)
+    attn_implementation, attention_note, ds_config, fsdp = checks or check_run_arguments(args, cuda)
+    fast = choose_fast_path(args, cuda, _zero_stage(ds_config) if ds_config is not None else None,
+                            attn_implementation == ATTENTION_NAME, sharded=fsdp is not None)
+    encoder, model_dir, family = build_encoder(args)  # the family names the blocks --fsdp shards one by one
     # One process names its run itself; ranks of a multi-node launch agree on one name once they are connected.
     distributed = is_distributed_worker(os.environ)
     output_dir = Path(args.output_dir)
     run_dir = new_run_dir(output_dir, datetime.now()) if args.add_version and not distributed else output_dir
     training_args = trainer_arguments(args, run_dir, ds_config, dtype, cuda, has_eval=bool(
-        args.val_dataset or args.split_dataset_ratio))
+        args.val_dataset or args.split_dataset_ratio), fsdp_config=fsdp and fsdp.training_config(
+            family.block_classes))
     if ds_config is not None:
         init_deepspeed_comm(cuda)
     main_process = training_args.process_index == 0
@@ -101,7 +120,6 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
 
     # 2. Data: every line encoded once (rank 0 first, the others read its cache); any bad line stops here
     # (--strict false: bad lines are skipped, written to skipped_lines.jsonl and listed at the end).
-    encoder, model_dir, family = build_encoder(args)
     check_linear_attention_kernels(family, args.padding_free, cuda, dtype)  # before any data or model loads
     with training_args.main_process_first(desc="encoding"):
         train, skipped = encoded_samples(args, encoder, model_dir, args.dataset)
@@ -121,22 +139,20 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     from transformers import set_seed
 
     set_seed(args.seed)  # LoRA's initial weights come from the global RNG
-    model = load_model(model_dir, dtype, attn_implementation)
+    quantization = bnb_4bit(args, dtype)  # QLoRA: the LLM's linears in 4-bit (quantization.py)
+    if main_process and quantization:
+        logger.warning(qlora_note(quantization, family))
+    model = load_model(model_dir, dtype, attn_implementation, quantization and bnb_config(quantization, family),
+                       training_args.device)
     set_router_aux_loss(model, args.router_aux_loss_coef)
-    enable_gradient_checkpointing(model, llm=args.gradient_checkpointing, vit=args.vit_gradient_checkpointing)
+    enable_gradient_checkpointing(model, llm=args.gradient_checkpointing in (True, "auto"),
+                                  vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
-    cuda_graphs = args.torch_compile_mode == "reduce-overhead"
-    if args.torch_compile:
-        layers, whole = compile_decoder_layers(model, mode=args.torch_compile_mode)
-        vision = compile_frozen_vision_blocks(model)
-        if main_process:
-            logger.warning(f"torch.compile: {layers} decoder layers, {whole} of them whole"
-                           f"{' (as CUDA graphs over fixed-shape rows)' if cuda_graphs else ''}, and {vision} "
-                           "frozen vision blocks (compiled during the first steps)")
-            if whole < layers:
-                logger.warning("torch.compile: layers with LoRA dropout, MoE experts or linear attention are "
-                               "compiled part by part, a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 "
-                               "compiles dense softmax-attention layers whole")
+    layers = decoder_layers(model)
+    whole, why_not_whole = layers_not_whole(layers, family.decoder_kinds(model.config.get_text_config()))
+    fast = fast.for_model(whole, len(layers), why_not_whole)
+    if main_process and fast.line():
+        logger.warning(fast.line())
     trainable, total = count_parameters(model)
     if main_process:
         logger.warning(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
@@ -146,32 +162,52 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, tokenizer.pad_token_id)
     train_rows = pack(train, args.max_length, args.seed) if args.packing else train
     eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
-    log_run_summary(args, training_args, model, family, encoder, train, val, skipped, train_rows, ds_config)
+    log_run_summary(args, training_args, model, family, encoder, train, val, skipped, train_rows, ds_config,
+                    fast.chunked_loss)
     if args.padding_free:
         tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
         fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.max_length,
-                                             args.per_device_train_batch_size) if cuda_graphs else None
+                                             args.per_device_train_batch_size) if fast.cuda_graphs else None
         collator = PaddingFreeCollator(family, tokens, tokens_per_second, fixed_shape)
     else:
         collator = PaddedCollator(tokens)
     train_dataset = PixelsOnFetch(train_rows, encoder)
     eval_dataset = PixelsOnFetch(eval_rows, encoder) if eval_rows else None
 
-    # 5. Train.
+    # 5. What the step recomputes (the memory plan probes the longest row before anything compiles), then compile.
+    if args.gradient_checkpointing == "auto":
+        plan_note = checkpoint_choice(args, model, layers, train_dataset, collator, fast, dtype, training_args,
+                                      ds_config is not None or fsdp is not None)
+        if main_process:
+            logger.warning(plan_note)
+    if fast.torch_compile:
+        compiled, whole = compile_decoder_layers(model, mode=fast.compile_mode)
+        vision = compile_frozen_vision_blocks(model)
+        if main_process:
+            logger.warning(f"torch.compile: {compiled} decoder layers, {whole} of them whole"
+                           f"{' (as CUDA graphs over fixed-shape rows)' if fast.cuda_graphs else ''}, and {vision} "
+                           "frozen vision blocks (compiled during the first steps)")
+            if whole < compiled:
+                logger.warning("torch.compile: layers with LoRA dropout, MoE experts or linear attention are "
+                               "compiled part by part, a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 "
+                               "compiles dense softmax-attention layers whole")
+
+    # 6. Train.
     part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
     processor = load_processor(model_dir)
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
-                         family=family, part_lrs=part_lrs, zero3=_zero_stage(ds_config) == 3,
-                         chunked_loss=ChunkedLoss(model) if args.chunked_loss else None, cuda_graphs=cuda_graphs,
+                         family=family, part_lrs=part_lrs,
+                         balanced_vision_calls=_zero_stage(ds_config) == 3 or fsdp is not None,
+                         chunked_loss=ChunkedLoss(model) if fast.chunked_loss else None, cuda_graphs=fast.cuda_graphs,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
                                                    args_json=public_args(args), unloaded_from=(
                                                        model_dir, family.unloaded_prefixes)))
     with long_lived_objects_frozen():  # no full garbage collection walks the model mid-step (frozen_gc.py)
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
-    # 6. The last step is always saved (a full checkpoint: it resumes too).
+    # 7. The last step is always saved (a full checkpoint: it resumes too).
     last = run_dir / f"checkpoint-{trainer.state.global_step}"
     if not last.exists():
         trainer.save_checkpoint()
@@ -181,12 +217,35 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     return run_dir
 
 
+def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch, collator, fast: FastPath,
+                      dtype: torch.dtype, training_args, sharded: bool) -> str:
+    """`--gradient_checkpointing auto`: the memory plan (memory_plan.py) on one CUDA process without DeepSpeed or
+    FSDP, applied to the decoder layers; elsewhere every layer recomputes (as enabled). Returns the line to log."""
+    why_not = ("CPU" if not torch.cuda.is_available() else "--deepspeed / --fsdp shard what a process holds"
+               if sharded else f"{training_args.world_size} processes" if training_args.world_size > 1 else None)
+    if why_not is not None:
+        return (f"gradient checkpointing: all {len(layers)} decoder layers (--gradient_checkpointing auto plans "
+                f"for one CUDA process: {why_not})")
+
+    def row_tokens(item) -> int:
+        return sum(len(s.input_ids) for s in item) if isinstance(item, list) else len(item.input_ids)
+
+    longest = max(range(len(dataset)), key=lambda i: row_tokens(dataset.items[i]))
+    batch = collator([dataset[longest]])
+    rows = args.per_device_train_batch_size
+    step_tokens = rows * (batch["input_ids"].numel() if fast.cuda_graphs else row_tokens(dataset.items[longest]))
+    plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device).plan()
+    apply_plan(layers, plan.recomputed)
+    return plan.line()
+
+
 class RunChecks(NamedTuple):
     """What check_run_arguments settles for a run."""
 
     attn_implementation: str
     attention_note: str
     ds_config: dict | None
+    fsdp: FsdpSettings | None = None
 
 
 def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[str] = ()) -> RunChecks:
@@ -197,6 +256,9 @@ def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[
     attention = collected(problems, resolve_attention, args.attn_impl, args.padding_free, cuda)
     attn_implementation, attention_note = attention or (None, None)
     ds_config = collected(problems, resolve_deepspeed_config, args.deepspeed)
+    fsdp = collected(problems, resolve_fsdp, args.fsdp, args.fsdp_config)
+    if fsdp is not None:
+        problems += fsdp_problems(args)
     if args.torch_compile and _zero_stage(ds_config) == 3:
         problems.append("--torch_compile true does not run under ZeRO-3 (its parameter gathering hooks break the "
                         "compiled graphs); use ZeRO-2 or no --deepspeed")
@@ -210,14 +272,15 @@ def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[
         problems.append("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
                         "outside its forward); use ZeRO-2 or no --deepspeed")
     problems += preflight_problems(args)
+    problems += quantization_run_problems(args.quant_bits, _zero_stage(ds_config), installed_bitsandbytes())
     if args.resume_from_checkpoint and (ds_config is not None or args.deepspeed is None):
         collected(problems, check_resumable, Path(args.resume_from_checkpoint), args, ds_config)
     raise_problems(problems)
-    return RunChecks(attn_implementation, attention_note, ds_config)
+    return RunChecks(attn_implementation, attention_note, ds_config, fsdp)
 
 
 def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None, dtype: torch.dtype, cuda: bool,
-                      has_eval: bool):
+                      has_eval: bool, fsdp_config: dict | None = None):
     """transformers TrainingArguments from vlft's (ms-swift's) arguments; VlftError for values transformers refuses
     (an unknown --optim, a --save_strategy it cannot follow)."""
     from transformers import TrainingArguments
@@ -243,6 +306,7 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
             ddp_backend="gloo" if not cuda and is_distributed_worker(os.environ) else None,
             ddp_timeout=args.ddp_timeout, deepspeed=ds_config,
+            fsdp=fsdp_config is not None or None, fsdp_config=fsdp_config,  # FSDP2 (fsdp.py)
             dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
             remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
             # Batches reach the GPU from pinned memory without a host sync, the next one while this one trains.

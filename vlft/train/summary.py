@@ -159,8 +159,11 @@ def summary_lines(counts: DataCounts, max_length: int | None, batch_size: int, g
 
 
 def log_run_summary(args, training_args, model, family, encoder, train: list, val: list, skipped: list,
-                    train_rows: list, ds_config: dict | None) -> None:
-    """Log the data, steps, memory and time summary of a run about to train (on the main process only)."""
+                    train_rows: list, ds_config: dict | None, chunked_loss: bool) -> None:
+    """Log the data, steps, memory and time summary of a run about to train (on the main process only);
+    `chunked_loss`: whether the run computes its loss in chunks (the flag, or the fast path's default). The
+    activations assume every decoder layer recomputes unless --gradient_checkpointing false (the memory plan
+    of --gradient_checkpointing auto logs its own estimate)."""
     import torch
 
     if training_args.process_index != 0:
@@ -184,7 +187,7 @@ def log_run_summary(args, training_args, model, family, encoder, train: list, va
                     if getattr(text, "num_experts_per_tok", None) else text.intermediate_size)
     activations = activation_bytes(counts.longest_row * args.per_device_train_batch_size, text.hidden_size,
                                    intermediate, text.num_hidden_layers, text.vocab_size, model.dtype.itemsize,
-                                   args.gradient_checkpointing, args.chunked_loss)
+                                   args.gradient_checkpointing is not False, chunked_loss)
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0)) if ds_config is not None else None
     memory = memory_estimate(sum(size(p) * p.element_size() for p in parameters),
                              sum(size(p) * p.element_size() for p in trained), sum(size(p) for p in trained),

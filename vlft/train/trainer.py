@@ -1,5 +1,5 @@
 """transformers' Trainer with what vlft adds through its public methods: per-part learning rates,
-real-token throughput and memory in the logs, balanced vision-tower calls under ZeRO-3, atomic
+real-token throughput and memory in the logs, balanced vision-tower calls under ZeRO-3 and FSDP, atomic
 checkpoints (checkpointing.py) and the chunked loss (chunked_loss.py)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from transformers import Trainer
 from vlft.families.base import Family
 from vlft.train.checkpointing import AtomicCheckpoints
 from vlft.train.chunked_loss import ChunkedLoss
+from vlft.train.fsdp import FsdpOnCpu
 from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.zero3 import BalancedVisionCalls
@@ -41,15 +42,15 @@ class LoraLayers:
                 layer.cast_input_dtype_enabled = value
 
 
-class SftTrainer(AtomicCheckpoints, Trainer):
+class SftTrainer(AtomicCheckpoints, FsdpOnCpu, Trainer):
     """Trainer for Qwen-VL fine-tuning; see the module docstring for what differs."""
 
     # transformers methods replaced here or in AtomicCheckpoints (vlft/train/sft.py lists why); a rename in
     # transformers fails tests/train/test_step_changes.py by name instead of silently skipping the override.
     OVERRIDES = ("create_optimizer", "training_step", "prediction_step", "_clip_grad_norm", "floating_point_ops",
-                 "compute_loss", "log", "train", "_save_checkpoint")
+                 "compute_loss", "log", "train", "_save_checkpoint", "create_accelerator_and_postprocess")
 
-    def __init__(self, *args, family: Family, part_lrs: dict[Part, float], zero3: bool,
+    def __init__(self, *args, family: Family, part_lrs: dict[Part, float], balanced_vision_calls: bool,
                  checkpoint_extras=None, chunked_loss: ChunkedLoss | None = None, cuda_graphs: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,7 +59,8 @@ class SftTrainer(AtomicCheckpoints, Trainer):
         self.checkpoint_extras = checkpoint_extras
         self.family = family
         self.part_lrs = part_lrs
-        self.vision_calls = BalancedVisionCalls(self.model) if zero3 else None
+        # Sharded parameters (ZeRO-3, FSDP) are gathered by every rank together: each runs the vision tower.
+        self.vision_calls = BalancedVisionCalls(self.model) if balanced_vision_calls else None
         self._tokens = 0
         self._vision_tokens = 0
         self._square_sum = 0

@@ -60,6 +60,8 @@ def prepare_trainable(model, family: Family, args):
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     def numel(p) -> int:
+        if getattr(p, "quant_state", None) is not None:  # QLoRA: bitsandbytes packs two 4-bit weights per byte
+            return p.quant_state.shape.numel()
         return getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions parameters: ds_numel is the full size
 
     return sum(numel(p) for p in model.parameters() if p.requires_grad), sum(numel(p) for p in model.parameters())
