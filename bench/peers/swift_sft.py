@@ -57,8 +57,9 @@ def absolute_images(data: Path) -> Path:
 
 def swift_command(model: Path, data: Path, output: Path, max_length: int, steps: int, attn_impl: str,
                   batch_size: int, num_workers: int, num_proc: int, cuda: bool, lora_dropout: float = 0.05,
-                  logging_steps: int = 1) -> list[str]:
-    """`swift sft` with the benchmark's settings: LoRA r8/32 all-linear, ViT and aligner frozen."""
+                  logging_steps: int = 1, liger: bool = False) -> list[str]:
+    """`swift sft` with the benchmark's settings: LoRA r8/32 all-linear, ViT and aligner frozen; `liger`: with
+    `--use_liger_kernel true` (Liger's Triton kernels: its fused linear cross-entropy, RMSNorm, SwiGLU, RoPE)."""
     packing = attn_impl != "sdpa"
     return ["swift.cli.sft", "--model", str(model), "--model_type", "qwen3_vl", "--template", "qwen3_vl",
             "--dataset", str(data), "--tuner_type", "lora", "--lora_rank", "8", "--lora_alpha", "32",
@@ -70,18 +71,19 @@ def swift_command(model: Path, data: Path, output: Path, max_length: int, steps:
             "--max_steps", str(steps), "--learning_rate", "1e-4", "--warmup_ratio", "0", "--weight_decay", "0.1",
             "--logging_steps", str(logging_steps), "--save_steps", "100000", "--save_only_model", "true",
             "--split_dataset_ratio", "0", "--dataset_num_proc", str(num_proc),
-            "--dataloader_num_workers", str(num_workers), "--report_to", "none", "--output_dir", str(output)]
+            "--dataloader_num_workers", str(num_workers), "--report_to", "none", "--output_dir", str(output),
+            *(["--use_liger_kernel", "true"] if liger else [])]
 
 
 def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch_size: int = 4,
               num_workers: int = 4, num_proc: int = 8, attn_impl: str | None = None, lora_dropout: float = 0.05,
-              logging_steps: int = 1) -> dict:
+              logging_steps: int = 1, liger: bool = False) -> dict:
     """Run `swift sft` in a subprocess on the workdir's model and data; its measured metrics."""
     from transformers import AutoConfig
 
     workdir = Path(workdir)
     model, data = workdir / "qwen3-vl-4b-random", absolute_images(workdir / "data" / "train.jsonl")
-    output = workdir / "runs_swift"
+    output = workdir / ("runs_swift_liger" if liger else "runs_swift")
     output.mkdir(parents=True, exist_ok=True)
     python = os.environ.get("SWIFT_PYTHON", sys.executable)  # tests here point it at an emulated device env
     env = swift_env(os.environ.get("SWIFT_SITE", "/tmp/swift_site"))
@@ -91,7 +93,7 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     cuda = _cuda(python, env)
     records, log = output / "records.json", output / "swift.log"
     command = swift_command(model, data, output, max_length, steps, attn_impl, batch_size, num_workers, num_proc,
-                            cuda, lora_dropout, logging_steps)
+                            cuda, lora_dropout, logging_steps, liger)
     started = time.time()
     run_logged([python, str(HERE / "measured_run.py"), str(records), *command], log, "swift sft", env=env,
                cwd=workdir)
@@ -100,7 +102,7 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
     losses = [e["loss"] for e in logs if "loss" in e]
     result = summarize(json.loads(records.read_text()), warmup_steps, AutoConfig.from_pretrained(model))
     packing = attn_impl != "sdpa"
-    result.update(name="ms-swift 4.6", wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
+    result.update(name="ms-swift 4.6" + (" + liger" if liger else ""), wall_s=time.time() - started, loss_first=losses[0], loss_last=losses[-1],
                   swift_memory_gib=max((e.get("memory(GiB)", 0) for e in logs), default=None),
                   settings=(f"packing + padding_free, {attn_impl}, batch 1 x {max_length} tokens" if packing else
                             f"padded batches of {batch_size}, sdpa (packing/padding_free need flash-attn)"))

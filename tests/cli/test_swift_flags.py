@@ -71,7 +71,7 @@ MS_SWIFT = {
                "pipeline_model_parallel_size": 1, "expert_model_parallel_size": 1, "expert_tensor_parallel_size": 1,
                "test_convert_precision": False},
 }
-MS_SWIFT["deploy"] = {**MS_SWIFT["infer"], "host": "0.0.0.0", "port": 8000, "api_key": None,
+MS_SWIFT["deploy"] = {**MS_SWIFT["infer"], "host": "0.0.0.0", "port": 8000, "api_key": None, "max_model_len": None,
                       "served_model_name": Computed("the model dir's last name")}
 # vlft's dataclasses, built with what each command requires (those flags are not compared).
 BUILT = {"sft": lambda: SftArguments(model="m", dataset=["d"]), "infer": lambda: InferArguments(model="m"),

@@ -49,11 +49,11 @@ def served(tiny_model_dir, lora_adapters, media_root, tmp_path_factory):
     openai = pytest.importorskip("openai")
     from vlft import InferEngine
     from vlft.infer.chat_request import RequestLimits
-    from vlft.infer.deploy_arguments import ServeArguments
+    from vlft.arguments import DeployArguments
     from vlft.infer.server import ServerLimits, make_server
     from vlft.infer.server_media import MediaLimits
 
-    args = ServeArguments(model=str(tiny_model_dir("qwen3_vl")), max_batch_size=8, image_max_token_num=16,
+    args = DeployArguments(model=str(tiny_model_dir("qwen3_vl")), max_batch_size=8, image_max_token_num=16,
                           image_min_token_num=4, max_model_len=MAX_MODEL_LEN, max_new_tokens=16,
                           adapters=[f"{name}={path}" for name, path in lora_adapters.items()])
     engine = InferEngine(args=args)

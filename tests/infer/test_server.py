@@ -349,18 +349,18 @@ def test_deploy_arguments():
     from vlft.arguments import public_args
     from vlft.errors import VlftError
     from vlft.infer.adapters import adapter_specs
-    from vlft.infer.deploy_arguments import ServeArguments
+    from vlft.arguments import DeployArguments
 
-    args = ServeArguments(model="m", api_key=KEY, allow_local_media="/data")
+    args = DeployArguments(model="m", api_key=KEY, allow_local_media="/data")
     assert KEY not in repr(args) and "api_key" not in public_args(args)
     with pytest.raises(VlftError, match="takes a folder"):
-        ServeArguments(model="m", allow_local_media="true")
+        DeployArguments(model="m", allow_local_media="true")
     with pytest.raises(VlftError, match="max_new_tokens 600 is above --max_tokens_limit 512"):
-        ServeArguments(model="m", max_new_tokens=600, max_tokens_limit=512)
+        DeployArguments(model="m", max_new_tokens=600, max_tokens_limit=512)
     with pytest.raises(VlftError, match="the name 'a' is given twice"):
-        ServeArguments(model="m", adapters=["a=x", "a=y"])
+        DeployArguments(model="m", adapters=["a=x", "a=y"])
     with pytest.raises(VlftError, match="--served_model_name a is also the name of an adapter"):
-        ServeArguments(model="m", adapters=["a=x"], served_model_name="a")
+        DeployArguments(model="m", adapters=["a=x"], served_model_name="a")
     specs = adapter_specs(["out/ckpt-1", "sql=out/ckpt-2", str(RED)])
     assert [str(p) for p in specs.merged] == ["out/ckpt-1", str(RED)] and {k: str(v) for k, v in
                                                                            specs.named.items()} == {"sql": "out/ckpt-2"}

@@ -40,7 +40,7 @@ class ServerLimits:
 
     @classmethod
     def from_args(cls, args) -> ServerLimits:
-        """The limits a ServeArguments names."""
+        """The limits a DeployArguments names."""
         remote = RemoteFetch(args.max_body_bytes, args.client_timeout) if args.allow_remote_media else None
         media = MediaLimits(root=Path(args.allow_local_media) if args.allow_local_media else None,
                             max_bytes=args.max_body_bytes, max_pixels=args.max_image_pixels,
