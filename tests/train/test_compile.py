@@ -29,7 +29,7 @@ def lora_model(tiny_model_dir, family, family_name: str):
     return model
 
 
-@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen2_5_vl", "qwen2_vl"])
 def test_compiled_layers_match_eager(family_name, tiny_model_dir, processor_of, media_dir):
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
