@@ -107,3 +107,10 @@ def test_layers_that_do_not_compile_whole_turn_the_default_compile_off(tiny_mode
 def test_qlora_keeps_the_default_compile_off():
     fast = choose_fast_path(args(quant_method="bnb", quant_bits=4), cuda=True, zero_stage=None, varlen_attention=True)
     assert not fast.torch_compile and "--quant_bits 4" in fast.off["torch.compile"] and fast.chunked_loss
+
+
+def test_a_config_that_turns_the_aux_loss_on_keeps_the_default_chunked_loss_off():
+    fast = choose_fast_path(args(), cuda=True, zero_stage=None, varlen_attention=True).for_model(4, 4, None, True)
+    assert not fast.chunked_loss and "output_router_logits" in fast.off["chunked loss"] and fast.cuda_graphs
+    asked = choose_fast_path(args(chunked_loss=True), cuda=True, zero_stage=None, varlen_attention=True)
+    assert asked.for_model(4, 4, None, True).chunked_loss  # asked for: ChunkedLoss then says why it cannot

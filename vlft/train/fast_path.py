@@ -32,6 +32,7 @@ class FastPath:
     off: dict[str, str] = field(default_factory=dict)
     automatic: bool = False  # any part chosen here rather than by a flag
     compile_chosen: bool = False  # torch.compile chosen here (not by --torch_compile)
+    chunked_chosen: bool = False  # the chunked loss chosen here (not by --chunked_loss)
 
     @property
     def cuda_graphs(self) -> bool:
@@ -48,14 +49,20 @@ class FastPath:
                 + ("; off: " + "; ".join(off) if off else "")
                 + " (--torch_compile / --torch_compile_mode / --chunked_loss set it by hand)")
 
-    def for_model(self, whole_layers: int, layers: int, why_not_whole: str | None) -> FastPath:
+    def for_model(self, whole_layers: int, layers: int, why_not_whole: str | None,
+                  router_aux_loss: bool = False) -> FastPath:
         """After the model loads: compiling by default only where every decoder layer compiles whole (a layer
-        compiled part by part keeps its checkpoint and residuals eager, a small gain for the compile time)."""
+        compiled part by part keeps its checkpoint and residuals eager, a small gain for the compile time), and the
+        chunked loss by default only where the model adds no MoE aux loss (its config may turn it on)."""
+        fast = self
+        if self.chunked_chosen and self.chunked_loss and router_aux_loss:
+            fast = replace(fast, chunked_loss=False, off={
+                **fast.off, "chunked loss": "the model's config adds the MoE aux loss (output_router_logits)"})
         if not (self.compile_chosen and self.torch_compile) or whole_layers == layers:
-            return self
+            return fast
         reason = f"{layers - whole_layers} of {layers} decoder layers do not compile whole: {why_not_whole}"
-        off = {name: why for name, why in self.off.items() if name != "CUDA graphs"}
-        return replace(self, torch_compile=False, compile_mode=None, off={**off, "torch.compile": reason})
+        off = {name: why for name, why in fast.off.items() if name != "CUDA graphs"}
+        return replace(fast, torch_compile=False, compile_mode=None, off={**off, "torch.compile": reason})
 
 
 def choose_fast_path(args: SftArguments, cuda: bool, zero_stage: int | None, varlen_attention: bool,
@@ -102,7 +109,8 @@ def choose_fast_path(args: SftArguments, cuda: bool, zero_stage: int | None, var
     else:
         chunked = True
     return FastPath(torch_compile=torch_compile, compile_mode=mode, chunked_loss=chunked, off=off,
-                    automatic=chose_compile or chose_chunked, compile_chosen=chose_compile)
+                    automatic=chose_compile or chose_chunked, compile_chosen=chose_compile,
+                    chunked_chosen=chose_chunked)
 
 
 def cuda_graph_obstacle(args: SftArguments, zero_stage: int | None, varlen_attention: bool) -> str | None:

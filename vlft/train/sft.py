@@ -150,7 +150,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     model = prepare_trainable(model, family, args)
     layers = decoder_layers(model)
     whole, why_not_whole = layers_not_whole(layers, family.decoder_kinds(model.config.get_text_config()))
-    fast = fast.for_model(whole, len(layers), why_not_whole)
+    fast = fast.for_model(whole, len(layers), why_not_whole,
+                          bool(getattr(model.config.get_text_config(), "output_router_logits", False)))
     if main_process and fast.line():
         logger.warning(fast.line())
     trainable, total = count_parameters(model)
