@@ -51,8 +51,6 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "packing_length": (_NONE, "packed rows are --max_length tokens long"),
     "device_map": (_NONE, _SHARD),
     "max_memory": (_NONE, _SHARD),
-    "sequence_parallel_size": (frozenset({"1"}), "no sequence parallelism; --packing true with --chunked_loss true "
-                                                 "fits long rows on one GPU"),
     "deepspeed_autotp_size": (_NONE, "put DeepSpeed's own settings in a config file: --deepspeed ds_config.json"),
     "zero_hpz_partition_size": (_NONE, "put DeepSpeed's own settings in a config file: --deepspeed ds_config.json"),
     "bf16": (_NONE, "--torch_dtype bfloat16 sets the weights' dtype and the mixed precision together"),

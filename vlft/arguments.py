@@ -204,6 +204,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     padding_free: bool = field(default=False, metadata={"help": "concatenate a batch's samples into one row"})
     packing: bool = field(default=False, metadata={"help": "pack samples into rows of --max_length (implies "
                                                            "--padding_free)"})
+    sequence_parallel_size: int = field(default=1, metadata={
+        "help": "Ulysses sequence parallelism: each packed row split along the sequence over N processes (needs "
+                "--packing or --padding_free, and NPROC_PER_NODE x NNODES a multiple of N)"})
     num_train_epochs: float = field(default=3.0, metadata={"help": "epochs"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps (overrides epochs when > 0)"})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "samples (or packed rows) per step"})
@@ -325,7 +328,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         problems += self._quantization_problems()
         problems += not_positive(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
                                         "gradient_accumulation_steps", "save_steps", "eval_steps", "logging_steps",
-                                        "lora_rank", "learning_rate"))
+                                        "lora_rank", "learning_rate", "sequence_parallel_size"))
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             problems.append(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":

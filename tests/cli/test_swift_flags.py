@@ -42,7 +42,7 @@ MS_SWIFT = {
     "sft": {**_TEMPLATE, "split_dataset_ratio": 0.0, "columns": None, "dataset_num_proc": 1,
             "load_from_cache_file": False, "strict": False, "train_type": "lora", "tuner_type": "lora",
             "attn_impl": Computed("the checkpoint's; flash-attn for packing"), "padding_free": False,
-            "packing": False, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
+            "packing": False, "sequence_parallel_size": 1, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
             "per_device_eval_batch_size": 1, "gradient_accumulation_steps": Computed("ceil(16 / batch / GPUs)"),
             "learning_rate": 1e-4, "vit_lr": None, "aligner_lr": None, "weight_decay": 0.1, "max_grad_norm": 1.0,
             "warmup_ratio": 0.0, "warmup_steps": 0, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": None,

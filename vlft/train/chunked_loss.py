@@ -54,22 +54,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_w, None, None, None
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) targets of each position: the labels shifted left by one, the last position predicting nothing."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+
+
+def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                              chunk: int = CHUNK) -> tuple[torch.Tensor, int]:
+    """(summed loss, count) of the (B, L) `targets` (IGNORE_INDEX where untrained) scored from the final hidden
+    states (B, L, H) and the output head's weight (V, H)."""
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]  # one read back to the host: how many positions train
+    if targets.numel() == 0:  # a zero tied to the head too: DDP waits for its gradient on every rank
+        return (hidden.sum() + (weight.sum() if weight.requires_grad else 0.0)) * 0.0, 0
+    device_type = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+        else weight.dtype
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk), targets.numel()
+
+
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           chunk: int = CHUNK) -> torch.Tensor:
     """Mean next-token loss of `labels` (B, L; IGNORE_INDEX where untrained) from the final hidden states
     (B, L, H) and the output head's weight (V, H): what transformers' causal-LM loss gives from the full
     logits (labels shifted left by one, the last position predicting nothing)."""
-    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[keep], targets[keep]  # one read back to the host: how many positions train
-    if targets.numel() == 0:
-        return hidden.sum() * 0.0
-    device_type = hidden.device.type
-    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
-        else weight.dtype
-    with torch.autocast(device_type, enabled=False):
-        total = _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk)
-    return total / targets.numel()
+    total, count = chunked_cross_entropy_sum(hidden, weight, next_token_targets(labels), chunk)
+    return total / max(count, 1)
 
 
 class ChunkedLoss:
@@ -87,10 +98,20 @@ class ChunkedLoss:
     def __call__(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        hidden = self.final_hidden_states(model, inputs)
+        return chunked_cross_entropy(hidden, self.head.weight, labels.to(hidden.device))
+
+    def summed(self, model: nn.Module, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+        """The summed loss of targets already shifted (a sequence-parallel shard's: sequence_parallel.py)."""
+        hidden = self.final_hidden_states(model, inputs)
+        return chunked_cross_entropy_sum(hidden, self.head.weight, targets.to(hidden.device))[0]
+
+    def final_hidden_states(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """The final norm's output of the model's forward over `inputs` (no labels), run with logits_to_keep=1."""
         captured = []
         handle = self.norm.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
             model(**inputs, logits_to_keep=1)
         finally:
             handle.remove()
-        return chunked_cross_entropy(captured[-1], self.head.weight, labels.to(captured[-1].device))
+        return captured[-1]

@@ -83,6 +83,9 @@ def choose_fast_path(args: SftArguments, cuda: bool, zero_stage: int | None, var
     elif sharded:
         torch_compile, mode = False, None
         off["torch.compile"] = "--fsdp (not tried with compiled layers)"
+    elif args.sequence_parallel_size > 1:
+        torch_compile, mode = False, None
+        off["torch.compile"] = "--sequence_parallel_size (not tried with compiled layers)"
     elif args.quant_bits:
         torch_compile, mode = False, None
         off["torch.compile"] = f"--quant_bits {args.quant_bits} (not tried with compiled 4-bit layers)"

@@ -28,6 +28,11 @@ Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/trai
     a forward pre-hook on the language model runs a dummy vision pass on ranks whose batch has no image).
   - `prediction_step`: CUDA-graph step marks. `log`: tokens/s, MFU, memory. `floating_point_ops`: cached count.
   - `_clip_grad_norm` (private in transformers): clips over the trained parameters only.
+  - `--sequence_parallel_size N` (sequence_parallel.py, ulysses.py): `get_train_dataloader` / `get_eval_dataloader`
+    deal each row to a group of N ranks; a forward pre-hook on the language model keeps each rank's slice of the
+    row (embeddings, position ids, deepstack features) with the whole row's boundaries; the language model's
+    attention runs between two all-to-alls (registered with AttentionInterface); `compute_loss` scores the shard's
+    shifted targets and reduces the target count over the group.
   - `train` / `_save_checkpoint` (private in transformers): the checkpoint to resume from is checked against the
     model first (checkpoint_check.py); checkpoints are staged and renamed into place whole.
   - `--fsdp` (fsdp.py): transformers' own FSDP2 (accelerate's `fully_shard`), each of the family's
@@ -81,6 +86,7 @@ from vlft.train.preflight import preflight_problems, raise_problems
 from vlft.train.quantization import (bnb_4bit, bnb_config, installed_bitsandbytes, qlora_note,
                                      quantization_run_problems)
 from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
+from vlft.train.sequence_parallel import sequence_parallel_problems, start_sequence_parallel
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
 from vlft.train.tuners import count_parameters, prepare_trainable
@@ -109,6 +115,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     if ds_config is not None:
         init_deepspeed_comm(cuda)
     main_process = training_args.process_index == 0
+    sequence_parallel = start_sequence_parallel(args.sequence_parallel_size, training_args.world_size, family,
+                                                model_dir)
     if args.add_version and distributed:
         run_dir = agreed_run_dir(output_dir, datetime.now(), main_process)
         training_args.output_dir = str(run_dir)
@@ -145,6 +153,12 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     model = load_model(model_dir, dtype, attn_implementation, quantization and bnb_config(quantization, family),
                        training_args.device)
     set_router_aux_loss(model, args.router_aux_loss_coef)
+    if sequence_parallel is not None:  # each rank of a group trains 1/N of a row (sequence_parallel.py)
+        sequence_parallel.attach(model)
+        if main_process:
+            shard = sequence_parallel.shard
+            logger.warning(f"sequence parallel: each row split over {shard.size} ranks (Ulysses all-to-all around "
+                           f"attention), {shard.data_size} row(s) per step at once")
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing in (True, "auto"),
                                   vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
@@ -202,6 +216,7 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
                          family=family, part_lrs=part_lrs,
                          balanced_vision_calls=_zero_stage(ds_config) == 3 or fsdp is not None,
                          chunked_loss=ChunkedLoss(model) if fast.chunked_loss else None, cuda_graphs=fast.cuda_graphs,
+                         sequence_parallel=sequence_parallel,
                          checkpoint_extras=partial(write_checkpoint_extras, processor=processor,
                                                    args_json=public_args(args), unloaded_from=(
                                                        model_dir, family.unloaded_prefixes)))
@@ -272,6 +287,7 @@ def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[
     if args.chunked_loss and _zero_stage(ds_config) == 3:
         problems.append("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
                         "outside its forward); use ZeRO-2 or no --deepspeed")
+    problems += sequence_parallel_problems(args)
     problems += preflight_problems(args)
     problems += quantization_run_problems(args.quant_bits, _zero_stage(ds_config), installed_bitsandbytes())
     if args.resume_from_checkpoint and (ds_config is not None or args.deepspeed is None):

@@ -140,7 +140,7 @@ def summary_lines(counts: DataCounts, max_length: int | None, batch_size: int, g
     data = (f"data: {counts.samples:,} training samples{held}{skipped}; {rows}; {counts.tokens:,} tokens per epoch, "
             f"{counts.labelled:,} of them trained (labelled); longest sample {counts.longest:,} tokens{where}")
     per_step = (f"{per_epoch:,} per epoch = {counts.rows:,} rows / ({batch_size} per device x {world_size} "
-                f"process(es)) / {grad_accum} accumulated")
+                f"process(es) or sequence-parallel group(s)) / {grad_accum} accumulated")
     plan = (f"steps: {steps:,} optimizer steps (--max_steps; {per_step}, {steps / per_epoch:.3g} epochs)"
             if max_steps > 0 else f"steps: {steps:,} optimizer steps ({steps / per_epoch:.3g} epochs x {per_step})")
     of = f" of {device_memory / GIB:.1f} GiB on {device}" if device and device_memory else ""
@@ -171,8 +171,9 @@ def log_run_summary(args, training_args, model, family, encoder, train: list, va
     counts = data_counts(train, len(val), len(skipped), train_rows,
                          {i for i in (encoder.image_pad_id, encoder.video_pad_id) if i is not None})
     world = training_args.world_size
+    groups = world // args.sequence_parallel_size  # the ranks of a sequence group share each row
     per_epoch = steps_per_epoch(counts.rows, args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                                world)
+                                groups)
     steps = optimizer_steps(per_epoch, args.num_train_epochs, args.max_steps)
 
     def size(p) -> int:
@@ -185,7 +186,8 @@ def log_run_summary(args, training_args, model, family, encoder, train: list, va
     intermediate = (text.moe_intermediate_size * text.num_experts_per_tok
                     + (getattr(text, "shared_expert_intermediate_size", 0) or 0)
                     if getattr(text, "num_experts_per_tok", None) else text.intermediate_size)
-    activations = activation_bytes(counts.longest_row * args.per_device_train_batch_size, text.hidden_size,
+    activations = activation_bytes(counts.longest_row * args.per_device_train_batch_size // args.sequence_parallel_size,
+                                   text.hidden_size,
                                    intermediate, text.num_hidden_layers, text.vocab_size, model.dtype.itemsize,
                                    args.gradient_checkpointing is not False, chunked_loss)
     zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0)) if ds_config is not None else None
@@ -199,6 +201,6 @@ def log_run_summary(args, training_args, model, family, encoder, train: list, va
         steps / per_epoch)
     seconds = training_seconds(flops, world, device_peak_flops(device) if device else None)
     for line in summary_lines(counts, args.max_length if args.packing else None, args.per_device_train_batch_size,
-                              args.gradient_accumulation_steps, world, per_epoch, steps, args.max_steps, memory,
+                              args.gradient_accumulation_steps, groups, per_epoch, steps, args.max_steps, memory,
                               device, device_memory, seconds, flops):
         logger.warning(line)

@@ -17,6 +17,7 @@ from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.fsdp import FsdpOnCpu
 from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
+from vlft.train.sequence_parallel import SequenceParallel, shard_cross_entropy
 from vlft.train.zero3 import BalancedVisionCalls
 
 
@@ -48,12 +49,14 @@ class SftTrainer(AtomicCheckpoints, FsdpOnCpu, Trainer):
     # transformers methods replaced here or in AtomicCheckpoints (vlft/train/sft.py lists why); a rename in
     # transformers fails tests/train/test_step_changes.py by name instead of silently skipping the override.
     OVERRIDES = ("create_optimizer", "training_step", "prediction_step", "_clip_grad_norm", "floating_point_ops",
-                 "compute_loss", "log", "train", "_save_checkpoint", "create_accelerator_and_postprocess")
+                 "compute_loss", "log", "train", "_save_checkpoint", "create_accelerator_and_postprocess",
+                 "get_train_dataloader", "get_eval_dataloader")
 
     def __init__(self, *args, family: Family, part_lrs: dict[Part, float], balanced_vision_calls: bool,
                  checkpoint_extras=None, chunked_loss: ChunkedLoss | None = None, cuda_graphs: bool = False,
-                 **kwargs):
+                 sequence_parallel: SequenceParallel | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.sequence_parallel = sequence_parallel
         self.chunked_loss = chunked_loss
         self.cuda_graphs = cuda_graphs
         self.checkpoint_extras = checkpoint_extras
@@ -145,17 +148,41 @@ class SftTrainer(AtomicCheckpoints, FsdpOnCpu, Trainer):
         if model.training:  # counted on the device and read at log time: no host sync per step
             mask = inputs.get("attention_mask")
             padding = inputs.get("row_padding", 0)  # a fixed-length row's padding segment (collator.py)
-            self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel() - padding
+            # Under sequence parallelism the ranks of a group share one row: each counts its share.
+            share = self.sequence_parallel.shard.size if self.sequence_parallel is not None else 1
+            self._tokens += mask.sum() if mask is not None else (inputs["input_ids"].numel() - padding) / share
             if self._peak is not None:
-                self._square_sum += sequence_square_sum(inputs)
+                self._square_sum += sequence_square_sum(inputs) / share
                 if "mm_token_type_ids" in inputs:
                     self._vision_tokens += (inputs["mm_token_type_ids"] > 0).sum()
         if self.vision_calls is not None:
             self.vision_calls.expect(inputs)
+        if self.sequence_parallel is not None:
+            return self._sequence_parallel_loss(model, inputs, return_outputs)
         if self.chunked_loss is not None and model.training and not return_outputs:
             return self.chunked_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def _sequence_parallel_loss(self, model, inputs: dict, return_outputs: bool):
+        """This rank's part of its group's row loss (sequence_parallel.py): targets shifted before the split."""
+        inputs = dict(inputs)
+        targets = self.sequence_parallel.targets(inputs.pop("labels"))
+        if self.chunked_loss is not None and model.training and not return_outputs:
+            return self.sequence_parallel.loss(self.chunked_loss.summed(model, inputs, targets), targets)
+        outputs = model(**inputs)
+        loss = self.sequence_parallel.loss(shard_cross_entropy(outputs.logits, targets), targets)
+        return (loss, outputs) if return_outputs else loss
+
+    def get_train_dataloader(self):
+        """transformers' loader; under sequence parallelism its batches dealt to sequence groups, not ranks."""
+        loader = super().get_train_dataloader()
+        return loader if self.sequence_parallel is None else self.sequence_parallel.deal_batches_to_groups(loader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """As get_train_dataloader, for evaluation."""
+        loader = super().get_eval_dataloader(eval_dataset)
+        return loader if self.sequence_parallel is None else self.sequence_parallel.deal_batches_to_groups(loader)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         """Adds tokens_per_second (real tokens, all ranks), MFU on known GPUs and peak memory to the logs."""

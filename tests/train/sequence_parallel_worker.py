@@ -1,0 +1,82 @@
+"""The two-process side of tests/train/test_sequence_parallel.py, started by it under torchrun (gloo, CPU): one launch
+(one process group, the imports paid once) does two things.
+
+1. For each case of CASES_FILE (a tiny model and a packed row the test collated), rank r of the 2-rank sequence group
+   runs the LoRA model on its half of the row: it writes the whole row's per-token losses (gathered from both
+   ranks) and the LoRA gradients after the backward of the sequence-parallel loss, averaged over the world as DDP
+   does, to OUT/<case>.pt (rank 0).
+2. `vlft sft --sequence_parallel_size 2 --chunked_loss true SFT_ARGS...` into OUT/sft (the chunked loss scores the
+   shards in training, the model's logits in evaluation: both sequence-parallel loss paths).
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/train/sequence_parallel_worker.py OUT CASES SFT_ARGS...
+
+`lora_model` builds the same model in this process and in the test's (the ground truth).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+LORA = SimpleNamespace(train_type="lora", freeze_vit=True, freeze_aligner=True, freeze_llm=False,
+                       target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0, use_dora=False,
+                       use_rslora=False, modules_to_save=[], freeze_router=True)
+
+
+def lora_model(model_dir: Path):
+    """The tiny model in float32 with LoRA on every LLM linear, both LoRA matrices drawn from one seeded generator
+    (the same in every process; with B at zero, as PEFT starts it, A's gradients would be zero and prove nothing)."""
+    from vlft.families import detect_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), LORA)
+    generator = torch.Generator().manual_seed(0)
+    for name, param in sorted(model.named_parameters()):
+        if "lora_" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.1
+    return model
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def run_case(case: dict, out: Path) -> None:
+    from vlft.train.sequence_parallel import SequenceParallel, new_sequence_group
+
+    model = lora_model(Path(case["model_dir"]))
+    sequence = SequenceParallel(new_sequence_group(2))
+    sequence.attach(model)
+    batch = dict(case["batch"])
+    targets = sequence.targets(batch.pop("labels"))
+    logits = model(**batch).logits
+    token_losses = F.cross_entropy(logits[0].float(), targets[0], ignore_index=-100, reduction="none")
+    sequence.loss(token_losses.sum(), targets).backward()
+    gathered = [torch.empty_like(token_losses) for _ in range(sequence.shard.size)]
+    dist.all_gather(gathered, token_losses.detach(), group=sequence.shard.group)
+    grads = lora_grads(model)
+    for grad in grads.values():  # as DDP: the average over the world's ranks
+        dist.all_reduce(grad)
+        grad /= dist.get_world_size()
+    if dist.get_rank() == 0:
+        torch.save({"token_losses": torch.cat(gathered), "grads": grads}, out / f"{case['name']}.pt")
+
+
+if __name__ == "__main__":
+    out, cases, *sft_args = sys.argv[1:]
+    out = Path(out)
+    dist.init_process_group("gloo")
+    for case in torch.load(cases, weights_only=False):
+        run_case(case, out)
+    from vlft.cli.main import main
+
+    argv = ["sft", *sft_args, "--sequence_parallel_size", "2", "--chunked_loss", "true", "--output_dir", str(out / "sft"), "--add_version",
+            "false"]
+    if main(argv) != 0:
+        sys.exit(f"vlft {' '.join(argv)} failed")

@@ -1,0 +1,244 @@
+"""`--sequence_parallel_size` (Ulysses): two CPU processes (gloo) splitting each packed row give the per-sample losses
+and LoRA gradients of one process on the whole row, for text, image and video rows of the tiny Qwen3-VL, dense and
+MoE, and an image row of Qwen2.5-VL and Qwen2-VL; `vlft sft --sequence_parallel_size 2` (full fine-tuning, the
+chunked loss, an evaluation) logs the losses, gradient norms and eval loss of one process on the same rows; the
+all-to-all layouts, the KV-head repetition, the shifted targets and the split of the language model's inputs on
+small hand-checked cases; what is not supported is refused before the model loads.
+
+The two-process runs share one torchrun launch (tests/train/sequence_parallel_worker.py); the ground truth (one
+process, the row whole, transformers' sdpa with its block mask from the positions and transformers' loss) is
+computed in this process meanwhile. Tolerance: everything is float32 and the runs differ only in the order of sums
+(attention over a whole sample either way; the loss summed in two halves; gradients summed over two ranks): about
+1e-7 relative per sum; 1e-5 as the issue asks, while a lost target, a wrong position or a sample boundary crossed
+moves a sample's loss by 1e-3 or more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
+from tests.train.sequence_parallel_worker import lora_grads, lora_model
+from vlft.cli.main import main
+from vlft.data.collator import PaddingFreeCollator, VisionTokens
+from vlft.data.formats import to_sample
+from vlft.families import get_family
+from vlft.train.sequence_parallel import (SequenceGroup, SequenceParallel, sequence_parallel_model_problems,
+                                          shard_targets)
+from vlft.train.ulysses import heads_chunks, heads_from_chunks, kv_repeats, sequence_chunks, sequence_from_chunks
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("sequence_parallel_worker.py")
+TOLERANCE = 1e-5
+ROWS = {"text": ["text_only", "text_only", "text_only"], "image": ["one_image", "text_only", "several_images"],
+        "video": ["one_video", "image_and_video"]}
+# (family, row): every row of Qwen3-VL dense and MoE (deepstack features), an image row of the others.
+CASES = [(family, row) for family in ("qwen3_vl", "qwen3_vl_moe") for row in ROWS] + [("qwen2_5_vl", "image"),
+                                                                                      ("qwen2_vl", "image")]
+
+
+def sft_argv(model_dir: Path) -> list[str]:
+    return ["--model", "vlft/tiny-qwen3-vl", "--model_dir", str(model_dir),
+            "--dataset", str(REPO / "examples" / "data" / "train.jsonl"), "--packing", "true", "--max_length", "160",
+            "--max_steps", "3", "--save_strategy", "no", "--logging_steps", "1", "--learning_rate", "1e-3",
+            "--lr_scheduler_type", "constant", "--train_type", "full", "--image_max_token_num", "16",
+            "--report_to", "none", "--dataloader_num_workers", "0", "--split_dataset_ratio", "0.3",
+            "--eval_strategy", "steps", "--eval_steps", "3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    return [entry[key] for entry in map(json.loads, open(run_dir / "logging.jsonl")) if key in entry]
+
+
+def per_sample_losses(token_losses: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+    """Each sample's mean next-token loss from the row's per-token losses (position i scored against label i+1)."""
+    targets = torch.cat([labels[0, 1:], torch.tensor([-100])])
+    losses, start = [], 0
+    for length in lengths:
+        trained = targets[start:start + length] != -100
+        losses.append((token_losses[start:start + length][trained].sum() / trained.sum()).item())
+        start += length
+    return losses
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
+    """(the two-process results: case name -> saved dict, and the sft run dir; the ground truth: case name ->
+    (per-token losses, LoRA grads, labels, sample lengths), and the one-process sft run dir)."""
+    out = tmp_path_factory.mktemp("sequence_parallel")
+    cases, encoded = [], {}
+    for name in dict.fromkeys(family for family, _ in CASES):
+        # Qwen3-VL's MoE encodes as the dense model does (the same template and processor settings).
+        encoder, family, _ = make_encoder(name.removesuffix("_moe"), tiny_model_dir, processor_of)
+        tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
+        collator = PaddingFreeCollator(family, tokens)
+        for row in (row for family_name, row in CASES if family_name == name):
+            for shape in ROWS[row]:
+                key = (name.removesuffix("_moe"), shape)
+                if key not in encoded:
+                    encoded[key] = encoder.encode(to_sample(to_vlft_row(SHAPES[shape], media_dir)))
+            samples = [encoded[name.removesuffix("_moe"), shape] for shape in ROWS[row]]
+            cases.append({"name": f"{name}-{row}", "model_dir": str(tiny_model_dir(name)), "samples": samples,
+                          "batch": collator(samples)})
+    torch.save([{k: case[k] for k in ("name", "model_dir", "batch")} for case in cases], out / "cases.pt")
+    argv = sft_argv(tiny_model_dir("qwen3_vl"))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(out),
+                               str(out / "cases.pt"), *argv], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        truth = {}
+        for case in cases:
+            model = lora_model(Path(case["model_dir"]))
+            batch = dict(case["batch"])
+            outputs = model(**batch)
+            outputs.loss.backward()  # transformers' own loss: the mean over the row's targets
+            targets = torch.cat([batch["labels"][0, 1:], torch.tensor([-100])])
+            token_losses = F.cross_entropy(outputs.logits[0].detach(), targets, ignore_index=-100, reduction="none")
+            truth[case["name"]] = (token_losses, lora_grads(model), batch["labels"],
+                                   [s.length for s in case["samples"]])
+        assert main(["sft", *argv, "--output_dir", str(out / "sft_1"), "--add_version", "false"]) == 0
+        output = launch.communicate(timeout=300)[0]
+    finally:
+        if launch.poll() is None:  # torchrun stops its workers on SIGTERM (they run in sessions of their own)
+            launch.terminate()
+            try:
+                launch.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                launch.kill()
+    assert launch.returncode == 0, output[-4000:]
+    split = {case["name"]: torch.load(out / f"{case['name']}.pt") for case in cases}
+    return split, out / "sft", truth, out / "sft_1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, row", CASES)
+def test_two_ranks_give_one_process_per_sample_losses_and_lora_grads(runs, family, row):
+    split, _, truth, _ = runs
+    name = f"{family}-{row}"
+    token_losses, grads, labels, lengths = truth[name]
+    expected = per_sample_losses(token_losses, labels, lengths)
+    assert per_sample_losses(split[name]["token_losses"][:labels.shape[1]], labels, lengths) == pytest.approx(
+        expected, rel=TOLERANCE)
+    theirs = split[name]["grads"]
+    assert theirs.keys() == grads.keys() and len(grads) > 0
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" in n)  # A trains too (B is not zero)
+    for key, grad in grads.items():
+        torch.testing.assert_close(theirs[key], grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item())
+
+
+@pytest.mark.slow
+def test_sft_with_sequence_parallel_logs_the_losses_of_one_process(runs):
+    _, sequence_parallel, _, single = runs
+    expected = logged(single, "loss")
+    assert len(expected) == 3 and expected[-1] < expected[0]  # it learns: a frozen model would fail below
+    assert logged(sequence_parallel, "loss") == pytest.approx(expected, rel=TOLERANCE)
+    assert logged(sequence_parallel, "grad_norm") == pytest.approx(logged(single, "grad_norm"), rel=TOLERANCE)
+    expected = logged(single, "eval_loss")
+    assert len(expected) == 1 and logged(sequence_parallel, "eval_loss") == pytest.approx(expected, rel=TOLERANCE)
+
+
+def exchanged(sent: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What all_to_all_single delivers: rank r receives chunk r of every rank's sent tensor, in rank order."""
+    return [torch.stack([chunks[r] for chunks in sent]) for r in range(len(sent))]
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_the_all_to_all_layouts_trade_tokens_for_heads_and_back(size):
+    row = torch.randn(8 * size, 4 * size, 3)  # (T, H, D) of the whole row and every head
+    shards = list(row.chunk(size))
+    whole_rows = [sequence_from_chunks(r) for r in exchanged([heads_chunks(s, size) for s in shards])]
+    for rank, got in enumerate(whole_rows):
+        assert torch.equal(got, row[:, rank * 4:(rank + 1) * 4])  # the whole sequence of this rank's heads
+    back = [heads_from_chunks(r) for r in exchanged([sequence_chunks(w, size) for w in whole_rows])]
+    assert all(torch.equal(b, s) for b, s in zip(back, shards))
+
+
+@pytest.mark.parametrize("kv_heads, query_heads, size, expected", [(2, 4, 2, 1), (2, 8, 4, 2), (1, 4, 4, 4),
+                                                                     (2, 4, 4, 2), (4, 32, 8, 2), (3, 6, 2, 2)])
+def test_kv_heads_repeated_so_each_rank_gets_the_kv_heads_of_its_query_heads(kv_heads, query_heads, size, expected):
+    repeats = kv_repeats(kv_heads, query_heads, size)
+    assert repeats == expected
+    kv = kv_heads * repeats
+    assert kv % size == 0
+    kv_of = torch.arange(kv_heads).repeat_interleave(repeats)  # the original KV head of each repeated one
+    for rank in range(size):
+        local_kv = kv_of[rank * kv // size:(rank + 1) * kv // size]
+        for local, query in enumerate(range(rank * query_heads // size, (rank + 1) * query_heads // size)):
+            assert local_kv[local // (query_heads // kv)] == query // (query_heads // kv_heads)
+
+
+def test_targets_are_shifted_before_the_split():
+    labels = torch.tensor([[-100, 11, 12, 13, 14, 15, 16]])
+    shards = [shard_targets(labels, 2, rank) for rank in range(2)]
+    assert shards[0].tolist() == [[11, 12, 13, 14]]  # position 3 predicts label 14, on rank 0's side of the edge
+    assert shards[1].tolist() == [[15, 16, -100, -100]]  # the last position and the padding predict nothing
+
+
+def test_each_rank_keeps_its_slice_with_the_whole_rows_boundaries():
+    embeds = torch.arange(7.0).reshape(1, 7, 1).expand(1, 7, 2)
+    text = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    positions = torch.stack([text, text + 10, text + 20, text + 30])[:, None, :]
+    visual = torch.tensor([[False, True, True, False, True, True, False]])
+    deepstack = [torch.tensor([[1.0], [2.0], [3.0], [4.0]])]
+    kept = []
+    for rank in range(2):
+        sequence = SequenceParallel(SequenceGroup(size=2, rank=rank, data_rank=0, data_size=1))
+        _, kwargs = sequence.split_language_model_inputs(None, (), {
+            "inputs_embeds": embeds, "position_ids": positions, "visual_pos_masks": visual,
+            "deepstack_visual_embeds": deepstack})
+        assert kwargs["cu_seq_lens_q"].tolist() == [0, 4, 7, 8]  # the padding (1 token) is a sample of its own
+        assert kwargs["max_length_q"] == 4
+        kept.append(kwargs)
+    assert kept[0]["inputs_embeds"][0, :, 0].tolist() == [0, 1, 2, 3]
+    assert kept[1]["inputs_embeds"][0, :, 0].tolist() == [4, 5, 6, 0]
+    assert kept[1]["position_ids"][:, 0].tolist() == [[0, 1, 2, 0], [10, 11, 12, 0], [20, 21, 22, 0],
+                                                      [30, 31, 32, 0]]
+    assert kept[0]["visual_pos_masks"].tolist() == [[False, True, True, False]]
+    assert [f.tolist() for f in kept[0]["deepstack_visual_embeds"]] == [[[1.0], [2.0]]]
+    assert [f.tolist() for f in kept[1]["deepstack_visual_embeds"]] == [[[3.0], [4.0]]]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "needs --packing true or --padding_free true"),
+    (["--packing", "true", "--max_length", "64", "--deepspeed", "zero2"], "with --deepspeed: not tried yet"),
+    (["--packing", "true", "--max_length", "64", "--torch_compile", "true"], "with --torch_compile true"),
+    (["--packing", "true", "--max_length", "64", "--attn_impl", "eager"], "with --attn_impl eager"),
+])
+def test_unsupported_combinations_are_refused_before_anything_loads(extra, message, capsys):
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", "x.jsonl", "--sequence_parallel_size", "2",
+                 *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_process_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys):
+    assert main(["sft", *sft_argv(tiny_model_dir("qwen3_vl")), "--sequence_parallel_size", "2", "--output_dir",
+                 str(tmp_path)]) == 2
+    assert "--sequence_parallel_size 2 needs a number of processes that it divides" in capsys.readouterr().err
+
+
+def test_hybrid_families_and_heads_that_do_not_divide_are_refused():
+    from types import SimpleNamespace
+
+    text = SimpleNamespace(num_attention_heads=4)
+    assert sequence_parallel_model_problems(2, 4, get_family("qwen3_vl"), text) == []
+    problems = sequence_parallel_model_problems(3, 4, get_family("qwen3_5"), text)
+    assert len(problems) == 3
+    assert "got 4" in problems[0] and "linear-attention" in problems[1] and "4 attention heads" in problems[2]
+    assert sequence_parallel_model_problems(1, 1, get_family("qwen3_5"), text) == []
