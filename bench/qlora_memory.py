@@ -21,26 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_mcore import qwen3_vl_8b_config  # noqa: E402
 from sft_qwen3_vl_4b import write_data  # noqa: E402
 
 MODES = {"bf16 LoRA": [], "QLoRA (nf4)": ["--quant_method", "bnb", "--quant_bits", "4"]}
-
-
-def qwen3_vl_8b_config():
-    """The Qwen3-VL-8B-Instruct architecture: 36 layers, hidden 4096, 32 heads / 8 KV heads of 128, MLP 12288,
-    untied embeddings; the 27-block vision tower of the Qwen3-VL 8B/30B models."""
-    from transformers import Qwen3VLConfig
-
-    text = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
-                rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=False,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                 "mrope_interleaved": True})
-    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
-                  temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=2304, out_hidden_size=4096,
-                  deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
-    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, image_token_id=151655,
-                         video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 
 
 def build_8b_model(model_dir: Path) -> None:

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 from vlft.errors import VlftError
+from vlft.train.config_json import json_object
 
 BUILTIN_CONFIGS = ("zero0", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
-
-
-def _read_json(text: str, source: str) -> dict:
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VlftError(f"--deepspeed {source}: not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise VlftError(f"--deepspeed {source}: expected a JSON object, got {type(config).__name__}")
-    return config
 
 
 def resolve_deepspeed_config(name_or_path: str | None) -> dict | None:
@@ -27,12 +17,12 @@ def resolve_deepspeed_config(name_or_path: str | None) -> dict | None:
         return None
     if name_or_path in BUILTIN_CONFIGS:
         text = (resources.files("vlft.train.ds_configs") / f"{name_or_path}.json").read_text(encoding="utf-8")
-        return _read_json(text, name_or_path)
+        return json_object(text, f"--deepspeed {name_or_path}")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise VlftError(f"--deepspeed {name_or_path}: no such file, and not a built-in config "
                         f"({', '.join(BUILTIN_CONFIGS)})")
-    return _read_json(path.read_text(encoding="utf-8"), name_or_path)
+    return json_object(path.read_text(encoding="utf-8"), f"--deepspeed {name_or_path}")
 
 
 def init_deepspeed_comm(cuda: bool) -> None:

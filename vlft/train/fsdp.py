@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlft.errors import VlftError
+from vlft.train.config_json import json_object
 
 if TYPE_CHECKING:
     from vlft.arguments import SftArguments
@@ -61,13 +62,7 @@ def _json_object(text: str, flag: str) -> dict:
     else:
         raise VlftError(f"{flag} {text}: no such file, and not a built-in config ({', '.join(BUILTIN_CONFIGS)}) "
                         f"nor FSDP options ({', '.join(OPTION_WORDS)})")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VlftError(f"{flag} {source}: not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise VlftError(f"{flag} {source}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return json_object(text, f"{flag} {source}")
 
 
 def _option_entries(options: str, flag: str) -> dict[str, Any]:

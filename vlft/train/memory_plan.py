@@ -3,7 +3,7 @@
 Before training, one forward pass over the run's longest row measures what each decoder layer keeps for its
 backward (`probe_activations`: a saved-tensor hook counts every tensor autograd saves, once per storage, not
 the weights, and keeps none of them, so the probe needs one layer's memory at a time). The peak of a step is
-then estimated for each number of recomputed layers (`MemoryEstimate` below): the memory already allocated
+then estimated for each number of recomputed layers (`PeakEstimate` below): the memory already allocated
 (weights, adapters), the gradients and AdamW's two moments of what trains, the activations of the layers kept
 (scaled from the probed row to --max_length x batch tokens), for a recomputed layer only its input plus one
 layer recomputed at a time, and the larger of the loss's transient (the logits, or one chunk of them with the
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-GIB = 1024**3
+from vlft.train.summary import GIB, memory_estimate
+
 # Share of the memory a process can use (free + what its allocator holds) the estimate may reach: the rest is
 # for the allocator's fragmentation, cuBLAS / compile workspaces and what the estimate leaves out.
 BUDGET_SHARE = 0.9
@@ -44,7 +45,7 @@ class ActivationProbe:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
+class PeakEstimate:
     """The estimated peak of a step, in bytes, and its parts."""
 
     static: int  # weights and buffers allocated before training, gradients, optimizer states
@@ -62,7 +63,7 @@ class CheckpointPlan:
 
     recomputed: frozenset[int]
     layers: int
-    estimate: MemoryEstimate
+    estimate: PeakEstimate
     budget: int
     fits: bool
 
@@ -147,7 +148,7 @@ def probe_activations(model: nn.Module, layers: nn.ModuleList, inputs: dict, hid
 
 
 def estimate_peak(probe: ActivationProbe, recomputed: frozenset[int], tokens: int, static: int,
-                  loss_transient: int) -> MemoryEstimate:
+                  loss_transient: int) -> PeakEstimate:
     """The peak for `tokens` tokens per step with `recomputed` layers checkpointed (see the module docstring):
     what is kept at the end of the forward, plus the larger of the loss's working memory and the backward's
     (one recomputed layer's activations again, and gradients about the size of one layer's activations)."""
@@ -156,7 +157,7 @@ def estimate_peak(probe: ActivationProbe, recomputed: frozenset[int], tokens: in
         size for i, size in enumerate(probe.per_layer) if i not in recomputed)
     recompute = max((probe.per_layer[i] for i in recomputed), default=0)
     backward = recompute + max(probe.per_layer, default=0)
-    return MemoryEstimate(static=static, kept=round(kept * scale),
+    return PeakEstimate(static=static, kept=round(kept * scale),
                           transient=max(loss_transient, round(backward * scale)))
 
 
@@ -186,9 +187,10 @@ def loss_transient_bytes(tokens: int, vocab: int, hidden: int, chunked_loss: boo
 
 def static_bytes(model: nn.Module, allocated: int) -> int:
     """What a step holds besides activations: `allocated` (weights and buffers, measured) plus the gradients and
-    AdamW's two moments of every trained parameter (torch's AdamW: each the size and dtype of its parameter)."""
-    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return allocated + 3 * trained
+    AdamW's moments of every trained parameter, as the run summary counts them (summary.memory_estimate)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    held = memory_estimate(0, sum(p.numel() * p.element_size() for p in trained), sum(p.numel() for p in trained), 0)
+    return allocated + held.gradients + held.optimizer
 
 
 def apply_plan(layers: nn.ModuleList, recomputed: frozenset[int]) -> None:
@@ -209,7 +211,7 @@ class RunMemory:
     usable: int
     step_tokens: int
 
-    def estimate(self, recomputed: frozenset[int]) -> MemoryEstimate:
+    def estimate(self, recomputed: frozenset[int]) -> PeakEstimate:
         return estimate_peak(self.probe, recomputed, self.step_tokens, self.static, self.loss_transient)
 
     def plan(self) -> CheckpointPlan:
