@@ -6,6 +6,9 @@ if [ ! -f /tmp/site/.installed ] && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && touch /tmp/site/.installed
 fi
+if [ ! -f /tmp/site/.av ] && compgen -G ".whl_av/*.whl" >/dev/null; then  # video tests
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_av/*.whl && touch /tmp/site/.av
+fi
 if [ ! -f /tmp/site/.mcore ] && compgen -G ".whl_mcore/*.whl" >/dev/null; then  # bench/convert_mcore.py
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_mcore/*.whl && touch /tmp/site/.mcore
 fi

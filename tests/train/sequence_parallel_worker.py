@@ -48,10 +48,11 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
 
 
 def run_case(case: dict, out: Path) -> None:
+    from vlft.families import family_of
     from vlft.train.sequence_parallel import SequenceParallel, new_sequence_group
 
     model = lora_model(Path(case["model_dir"]))
-    sequence = SequenceParallel(new_sequence_group(2))
+    sequence = SequenceParallel(new_sequence_group(2), family_of(model).visual_token_inputs)
     sequence.attach(model)
     batch = dict(case["batch"])
     targets = sequence.targets(batch.pop("labels"))

@@ -11,9 +11,10 @@ import torch
 from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.train.compile import decoder_layers
-from vlft.train.memory_plan import (BUDGET_SHARE, ActivationProbe, apply_plan, estimate_peak, loss_transient_bytes,
+from vlft.train.memory_plan import (BUDGET_SHARE, ActivationProbe, apply_plan, estimate_peak,
                                     plan_checkpointing, probe_activations)
 from vlft.train.model import enable_gradient_checkpointing, load_model
+from vlft.train.summary import loss_transient_bytes
 from vlft.train.tuners import prepare_trainable
 
 

@@ -32,6 +32,7 @@ from vlft.cli.main import main
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.data.formats import to_sample
 from vlft.families import get_family
+from vlft.families.qwen3_vl import QWEN3_VL
 from vlft.train.sequence_parallel import (SequenceGroup, SequenceParallel, sequence_parallel_model_problems,
                                           shard_targets)
 from vlft.train.ulysses import heads_chunks, heads_from_chunks, kv_repeats, sequence_chunks, sequence_from_chunks
@@ -199,7 +200,8 @@ def test_each_rank_keeps_its_slice_with_the_whole_rows_boundaries():
     deepstack = [torch.tensor([[1.0], [2.0], [3.0], [4.0]])]
     kept = []
     for rank in range(2):
-        sequence = SequenceParallel(SequenceGroup(size=2, rank=rank, data_rank=0, data_size=1))
+        sequence = SequenceParallel(SequenceGroup(size=2, rank=rank, data_rank=0, data_size=1),
+                                    QWEN3_VL.visual_token_inputs)
         _, kwargs = sequence.split_language_model_inputs(None, (), {
             "inputs_embeds": embeds, "position_ids": positions, "visual_pos_masks": visual,
             "deepstack_visual_embeds": deepstack})

@@ -94,9 +94,10 @@ def test_memory_of_lora_full_and_zero_by_hand():
 
 def test_activations_by_hand():
     # 10 tokens, hidden 4, intermediate 8, 3 layers, vocab 100, bf16: a layer keeps 10 x (32 + 32) x 2 = 1280
-    # bytes; the loss 10 x 100 x (2 + 8) = 10000.
-    assert activation_bytes(10, 4, 8, 3, 100, 2, checkpointing=False, chunked_loss=True) == 3 * 1280
-    assert activation_bytes(10, 4, 8, 3, 100, 2, checkpointing=True, chunked_loss=True) == 3 * 10 * 4 * 2 + 1280
+    # bytes; the loss 10 x 100 x (2 + 8) = 10000, chunked by 4 positions 4 x 100 x (4 + 2) + 10 x 4 x 2 = 2480.
+    assert activation_bytes(10, 4, 8, 3, 100, 2, checkpointing=False, chunked_loss=True, chunk=4) == 3 * 1280 + 2480
+    assert activation_bytes(10, 4, 8, 3, 100, 2, checkpointing=True, chunked_loss=True,
+                            chunk=4) == 3 * 10 * 4 * 2 + 1280 + 2480
     assert activation_bytes(10, 4, 8, 3, 100, 2, checkpointing=True, chunked_loss=False) == 240 + 1280 + 10000
 
 

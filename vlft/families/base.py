@@ -107,6 +107,10 @@ class Family:
     # transformers' class names of one decoder layer and one vision block: under --fsdp each such block is a unit
     # of its own, gathered just before its forward and freed after it (vlft/train/fsdp.py).
     block_classes: tuple[str, ...] = ()
+    # The language model's keyword inputs that follow the visual tokens of the row: a (1, L) boolean mask of them and
+    # a list of per-layer features, one row per visual token (Qwen3-VL's deepstack). Sequence parallelism slices
+    # them with the row (vlft/train/sequence_parallel.py); None: the family has none.
+    visual_token_inputs: tuple[str, str] | None = None
 
     @property
     def image_factor(self) -> int:

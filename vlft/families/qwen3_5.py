@@ -75,6 +75,7 @@ QWEN3_5 = replace(
     mcore=McoreLayout(vision_class="Qwen3_5VisionModel", gated_attention=True, zero_centered_norms=True,
                       linear_attention=LinearAttentionNames(), mtp=MtpNames()),
     block_classes=("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"),
+    visual_token_inputs=None,  # no deepstack
 )
 
 QWEN3_5_MOE = replace(

@@ -35,6 +35,7 @@ QWEN3_VL = Family(
     video_timestamps=True,
     mcore=McoreLayout(vision_class="Qwen3VLVisionModel"),
     block_classes=("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"),
+    visual_token_inputs=("visual_pos_masks", "deepstack_visual_embeds"),
 )
 
 QWEN3_VL_MOE = replace(

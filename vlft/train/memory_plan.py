@@ -24,14 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlft.train.summary import GIB, memory_estimate
+from vlft.train.summary import GIB, loss_transient_bytes, memory_estimate
 
 # Share of the memory a process can use (free + what its allocator holds) the estimate may reach: the rest is
 # for the allocator's fragmentation, cuBLAS / compile workspaces and what the estimate leaves out.
 BUDGET_SHARE = 0.9
-# Bytes per logit while transformers' loss runs over a whole row: the logits (bf16), their float32 copy and
-# the float32 log-softmax its cross-entropy saves (chunked_loss.py's docstring).
-LOSS_BYTES_PER_LOGIT_EXTRA = 8
 
 
 @dataclass(frozen=True)
@@ -173,16 +170,6 @@ def plan_checkpointing(probe: ActivationProbe, tokens: int, static: int, loss_tr
         if estimate.total <= budget:
             return CheckpointPlan(recomputed, len(order), estimate, budget, fits=True)
     return CheckpointPlan(frozenset(order), len(order), estimate, budget, fits=False)
-
-
-def loss_transient_bytes(tokens: int, vocab: int, hidden: int, chunked_loss: bool, chunk: int,
-                         dtype_bytes: int) -> int:
-    """Working memory of the loss: the logits of every position (their dtype, a float32 copy, the float32
-    log-softmax), or with the chunked loss one chunk of them (float32 logits, their softmax in place, its dtype
-    copy) beside the hidden states' gradient, which it computes in the forward."""
-    if chunked_loss:
-        return min(tokens, chunk) * vocab * (4 + dtype_bytes) + tokens * hidden * dtype_bytes
-    return tokens * vocab * (dtype_bytes + LOSS_BYTES_PER_LOGIT_EXTRA)
 
 
 def static_bytes(model: nn.Module, allocated: int) -> int:

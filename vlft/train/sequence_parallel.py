@@ -7,8 +7,8 @@ consecutive ranks; the ranks of a group train the same packed row, each the toke
   tower is small beside the LLM, and splitting it would cut images apart), then a forward pre-hook on the language
   model (`SequenceParallel.split_language_model_inputs`) pads the row to a multiple of N (the padding a sample of its
   own), gives attention the whole row's sample boundaries, and keeps this rank's slice of the embeddings, of the
-  (4, 1, L) position ids the collator made for the whole row (so mRoPE is the whole row's) and of Qwen3-VL's
-  deepstack visual features. The language model's attention runs through ulysses.py's all-to-all.
+  (4, 1, L) position ids the collator made for the whole row (so mRoPE is the whole row's) and of the family's
+  visual-token inputs (Qwen3-VL's deepstack features). The language model's attention runs through ulysses.py's all-to-all.
 - Loss: the targets are the whole row's labels shifted left first (`shard_targets`: no target is lost at a shard's
   edge), then sliced; the summed loss of a shard is divided by the group's count of targets and multiplied by N,
   because DDP (and DeepSpeed, FSDP) average gradients over all world ranks while the group's ranks each hold a part
@@ -125,8 +125,9 @@ def sequence_parallel_model_problems(size: int, world_size: int, family: Family,
 class SequenceParallel:
     """This rank's share of each packed row (see the module docstring)."""
 
-    def __init__(self, shard: SequenceGroup):
+    def __init__(self, shard: SequenceGroup, visual_token_inputs: tuple[str, str] | None = None):
         self.shard = shard
+        self.visual_token_inputs = visual_token_inputs  # Family.visual_token_inputs
 
     def attach(self, model: nn.Module) -> None:
         """The language model's attention through Ulysses' all-to-all, and its inputs split by a forward pre-hook
@@ -154,15 +155,24 @@ class SequenceParallel:
         start, end = shard_range(total, self.shard.size, self.shard.rank)
         kwargs.update(row_boundary_kwargs(positions[0], total))  # the whole row's samples (and padding)
         kwargs["inputs_embeds"], kwargs["position_ids"] = embeds[:, start:end], positions[..., start:end]
-        visual = kwargs.get("visual_pos_masks")  # Qwen3-VL's deepstack: features added at the visual tokens
-        if visual is not None:
-            visual = F.pad(visual, (0, total - length), value=False)
-            before, inside = (int(n) for n in (visual[:, :start].sum(), visual[:, start:end].sum()))
-            kwargs["visual_pos_masks"] = visual[:, start:end]
-            features = kwargs.get("deepstack_visual_embeds")
-            if features is not None:
-                kwargs["deepstack_visual_embeds"] = [f[before:before + inside] for f in features]
+        if self.visual_token_inputs is not None:
+            self.split_visual_token_inputs(kwargs, *self.visual_token_inputs, total - length, start, end)
         return args, kwargs
+
+    @staticmethod
+    def split_visual_token_inputs(kwargs: dict, mask_name: str, features_name: str, padding: int, start: int,
+                                  end: int) -> None:
+        """The family's visual-token inputs (Family.visual_token_inputs, e.g. Qwen3-VL's deepstack features added at
+        the visual tokens) cut to this rank's [start, end) of the padded row, in place."""
+        visual = kwargs.get(mask_name)
+        if visual is None:
+            return
+        visual = F.pad(visual, (0, padding), value=False)
+        before, inside = (int(n) for n in (visual[:, :start].sum(), visual[:, start:end].sum()))
+        kwargs[mask_name] = visual[:, start:end]
+        features = kwargs.get(features_name)
+        if features is not None:
+            kwargs[features_name] = [f[before:before + inside] for f in features]
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """This rank's next-token targets of the row (see shard_targets)."""
@@ -203,4 +213,4 @@ def start_sequence_parallel(size: int, world_size: int, family: Family, model_di
 
     text_config = AutoConfig.from_pretrained(model_dir).get_text_config()
     raise_problems(sequence_parallel_model_problems(size, world_size, family, text_config))
-    return SequenceParallel(new_sequence_group(size))
+    return SequenceParallel(new_sequence_group(size), family.visual_token_inputs)

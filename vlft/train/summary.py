@@ -8,6 +8,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from vlft.train.chunked_loss import CHUNK
 from vlft.train.flops import device_peak_flops, training_flops
 
 logger = logging.getLogger("vlft")
@@ -98,17 +99,32 @@ def memory_estimate(weight_bytes: int, trained_bytes: int, trained_numel: int, a
                           optimizer=shard(optimizer, 1), activations=activations)
 
 
+# Bytes per logit while transformers' loss runs over a whole row: the logits (bf16), their float32 copy and
+# the float32 log-softmax its cross-entropy saves (chunked_loss.py's docstring).
+LOSS_BYTES_PER_LOGIT_EXTRA = 8
+
+
+def loss_transient_bytes(tokens: int, vocab: int, hidden: int, chunked_loss: bool, chunk: int,
+                         dtype_bytes: int) -> int:
+    """Working memory of the loss: the logits of every position (their dtype, a float32 copy, the float32
+    log-softmax), or with the chunked loss one chunk of them (float32 logits, their softmax in place, its dtype
+    copy) beside the hidden states' gradient, which it computes in the forward."""
+    if chunked_loss:
+        return min(tokens, chunk) * vocab * (4 + dtype_bytes) + tokens * hidden * dtype_bytes
+    return tokens * vocab * (dtype_bytes + LOSS_BYTES_PER_LOGIT_EXTRA)
+
+
 def activation_bytes(tokens: int, hidden: int, intermediate: int, layers: int, vocab: int, dtype_bytes: int,
-                     checkpointing: bool, chunked_loss: bool) -> int:
+                     checkpointing: bool, chunked_loss: bool, chunk: int = CHUNK) -> int:
     """The LLM's activations kept for the backward of a batch of `tokens` tokens, roughly. A decoder layer
     keeps about 8 x hidden + 4 x intermediate elements per token (its norms' and projections' inputs, q, k, v
     and the attention output; the SwiGLU MLP's gate, up, activation and product); with gradient checkpointing
     only each layer's input is kept and one layer's activations exist at a time (its recompute). The loss
     keeps the logits (dtype), their fp32 copy and its log-softmax (fp32) unless --chunked_loss scores them in
-    chunks. The vision tower's (frozen by default, run without gradients) are left out."""
+    chunks (loss_transient_bytes). The vision tower's (frozen by default, run without gradients) are left out."""
     layer = tokens * (8 * hidden + 4 * intermediate) * dtype_bytes
     kept = tokens * hidden * dtype_bytes * layers + layer if checkpointing else layer * layers
-    return kept + (0 if chunked_loss else tokens * vocab * (dtype_bytes + 8))
+    return kept + loss_transient_bytes(tokens, vocab, hidden, chunked_loss, chunk, dtype_bytes)
 
 
 def training_seconds(flops: float, world_size: int, peak_flops: float | None, mfu: float = TYPICAL_MFU
