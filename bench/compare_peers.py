@@ -133,7 +133,8 @@ def main() -> int:
     parser.add_argument("--peers", default="vlft,vlft-compile,swift,plain",
                         help="which to run, comma-separated: " + ", ".join(VLFT_PEERS) + ", seed-before, "
                              "seed-after (the seed page's command with the old defaults given by hand / as typed; "
-                             "its own LoRA dropout), swift, swift-liger (--use_liger_kernel true), plain")
+                             "its own LoRA dropout), swift (flash-attn packing if installed), swift-padded "
+                             "(sdpa, padded batches), swift-liger (--use_liger_kernel true), plain")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from matmul_peak import measured_bf16_peak
@@ -149,12 +150,13 @@ def main() -> int:
             results.append(run_vlft(args.workdir, peer, args.max_length, args.max_steps, args.warmup_steps,
                                     args.num_workers, lora_dropout=None if peer.startswith("seed-") else
                                     args.lora_dropout, logging_steps=args.logging_steps))
-        elif peer in ("swift", "swift-liger"):
+        elif peer in ("swift", "swift-liger", "swift-padded"):
             from swift_sft import run_swift
 
             results.append(run_swift(args.workdir, args.max_length, args.max_steps, args.warmup_steps,
                                      num_workers=args.num_workers, lora_dropout=args.lora_dropout,
-                                     logging_steps=args.logging_steps, liger=peer == "swift-liger"))
+                                     logging_steps=args.logging_steps, liger=peer == "swift-liger",
+                                     attn_impl="sdpa" if peer == "swift-padded" else None))
         elif peer == "plain":
             from plain_hf_peft import run_plain
 

@@ -83,7 +83,7 @@ def run_swift(workdir, max_length: int, steps: int, warmup_steps: int = 5, batch
 
     workdir = Path(workdir)
     model, data = workdir / "qwen3-vl-4b-random", absolute_images(workdir / "data" / "train.jsonl")
-    output = workdir / ("runs_swift_liger" if liger else "runs_swift")
+    output = workdir / ("runs_swift" + ("_liger" if liger else "") + ("_sdpa" if attn_impl == "sdpa" else ""))
     output.mkdir(parents=True, exist_ok=True)
     python = os.environ.get("SWIFT_PYTHON", sys.executable)  # tests here point it at an emulated device env
     env = swift_env(os.environ.get("SWIFT_SITE", "/tmp/swift_site"))

@@ -167,7 +167,7 @@ def test_qwen3_5_round_trip_carries_the_mtp_head_bit_exact(family, sizes, tiny_m
     """Qwen3.5: Gated DeltaNet layers (in_proj split per rank into q, k, v, z, beta, alpha), gated attention (the
     gate rows of q_proj), zero-centred norms, the MoE's shared expert and its gate, and the multi-token-prediction
     head transformers does not load (read from and written to the files). Each decoder layer, given its HF twin's
-    input, agrees to 1e-5 in fp32; the logits (up to 5.5) to 2.0e-5 at TP=1 and 6.3e-5 at TP=2 (mean 1.2e-6), the
+    input, agrees to 5e-5 in fp32; the logits (up to 5.5) to 2.0e-5 at TP=1 and 6.3e-5 at TP=2 (mean 1.2e-6), the
     random model's linear-attention layers amplifying earlier rounding (docs/megatron.md). A mapping error moves
     them by tenths. The round trip is bit-exact, the MoE's experts written one by one as
     its files store them."""
@@ -177,7 +177,9 @@ def test_qwen3_5_round_trip_carries_the_mtp_head_bit_exact(family, sizes, tiny_m
     output = vlft_export("--model", str(source), "--to_mcore", "true", "--output_dir", str(mcore),
                          "--test_convert_precision", str(not pipeline).lower(), *sizes)
     if not pipeline:
-        assert layer_precision(output) < 1e-5  # each layer, given its HF twin's input (measured: <= 2.4e-6)
+        # each layer, given its HF twin's input: measured <= 2.4e-6 on an Intel Xeon host, 1.3e-5 on an AMD EPYC one
+        # (other float32 kernels); a mapping error moves outputs by tenths
+        assert layer_precision(output) < 5e-5
         largest, mean = largest_logit(output), float(re.search(r", mean ([0-9.e+-]+)", output).group(1))
         assert precision(output) < 2e-5 * largest and mean < 1e-6 * largest  # amplified over the layers
     from megatron.core.dist_checkpointing import load_tensors_metadata

@@ -62,8 +62,13 @@ def test_compiled_layers_match_eager(family_name, tiny_model_dir, processor_of, 
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
     for compiled_grad, eager_grad in zip(results[True][1], results[False][1]):
         assert eager_grad.abs().sum() > 0
-        # fp32 sums reassociated by inductor's fusions: up to 1.3e-4 relative seen on one of 19,296 Qwen3.5 elements
-        torch.testing.assert_close(compiled_grad, eager_grad, rtol=3e-4, atol=1e-7)
+        # fp32 sums reassociated by the compiled graphs, measured against the gradient's own scale (an element-wise
+        # rtol fails on near-zero elements: 2.1e-3 relative, 1.9e-7 absolute, on one of 19,296 Qwen3.5 elements on an
+        # AMD EPYC host; 1.3e-4 on an Intel Xeon one). A wrong graph moves them by far more.
+        error, scale = (compiled_grad - eager_grad).abs().max().item(), eager_grad.abs().max().item()
+        print(family_name, "largest gradient difference over the largest gradient:", error / scale)
+        assert error <= 1e-4 * scale
+        assert (compiled_grad - eager_grad).norm() <= 1e-5 * eager_grad.norm()
 
 
 def test_layers_are_found_under_peft_and_missing_ones_are_named(tiny_model_dir, processor_of, media_dir):

@@ -100,7 +100,9 @@ def test_packed_row_matches_each_sample_alone(moe):
     stock_grads = dict(stock.named_parameters())
     linear_grads = 0
     for name, param in packed.named_parameters():
-        assert_close_to_scale(param.grad, stock_grads[name].grad, 1e-4, name)
+        # 1e-4 held on an Intel Xeon host; an AMD EPYC one sums in another order: dt_bias 1.7e-4 (its gradient a
+        # sum over every token, which cancels). A sample seeing another's tokens moves them by 1e-2 and more.
+        assert_close_to_scale(param.grad, stock_grads[name].grad, 5e-4, name)
         linear_grads += ".linear_attn." in name and param.grad.abs().sum() > 0
     assert linear_grads == 3 * 9  # in_proj_qkv/z/b/a, conv1d, A_log, dt_bias, norm, out_proj of each layer
 
