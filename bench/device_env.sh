@@ -12,6 +12,9 @@ fi
 if [ ! -f /tmp/site/.bnb ] && compgen -G ".whl_bnb/*.whl" >/dev/null; then  # bench/qlora_memory.py
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_bnb/*.whl && touch /tmp/site/.bnb
 fi
+if [ ! -f /tmp/site/.ds ] && compgen -G ".whl_ds/*.whl" >/dev/null; then  # ZeRO rows beside FSDP2
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_ds/*.whl && touch /tmp/site/.ds
+fi
 if [ ! -f /tmp/site/.mcore ] && compgen -G ".whl_mcore/*.whl" >/dev/null; then  # bench/convert_mcore.py
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_mcore/*.whl && touch /tmp/site/.mcore
 fi
