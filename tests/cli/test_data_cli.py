@@ -82,14 +82,17 @@ def test_check_examples_with_console_script(vlft_cache):
     assert "modalities:" in result.stdout and "video" in result.stdout and "token lengths:" in result.stdout
 
 
-def test_check_reports_every_bad_line(bad_dataset, vlft_cache):
+def test_check_reports_every_bad_line(bad_dataset, vlft_cache, capfd):
+    """Through the console script's entry point in this process (the console script itself: the test above)."""
     path, expected = bad_dataset
-    result = vlft("data", "check", "--model", "vlft/tiny-qwen2.5-vl", "--dataset", str(path))
-    assert result.returncode == 1
-    assert "Traceback" not in result.stdout + result.stderr
+    capfd.readouterr()
+    code = main(["data", "check", "--model", "vlft/tiny-qwen2.5-vl", "--dataset", str(path)])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "Traceback" not in out + err
     for message in expected.values():
-        assert message in result.stdout, f"{message!r} not in\n{result.stdout}"
-    assert f"({1} ok, {len(expected)} bad" in result.stdout
+        assert message in out, f"{message!r} not in\n{out}"
+    assert f"({1} ok, {len(expected)} bad" in out
 
 
 def test_encode_writes_one_line_per_input_line(bad_dataset, vlft_cache, tmp_path, capsys):

@@ -1,6 +1,10 @@
 """Scale-out on CPU through the real console script: a two-node launch on one host (two launchers,
 node ranks 0 and 1, gloo, 127.0.0.1), and ZeRO-3 on the tiny MoE with expert LoRA over a dataset whose
-ranks get different modalities (text only, image, video) in the same step, then resume and merge."""
+ranks get different modalities (text only, image, video) in the same step, then resume and merge.
+
+Without a GPU one launcher of the two nodes, and each launcher of the ZeRO-3 test, runs in this process through the
+console script's entry point (tests/cli/conftest.py: torchrun and its workers are processes of their own either
+way)."""
 
 from __future__ import annotations
 
@@ -31,16 +35,21 @@ def launch_env(port: int, **topology: str) -> dict:
 
 
 @pytest.mark.slow
-def test_two_nodes_on_one_host_train_and_save_one_checkpoint(tmp_path, vlft_cache):
+def test_two_nodes_on_one_host_train_and_save_one_checkpoint(tmp_path, vlft_cache, vlft_console):
     argv = [VLFT, "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", f"{EXAMPLES / 'train.jsonl'}",
             "--num_train_epochs", "1", "--save_steps", "100", "--logging_steps", "1", "--padding_free", "true",
             "--report_to", "none", "--output_dir", str(tmp_path / "output")]
-    nodes = [subprocess.Popen(argv, env=launch_env(29631, NPROC_PER_NODE="1", NNODES="2", NODE_RANK=str(rank)),
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in (0, 1)]
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    for node, output in zip(nodes, outputs):
-        assert node.returncode == 0, output[-3000:]
+    envs = [launch_env(29631, NPROC_PER_NODE="1", NNODES="2", NODE_RANK=str(rank)) for rank in (0, 1)]
+    # node 1's launcher in a process of its own, node 0's meanwhile (in this process without a GPU)
+    node_1 = subprocess.Popen(argv, env=envs[1], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        code_0, output_0 = vlft_console(argv, envs[0], tmp_path)
+        output_1 = node_1.communicate(timeout=600)[0]
+    finally:
+        node_1.kill()
+    for code, output in ((code_0, output_0), (node_1.returncode, output_1)):
+        assert code == 0, output[-3000:]
     run_dir = only_run_dir(tmp_path / "output")  # both nodes wrote into one run
     # 10 rows, one per rank per step: 5 steps prove a world of two processes (one alone would take 10).
     assert [e["step"] for e in read_log(run_dir) if "loss" in e] == [1, 2, 3, 4, 5]
@@ -57,18 +66,17 @@ def mixed_rows(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path, vlft_cache):
+def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path, vlft_cache, vlft_console):
     data = mixed_rows(tmp_path / "mixed.jsonl")
 
-    def sft(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    def sft(output_dir: Path, *extra: str) -> None:
         argv = [VLFT, "sft", "--model", "vlft/tiny-qwen3-vl-moe", "--dataset", str(data), "--num_train_epochs", "1",
                 "--save_steps", "3", "--logging_steps", "1", "--padding_free", "true", "--deepspeed", "zero3",
                 "--router_aux_loss_coef", "0.01", "--report_to", "none", "--output_dir", str(output_dir), *extra]
-        return subprocess.run(argv, env=launch_env(29632, NPROC_PER_NODE="2"), cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600)
+        code, output = vlft_console(argv, launch_env(29632, NPROC_PER_NODE="2"), tmp_path)
+        assert code == 0, output[-3000:]
 
-    whole = sft(tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    sft(tmp_path / "whole")
     run_dir = only_run_dir(tmp_path / "whole")
     losses = {e["step"]: e["loss"] for e in read_log(run_dir) if "loss" in e}
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
@@ -86,17 +94,14 @@ def test_zero3_moe_expert_lora_with_text_only_ranks_resumes_and_merges(tmp_path,
     import shutil
 
     shutil.copytree(run_dir, resumed_dir, ignore=shutil.ignore_patterns("checkpoint-6", "logging.jsonl"))
-    resumed = sft(resumed_dir, "--add_version", "false", "--resume_from_checkpoint",
-                  str(resumed_dir / "checkpoint-3"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    sft(resumed_dir, "--add_version", "false", "--resume_from_checkpoint", str(resumed_dir / "checkpoint-3"))
     again = {e["step"]: e["loss"] for e in read_log(resumed_dir) if "loss" in e}
     for step in (4, 5, 6):
         assert again[step] == pytest.approx(losses[step], abs=1e-4), step
 
-    merged = subprocess.run([VLFT, "export", "--adapters", str(run_dir / "checkpoint-6"), "--merge_lora", "true"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ,
-                                                                              "VLFT_CACHE_HOME": str(vlft_cache)})
-    assert merged.returncode == 0, merged.stderr[-3000:]
+    code, output = vlft_console([VLFT, "export", "--adapters", str(run_dir / "checkpoint-6"), "--merge_lora", "true"],
+                                {**os.environ, "VLFT_CACHE_HOME": str(vlft_cache)}, tmp_path)
+    assert code == 0, output[-3000:]
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(run_dir / "checkpoint-6-merged")

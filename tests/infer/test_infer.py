@@ -4,11 +4,8 @@ interactive loop through stdin, bad input, and sft -> infer -> export -> infer g
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -57,18 +54,21 @@ def test_python_api_and_streaming_agree_with_peft_generate(checkpoint):
     assert answer == expected
 
 
-def test_interactive_loop_through_stdin(checkpoint):
+def test_interactive_loop_through_stdin(checkpoint, capfd, monkeypatch):
+    """Through the console script's entry point in this process, stdin holding the user's lines."""
+    import io
+
     script = "\n".join(["<image>What colour is this image?", "missing.png", str(EXAMPLES / "images" / "blue.png"),
                         "clear", "Hello", ""])
-    result = subprocess.run([str(Path(sys.executable).with_name("vlft")), "infer", "--adapters", str(checkpoint),
-                             "--max_new_tokens", "4", "--stream", "true"], input=script, capture_output=True,
-                            text=True, timeout=300, env=os.environ.copy())
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    capfd.readouterr()
+    code = main(["infer", "--adapters", str(checkpoint), "--max_new_tokens", "4", "--stream", "true"])
+    out, err = capfd.readouterr()
+    assert code == 0, err[-2000:]
     assert "Input an image path or URL <<< " in out
     assert "not found: missing.png" in out
     assert "history cleared" in out
-    assert out.count("<<< ") >= 4 and "Traceback" not in result.stderr
+    assert out.count("<<< ") >= 4 and "Traceback" not in err
 
 
 def test_checkpoint_without_args_json_needs_model(tmp_path, capsys):

@@ -5,8 +5,10 @@
    runs the LoRA model on its half of the row: it writes the whole row's per-token losses (gathered from both
    ranks) and the LoRA gradients after the backward of the sequence-parallel loss, averaged over the world as DDP
    does, to OUT/<case>.pt (rank 0).
-2. `vlft sft --sequence_parallel_size 2 --chunked_loss true SFT_ARGS...` into OUT/sft (the chunked loss scores the
-   shards in training, the model's logits in evaluation: both sequence-parallel loss paths).
+2. `vlft sft --sequence_parallel_size 2 SFT_ARGS...` three times (SFT_RUNS): with `--chunked_loss true` into OUT/sft
+   (the chunked loss scores the shards in training, the model's logits in evaluation: both sequence-parallel loss
+   paths), with `--deepspeed zero2 --chunked_loss true` into OUT/sft_zero2 and with `--deepspeed zero3` into
+   OUT/sft_zero3.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/train/sequence_parallel_worker.py OUT CASES SFT_ARGS...
 
@@ -26,6 +28,12 @@ import torch.nn.functional as F
 LORA = SimpleNamespace(train_type="lora", freeze_vit=True, freeze_aligner=True, freeze_llm=False,
                        target_modules=["all-linear"], lora_rank=4, lora_alpha=8, lora_dropout=0.0, use_dora=False,
                        use_rslora=False, modules_to_save=[], freeze_router=True)
+
+
+# The `vlft sft --sequence_parallel_size 2` runs: output dir under OUT -> their flags. The chunked loss where vlft
+# allows it (not under ZeRO-3, which partitions the output head outside its forward): ZeRO-3 runs the model's logits.
+SFT_RUNS = {"sft": ["--chunked_loss", "true"], "sft_zero2": ["--deepspeed", "zero2", "--chunked_loss", "true"],
+            "sft_zero3": ["--deepspeed", "zero3"]}
 
 
 def lora_model(model_dir: Path):
@@ -75,9 +83,17 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     for case in torch.load(cases, weights_only=False):
         run_case(case, out)
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     from vlft.cli.main import main
 
-    argv = ["sft", *sft_args, "--sequence_parallel_size", "2", "--chunked_loss", "true", "--output_dir", str(out / "sft"), "--add_version",
-            "false"]
-    if main(argv) != 0:
-        sys.exit(f"vlft {' '.join(argv)} failed")
+    for name, extra in SFT_RUNS.items():
+        # Each run its own accelerate state: an initialised AcceleratorState keeps the first run's (no) DeepSpeed
+        # plugin, and transformers' global DeepSpeed config the last run's ZeRO stage.
+        AcceleratorState._reset_state(True)
+        unset_hf_deepspeed_config()
+        argv = ["sft", *sft_args, "--sequence_parallel_size", "2", *extra, "--output_dir", str(out / name),
+                "--add_version", "false"]
+        if main(argv) != 0:
+            sys.exit(f"vlft {' '.join(argv)} failed")

@@ -14,6 +14,12 @@ consecutive ranks; the ranks of a group train the same packed row, each the toke
   because DDP (and DeepSpeed, FSDP) average gradients over all world ranks while the group's ranks each hold a part
   of one row's gradient: the average is then one process's gradient of the row's mean loss (and the mean of the
   logged losses the row's loss).
+- DeepSpeed (ZeRO-2, ZeRO-3): its data-parallel group is the whole world (accelerate gives it no `mpu`, so its own
+  sequence-parallel size stays 1 and ZeRO divides the reduced gradients by the world size, as DDP does), and
+  accelerate prepares the loaders with BatchSamplerShard under DeepSpeed too. Under ZeRO-3 the pre-hook only slices
+  the language model's inputs (no parameter is read), and every rank runs the same modules in the same order (the
+  ranks of a group the same row; the vision tower once per modality on every rank, zero3.BalancedVisionCalls), so
+  the parameter gathers stay in step. Tested against one process (tests/train/test_sequence_parallel.py).
 """
 
 from __future__ import annotations
@@ -90,9 +96,9 @@ def sequence_parallel_problems(args) -> list[str]:
     flag, problems = f"--sequence_parallel_size {size}", []
     if not args.padding_free:
         problems.append(f"{flag} splits packed rows along the sequence: it needs --packing true or --padding_free true")
-    if args.deepspeed or args.fsdp:
-        problems.append(f"{flag} with --{'deepspeed' if args.deepspeed else 'fsdp'}: not tried yet; train without "
-                        "them (DDP over the sequence groups)")
+    if args.fsdp:
+        problems.append(f"{flag} with --fsdp: not tried yet; use --deepspeed zero2 / zero3, or neither (DDP over the "
+                        "sequence groups)")
     if args.torch_compile:
         problems.append(f"{flag} with --torch_compile true: the compiled layers are not tried with the all-to-all "
                         "inside attention yet; leave --torch_compile unset")
