@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qlora_memory import build_8b_model, measured  # noqa: E402
+from qlora_memory import add_run_arguments, build_8b_model, measured, parse_run_arguments  # noqa: E402
 from sft_qwen3_vl_4b import build_model as build_4b_model, write_data  # noqa: E402
 
 ENGINES = {"none": [], "fsdp2": ["--fsdp", "fsdp2"], "zero2": ["--deepspeed", "zero2"],
@@ -48,19 +48,10 @@ def sft_command(model: str, data: Path, output: Path, args, engine: list[str]) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vlft-bench"))
     parser.add_argument("--train_type", choices=["lora", "full"], default="lora")
     parser.add_argument("--engines", default="none,fsdp2,zero2,zero3", help="comma-separated: " + ", ".join(ENGINES))
-    parser.add_argument("--samples", type=int, default=400)
-    parser.add_argument("--max_length", type=int, default=4096)
-    parser.add_argument("--max_steps", type=int, default=15)
-    parser.add_argument("--warmup_steps", type=int, default=5, help="steps left out of the tokens/s median")
-    parser.add_argument("--num_proc", type=int, default=8, help="--dataset_num_proc of the runs")
-    parser.add_argument("--tiny", action="store_true", help="the built-in tiny Qwen3-VL on CPU (checks the script)")
-    args = parser.parse_args()
-    if args.tiny:
-        args.samples, args.max_length, args.max_steps, args.warmup_steps, args.num_proc = 8, 1024, 2, 0, 1
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    add_run_arguments(parser, max_steps=15)
+    args = parse_run_arguments(parser)
     started = time.time()
     if args.tiny:
         model, shape = "vlft/tiny-qwen3-vl", "tiny Qwen3-VL, CPU"

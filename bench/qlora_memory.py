@@ -77,19 +77,30 @@ def print_table(results: dict[str, dict], title: str) -> None:
     print(f"\nQLoRA peak memory: {qlora / bf16:.2f}x bf16 LoRA's")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(parser: argparse.ArgumentParser, max_steps: int) -> None:
+    """The arguments of a bench made of short `vlft sft` runs (this one, fsdp_vs_zero.py)."""
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vlft-bench"))
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--max_length", type=int, default=4096)
-    parser.add_argument("--max_steps", type=int, default=20)
+    parser.add_argument("--max_steps", type=int, default=max_steps)
     parser.add_argument("--warmup_steps", type=int, default=5, help="steps left out of the tokens/s median")
     parser.add_argument("--num_proc", type=int, default=8, help="--dataset_num_proc of the runs")
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny Qwen3-VL on CPU (checks the script)")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed arguments, made small under --tiny, with the workdir created."""
     args = parser.parse_args()
     if args.tiny:
         args.samples, args.max_length, args.max_steps, args.warmup_steps, args.num_proc = 8, 1024, 2, 0, 1
     args.workdir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, max_steps=20)
+    args = parse_run_arguments(parser)
     t0 = time.time()
     if args.tiny:
         model = "vlft/tiny-qwen3-vl"

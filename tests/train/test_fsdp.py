@@ -18,16 +18,13 @@ global batch, the gradients reduce-scattered rather than accumulated), about 1e-
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.train.two_processes import TwoProcessLaunch
 from vlft.cli.main import main
 from vlft.errors import VlftError
 from vlft.families import get_family
@@ -46,12 +43,6 @@ def sft_argv(model_dir: Path) -> list[str]:
             "--report_to", "none", "--dataloader_num_workers", "0"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def logged(run_dir: Path, key: str) -> list[float]:
     lines = [json.loads(line) for line in open(run_dir / "logging.jsonl")]
     return [entry[key] for entry in lines if "loss" in entry]
@@ -63,19 +54,11 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     (lora_1, full_1)."""
     out = tmp_path_factory.mktemp("fsdp")
     argv = sft_argv(tiny_model_dir("qwen3_vl"))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(out),
-                               *argv, "--fsdp", "fsdp2"], env=env, cwd=out, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
+    with TwoProcessLaunch(WORKER, [str(out), *argv, "--fsdp", "fsdp2"], cwd=out) as launch:
         for name, extra in (("lora_1", []), ("full_1", ["--train_type", "full"])):
             assert main(["sft", *argv, *extra, "--gradient_accumulation_steps", "2", "--output_dir",
                          str(out / name), "--add_version", "false"]) == 0
-        output = launch.communicate(timeout=600)[0]
-    finally:
-        launch.kill()
-    assert launch.returncode == 0, output[-4000:]
+        launch.finish(timeout=600)
     return {name: out / name for name in ("lora", "full", "resumed", "lora_1", "full_1")}
 
 

@@ -17,10 +17,6 @@ moves a sample's loss by 1e-3 or more (DeepSpeed's own grad norm: DEEPSPEED_GRAD
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +25,7 @@ import torch.nn.functional as F
 
 from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
 from tests.train.sequence_parallel_worker import SFT_RUNS, lora_grads, lora_model
+from tests.train.two_processes import TwoProcessLaunch
 from vlft.cli.main import main
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.data.formats import to_sample
@@ -62,12 +59,6 @@ def sft_argv(model_dir: Path) -> list[str]:
             "--lr_scheduler_type", "constant", "--train_type", "full", "--image_max_token_num", "16",
             "--report_to", "none", "--dataloader_num_workers", "0", "--split_dataset_ratio", "0.3",
             "--eval_strategy", "steps", "--eval_steps", "3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -106,12 +97,7 @@ def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
                           "batch": collator(samples)})
     torch.save([{k: case[k] for k in ("name", "model_dir", "batch")} for case in cases], out / "cases.pt")
     argv = sft_argv(tiny_model_dir("qwen3_vl"))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(out),
-                               str(out / "cases.pt"), *argv], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
+    with TwoProcessLaunch(WORKER, [str(out), str(out / "cases.pt"), *argv], cwd=REPO) as launch:
         truth = {}
         for case in cases:
             model = lora_model(Path(case["model_dir"]))
@@ -123,15 +109,7 @@ def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
             truth[case["name"]] = (token_losses, lora_grads(model), batch["labels"],
                                    [s.length for s in case["samples"]])
         assert main(["sft", *argv, "--output_dir", str(out / "sft_1"), "--add_version", "false"]) == 0
-        output = launch.communicate(timeout=300)[0]
-    finally:
-        if launch.poll() is None:  # torchrun stops its workers on SIGTERM (they run in sessions of their own)
-            launch.terminate()
-            try:
-                launch.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                launch.kill()
-    assert launch.returncode == 0, output[-4000:]
+        launch.finish(timeout=300)
     split = {case["name"]: torch.load(out / f"{case['name']}.pt") for case in cases}
     return split, out, truth, out / "sft_1"
 
