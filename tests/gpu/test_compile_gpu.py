@@ -1,5 +1,6 @@
 """GPU only (skipped elsewhere): --torch_compile's inductor kernels keep the plain path's losses. Twenty bf16
-LoRA steps of the tiny Qwen3-VL on one packed row through the varlen attention, with gradient
+LoRA steps of the tiny Qwen3-VL and Qwen3-VL-MoE (LoRA on the experts too: grouped_expert_lora.py's grouped
+GEMMs, routing inside the layer's graph) on one packed row through the varlen attention, with gradient
 checkpointing: the decoder layers and the frozen vision blocks compiled (compile.py), as `vlft sft
 --torch_compile true` does, against the same model eager, every step's loss within 1e-2 relative; and the
 same with the layers replayed as CUDA graphs over fixed-shape rows (`--torch_compile_mode reduce-overhead`)."""
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps: int = 20,
-                 mode: str | None = None) -> list[float]:
-    encoder, family, samples = encoded_batch("qwen3_vl", tiny_model_dir, processor_of, media_dir)
+                 mode: str | None = None, family_name: str = "qwen3_vl") -> list[float]:
+    encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = load_model(tiny_model_dir("qwen3_vl"), torch.bfloat16, ATTENTION_NAME)
+    model = load_model(tiny_model_dir(family_name), torch.bfloat16, ATTENTION_NAME)
     enable_gradient_checkpointing(model, llm=True, vit=False)
     model = prepare_trainable(model, family, lora_args()).cuda().train()
     if compiled:
@@ -50,21 +51,24 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     return losses
 
 
-def test_compiled_layers_keep_the_eager_losses(tiny_model_dir, processor_of, media_dir):
-    compiled = train_losses(True, tiny_model_dir, processor_of, media_dir)
-    eager = train_losses(False, tiny_model_dir, processor_of, media_dir)
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen3_vl_moe"])
+def test_compiled_layers_keep_the_eager_losses(family_name, tiny_model_dir, processor_of, media_dir):
+    compiled = train_losses(True, tiny_model_dir, processor_of, media_dir, family_name=family_name)
+    eager = train_losses(False, tiny_model_dir, processor_of, media_dir, family_name=family_name)
     assert compiled[-1] < compiled[0]  # it trains
     for step, (a, b) in enumerate(zip(compiled, eager)):
         assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)
 
 
-def test_cuda_graph_layers_keep_the_eager_losses(tiny_model_dir, processor_of, media_dir):
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen3_vl_moe"])
+def test_cuda_graph_layers_keep_the_eager_losses(family_name, tiny_model_dir, processor_of, media_dir):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead")
-    assert counters["inductor"]["cudagraph_skips"] == 0  # the layers did run as CUDA graphs
-    eager = train_losses(False, tiny_model_dir, processor_of, media_dir)
+    graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead",
+                           family_name=family_name)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])  # they ran as CUDA graphs
+    eager = train_losses(False, tiny_model_dir, processor_of, media_dir, family_name=family_name)
     assert graphed[-1] < graphed[0]
     for step, (a, b) in enumerate(zip(graphed, eager)):
         assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)

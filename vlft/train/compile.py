@@ -38,10 +38,13 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
     forward and backward kernels as CUDA graphs (one launch instead of ~100 per layer and pass), which needs
     rows of one fixed shape (PaddingFreeCollator's fixed_shape) and the boundaries the collator gives.
 
-    Three kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
+    MoE layers compile whole too: their experts run as grouped GEMMs over the token-expert pairs sorted by expert
+    (transformers' `grouped_mm` experts, or grouped_expert_lora.py with expert LoRA), whose shapes do not depend
+    on the routing, and the one-by-one CPU fallback is one custom operator (model/grouped_gemm.py), so routing
+    breaks no graph.
+
+    Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):
-    - MoE layers: routing tokens to experts has data-dependent shapes, a graph break, and a break inside
-      the layer's checkpoint would send the whole layer back to eager;
     - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
       inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100);
     - linear-attention layers (Qwen3.5's Gated DeltaNet): their mixer keeps packed samples apart with fla's
@@ -65,9 +68,9 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
 
 
 def whole_layer_compiles(layer: nn.Module, kind: DecoderKind) -> bool:
-    """False for MoE layers, linear-attention layers and layers with active dropout (see compile_decoder_layers)."""
+    """False for linear-attention layers and layers with active dropout (see compile_decoder_layers)."""
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
-    return not (kind.moe or kind.attention == "linear" or dropout)
+    return not (kind.attention == "linear" or dropout)
 
 
 def vision_blocks(model: nn.Module) -> nn.ModuleList:

@@ -7,8 +7,8 @@ graphs over rows padded to --max_length (`--torch_compile_mode reduce-overhead`)
 CPU, DeepSpeed (ZeRO-3 breaks compiled graphs and partitions the output head; CUDA graphs beside DeepSpeed's
 gradient hooks are untested), an attention other than the varlen kernel, unpacked rows or gradient accumulation
 (CUDA graphs replay one row shape and reuse their memory every micro-step), an MoE aux loss (not in the chunked
-loss), and, once the model is loaded, layers that do not compile whole (LoRA dropout, MoE experts, linear
-attention: compile.py says why). A flag the user gives always wins: `--torch_compile false` and
+loss), and, once the model is loaded, layers that do not compile whole (LoRA dropout, linear attention:
+compile.py says why). A flag the user gives always wins: `--torch_compile false` and
 `--chunked_loss false` opt out, `--torch_compile true` compiles part by part where layers do not compile whole,
 and a combination that cannot run is an error in check_run_arguments, as before.
 """
@@ -144,7 +144,7 @@ def layers_not_whole(layers: nn.ModuleList, kinds: list) -> tuple[int, str | Non
             whole += 1
             continue
         dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())
-        reason = ("MoE experts" if kind.moe else "linear attention" if kind.attention == "linear"
+        reason = ("linear attention" if kind.attention == "linear"
                   else "LoRA dropout (--lora_dropout 0 compiles them whole)" if dropout else "")
         if reason and reason not in reasons:
             reasons.append(reason)
