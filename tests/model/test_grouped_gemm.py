@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from vlft.model.grouped_gemm import grouped_matmul, grouped_matmul_by_group
+from vlft.model.grouped_gemm import grouped_matmul, grouped_matmul_op
 
 SIZES = [3, 0, 5, 1, 0, 7]
 
@@ -41,4 +41,4 @@ def test_compiles_without_a_graph_break():
 
 def test_operator_checks():
     x, weight_t, ends = inputs(torch.float32)
-    torch.library.opcheck(grouped_matmul_by_group, (x, weight_t, ends))
+    torch.library.opcheck(grouped_matmul_op, (x, weight_t, ends))

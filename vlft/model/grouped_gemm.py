@@ -1,12 +1,14 @@
 """Rows in consecutive groups, each group times its own matrix: torch's grouped GEMM
-(`torch.nn.functional.grouped_mm`, the kernel transformers' MoE experts run) where it runs (CUDA, bfloat16; a
-width that is not a multiple of 8, such as a LoRA rank of 4, is padded with zeros to the kernel's 16-byte
-alignment), else the groups one by one (CPU, float32: the same arithmetic, for tests and small runs).
+(`torch.nn.functional.grouped_mm`, the kernel transformers' MoE experts run) where it runs (CUDA, bfloat16), else
+the groups one by one (CPU, float32: the same arithmetic, for tests and small runs).
 
-The one-by-one path reads the group ends to the host. Inside torch.compile that read would break the graph (and a
-break inside a compiled layer's gradient checkpoint sends the whole layer back to eager), so it runs as a custom
-operator (torch.library), which the compiler keeps whole as one opaque call with a known output shape, as
-transformers does for its own experts' fallback."""
+Both run as one custom operator (torch.library) with its own backward, so torch.compile keeps each call whole:
+- the one-by-one path reads the group ends to the host, which would break the graph (and a break inside a compiled
+  layer's gradient checkpoint sends the whole layer back to eager);
+- the grouped GEMM kernel takes only operands whose rows or columns are contiguous and 16-byte aligned, while
+  Inductor lays out a computed operand (the LoRA B factors permuted to expert-major) as it likes: measured on an
+  H100, it handed the kernel strides [1, 4, 32] for sizes [4, 8, 64]. Inside the operator the operands are made
+  kernel-ready in eager mode, and widths that are not multiples of 8 (a LoRA rank of 4) are padded with zeros."""
 
 from __future__ import annotations
 
@@ -20,30 +22,50 @@ def runs_grouped_mm(x: torch.Tensor, weight_t: torch.Tensor) -> bool:
     return _GROUPED_MM is not None and x.is_cuda and x.dtype == weight_t.dtype == torch.bfloat16
 
 
-def _aligned_grouped_mm(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """torch's grouped GEMM, the inner and outer widths padded with zeros to multiples of 8 where they are not."""
-    inner, outer = (-x.shape[-1]) % 8, (-weight_t.shape[-1]) % 8
-    if inner:
-        x, weight_t = F.pad(x, (0, inner)), F.pad(weight_t, (0, 0, 0, inner))
-    if outer:
-        weight_t = F.pad(weight_t, (0, outer))
-    out = _GROUPED_MM(x, weight_t, offs=ends)
-    return out[:, :out.shape[-1] - outer] if outer else out
-
-
 def grouped_matmul(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
                    sizes: list[int] | None = None) -> torch.Tensor:
     """x [rows, in] in groups ending at `ends` (int32, cumulative, on x's device) times weight_t [groups, in, out]
-    -> [rows, out] (rows past the last group's end: zeros on the one-by-one path, undefined on grouped_mm's).
-    `sizes` (the groups' row counts), when the caller has them on the host, spares the one-by-one path its host
-    read (then only the groups' rows come back)."""
-    if runs_grouped_mm(x, weight_t):
-        return _aligned_grouped_mm(x, weight_t, ends)
-    if sizes is None:
-        return grouped_matmul_by_group(x, weight_t.to(x.dtype), ends)
-    rows = x[:sum(sizes)]
-    parts = [group @ weight_t[g].to(x.dtype) for g, group in enumerate(torch.split(rows, sizes))]
-    return torch.cat(parts) if parts else x.new_zeros(0, weight_t.shape[-1])
+    -> [rows, out] (rows past the last group's end: zeros on the CPU, undefined from the kernel). `sizes` (the
+    groups' row counts), when the caller has them on the host, spares the one-by-one path its host read (then only
+    the groups' rows come back)."""
+    if sizes is not None and not runs_grouped_mm(x, weight_t):
+        rows = x[:sum(sizes)]
+        parts = [group @ weight_t[g].to(x.dtype) for g, group in enumerate(torch.split(rows, sizes))]
+        return torch.cat(parts) if parts else x.new_zeros(0, weight_t.shape[-1])
+    return grouped_matmul_op(x, weight_t.to(x.dtype), ends)
+
+
+def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
+    """t with its last two dimensions laid out as the grouped GEMM kernel takes them (one of them contiguous, the
+    other's stride a multiple of 8 elements), copied only when they are not."""
+    row_major = t.stride(-1) == 1 and t.stride(-2) % 8 == 0
+    column_major = t.stride(-2) == 1 and t.stride(-1) % 8 == 0
+    return t if row_major or column_major else t.contiguous()
+
+
+def _padded(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t padded with zeros at the end of `dim` to a multiple of 8."""
+    extra = (-t.shape[dim]) % 8
+    if not extra:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [0, extra]
+    return F.pad(t, pad)
+
+
+def _kernel_product(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """torch's grouped GEMM of x [rows, in] and weight_t [groups, in, out] (widths padded, operands made ready)."""
+    out_width = weight_t.shape[-1]
+    x, weight_t = _padded(x, -1), _padded(_padded(weight_t, -2), -1)
+    out = _GROUPED_MM(_kernel_ready(x), _kernel_ready(weight_t), offs=ends)
+    return out[:, :out_width].contiguous()
+
+
+def _kernel_weight_gradient(x: torch.Tensor, grad: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Each group's x_g^T grad_g, [groups, in, out], by torch's grouped GEMM over the rows."""
+    width_in, width_out = x.shape[-1], grad.shape[-1]
+    x_t = _padded(x, -1).t()  # [in, rows]: columns contiguous
+    out = _GROUPED_MM(_kernel_ready(x_t), _kernel_ready(_padded(grad, -1)), offs=ends)
+    return out[:, :width_in, :width_out].contiguous()
 
 
 def _group_bounds(ends: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -56,24 +78,29 @@ def _group_bounds(ends: torch.Tensor) -> list[tuple[int, int, int]]:
     return bounds
 
 
-@torch.library.custom_op("vlft::grouped_matmul_by_group", mutates_args=())
-def grouped_matmul_by_group(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """The groups one by one (x and weight_t of one dtype)."""
+@torch.library.custom_op("vlft::grouped_matmul", mutates_args=())
+def grouped_matmul_op(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] times weight_t [groups, in, out] (one dtype) by groups of rows ending at `ends`."""
+    if runs_grouped_mm(x, weight_t):
+        return _kernel_product(x, weight_t, ends)
     out = x.new_zeros(x.shape[0], weight_t.shape[-1])
     for group, start, end in _group_bounds(ends):
         torch.mm(x[start:end], weight_t[group], out=out[start:end])
     return out
 
 
-@grouped_matmul_by_group.register_fake
+@grouped_matmul_op.register_fake
 def _(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape[0], weight_t.shape[-1])
 
 
-@torch.library.custom_op("vlft::grouped_matmul_by_group_backward", mutates_args=())
-def grouped_matmul_by_group_backward(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
-                                     grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient of x, gradient of weight_t) of grouped_matmul_by_group for the output's gradient `grad`."""
+@torch.library.custom_op("vlft::grouped_matmul_backward", mutates_args=())
+def grouped_matmul_backward(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
+                            grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient of x, gradient of weight_t) of grouped_matmul_op for the output's gradient `grad`."""
+    if runs_grouped_mm(x, weight_t):
+        return (_kernel_product(grad, weight_t.transpose(1, 2), ends),
+                _kernel_weight_gradient(x, grad, ends))
     grad_x, grad_weight = torch.zeros_like(x), torch.zeros_like(weight_t)
     for group, start, end in _group_bounds(ends):
         torch.mm(grad[start:end], weight_t[group].t(), out=grad_x[start:end])
@@ -81,7 +108,7 @@ def grouped_matmul_by_group_backward(x: torch.Tensor, weight_t: torch.Tensor, en
     return grad_x, grad_weight
 
 
-@grouped_matmul_by_group_backward.register_fake
+@grouped_matmul_backward.register_fake
 def _(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
       grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty_like(x), torch.empty_like(weight_t)
@@ -93,8 +120,8 @@ def _save_inputs(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     x, weight_t, ends = ctx.saved_tensors
-    grad_x, grad_weight = grouped_matmul_by_group_backward(x, weight_t, ends, grad.contiguous())
+    grad_x, grad_weight = grouped_matmul_backward(x, weight_t, ends, grad.contiguous())
     return grad_x, grad_weight, None
 
 
-grouped_matmul_by_group.register_autograd(_backward, setup_context=_save_inputs)
+grouped_matmul_op.register_autograd(_backward, setup_context=_save_inputs)

@@ -97,11 +97,8 @@ def grouped_experts_forward(experts, wrappers: dict[str, PeftParamWrapper], adap
     hidden = experts._apply_gate(_projection(experts, wrappers, adapter, "gate_up_proj", x, ends))
     out = _projection(experts, wrappers, adapter, "down_proj", hidden, ends)
     out = out * top_k_weights.reshape(-1)[order].unsqueeze(-1)
-    # back to token order by a gather with the inverse permutation, whose backward scatters a permutation (an
-    # index_copy_ here cost 8 ms of host time per backward call on an H100: BENCHMARKS.md, session 15)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return out[inverse].view(-1, top_k, out.shape[-1]).sum(dim=1).to(hidden_states.dtype)
+    unsorted = torch.empty_like(out).index_copy_(0, order, out)
+    return unsorted.view(-1, top_k, out.shape[-1]).sum(dim=1).to(hidden_states.dtype)
 
 
 def register_grouped_expert_lora(config, model, expert_parameters: list[str]) -> None:
