@@ -38,21 +38,28 @@ SFT_RUNS = {"sft": ["--chunked_loss", "true"], "sft_zero2": ["--deepspeed", "zer
 
 def lora_model(model_dir: Path):
     """The tiny model in float32 with LoRA on every LLM linear, both LoRA matrices drawn from one seeded generator
-    (the same in every process; with B at zero, as PEFT starts it, A's gradients would be zero and prove nothing)."""
+    (the same in every process; with B at zero, as PEFT starts it, A's gradients would be zero and prove nothing).
+    A hybrid family's linear-attention convolutions train too: under sequence parallelism each rank convolves the
+    whole row of its channels, so their gradients come together only in the average over the ranks."""
     from vlft.families import detect_family
     from vlft.train.model import load_model
     from vlft.train.tuners import prepare_trainable
 
-    model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), detect_family(model_dir), LORA)
+    family = detect_family(model_dir)
+    model = prepare_trainable(load_model(model_dir, torch.float32, "sdpa"), family, LORA)
     generator = torch.Generator().manual_seed(0)
+    convolution = f".{family.modules.linear_attention}.conv1d."
     for name, param in sorted(model.named_parameters()):
         if "lora_" in name:
             param.data = torch.randn(param.shape, generator=generator) * 0.1
+        elif convolution in name:
+            param.requires_grad_(True)
     return model
 
 
 def lora_grads(model) -> dict[str, torch.Tensor]:
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+    """The gradients of what trains: the LoRA matrices (and a hybrid family's convolutions, lora_model)."""
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def run_case(case: dict, out: Path) -> None:

@@ -1,17 +1,21 @@
 """`--sequence_parallel_size` (Ulysses): two CPU processes (gloo) splitting each packed row give the per-sample losses
 and LoRA gradients of one process on the whole row, for text, image and video rows of the tiny Qwen3-VL, dense and
-MoE, and an image row of Qwen2.5-VL and Qwen2-VL; `vlft sft --sequence_parallel_size 2` (full fine-tuning, an
-evaluation; with the chunked loss, with `--deepspeed zero2` and the chunked loss, with `--deepspeed zero3`) logs the
-losses, gradient norms and eval loss of one process without DeepSpeed on the same rows; the
-all-to-all layouts, the KV-head repetition, the shifted targets and the split of the language model's inputs on
-small hand-checked cases; what is not supported is refused before the model loads.
+MoE, text and image rows of Qwen3.5 (its Gated DeltaNet layers' heads split too, their convolutions' gradients
+compared as well; the exact torch kernels), and an image row of Qwen2.5-VL and Qwen2-VL; `vlft sft
+--sequence_parallel_size 2` (full fine-tuning, an evaluation; with the chunked loss, with `--deepspeed zero2` and the
+chunked loss, with `--deepspeed zero3`) logs the losses, gradient norms and eval loss of one process without
+DeepSpeed on the same rows; the all-to-all layouts, the KV-head repetition, the linear attention's channels per rank,
+the shifted targets and the split of the language model's inputs on small hand-checked cases; the linear attention's
+kernels on each rank's channels and heads give the whole layer's (one process standing in for two ranks); what is not
+supported is refused before the model loads.
 
-The two-process runs share one torchrun launch (tests/train/sequence_parallel_worker.py); the ground truth (one
-process, the row whole, transformers' sdpa with its block mask from the positions and transformers' loss) is
-computed in this process meanwhile. Tolerance: everything is float32 and the runs differ only in the order of sums
-(attention over a whole sample either way; the loss summed in two halves; gradients summed over two ranks): about
-1e-7 relative per sum; 1e-5 as the issue asks, while a lost target, a wrong position or a sample boundary crossed
-moves a sample's loss by 1e-3 or more (DeepSpeed's own grad norm: DEEPSPEED_GRAD_NORM_TOLERANCE below).
+The two-process runs share one torchrun launch (tests/train/sequence_parallel_worker.py; one per test run under
+pytest-xdist too: two_processes.run_once); the ground truth (one process, the row whole, transformers' sdpa with its
+block mask from the positions and transformers' loss) is computed in this process meanwhile. Tolerance: everything is
+float32 and the runs differ only in the order of sums (attention over a whole sample either way; the loss summed in
+two halves; gradients summed over two ranks): about 1e-7 relative per sum; 1e-5 as the issue asks, while a lost
+target, a wrong position or a sample boundary crossed moves a sample's loss by 1e-3 or more (DeepSpeed's own grad
+norm and Qwen3.5's float32 delta rule: the tolerances below).
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ import torch.nn.functional as F
 
 from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
 from tests.train.sequence_parallel_worker import SFT_RUNS, lora_grads, lora_model
-from tests.train.two_processes import TwoProcessLaunch
+from tests.train.two_processes import TwoProcessLaunch, run_once
 from vlft.cli.main import main
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.data.formats import to_sample
 from vlft.families import get_family
 from vlft.families.qwen3_vl import QWEN3_VL
+from vlft.train.linear_attention import PackedGatedDeltaNet
 from vlft.train.sequence_parallel import (SequenceGroup, SequenceParallel, sequence_parallel_model_problems,
                                           shard_targets)
-from vlft.train.ulysses import heads_chunks, heads_from_chunks, kv_repeats, sequence_chunks, sequence_from_chunks
+from vlft.train.ulysses import (UlyssesLinearAttention, heads_chunks, heads_from_chunks, kv_repeats,
+                                linear_attention_channels, sequence_chunks, sequence_from_chunks)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("sequence_parallel_worker.py")
@@ -45,11 +51,19 @@ TOLERANCE = 1e-5
 # DeepSpeed's own difference, where a gradient not scaled by the group size is off by 2x. The losses and the eval loss
 # keep TOLERANCE.
 DEEPSPEED_GRAD_NORM_TOLERANCE = 5e-5
+# Qwen3.5's delta rule runs in float32 whatever the model's dtype (transformers' torch reference casts), and in the
+# tiny model its layer 1 moves ~20 times more than its input does (measured on the text row: a 2e-7 difference
+# from the GEMMs' shapes in, 4e-6 out), so the one-process LoRA gradients are themselves up to 2.1e-5 (of each
+# tensor's largest) from the same run with float64 inputs, and the two ranks were 2.0e-5 from one process (the gate
+# projections' LoRA; 8e-7 on the image row). The hybrid family's gradients get 5e-5; a split that crosses a
+# sample or mixes heads moves them and the losses by 1e-3 or more. Its losses keep TOLERANCE.
+LINEAR_ATTENTION_GRAD_TOLERANCE = 5e-5
 ROWS = {"text": ["text_only", "text_only", "text_only"], "image": ["one_image", "text_only", "several_images"],
         "video": ["one_video", "image_and_video"]}
-# (family, row): every row of Qwen3-VL dense and MoE (deepstack features), an image row of the others.
-CASES = [(family, row) for family in ("qwen3_vl", "qwen3_vl_moe") for row in ROWS] + [("qwen2_5_vl", "image"),
-                                                                                      ("qwen2_vl", "image")]
+# (family, row): every row of Qwen3-VL dense and MoE (deepstack features), text and image rows of Qwen3.5 (linear
+# attention), an image row of the others.
+CASES = [(family, row) for family in ("qwen3_vl", "qwen3_vl_moe") for row in ROWS] + [
+    ("qwen3_5", "text"), ("qwen3_5", "image"), ("qwen2_5_vl", "image"), ("qwen2_vl", "image")]
 
 
 def sft_argv(model_dir: Path) -> list[str]:
@@ -79,8 +93,18 @@ def per_sample_losses(token_losses: torch.Tensor, labels: torch.Tensor, lengths:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
     """(the two-process results: case name -> saved dict, and the sft run dir; the ground truth: case name ->
-    (per-token losses, LoRA grads, labels, sample lengths), and the one-process sft run dir)."""
-    out = tmp_path_factory.mktemp("sequence_parallel")
+    (per-token losses, LoRA grads, labels, sample lengths), and the one-process sft run dir). Under pytest-xdist
+    one worker runs the launch and the ground truth, and the others read them (run_once)."""
+    out = run_once(tmp_path_factory, "sequence_parallel",
+                   lambda out: launch_and_ground_truth(out, tiny_model_dir, processor_of, media_dir))
+    names = [f"{family}-{row}" for family, row in CASES]
+    split = {name: torch.load(out / f"{name}.pt") for name in names}
+    return split, out, torch.load(out / "truth.pt"), out / "sft_1"
+
+
+def launch_and_ground_truth(out: Path, tiny_model_dir, processor_of, media_dir) -> None:
+    """The cases collated into OUT/cases.pt, the torchrun launch (sequence_parallel_worker.py) writing its results
+    under OUT, and meanwhile the one-process ground truth into OUT/truth.pt and the one-process sft run."""
     cases, encoded = [], {}
     for name in dict.fromkeys(family for family, _ in CASES):
         # Qwen3-VL's MoE encodes as the dense model does (the same template and processor settings).
@@ -108,10 +132,9 @@ def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
             token_losses = F.cross_entropy(outputs.logits[0].detach(), targets, ignore_index=-100, reduction="none")
             truth[case["name"]] = (token_losses, lora_grads(model), batch["labels"],
                                    [s.length for s in case["samples"]])
+        torch.save(truth, out / "truth.pt")
         assert main(["sft", *argv, "--output_dir", str(out / "sft_1"), "--add_version", "false"]) == 0
         launch.finish(timeout=300)
-    split = {case["name"]: torch.load(out / f"{case['name']}.pt") for case in cases}
-    return split, out, truth, out / "sft_1"
 
 
 @pytest.mark.slow
@@ -126,8 +149,11 @@ def test_two_ranks_give_one_process_per_sample_losses_and_lora_grads(runs, famil
     theirs = split[name]["grads"]
     assert theirs.keys() == grads.keys() and len(grads) > 0
     assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" in n)  # A trains too (B is not zero)
+    hybrid = get_family(family).hybrid
+    assert any(".conv1d." in n for n in grads) == hybrid  # lora_model: the convolutions train too
+    tolerance = LINEAR_ATTENTION_GRAD_TOLERANCE if hybrid else TOLERANCE
     for key, grad in grads.items():
-        torch.testing.assert_close(theirs[key], grad, rtol=TOLERANCE, atol=TOLERANCE * grad.abs().max().item())
+        torch.testing.assert_close(theirs[key], grad, rtol=tolerance, atol=tolerance * grad.abs().max().item())
 
 
 @pytest.mark.slow
@@ -234,12 +260,52 @@ def test_one_process_is_refused_before_the_model_loads(tiny_model_dir, tmp_path,
     assert "--sequence_parallel_size 2 needs a number of processes that it divides" in capsys.readouterr().err
 
 
-def test_hybrid_families_and_heads_that_do_not_divide_are_refused():
+def test_heads_that_do_not_divide_are_refused():
     from types import SimpleNamespace
 
-    text = SimpleNamespace(num_attention_heads=4)
+    text = SimpleNamespace(num_attention_heads=4, linear_num_key_heads=2, linear_num_value_heads=4)
     assert sequence_parallel_model_problems(2, 4, get_family("qwen3_vl"), text) == []
+    assert sequence_parallel_model_problems(2, 4, get_family("qwen3_5"), text) == []
     problems = sequence_parallel_model_problems(3, 4, get_family("qwen3_5"), text)
     assert len(problems) == 3
-    assert "got 4" in problems[0] and "linear-attention" in problems[1] and "4 attention heads" in problems[2]
+    assert "got 4" in problems[0] and "4 attention heads" in problems[1]
+    assert "2 key and 4 value heads" in problems[2]
+    problems = sequence_parallel_model_problems(4, 4, get_family("qwen3_5"), text)  # 4 value heads, but 2 key heads
+    assert len(problems) == 1 and "linear attention" in problems[0]
     assert sequence_parallel_model_problems(1, 1, get_family("qwen3_5"), text) == []
+
+
+def test_each_rank_convolves_its_share_of_the_q_k_and_v_heads():
+    # 2 key heads of 2 channels (q: 0-3, k: 4-7), 4 value heads of 1 channel (v: 8-11), over 2 ranks
+    channels = [linear_attention_channels(2, 2, 4, 1, 2, rank).tolist() for rank in range(2)]
+    assert channels == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
+    # 4 key heads of 1 channel, 8 value heads of 1 channel, over 4 ranks
+    assert linear_attention_channels(4, 1, 8, 1, 4, 3).tolist() == [3, 7, 14, 15]
+
+
+def test_the_linear_attention_kernels_on_each_ranks_heads_give_the_whole_layers():
+    """One process standing in for two ranks: each rank's channels of the convolution's input, its convolution
+    weights and its value heads' decay and beta through the layer's kernels give those heads of the whole layer."""
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+    config = Qwen3_5TextConfig(hidden_size=32, linear_num_key_heads=2, linear_num_value_heads=4,
+                               linear_key_head_dim=8, linear_value_head_dim=4, linear_conv_kernel_dim=4)
+    torch.manual_seed(0)
+    layer = PackedGatedDeltaNet(Qwen3_5GatedDeltaNet(config, layer_idx=0), "torch")
+    mixed = torch.randn(1, 20, 2 * 2 * 8 + 4 * 4, dtype=torch.float64)
+    g, beta = -torch.rand(1, 20, 4, dtype=torch.float64), torch.rand(1, 20, 4, dtype=torch.float64)
+    weight, bias = layer.conv1d.weight.squeeze(1).double(), torch.randn(mixed.shape[-1], dtype=torch.float64)
+    cu_seqlens = torch.tensor([0, 7, 16, 20], dtype=torch.int32)
+    whole = layer._torch_kernels(mixed, weight, bias, g, beta, cu_seqlens)  # (1, 20, 4 value heads, 4)
+    for rank in range(2):
+        split = UlyssesLinearAttention(None, 2, rank, 2, 8, 4, 4)
+        heads = slice(2 * rank, 2 * rank + 2)
+        core = layer._torch_kernels(mixed[..., split.channels], *split.conv_channels(weight, bias), g[..., heads],
+                                    beta[..., heads], cu_seqlens)
+        torch.testing.assert_close(core, whole[:, :, heads], rtol=1e-12, atol=1e-12)
+
+
+def test_linear_attention_heads_that_do_not_divide_are_refused():
+    with pytest.raises(ValueError, match="2 key and 6 value heads"):
+        UlyssesLinearAttention(None, 4, 0, 2, 8, 6, 4)

@@ -1,13 +1,16 @@
 """One torchrun launch of two CPU (gloo) processes running a test worker beside the test process, which computes the
-one-process ground truth meanwhile (tests/train/test_fsdp.py, tests/train/test_sequence_parallel.py)."""
+one-process ground truth meanwhile (tests/train/test_fsdp.py, tests/train/test_sequence_parallel.py); `run_once`
+keeps pytest-xdist's workers from each making the same launch."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def free_port() -> int:
@@ -44,3 +47,23 @@ class TwoProcessLaunch:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def run_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """A dir that `make` fills: under pytest-xdist one worker of the run makes it (under a file lock; the others wait
+    and share it, as conftest's `checkpoint` does), else a dir of this session's own. A module fixture of every
+    worker that gets some of a module's tests would otherwise make its own launch, two at once on two cores."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp(name)
+        make(out)
+        return out
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / name  # the run's dir, above the workers' own
+    with FileLock(f"{out}.lock"):
+        if not (out / ".made").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            (out / ".made").touch()
+    return out

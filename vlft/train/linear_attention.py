@@ -10,7 +10,8 @@ and PEFT targets unchanged) and runs one of two kernel sets, named by the caller
   "torch": exact on any device: the convolution vectorised with each tap masked at sample starts, the delta
            rule run per sample through transformers' own torch reference (a host loop over samples).
   "fla":   fla's varlen Triton kernels on CUDA: causal_conv1d and chunk_gated_delta_rule with cu_seqlens.
-Training only: no cache, no decode step.
+Training only: no cache, no decode step. Under sequence parallelism (`split_heads_over`) the kernels run on the
+whole row of the rank's heads, between ulysses.py's all-to-alls.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import functools
 import inspect
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.models.qwen3_5 import modeling_qwen3_5
+
+from vlft.train.ulysses import UlyssesLinearAttention
 
 KERNELS = ("torch", "fla")
 ADOPTED = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "A_log", "dt_bias", "norm", "out_proj")
@@ -120,9 +124,18 @@ class PackedGatedDeltaNet(nn.Module):
         if kernels == "fla" and self.activation not in ("silu", "swish"):
             raise ValueError(f"layer {self.layer_idx}: fla's causal_conv1d has no {self.activation!r} activation")
         self.kernels = kernels
+        self.ulysses: UlyssesLinearAttention | None = None  # set by split_heads_over
 
     def extra_repr(self) -> str:
-        return f"layer_idx={self.layer_idx}, kernels={self.kernels!r}"
+        split = f", heads split over {self.ulysses.size} ranks" if self.ulysses is not None else ""
+        return f"layer_idx={self.layer_idx}, kernels={self.kernels!r}{split}"
+
+    def split_heads_over(self, group: dist.ProcessGroup, size: int, rank: int) -> None:
+        """Sequence parallelism (sequence_parallel.py): each forward gets rank's 1/size of a packed row's tokens
+        and the whole row's cu_seq_lens_q; the convolution and the delta rule run on the whole row of rank's 1/size
+        of the heads (ulysses.py)."""
+        self.ulysses = UlyssesLinearAttention(group, size, rank, self.num_k_heads, self.head_k_dim, self.num_v_heads,
+                                              self.head_v_dim)
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask: torch.Tensor | None = None,
                 cu_seq_lens_q: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -133,6 +146,9 @@ class PackedGatedDeltaNet(nn.Module):
         if attention_mask is not None:  # 2-D padding mask: padded tokens enter as zeros, as in the stock layer
             hidden_states = (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
         batch, length, _ = hidden_states.shape
+        if self.ulysses is not None and cu_seq_lens_q is None:
+            raise ValueError(f"layer {self.layer_idx}: under sequence parallelism the layer needs the whole row's "
+                             "cu_seq_lens_q (SequenceParallel's hook on the language model gives them)")
         cu_seqlens = row_boundaries(cu_seq_lens_q, batch, length, hidden_states.device)
         # The rows of a batch become the samples of one row, so both kernel sets see a single packed row.
         flat = hidden_states.reshape(1, batch * length, -1)
@@ -141,37 +157,45 @@ class PackedGatedDeltaNet(nn.Module):
         beta = self.in_proj_b(flat).sigmoid()
         # float32 as in the stock layer: in half precision exp(A_log) can overflow to -inf decay
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(flat).float() + self.dt_bias)
+        conv_weight, conv_bias = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        if self.ulysses is not None:  # this rank's tokens of all heads -> the whole row of its heads
+            mixed_qkv, g, beta = self.ulysses.to_heads(mixed_qkv, g, beta)
+            conv_weight, conv_bias = self.ulysses.conv_channels(conv_weight, conv_bias)
         run = self._fla_kernels if self.kernels == "fla" else self._torch_kernels
-        core = run(mixed_qkv, g, beta, cu_seqlens)
+        core = run(mixed_qkv, conv_weight, conv_bias, g, beta, cu_seqlens)
+        if self.ulysses is not None:
+            core = self.ulysses.to_sequence(core)
         core = self.norm(core.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
         return self.out_proj(core.reshape(batch, length, -1))
 
     def _split_heads(self, mixed_qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """query, key, value as (1, time, heads, head_dim) from the convolved projection."""
-        query, key, value = torch.split(mixed_qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        """query, key, value as (1, time, heads, head_dim) from the convolved projection (of all heads, or of a
+        rank's share of them under sequence parallelism)."""
+        share = (2 * self.key_dim + self.value_dim) // mixed_qkv.shape[-1]
+        key_dim, value_dim = self.key_dim // share, self.value_dim // share
+        query, key, value = torch.split(mixed_qkv, [key_dim, key_dim, value_dim], dim=-1)
         time = mixed_qkv.shape[:2]
         return (query.reshape(*time, -1, self.head_k_dim), key.reshape(*time, -1, self.head_k_dim),
                 value.reshape(*time, -1, self.head_v_dim))
 
-    def _torch_kernels(self, mixed_qkv, g, beta, cu_seqlens) -> torch.Tensor:
+    def _torch_kernels(self, mixed_qkv, conv_weight, conv_bias, g, beta, cu_seqlens) -> torch.Tensor:
         """Exact on any device: masked-tap convolution, then the reference delta rule sample by sample."""
         bounds = cu_seqlens.tolist()
         if bounds[0] != 0 or bounds[-1] != mixed_qkv.shape[1] or any(b > e for b, e in zip(bounds, bounds[1:])):
             raise ValueError(f"layer {self.layer_idx}: cu_seq_lens_q {bounds} do not cover the row's "
                              f"{mixed_qkv.shape[1]} tokens")
-        mixed_qkv = packed_causal_conv1d(mixed_qkv, self.conv1d.weight.squeeze(1), self.conv1d.bias, cu_seqlens,
-                                         self.activation)
+        mixed_qkv = packed_causal_conv1d(mixed_qkv, conv_weight, conv_bias, cu_seqlens, self.activation)
         query, key, value = self._split_heads(mixed_qkv)
         return delta_rule_per_sample(query, key, value, g, beta, bounds)
 
-    def _fla_kernels(self, mixed_qkv, g, beta, cu_seqlens) -> torch.Tensor:
+    def _fla_kernels(self, mixed_qkv, conv_weight, conv_bias, g, beta, cu_seqlens) -> torch.Tensor:
         """fla's varlen kernels (CUDA, Triton); imported here so that nothing else needs fla."""
         from fla.modules.causal_conv1d import causal_conv1d
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
         # fla's convolution takes (batch, time, channels) and weight (channels, width): no transposes.
-        mixed_qkv, _ = causal_conv1d(mixed_qkv, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
-                                     activation=self.activation, cu_seqlens=cu_seqlens)
+        mixed_qkv, _ = causal_conv1d(mixed_qkv, weight=conv_weight, bias=conv_bias, activation=self.activation,
+                                     cu_seqlens=cu_seqlens)
         query, key, value = self._split_heads(mixed_qkv)
         # fla groups the value heads itself (num_v_heads a multiple of num_k_heads), as transformers relies on.
         core, _ = chunk_gated_delta_rule(query, key, value, g=g, beta=beta, cu_seqlens=cu_seqlens,

@@ -8,7 +8,9 @@ consecutive ranks; the ranks of a group train the same packed row, each the toke
   model (`SequenceParallel.split_language_model_inputs`) pads the row to a multiple of N (the padding a sample of its
   own), gives attention the whole row's sample boundaries, and keeps this rank's slice of the embeddings, of the
   (4, 1, L) position ids the collator made for the whole row (so mRoPE is the whole row's) and of the family's
-  visual-token inputs (Qwen3-VL's deepstack features). The language model's attention runs through ulysses.py's all-to-all.
+  visual-token inputs (Qwen3-VL's deepstack features). The language model's attention runs through ulysses.py's
+  all-to-all; so do a hybrid family's linear-attention layers (Qwen3.5's Gated DeltaNet: the convolution and the
+  delta rule on the whole row of the rank's heads, linear_attention.PackedGatedDeltaNet.split_heads_over).
 - Loss: the targets are the whole row's labels shifted left first (`shard_targets`: no target is lost at a shard's
   edge), then sliced; the summed loss of a shard is divided by the group's count of targets and multiplied by N,
   because DDP (and DeepSpeed, FSDP) average gradients over all world ranks while the group's ranks each hold a part
@@ -119,12 +121,14 @@ def sequence_parallel_model_problems(size: int, world_size: int, family: Family,
     if world_size % size:
         problems.append(f"{flag} needs a number of processes that it divides (NPROC_PER_NODE x NNODES), got "
                         f"{world_size}")
-    if family.hybrid:
-        problems.append(f"{flag}: {family.name}'s linear-attention layers are not split over the sequence yet; train "
-                        "it without sequence parallelism (--packing true with --chunked_loss true fits long rows)")
     heads = text_config.num_attention_heads
     if heads % size:
         problems.append(f"{flag}: the model's {heads} attention heads do not divide among {size} ranks")
+    if family.hybrid:  # each rank runs the linear attention of whole key heads and their value heads
+        k_heads, v_heads = text_config.linear_num_key_heads, text_config.linear_num_value_heads
+        if k_heads % size or v_heads % size:
+            problems.append(f"{flag}: the model's linear attention has {k_heads} key and {v_heads} value heads; "
+                            f"both must divide among {size} ranks")
     return problems
 
 
@@ -136,14 +140,32 @@ class SequenceParallel:
         self.visual_token_inputs = visual_token_inputs  # Family.visual_token_inputs
 
     def attach(self, model: nn.Module) -> None:
-        """The language model's attention through Ulysses' all-to-all, and its inputs split by a forward pre-hook
-        (registered after attention.RowBoundaries' own, so the whole row's boundaries given here win)."""
+        """The language model's attention (and a hybrid family's linear attention) through Ulysses' all-to-all, and
+        its inputs split by a forward pre-hook (registered after attention.RowBoundaries' own, so the whole row's
+        boundaries given here win)."""
         from vlft.train.ulysses import register_ulysses_attention
 
         name = register_ulysses_attention(self.shard.group, self.shard.size)
-        language_model = module_at(model, family_of(model).modules.language_model)
+        family = family_of(model)
+        language_model = module_at(model, family.modules.language_model)
         language_model.config._attn_implementation = name  # the text config only: the vision tower keeps its own
         language_model.register_forward_pre_hook(self.split_language_model_inputs, with_kwargs=True)
+        if family.hybrid:
+            self.split_linear_attention_heads(module_at(model, family.modules.decoder_layers),
+                                              family.modules.linear_attention)
+
+    def split_linear_attention_heads(self, layers: nn.ModuleList, attribute: str) -> None:
+        """Each layer's linear-attention mixer (`layer.<attribute>`, the family's) splits its heads over the group."""
+        from vlft.train.linear_attention import PackedGatedDeltaNet
+
+        for layer in layers:
+            mixer = getattr(layer, attribute, None)
+            if mixer is None:
+                continue
+            if not isinstance(mixer, PackedGatedDeltaNet):
+                raise ValueError(f"sequence parallelism: {type(mixer).__name__} at layers[...].{attribute} is not "
+                                 "vlft's PackedGatedDeltaNet (train.model.load_model swaps it in)")
+            mixer.split_heads_over(self.shard.group, self.shard.size, self.shard.rank)
 
     def split_language_model_inputs(self, module: nn.Module, args: tuple, kwargs: dict):
         """The language model's inputs for the whole (padded) row -> this rank's slice, with the row's boundaries."""

@@ -31,8 +31,9 @@ Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/trai
   - `--sequence_parallel_size N` (sequence_parallel.py, ulysses.py): `get_train_dataloader` / `get_eval_dataloader`
     deal each row to a group of N ranks; a forward pre-hook on the language model keeps each rank's slice of the
     row (embeddings, position ids, deepstack features) with the whole row's boundaries; the language model's
-    attention runs between two all-to-alls (registered with AttentionInterface); `compute_loss` scores the shard's
-    shifted targets and reduces the target count over the group.
+    attention runs between two all-to-alls (registered with AttentionInterface), and so do a hybrid family's
+    linear-attention layers (PackedGatedDeltaNet.split_heads_over); `compute_loss` scores the shard's shifted
+    targets and reduces the target count over the group.
   - `train` / `_save_checkpoint` (private in transformers): the checkpoint to resume from is checked against the
     model first (checkpoint_check.py); checkpoints are staged and renamed into place whole.
   - `--fsdp` (fsdp.py): transformers' own FSDP2 (accelerate's `fully_shard`), each of the family's

@@ -6,6 +6,11 @@ Pure layout functions (`heads_chunks` ... `heads_from_chunks`, unit tested by ex
 all-to-all itself (torch.distributed's `all_to_all_single`, its gradient the reverse exchange), and the attention
 function registered with transformers' AttentionInterface under SEQUENCE_PARALLEL_ATTENTION for the language model's
 layers only (the vision tower keeps its own: every rank encodes the row's images whole, sequence_parallel.py).
+
+Qwen3.5's Gated DeltaNet layers (linear_attention.py) take the same exchange through UlyssesLinearAttention: their
+projections run on the rank's tokens; their depthwise convolution and delta rule, per head (channel), on the whole
+row of the rank's 1/N of the heads: its channels of the convolution's [q | k | v] input (`linear_attention_channels`),
+with the convolution's weights of those channels, and its heads' decay and beta.
 """
 
 from __future__ import annotations
@@ -123,3 +128,59 @@ def register_ulysses_attention(group: dist.ProcessGroup, size: int) -> str:
     AttentionInterface.register(SEQUENCE_PARALLEL_ATTENTION, UlyssesAttention(group, size))
     ALL_MASK_ATTENTION_FUNCTIONS.register(SEQUENCE_PARALLEL_ATTENTION, flash_attention_mask)
     return SEQUENCE_PARALLEL_ATTENTION
+
+
+def linear_attention_channels(k_heads: int, head_k_dim: int, v_heads: int, head_v_dim: int, size: int,
+                              rank: int) -> torch.Tensor:
+    """Rank's channels of a Gated DeltaNet's [q | k | v] convolution input (q and k `k_heads` x `head_k_dim` wide
+    each, v `v_heads` x `head_v_dim`): its 1/size of the q, of the k and of the v heads, in that order. Rank r's
+    value heads are grouped with its key heads as on one process (each key head serves v_heads / k_heads
+    consecutive value heads), so both head counts must divide by size."""
+    key_dim = k_heads * head_k_dim
+    key_share, value_share = key_dim // size, v_heads * head_v_dim // size
+    query = torch.arange(rank * key_share, (rank + 1) * key_share)
+    value = torch.arange(rank * value_share, (rank + 1) * value_share)
+    return torch.cat([query, key_dim + query, 2 * key_dim + value])
+
+
+class UlyssesLinearAttention:
+    """A Gated DeltaNet layer's all-to-alls (see the module docstring): `to_heads` before its convolution,
+    `to_sequence` after its delta rule; `conv_channels` the convolution's weights of this rank's channels."""
+
+    def __init__(self, group: dist.ProcessGroup, size: int, rank: int, k_heads: int, head_k_dim: int, v_heads: int,
+                 head_v_dim: int):
+        if k_heads % size or v_heads % size:
+            raise ValueError(f"sequence parallelism over {size} ranks: the linear attention's {k_heads} key and "
+                             f"{v_heads} value heads must both divide among them")
+        self.group, self.size = group, size
+        every = [linear_attention_channels(k_heads, head_k_dim, v_heads, head_v_dim, size, r) for r in range(size)]
+        self.channels = every[rank]  # what this rank convolves
+        self.rank_major = torch.cat(every)  # every channel, grouped by the rank it goes to
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = self.channels.to(device), self.rank_major.to(device)
+        return self._on_device[device]
+
+    def to_heads(self, mixed_qkv: torch.Tensor, g: torch.Tensor,
+                 beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1, S, C) projected q|k|v, (1, S, Hv) decay and beta of this rank's tokens -> (1, T, C/size),
+        (1, T, Hv/size) and (1, T, Hv/size): the whole row of this rank's heads."""
+        tokens = mixed_qkv.shape[1]
+        grouped = mixed_qkv[0].index_select(-1, self._indices(mixed_qkv.device)[1]).view(tokens, self.size, -1)
+        mixed_qkv = sequence_to_heads(grouped, self.group, self.size).flatten(1)[None]
+        # decay (float32) and beta in one exchange: beta's float32 round trip is exact
+        gates = sequence_to_heads(torch.stack([g[0], beta[0].float()], dim=-1), self.group, self.size)
+        return mixed_qkv, gates[None, ..., 0], gates[None, ..., 1].to(beta.dtype)
+
+    def to_sequence(self, core: torch.Tensor) -> torch.Tensor:
+        """(1, T, Hv/size, dv) delta-rule output of this rank's heads -> (1, S, Hv, dv) of this rank's tokens."""
+        return heads_to_sequence(core[0], self.group, self.size)[None]
+
+    def conv_channels(self, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The depthwise convolution's (C, width) weight and (C,) bias cut to this rank's channels (index_select:
+        their gradients land on those channels of the whole parameters)."""
+        channels = self._indices(weight.device)[0]
+        return weight.index_select(0, channels), None if bias is None else bias.index_select(0, channels)
