@@ -104,9 +104,10 @@ class Encoder:
     """Turns samples into `EncodedSample`s for one model family, tokenizer and processor."""
 
     def __init__(self, family: Family, template: Template, tokenizer, image_processor, video_processor,
-                 settings: EncodeSettings, chat_template: str | None = None):
+                 settings: EncodeSettings, chat_template: str | None = None, processor=None):
         self.family = family
         self.template = template
+        self.processor = processor  # the HF processor of the parts, if given: vlft sft saves it with its checkpoints
         # A render hook follows the checkpoint's own chat template where checkpoints differ (Qwen3.5: thinking
         # on or off by default, Qwen3.6's argument serialisation).
         self.style = template_style(template, chat_template)

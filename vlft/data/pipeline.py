@@ -46,7 +46,7 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
     try:
         encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
                           getattr(processor, "video_processor", None), encode_settings(args, family),
-                          chat_template=getattr(processor, "chat_template", None))
+                          chat_template=getattr(processor, "chat_template", None), processor=processor)
     except VlftError as e:  # a render hook that does not fit the model dir's own chat template
         raise VlftError(f"{model_dir}: chat template: {e}") from None
     return encoder, model_dir, family

@@ -68,7 +68,6 @@ from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
-from vlft.model.loading import load_processor
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
@@ -210,7 +209,7 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
 
     # 6. Train.
     part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
-    processor = load_processor(model_dir)
+    processor = encoder.processor  # not loaded again: the real vocabularies' tokenizers take 2-5 s to load on a CPU
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
