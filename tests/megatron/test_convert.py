@@ -22,14 +22,13 @@ from vlft.cli.main import main  # noqa: E402
 
 
 @pytest.fixture
-def vlft_export(capfd, monkeypatch):
+def vlft_export(capfd, launches):
     """ARGV -> run `vlft export ARGV` through the console script's entry point, in this process (a process of its
     own would import torch and transformers again before starting the converter processes, which are the real
-    ones either way); its output and its converter processes' (stdout + stderr), asserting success. The
-    converter processes get 300 s, as the console script did."""
-    import functools
-
-    monkeypatch.setattr(subprocess, "call", functools.partial(subprocess.call, timeout=300))
+    ones either way, bar a one-process --to_hf conversion without a GPU: tests/megatron/conftest.py); its output
+    and its converter processes' (stdout + stderr), asserting success. The converter processes get 300 s, as the
+    console script did."""
+    launches(300)
 
     def run(*argv: str) -> str:
         capfd.readouterr()

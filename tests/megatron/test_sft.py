@@ -51,14 +51,13 @@ IN_PROCESS = not torch.cuda.is_available()
 
 
 @pytest.fixture
-def vlft(capfd, monkeypatch):
+def vlft(capfd, monkeypatch, launches):
     """ARGV -> `vlft ARGV` with NPROC_PER_NODE=nproc, as a CompletedProcess (stdout, stderr: the command's and its
-    processes'); asserting success when ok. torchrun gets 600 s, as the command's own process did."""
-    import functools
-
+    processes'); asserting success when ok. torchrun gets 600 s, as the command's own process did (a one-process
+    --to_hf conversion runs in this process without a GPU: tests/megatron/conftest.py)."""
     from vlft.cli.main import main
 
-    monkeypatch.setattr(subprocess, "call", functools.partial(subprocess.call, timeout=600))
+    launches(600)
 
     def run(*argv: str, nproc: int = 1, ok: bool = True) -> subprocess.CompletedProcess:
         if IN_PROCESS:
