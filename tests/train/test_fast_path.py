@@ -36,6 +36,7 @@ def test_on_cpu_nothing_is_on_and_the_line_says_why():
     ({}, 2, True, "--deepspeed"),
     ({"attn_impl": "flash_attn"}, None, False, "--attn_impl flash_attn"),
     ({"per_device_eval_batch_size": 2}, None, True, "--per_device_eval_batch_size"),
+    ({"sequence_parallel_size": 2}, None, True, "--sequence_parallel_size 2: the all-to-alls"),
 ])
 def test_what_keeps_cuda_graphs_off_leaves_the_layers_compiled(overrides, zero_stage, varlen, reason):
     fast = choose_fast_path(args(**overrides), cuda=True, zero_stage=zero_stage, varlen_attention=varlen)

@@ -1,13 +1,14 @@
 """`--sequence_parallel_size` (Ulysses): two CPU processes (gloo) splitting each packed row give the per-sample losses
 and LoRA gradients of one process on the whole row, for text, image and video rows of the tiny Qwen3-VL, dense and
 MoE, text and image rows of Qwen3.5 (its Gated DeltaNet layers' heads split too, their convolutions' gradients
-compared as well; the exact torch kernels), and an image row of Qwen2.5-VL and Qwen2-VL; `vlft sft
+compared as well; the exact torch kernels), and an image row of Qwen2.5-VL and Qwen2-VL; the same with the decoder
+layers compiled (--torch_compile; dense Qwen3-VL over two row lengths, MoE, Qwen3.5) and no graph break; `vlft sft
 --sequence_parallel_size 2` (full fine-tuning, an evaluation; with the chunked loss, with `--deepspeed zero2` and the
 chunked loss, with `--deepspeed zero3`) logs the losses, gradient norms and eval loss of one process without
 DeepSpeed on the same rows; the all-to-all layouts, the KV-head repetition, the linear attention's channels per rank,
 the shifted targets and the split of the language model's inputs on small hand-checked cases; the linear attention's
 kernels on each rank's channels and heads give the whole layer's (one process standing in for two ranks); what is not
-supported is refused before the model loads.
+supported is refused before the model loads, and --torch_compile true is not.
 
 The two-process runs share one torchrun launch (tests/train/sequence_parallel_worker.py; one per test run under
 pytest-xdist too: two_processes.run_once); the ground truth (one process, the row whole, transformers' sdpa with its
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.data.test_encode_parity import SHAPES, make_encoder, to_vlft_row
-from tests.train.sequence_parallel_worker import SFT_RUNS, lora_grads, lora_model
+from tests.train.sequence_parallel_worker import COMPILED, SFT_RUNS, lora_grads, lora_model
 from tests.train.two_processes import TwoProcessLaunch, run_once
 from vlft.cli.main import main
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
@@ -98,6 +99,7 @@ def runs(tmp_path_factory, tiny_model_dir, processor_of, media_dir):
     out = run_once(tmp_path_factory, "sequence_parallel",
                    lambda out: launch_and_ground_truth(out, tiny_model_dir, processor_of, media_dir))
     names = [f"{family}-{row}" for family, row in CASES]
+    names += [f"{family}-{row}-compiled" for family, rows in COMPILED.items() for row in rows]
     split = {name: torch.load(out / f"{name}.pt") for name in names}
     return split, out, torch.load(out / "truth.pt"), out / "sft_1"
 
@@ -141,12 +143,31 @@ def launch_and_ground_truth(out: Path, tiny_model_dir, processor_of, media_dir) 
 @pytest.mark.parametrize("family, row", CASES)
 def test_two_ranks_give_one_process_per_sample_losses_and_lora_grads(runs, family, row):
     split, _, truth, _ = runs
-    name = f"{family}-{row}"
-    token_losses, grads, labels, lengths = truth[name]
+    assert_matches_one_process(split[f"{family}-{row}"], truth[f"{family}-{row}"], family)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, row", [(family, row) for family, rows in COMPILED.items() for row in rows])
+def test_compiled_layers_on_two_ranks_give_one_process_eager_results_without_graph_breaks(runs, family, row):
+    """The all-to-alls inside the compiled layers' graphs (gradient checkpoint included): dynamo breaks no graph
+    (a break would leave each checkpointed layer eager), every softmax-attention layer compiles whole (Qwen3.5's
+    Gated DeltaNet layers part by part, their mixer eager: compile.py), and the losses and gradients are one
+    eager process's at the eager run's tolerances."""
+    split, _, truth, _ = runs
+    result = split[f"{family}-{row}-compiled"]
+    assert result["graphs"] > 0 and result["graph_breaks"] == {}
+    layers, whole = result["layers"]
+    assert whole == (1 if get_family(family).hybrid else layers)
+    assert_matches_one_process(result, truth[f"{family}-{row}"], family)
+
+
+def assert_matches_one_process(result: dict, truth: tuple, family: str) -> None:
+    """Two ranks' per-sample losses and gradients (the worker's result) against the one-process ground truth."""
+    token_losses, grads, labels, lengths = truth
     expected = per_sample_losses(token_losses, labels, lengths)
-    assert per_sample_losses(split[name]["token_losses"][:labels.shape[1]], labels, lengths) == pytest.approx(
+    assert per_sample_losses(result["token_losses"][:labels.shape[1]], labels, lengths) == pytest.approx(
         expected, rel=TOLERANCE)
-    theirs = split[name]["grads"]
+    theirs = result["grads"]
     assert theirs.keys() == grads.keys() and len(grads) > 0
     assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" in n)  # A trains too (B is not zero)
     hybrid = get_family(family).hybrid
@@ -244,7 +265,8 @@ def test_each_rank_keeps_its_slice_with_the_whole_rows_boundaries():
     # --deepspeed zero2 / zero3 run (the sft runs above), but ZeRO-3 keeps its own refusal of the chunked loss
     (["--packing", "true", "--max_length", "64", "--deepspeed", "zero3", "--chunked_loss", "true"],
      "--chunked_loss true does not run under ZeRO-3"),
-    (["--packing", "true", "--max_length", "64", "--torch_compile", "true"], "with --torch_compile true"),
+    (["--packing", "true", "--max_length", "64", "--torch_compile_mode", "reduce-overhead"],
+     "with --torch_compile_mode reduce-overhead: CUDA graphs around the all-to-alls"),
     (["--packing", "true", "--max_length", "64", "--attn_impl", "eager"], "with --attn_impl eager"),
 ])
 def test_unsupported_combinations_are_refused_before_anything_loads(extra, message, capsys):
@@ -254,10 +276,14 @@ def test_unsupported_combinations_are_refused_before_anything_loads(extra, messa
     assert message in err and "with --deepspeed" not in err
 
 
-def test_one_process_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys):
-    assert main(["sft", *sft_argv(tiny_model_dir("qwen3_vl")), "--sequence_parallel_size", "2", "--output_dir",
-                 str(tmp_path)]) == 2
-    assert "--sequence_parallel_size 2 needs a number of processes that it divides" in capsys.readouterr().err
+@pytest.mark.parametrize("extra", [[], ["--torch_compile", "true"]])
+def test_one_process_is_refused_before_the_model_loads(extra, tiny_model_dir, tmp_path, capsys):
+    """The launch's check, after the arguments' (which let --torch_compile true through)."""
+    assert main(["sft", *sft_argv(tiny_model_dir("qwen3_vl")), "--sequence_parallel_size", "2", *extra,
+                 "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--sequence_parallel_size 2 needs a number of processes that it divides" in err
+    assert "torch_compile" not in err
 
 
 def test_heads_that_do_not_divide_are_refused():

@@ -6,7 +6,8 @@ graphs over rows padded to --max_length (`--torch_compile_mode reduce-overhead`)
 (chunked_loss.py). A part that does not apply stays off, and `FastPath.line` says which and why in one line:
 CPU, DeepSpeed (ZeRO-3 breaks compiled graphs and partitions the output head; CUDA graphs beside DeepSpeed's
 gradient hooks are untested), an attention other than the varlen kernel, unpacked rows or gradient accumulation
-(CUDA graphs replay one row shape and reuse their memory every micro-step), an MoE aux loss (not in the chunked
+(CUDA graphs replay one row shape and reuse their memory every micro-step), sequence parallelism (its
+all-to-alls are not tried inside CUDA graphs; the layers still compile whole), an MoE aux loss (not in the chunked
 loss), and, once the model is loaded, layers that do not compile whole (LoRA dropout, linear attention:
 compile.py says why). A flag the user gives always wins: `--torch_compile false` and
 `--chunked_loss false` opt out, `--torch_compile true` compiles part by part where layers do not compile whole,
@@ -83,9 +84,6 @@ def choose_fast_path(args: SftArguments, cuda: bool, zero_stage: int | None, var
     elif sharded:
         torch_compile, mode = False, None
         off["torch.compile"] = "--fsdp (not tried with compiled layers)"
-    elif args.sequence_parallel_size > 1:
-        torch_compile, mode = False, None
-        off["torch.compile"] = "--sequence_parallel_size (not tried with compiled layers)"
     elif args.quant_bits:
         torch_compile, mode = False, None
         off["torch.compile"] = f"--quant_bits {args.quant_bits} (not tried with compiled 4-bit layers)"
@@ -121,6 +119,9 @@ def cuda_graph_obstacle(args: SftArguments, zero_stage: int | None, varlen_atten
     make an explicit `--torch_compile_mode reduce-overhead` an error."""
     if zero_stage is not None:
         return "--deepspeed"
+    if args.sequence_parallel_size > 1:
+        return (f"--sequence_parallel_size {args.sequence_parallel_size}: the all-to-alls inside attention are not "
+                "tried in CUDA graphs")
     if not varlen_attention:
         return f"--attn_impl {args.attn_impl}: only the varlen attention takes row boundaries without host reads"
     if not args.packing:

@@ -22,6 +22,11 @@ consecutive ranks; the ranks of a group train the same packed row, each the toke
   the language model's inputs (no parameter is read), and every rank runs the same modules in the same order (the
   ranks of a group the same row; the vision tower once per modality on every rank, zero3.BalancedVisionCalls), so
   the parameter gathers stay in step. Tested against one process (tests/train/test_sequence_parallel.py).
+- torch.compile (--torch_compile true, and the fast path's default on CUDA): the all-to-alls are torch.distributed's
+  functional collectives, which dynamo traces, so a decoder layer still compiles whole into one graph, its gradient
+  checkpoint included (compile.py; its recomputation repeats the all-to-alls, as in eager mode). Tested against one
+  process eager (aot_eager on CPU). Not with CUDA graphs (--torch_compile_mode reduce-overhead): refused in
+  sequence_parallel_problems, off in the fast path.
 """
 
 from __future__ import annotations
@@ -101,9 +106,10 @@ def sequence_parallel_problems(args) -> list[str]:
     if args.fsdp:
         problems.append(f"{flag} with --fsdp: not tried yet; use --deepspeed zero2 / zero3, or neither (DDP over the "
                         "sequence groups)")
-    if args.torch_compile:
-        problems.append(f"{flag} with --torch_compile true: the compiled layers are not tried with the all-to-all "
-                        "inside attention yet; leave --torch_compile unset")
+    if args.torch_compile_mode == "reduce-overhead":
+        problems.append(f"{flag} with --torch_compile_mode reduce-overhead: CUDA graphs around the all-to-alls "
+                        "inside attention are not tried (NCCL collectives captured in graphs; the whole row's "
+                        "boundaries, recomputed for each row, vary in shape); use --torch_compile true")
     if args.router_aux_loss_coef:
         problems.append(f"{flag} with --router_aux_loss_coef: the MoE load-balancing loss over a shard is not the "
                         "row's; leave it unset or 0")

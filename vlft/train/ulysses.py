@@ -3,9 +3,10 @@ group holds 1/N of a packed row's tokens; around the attention one all-to-all tr
 of the heads, the kernel runs on whole samples (the row's own boundaries), and a second all-to-all trades back.
 
 Pure layout functions (`heads_chunks` ... `heads_from_chunks`, unit tested by exchanging the chunks by hand), the
-all-to-all itself (torch.distributed's `all_to_all_single`, its gradient the reverse exchange), and the attention
-function registered with transformers' AttentionInterface under SEQUENCE_PARALLEL_ATTENTION for the language model's
-layers only (the vision tower keeps its own: every rank encodes the row's images whole, sequence_parallel.py).
+all-to-all itself (torch.distributed's functional `all_to_all_single`, its gradient the reverse exchange; dynamo
+traces it into compiled layers), and the attention function registered with transformers' AttentionInterface under
+SEQUENCE_PARALLEL_ATTENTION for the language model's layers only (the vision tower keeps its own: every rank encodes
+the row's images whole, sequence_parallel.py).
 
 Qwen3.5's Gated DeltaNet layers (linear_attention.py) take the same exchange through UlyssesLinearAttention: their
 projections run on the rank's tokens; their depthwise convolution and delta rule, per head (channel), on the whole
@@ -19,6 +20,7 @@ from math import gcd
 
 import torch
 import torch.distributed as dist
+from torch.distributed._functional_collectives import all_to_all_single_autograd
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
@@ -60,47 +62,24 @@ def kv_repeats(kv_heads: int, query_heads: int, size: int) -> int:
 
 
 def _exchange(chunks: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    received = torch.empty_like(chunks)
-    dist.all_to_all_single(received, chunks, group=group)
-    return received
+    """(size, ...) chunks: chunk j to rank j of the group, and rank j's chunk for this rank back in its place.
+    torch.distributed's functional all-to-all (a private module, the one DTensor and torchtitan build on): its
+    gradient is the reverse exchange, and dynamo traces it into a
+    compiled decoder layer's graph (--torch_compile) without a break, the layer's gradient checkpoint included
+    (whose recomputation in the backward graph repeats the exchange, as in eager mode: every rank of the group
+    runs the same graph, so their exchanges stay paired)."""
+    return all_to_all_single_autograd(chunks, None, None, group)
 
 
-class _SequenceToHeads(torch.autograd.Function):
-    """(S, H, D) shard -> (T, H/size, D) whole row of this rank's heads; the gradient goes back the reverse way."""
-
-    @staticmethod
-    def forward(ctx, shard: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-        ctx.group, ctx.size = group, size
-        return sequence_from_chunks(_exchange(heads_chunks(shard, size), group))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return heads_from_chunks(_exchange(sequence_chunks(grad, ctx.size), ctx.group)), None, None
-
-
-class _HeadsToSequence(torch.autograd.Function):
-    """(T, h, D) whole row of this rank's heads -> (S, size*h, D) shard of all heads; gradient the reverse way."""
-
-    @staticmethod
-    def forward(ctx, row: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-        ctx.group, ctx.size = group, size
-        return heads_from_chunks(_exchange(sequence_chunks(row, size), group))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return sequence_from_chunks(_exchange(heads_chunks(grad, ctx.size), ctx.group)), None, None
-
-
-@torch.compiler.disable  # collectives stay outside compiled graphs (a break per attention call)
 def sequence_to_heads(shard: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-    """All-to-all: this rank's tokens of all heads -> the whole row's tokens of its 1/size of the heads."""
-    return _SequenceToHeads.apply(shard, group, size)
+    """All-to-all: (S, H, D) this rank's tokens of all heads -> (T, H/size, D) the whole row's tokens of its
+    1/size of the heads (the gradient goes back the reverse way)."""
+    return sequence_from_chunks(_exchange(heads_chunks(shard, size), group))
 
 
-@torch.compiler.disable
 def heads_to_sequence(row: torch.Tensor, group: dist.ProcessGroup, size: int) -> torch.Tensor:
-    """All-to-all, the reverse of sequence_to_heads."""
-    return _HeadsToSequence.apply(row, group, size)
+    """All-to-all, the reverse of sequence_to_heads: (T, h, D) -> (S, size*h, D)."""
+    return heads_from_chunks(_exchange(sequence_chunks(row, size), group))
 
 
 class UlyssesAttention:
