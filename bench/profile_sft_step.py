@@ -194,8 +194,8 @@ def main() -> int:
     timer.watch("vision tower (forward)", base.model.visual)
     timer.watch("LLM decoder (forward)", base.model.language_model)
     timer.watch("lm_head (forward)", base.lm_head)
-    for name, module in base.named_modules():
-        if name.endswith("mlp.experts"):
+    for name, module in base.named_modules():  # not inside compiled layers: a hook there breaks their graph
+        if name.endswith("mlp.experts") and not args.torch_compile:
             timer.watch("MoE experts, all layers (forward)", module)
 
     def sync():

@@ -42,3 +42,6 @@ def test_compiles_without_a_graph_break():
 def test_operator_checks():
     x, weight_t, ends = inputs(torch.float32)
     torch.library.opcheck(grouped_matmul_op, (x, weight_t, ends))
+    # a transposed view, as the LoRA A factors come (gradients come back contiguous on both paths, as the fake says)
+    transposed = weight_t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    torch.library.opcheck(grouped_matmul_op, (x, transposed, ends))

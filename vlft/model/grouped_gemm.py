@@ -101,7 +101,7 @@ def grouped_matmul_backward(x: torch.Tensor, weight_t: torch.Tensor, ends: torch
     if runs_grouped_mm(x, weight_t):
         return (_kernel_product(grad, weight_t.transpose(1, 2), ends),
                 _kernel_weight_gradient(x, grad, ends))
-    grad_x, grad_weight = torch.zeros_like(x), torch.zeros_like(weight_t)
+    grad_x, grad_weight = x.new_zeros(x.shape), weight_t.new_zeros(weight_t.shape)  # contiguous, as the fake's
     for group, start, end in _group_bounds(ends):
         torch.mm(grad[start:end], weight_t[group].t(), out=grad_x[start:end])
         torch.mm(x[start:end].t(), grad[start:end], out=grad_weight[group])
@@ -111,7 +111,7 @@ def grouped_matmul_backward(x: torch.Tensor, weight_t: torch.Tensor, ends: torch
 @grouped_matmul_backward.register_fake
 def _(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
       grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight_t)
+    return x.new_empty(x.shape), weight_t.new_empty(weight_t.shape)
 
 
 def _save_inputs(ctx, inputs, output) -> None:
