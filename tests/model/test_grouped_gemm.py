@@ -1,10 +1,12 @@
 """model/grouped_gemm.py's one-by-one path (CPU): a custom operator whose values and gradients are each group's
 own product (float64 ground truth), which torch.compile keeps as one call (no graph break on the host read of
-the group ends), and which passes torch.library's own operator checks."""
+the group ends), which computes no gradient of a frozen weight (LoRA's experts), and which passes torch.library's
+own operator checks."""
 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vlft.model.grouped_gemm import grouped_matmul, grouped_matmul_op
 
@@ -45,3 +47,25 @@ def test_operator_checks():
     # a transposed view, as the LoRA A factors come (gradients come back contiguous on both paths, as the fake says)
     transposed = weight_t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
     torch.library.opcheck(grouped_matmul_op, (x, transposed, ends))
+
+
+class OperatorsCalled(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_frozen_weight_gets_no_gradient_computed():
+    x, weight_t, ends = inputs()
+    frozen = weight_t.detach()
+    with OperatorsCalled() as called:
+        grouped_matmul(x, frozen, ends).pow(2).sum().backward()
+    assert not any("weight_gradient" in name for name in called.names), called.names
+    assert x.grad is not None and frozen.grad is None
+    with OperatorsCalled() as called:
+        grouped_matmul(x.detach(), weight_t, ends).pow(2).sum().backward()
+    assert any("weight_gradient" in name for name in called.names)  # the check above can fail

@@ -94,24 +94,21 @@ def _(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tens
     return x.new_empty(x.shape[0], weight_t.shape[-1])
 
 
-@torch.library.custom_op("vlft::grouped_matmul_backward", mutates_args=())
-def grouped_matmul_backward(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
-                            grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient of x, gradient of weight_t) of grouped_matmul_op for the output's gradient `grad`."""
-    if runs_grouped_mm(x, weight_t):
-        return (_kernel_product(grad, weight_t.transpose(1, 2), ends),
-                _kernel_weight_gradient(x, grad, ends))
-    grad_x, grad_weight = x.new_zeros(x.shape), weight_t.new_zeros(weight_t.shape)  # contiguous, as the fake's
+@torch.library.custom_op("vlft::grouped_matmul_weight_gradient", mutates_args=())
+def grouped_matmul_weight_gradient(x: torch.Tensor, grad: torch.Tensor, ends: torch.Tensor,
+                                   groups: int) -> torch.Tensor:
+    """Each group's x_g^T grad_g, [groups, in, out]: the gradient of grouped_matmul_op's weight_t."""
+    if runs_grouped_mm(x, grad):
+        return _kernel_weight_gradient(x, grad, ends)
+    grad_weight = x.new_zeros(groups, x.shape[-1], grad.shape[-1])
     for group, start, end in _group_bounds(ends):
-        torch.mm(grad[start:end], weight_t[group].t(), out=grad_x[start:end])
         torch.mm(x[start:end].t(), grad[start:end], out=grad_weight[group])
-    return grad_x, grad_weight
+    return grad_weight
 
 
-@grouped_matmul_backward.register_fake
-def _(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor,
-      grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape), weight_t.new_empty(weight_t.shape)
+@grouped_matmul_weight_gradient.register_fake
+def _(x: torch.Tensor, grad: torch.Tensor, ends: torch.Tensor, groups: int) -> torch.Tensor:
+    return x.new_empty(groups, x.shape[-1], grad.shape[-1])
 
 
 def _save_inputs(ctx, inputs, output) -> None:
@@ -119,8 +116,13 @@ def _save_inputs(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad: torch.Tensor):
+    """Only the gradients autograd asks for: LoRA leaves the experts' weights frozen, and their gradient would be
+    one more grouped GEMM of the weights' size per projection."""
     x, weight_t, ends = ctx.saved_tensors
-    grad_x, grad_weight = grouped_matmul_backward(x, weight_t, ends, grad.contiguous())
+    grad = grad.contiguous()
+    grad_x = grouped_matmul_op(grad, weight_t.transpose(1, 2), ends) if ctx.needs_input_grad[0] else None
+    grad_weight = (grouped_matmul_weight_gradient(x, grad, ends, weight_t.shape[0]) if ctx.needs_input_grad[1]
+                   else None)
     return grad_x, grad_weight, None
 
 
