@@ -83,6 +83,50 @@ def processor_of(tiny_model_dir):
     return get
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PROCESSORS_KEPT = 4
+
+
+def files_state(directory: Path) -> tuple:
+    """Name, size and modification time of each file in `directory` but the weights (a processor reads none)."""
+    files = [p for p in directory.iterdir() if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES)]
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def processors_loaded_once():
+    """`AutoProcessor.from_pretrained(DIR)` (how vlft loads every processor: vlft/model/loading.py) loads a local
+    dir's processor once per test process, not at every command a test runs here: transformers parses the real
+    vocabularies' tokenizer.json three times a load (2 s for Qwen3-VL's, 4 s for Qwen3.5's on the CI's CPU), and
+    a run makes ~130 loads, most of them of the tiny models' dirs. The dir and its files (names, sizes and times,
+    weights aside) key the cache, so a test that writes, changes or removes a file there gets a fresh load; a call
+    with other arguments, or one that fails, is never cached. One object serves every caller, as `processor_of`'s
+    do: vlft reads a processor's parts and saves them, and never changes them. The last PROCESSORS_KEPT loaded
+    are kept (130-290 MB each)."""
+    from collections import OrderedDict
+
+    from transformers import AutoProcessor
+
+    load = AutoProcessor.from_pretrained.__func__
+    loaded: OrderedDict[tuple, object] = OrderedDict()
+
+    def from_pretrained(cls, path, *args, **kwargs):
+        directory = Path(path)
+        if args or kwargs or not directory.is_dir():
+            return load(cls, path, *args, **kwargs)
+        key = (str(directory.resolve()), files_state(directory))
+        if key not in loaded:
+            loaded[key] = load(cls, path)
+            while len(loaded) > PROCESSORS_KEPT:
+                loaded.popitem(last=False)
+        loaded.move_to_end(key)
+        return loaded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoProcessor, "from_pretrained", classmethod(from_pretrained))
+        yield
+
+
 def write_video(path: Path, frames: int = 16, fps: int = 8, size=(64, 48)) -> Path:
     """A small H.264 mp4 of a bar moving right, written with PyAV."""
     import av
