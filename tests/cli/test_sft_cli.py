@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import logging
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +136,28 @@ def test_chunked_loss_and_cuda_graph_rows_train_like_plain_packed_rows(tmp_path,
     assert sorted(fast) == [1, 2]
     for step in (1, 2):
         assert fast[step] == pytest.approx(plain[step], rel=1e-4), step
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_lora_dropout_compile_whole_and_resume_their_masks(tmp_path, vlft_cache, caplog):
+    """--torch_compile_mode reduce-overhead with the default LoRA dropout (0.05): every decoder layer compiles
+    whole (the dropout masks come from counter_dropout.py's hash), and a run resumed from checkpoint-1 logs the
+    uninterrupted run's loss for step 2 (its masks continue from the step already trained, as torch's RNG state
+    would). Rows of one fixed shape, so each run compiles the layer once (CPU inductor: no CUDA graphs here)."""
+    compiled = ("--model", "vlft/tiny-qwen3-vl", "--torch_compile_mode", "reduce-overhead", "--lora_dropout", "0.05",
+                "--max_steps", "2", "--save_steps", "1")
+    with caplog.at_level(logging.WARNING, logger="vlft"):
+        assert main(_train_args(tmp_path / "whole", *compiled)) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("torch.compile:"))
+    compiled_layers, whole_layers = re.search(r"(\d+) decoder layers, (\d+) of them whole", line).groups()
+    assert compiled_layers == whole_layers, line
+    run_dir = only_run_dir(tmp_path / "whole")
+    whole = _losses(run_dir)
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoint-1", resumed_dir / "checkpoint-1")
+    assert main(_train_args(resumed_dir, *compiled, "--add_version", "false", "--resume_from_checkpoint",
+                            str(resumed_dir / "checkpoint-1"))) == 0
+    assert _losses(resumed_dir)[2] == pytest.approx(whole[2], abs=1e-5)
 
 
 def test_cuda_graphs_need_the_varlen_attention_on_a_gpu(tmp_path):

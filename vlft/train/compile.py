@@ -45,8 +45,10 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
 
     Two kinds of layer are compiled part by part instead (attention block, MLP, norms; the checkpoint and
     the residual adds stay eager):
-    - layers with dropout (LoRA's --lora_dropout > 0): torch 2.11's partitioner fails on random ops
-      inside a compiled checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100);
+    - layers with torch's nn.Dropout (p > 0): torch 2.11's partitioner fails on random ops inside a compiled
+      checkpoint on CUDA ("Node ... was invalid, but is output", measured on an H100). `vlft sft` swaps PEFT's
+      LoRA dropouts for counter_dropout.CounterDropout before compiling, which has no random op, so LoRA
+      layers with --lora_dropout > 0 compile whole there;
     - linear-attention layers (Qwen3.5's Gated DeltaNet): their mixer keeps packed samples apart with fla's
       Triton kernels or a per-sample loop (linear_attention.py), neither of which the compiler traces; the
       mixer stays eager, the other parts compile.

@@ -19,6 +19,8 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
   - `checkpoint_choice` (`--gradient_checkpointing auto`, memory_plan.py): one probe forward of the longest row
     counts each decoder layer's saved activations; only as many layers recompute as the GPU's memory needs.
   - `enable_gradient_checkpointing`, `prepare_trainable` (LoRA targets, freeze flags: tuners.py, modules.py),
+    `replace_lora_dropouts` (compiled runs: LoRA dropout masks from an integer hash, so layers with dropout
+    compile whole; counter_dropout.py, its counter set on resume by ResumeDropoutCounter),
     `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
 Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/train/checkpointing.py):
   - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
@@ -73,6 +75,7 @@ from vlft.train.callbacks import JsonlLogCallback, PlotCallback
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
+from vlft.train.counter_dropout import ResumeDropoutCounter, replace_lora_dropouts
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.fast_path import FastPath, choose_fast_path, layers_not_whole
 from vlft.train.frozen_gc import long_lived_objects_frozen
@@ -162,6 +165,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing in (True, "auto"),
                                   vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
+    # Compiled layers: LoRA dropout from an integer hash instead of torch's RNG, so layers with it compile whole.
+    dropout_counter = replace_lora_dropouts(model, training_args.process_index) if fast.torch_compile else None
     layers = decoder_layers(model)
     whole, why_not_whole = layers_not_whole(layers, family.decoder_kinds(model.config.get_text_config()))
     fast = fast.for_model(whole, len(layers), why_not_whole,
@@ -203,16 +208,16 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
                            f"{' (as CUDA graphs over fixed-shape rows)' if fast.cuda_graphs else ''}, and {vision} "
                            "frozen vision blocks (compiled during the first steps)")
             if whole < compiled:
-                logger.warning("torch.compile: layers with LoRA dropout, MoE experts or linear attention are "
-                               "compiled part by part, a smaller speed-up (vlft/train/compile.py); --lora_dropout 0 "
-                               "compiles dense softmax-attention layers whole")
+                logger.warning("torch.compile: linear-attention layers are compiled part by part, a smaller speed-up "
+                               "(vlft/train/compile.py)")
 
     # 6. Train.
     part_lrs = {part: lr for part, lr in (("vit", args.vit_lr), ("aligner", args.aligner_lr)) if lr is not None}
     processor = encoder.processor  # not loaded again: the real vocabularies' tokenizers take 2-5 s to load on a CPU
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor,
-                         callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)],
+                         callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)] + (
+                             [ResumeDropoutCounter(dropout_counter)] if dropout_counter else []),
                          family=family, part_lrs=part_lrs,
                          balanced_vision_calls=_zero_stage(ds_config) == 3 or fsdp is not None,
                          chunked_loss=ChunkedLoss(model) if fast.chunked_loss else None, cuda_graphs=fast.cuda_graphs,
