@@ -3,8 +3,8 @@ on the same global batch, LoRA and full fine-tuning of packed rows of the tiny Q
 and the frozen ViT: the defaults); a checkpoint resumes to the same curve and merges with `vlft export`; the
 settings' checks and the --deepspeed + --fsdp error.
 
-The two-process runs share one torchrun launch (tests/train/fsdp_worker.py); the one-process runs (no FSDP, the
-ground truth) train in this process meanwhile. The ground truth takes the global batch of 2 rows as 2 accumulated
+The two-process runs share one torchrun launch (tests/train/fsdp_worker.py; one per test run under pytest-xdist too:
+two_processes.run_once); the one-process runs (no FSDP, the ground truth) train in this process meanwhile. The ground truth takes the global batch of 2 rows as 2 accumulated
 micro-batches of 1 row: the same rows in the same order as rank 0 and rank 1 take them (the data loader deals
 batches of 1 row to the ranks in turn). LoRA dropout is off: each rank's dropout masks are drawn from its own copy
 of the seeded generator, so with dropout the runs differ by design.
@@ -18,13 +18,14 @@ global batch, the gradients reduce-scattered rather than accumulated), about 1e-
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.two_processes import TwoProcessLaunch
+from tests.train.two_processes import TwoProcessLaunch, run_once
 from vlft.cli.main import main
 from vlft.errors import VlftError
 from vlft.families import get_family
@@ -51,15 +52,21 @@ def logged(run_dir: Path, key: str) -> list[float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     """name -> run dir: the FSDP runs (lora, full, resumed; two processes) and the one-process ground truth
-    (lora_1, full_1)."""
-    out = tmp_path_factory.mktemp("fsdp")
+    (lora_1, full_1). Under pytest-xdist one worker makes them and the others read them (run_once): the dirs are
+    shared, so tests only read them."""
+    out = run_once(tmp_path_factory, "fsdp", lambda out: launch_and_ground_truth(out, tiny_model_dir))
+    return {name: out / name for name in ("lora", "full", "resumed", "lora_1", "full_1")}
+
+
+def launch_and_ground_truth(out: Path, tiny_model_dir) -> None:
+    """The torchrun launch (fsdp_worker.py) writing OUT/lora, OUT/full and OUT/resumed, and meanwhile the
+    one-process runs OUT/lora_1 and OUT/full_1."""
     argv = sft_argv(tiny_model_dir("qwen3_vl"))
     with TwoProcessLaunch(WORKER, [str(out), *argv, "--fsdp", "fsdp2"], cwd=out) as launch:
         for name, extra in (("lora_1", []), ("full_1", ["--train_type", "full"])):
             assert main(["sft", *argv, *extra, "--gradient_accumulation_steps", "2", "--output_dir",
                          str(out / name), "--add_version", "false"]) == 0
         launch.finish(timeout=600)
-    return {name: out / name for name in ("lora", "full", "resumed", "lora_1", "full_1")}
 
 
 @pytest.mark.slow
@@ -90,8 +97,9 @@ def test_a_checkpoint_resumes_to_the_same_curve(runs):
 
 
 @pytest.mark.slow
-def test_merge_lora_exports_an_fsdp_checkpoint(runs, tiny_model_dir):
-    checkpoint = runs["lora"] / "checkpoint-3"
+def test_merge_lora_exports_an_fsdp_checkpoint(runs, tiny_model_dir, tmp_path):
+    # A copy of the checkpoint: the export writes beside it, and the run dirs may be shared with other workers.
+    checkpoint = shutil.copytree(runs["lora"] / "checkpoint-3", tmp_path / "checkpoint-3")
     assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true"]) == 0
     merged = load_file(checkpoint.parent / "checkpoint-3-merged" / "model.safetensors")
     base = load_file(tiny_model_dir("qwen3_vl") / "model.safetensors")
