@@ -4,10 +4,11 @@ and the frozen ViT: the defaults); a checkpoint resumes to the same curve and me
 settings' checks and the --deepspeed + --fsdp error.
 
 The two-process runs share one torchrun launch (tests/train/fsdp_worker.py; one per test run under pytest-xdist too:
-two_processes.run_once); the one-process runs (no FSDP, the ground truth) train in this process meanwhile. The ground truth takes the global batch of 2 rows as 2 accumulated
-micro-batches of 1 row: the same rows in the same order as rank 0 and rank 1 take them (the data loader deals
-batches of 1 row to the ranks in turn). LoRA dropout is off: each rank's dropout masks are drawn from its own copy
-of the seeded generator, so with dropout the runs differ by design.
+two_processes.run_once); the one-process runs (no FSDP, the ground truth) train in this process meanwhile. The
+ground truth takes the global batch of 2 rows as 2 accumulated micro-batches of 1 row: the same rows in the same
+order as rank 0 and rank 1 take them (the data loader deals batches of 1 row to the ranks in turn). LoRA dropout is
+off: each rank's dropout masks are drawn from its own copy of the seeded generator, so with dropout the runs differ
+by design.
 
 Tolerance: everything is float32; the runs differ only in the order of sums (the loss over two halves of the
 global batch, the gradients reduce-scattered rather than accumulated), about 1e-7 relative per sum. Measured over
