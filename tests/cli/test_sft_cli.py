@@ -143,9 +143,18 @@ def test_compiled_layers_with_lora_dropout_compile_whole_and_resume_their_masks(
     """--torch_compile_mode reduce-overhead with the default LoRA dropout (0.05): every decoder layer compiles
     whole (the dropout masks come from counter_dropout.py's hash), and a run resumed from checkpoint-1 logs the
     uninterrupted run's loss for step 2 (its masks continue from the step already trained, as torch's RNG state
-    would). Rows of one fixed shape, so each run compiles the layer once (CPU inductor: no CUDA graphs here)."""
+    would). Rows of one fixed shape, so each run compiles the layer once (CPU inductor: no CUDA graphs here); text
+    rows, so no vision block runs (or compiles), and LoRA on q_proj only: each dropout site's hash adds ~13 s of CPU
+    inductor compiling."""
+    words = "the quick brown fox jumps over a lazy dog while seven red birds sing".split()
+    rng = random.Random(0)
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": " ".join(rng.choices(words, k=20))},
+        {"role": "assistant", "content": " ".join(rng.choices(words, k=60))}]}) + "\n" for _ in range(8)))
     compiled = ("--model", "vlft/tiny-qwen3-vl", "--torch_compile_mode", "reduce-overhead", "--lora_dropout", "0.05",
-                "--max_steps", "2", "--save_steps", "1")
+                "--max_steps", "2", "--save_steps", "1", "--dataset", str(data), "--max_length", "256",
+                "--target_modules", "q_proj")
     with caplog.at_level(logging.WARNING, logger="vlft"):
         assert main(_train_args(tmp_path / "whole", *compiled)) == 0
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("torch.compile:"))
