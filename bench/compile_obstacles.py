@@ -146,16 +146,20 @@ def tiny_model_case(kind: str) -> str:
 
 def main() -> None:
     print("torch", torch.__version__, torch.cuda.get_device_name())
-    rows = [
-        ("nn.Dropout(0.05) in compiled checkpoint", dropout_case("torch")),
-        ("nn.Dropout(0.05), functionalize_rng_ops", dropout_case("torch", functionalize=True)),
-        ("hash dropout(0.05) in compiled checkpoint", dropout_case("hash")),
-        ("tiny Qwen3-VL, PEFT dropout 0.05, layers compiled whole", tiny_model_case("torch")),
-        ("tiny Qwen3-VL, hash dropout 0.05, layers compiled whole", tiny_model_case("hash")),
-        ("GA 2, compiled, no graphs", accumulation_case(False, False)),
-        ("GA 2, CUDA graphs, no hook", accumulation_case(True, False)),
-        ("GA 2, CUDA graphs, clone hook", accumulation_case(True, True)),
+    cases = [
+        ("nn.Dropout(0.05) in compiled checkpoint", lambda: dropout_case("torch")),
+        ("nn.Dropout(0.05), functionalize_rng_ops", lambda: dropout_case("torch", functionalize=True)),
+        ("CounterDropout(0.05) in compiled checkpoint", lambda: dropout_case("hash")),
+        ("tiny Qwen3-VL, PEFT dropout 0.05, layers compiled whole", lambda: tiny_model_case("torch")),
+        ("tiny Qwen3-VL, CounterDropout 0.05, layers compiled whole", lambda: tiny_model_case("hash")),
+        ("GA 2, compiled, no graphs", lambda: accumulation_case(False, False)),
+        ("GA 2, CUDA graphs, no hook", lambda: accumulation_case(True, False)),
+        ("GA 2, CUDA graphs, clone hook", lambda: accumulation_case(True, True)),
     ]
+    rows = []
+    for name, case in cases:  # each row printed as it is known: a call cut short still reports the rows it ran
+        rows.append((name, case()))
+        print(f"| {name} | {rows[-1][1]} |", flush=True)
     print("\n| case | result |\n| --- | --- |")
     for name, result in rows:
         print(f"| {name} | {result} |")
