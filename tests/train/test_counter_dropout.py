@@ -129,3 +129,8 @@ def test_lora_dropouts_swapped_in_the_tiny_model(tiny_model_dir, processor_of, m
     advance.start_at(0)  # as a run resumed at step 0: the first forward's mask again
     assert model(**batch).loss.item() == first
     assert replace_lora_dropouts(model) is None  # nothing left to swap
+    advance.restore()  # a run that does not compile after all: PEFT's dropouts back, the counter stops
+    assert not any(isinstance(m, CounterDropout) for m in model.modules())
+    assert len([m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]) == len(dropouts)
+    model(**batch)
+    assert int(swapped[0].counter) == 1

@@ -105,6 +105,40 @@ def test_layers_that_do_not_compile_whole_turn_the_default_compile_off(tiny_mode
     assert explicit.for_model(whole, len(layers), why).torch_compile  # asked for: compiled part by part
 
 
+def test_swapped_lora_dropout_keeps_the_default_compile_and_cuda_graphs(tiny_model_dir):
+    """`vlft sft` swaps LoRA's dropout for counter_dropout.py's before the check: layers with dropout compile whole."""
+    from vlft.families import family_of
+    from vlft.train.compile import decoder_layers
+    from vlft.train.counter_dropout import replace_lora_dropouts
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable
+
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa")
+    model = prepare_trainable(model, family_of(model), args(model=str(tiny_model_dir("qwen3_vl")), lora_dropout=0.05))
+    assert replace_lora_dropouts(model) is not None
+    layers = decoder_layers(model)
+    whole, why = layers_not_whole(layers, family_of(model).decoder_kinds(model.config.get_text_config()))
+    fast = choose_fast_path(args(), cuda=True, zero_stage=None, varlen_attention=True).for_model(whole, len(layers),
+                                                                                                   why)
+    assert whole == len(layers) and fast.torch_compile and fast.cuda_graphs
+
+
+def test_moe_layers_without_cuda_graphs_keep_the_default_compile_off():
+    """Compiled without CUDA graphs, the MoE measured slower than eager (BENCHMARKS.md): by default MoE layers
+    compile only as CUDA graphs; asked for, they compile anyway."""
+    accumulating = choose_fast_path(args(gradient_accumulation_steps=2), cuda=True, zero_stage=None,
+                                    varlen_attention=True)
+    fast = accumulating.for_model(4, 4, None, moe=True)
+    assert not fast.torch_compile and "MoE layers compiled without CUDA graphs" in fast.off["torch.compile"]
+    assert "--gradient_accumulation_steps 2" in fast.line()
+    assert accumulating.for_model(4, 4, None, moe=False).torch_compile  # dense layers: compiled without graphs
+    graphed = choose_fast_path(args(), cuda=True, zero_stage=None, varlen_attention=True)
+    assert graphed.for_model(4, 4, None, moe=True).cuda_graphs
+    asked = choose_fast_path(args(torch_compile=True, gradient_accumulation_steps=2), cuda=True, zero_stage=None,
+                             varlen_attention=True)
+    assert asked.for_model(4, 4, None, moe=True).torch_compile
+
+
 def test_qlora_keeps_the_default_compile_off():
     fast = choose_fast_path(args(quant_method="bnb", quant_bits=4), cuda=True, zero_stage=None, varlen_attention=True)
     assert not fast.torch_compile and "--quant_bits 4" in fast.off["torch.compile"] and fast.chunked_loss

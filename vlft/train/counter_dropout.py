@@ -69,14 +69,12 @@ def replace_lora_dropouts(model: nn.Module, stream: int = 0) -> DropoutCounter |
     found = [(module, adapter, dropout) for name, module in model.named_modules()
              if name.endswith("lora_dropout") and isinstance(module, nn.ModuleDict)
              for adapter, dropout in module.items() if isinstance(dropout, nn.Dropout) and dropout.p > 0]
-    swapped = []
+    if not found:
+        return None
     for index, (module, adapter, dropout) in enumerate(found):
         module[adapter] = CounterDropout(dropout.p, counter, salt=stream * len(found) + index)
-        swapped.append(module[adapter])
-    if not swapped:
-        return None
-    advance = DropoutCounter(swapped)
-    model.register_forward_pre_hook(advance)
+    advance = DropoutCounter([module[adapter] for module, adapter, _ in found], found)
+    advance.hook = model.register_forward_pre_hook(advance)
     return advance
 
 
@@ -85,8 +83,17 @@ class DropoutCounter:
     model. Moving the model (`.to`, as the Trainer does) gives each module's buffer its own copy; the first
     module's counter is shared again here."""
 
-    def __init__(self, modules: list[CounterDropout]):
+    def __init__(self, modules: list[CounterDropout], originals: list[tuple[nn.ModuleDict, str, nn.Module]]):
         self.modules = modules
+        self.originals = originals  # (ModuleDict, adapter name, the nn.Dropout swapped out)
+        self.hook = None
+
+    def restore(self) -> None:
+        """Put the original dropouts back and remove the hook (a run that does not compile after all)."""
+        for module, adapter, dropout in self.originals:
+            module[adapter] = dropout
+        if self.hook is not None:
+            self.hook.remove()
 
     def shared(self) -> torch.Tensor:
         counter = self.modules[0].counter

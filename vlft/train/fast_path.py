@@ -8,7 +8,8 @@ CPU, DeepSpeed (ZeRO-3 breaks compiled graphs and partitions the output head; CU
 gradient hooks are untested), an attention other than the varlen kernel, unpacked rows or gradient accumulation
 (CUDA graphs replay one row shape and reuse their memory every micro-step), sequence parallelism (its
 all-to-alls are not tried inside CUDA graphs; the layers still compile whole), an MoE aux loss (not in the chunked
-loss), and, once the model is loaded, layers that do not compile whole (linear attention, torch's own dropout:
+loss), MoE layers where CUDA graphs are off (compiled without them they measured slower than eager), and, once
+the model is loaded, layers that do not compile whole (linear attention, torch's own dropout:
 compile.py says why; LoRA's dropout is swapped for counter_dropout.py's before this check in `vlft sft`). A flag the user gives always wins: `--torch_compile false` and
 `--chunked_loss false` opt out, `--torch_compile true` compiles part by part where layers do not compile whole,
 and a combination that cannot run is an error in check_run_arguments, as before.
@@ -51,17 +52,25 @@ class FastPath:
                 + " (--torch_compile / --torch_compile_mode / --chunked_loss set it by hand)")
 
     def for_model(self, whole_layers: int, layers: int, why_not_whole: str | None,
-                  router_aux_loss: bool = False) -> FastPath:
+                  router_aux_loss: bool = False, moe: bool = False) -> FastPath:
         """After the model loads: compiling by default only where every decoder layer compiles whole (a layer
-        compiled part by part keeps its checkpoint and residuals eager, a small gain for the compile time), and the
-        chunked loss by default only where the model adds no MoE aux loss (its config may turn it on)."""
+        compiled part by part keeps its checkpoint and residuals eager, a small gain for the compile time) and,
+        for a model with MoE layers, only as CUDA graphs (compiled without them, the 30B-A3B-shaped LoRA measured
+        1,018 tokens/s against 2,945 eager on an H100, BENCHMARKS.md); the chunked loss by default only where the
+        model adds no MoE aux loss (its config may turn it on)."""
         fast = self
         if self.chunked_chosen and self.chunked_loss and router_aux_loss:
             fast = replace(fast, chunked_loss=False, off={
                 **fast.off, "chunked loss": "the model's config adds the MoE aux loss (output_router_logits)"})
-        if not (self.compile_chosen and self.torch_compile) or whole_layers == layers:
+        if not (self.compile_chosen and self.torch_compile):
             return fast
-        reason = f"{layers - whole_layers} of {layers} decoder layers do not compile whole: {why_not_whole}"
+        if whole_layers != layers:
+            reason = f"{layers - whole_layers} of {layers} decoder layers do not compile whole: {why_not_whole}"
+        elif moe and not fast.cuda_graphs:
+            reason = ("MoE layers compiled without CUDA graphs measured slower than eager (CUDA graphs off: "
+                      f"{fast.off.get('CUDA graphs', 'not chosen')})")
+        else:
+            return fast
         off = {name: why for name, why in fast.off.items() if name != "CUDA graphs"}
         return replace(fast, torch_compile=False, compile_mode=None, off={**off, "torch.compile": reason})
 

@@ -168,9 +168,14 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     # Compiled layers: LoRA dropout from an integer hash instead of torch's RNG, so layers with it compile whole.
     dropout_counter = replace_lora_dropouts(model, training_args.process_index) if fast.torch_compile else None
     layers = decoder_layers(model)
-    whole, why_not_whole = layers_not_whole(layers, family.decoder_kinds(model.config.get_text_config()))
+    kinds = family.decoder_kinds(model.config.get_text_config())
+    whole, why_not_whole = layers_not_whole(layers, kinds)
     fast = fast.for_model(whole, len(layers), why_not_whole,
-                          bool(getattr(model.config.get_text_config(), "output_router_logits", False)))
+                          bool(getattr(model.config.get_text_config(), "output_router_logits", False)),
+                          moe=any(kind.moe for kind in kinds))
+    if dropout_counter and not fast.torch_compile:  # not compiled after all: PEFT's own dropout again
+        dropout_counter.restore()
+        dropout_counter = None
     if main_process and fast.line():
         logger.warning(fast.line())
     trainable, total = count_parameters(model)
