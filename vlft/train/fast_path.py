@@ -9,10 +9,10 @@ gradient hooks are untested), an attention other than the varlen kernel, unpacke
 (CUDA graphs replay one row shape and reuse their memory every micro-step), sequence parallelism (its
 all-to-alls are not tried inside CUDA graphs; the layers still compile whole), an MoE aux loss (not in the chunked
 loss), MoE layers where CUDA graphs are off (compiled without them they measured slower than eager), and, once
-the model is loaded, layers that do not compile whole (linear attention, torch's own dropout:
-compile.py says why; LoRA's dropout is swapped for counter_dropout.py's before this check in `vlft sft`). A flag the user gives always wins: `--torch_compile false` and
-`--chunked_loss false` opt out, `--torch_compile true` compiles part by part where layers do not compile whole,
-and a combination that cannot run is an error in check_run_arguments, as before.
+the model is loaded, layers that do not compile whole (linear attention, torch's own dropout: compile.py says why;
+`vlft sft` swaps LoRA's dropout for counter_dropout.py's before this check). A flag the user gives always wins:
+`--torch_compile false` and `--chunked_loss false` opt out, `--torch_compile true` compiles part by part where
+layers do not compile whole, and a combination that cannot run is an error in check_run_arguments, as before.
 """
 
 from __future__ import annotations
