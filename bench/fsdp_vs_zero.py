@@ -1,7 +1,7 @@
 """FSDP2 against DeepSpeed ZeRO-2 and ZeRO-3 (and one process with neither) on one GPU: short `vlft sft` runs on
-the same packed synthetic data, LoRA on a Qwen3-VL-8B-shaped model and full fine-tuning on a Qwen3-VL-4B-shaped
-one (random bf16 weights; 8B full fine-tuning under ZeRO keeps float32 master weights and moments, 8B x 12 bytes,
-beyond one card), printing tokens/s and peak GPU memory side by side. GPU machine with DeepSpeed installed
+the same packed synthetic data, LoRA on a Qwen3-VL-8B-shaped model and full fine-tuning on a Qwen3-VL-2B-shaped
+one (random bf16 weights; full fine-tuning under ZeRO and FSDP2 keeps float32 master weights, gradients and
+moments, 16 bytes a parameter: the 4B shape ran out of memory on an 80 GB H100 in session 18, the 2B fits), printing tokens/s and peak GPU memory side by side. GPU machine with DeepSpeed installed
 (bench/device_env.sh installs the carried .whl_ds); one command per train type (each run is a few minutes):
 
     python bench/fsdp_vs_zero.py --workdir /tmp/vlft-bench --train_type lora [--engines none,fsdp2,zero2,zero3]
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qlora_memory import add_run_arguments, build_8b_model, measured, parse_run_arguments  # noqa: E402
-from sft_qwen3_vl_4b import build_model as build_4b_model, write_data  # noqa: E402
+from sft_qwen3_vl_4b import build_model, qwen3_vl_2b_config, write_data  # noqa: E402
 
 ENGINES = {"none": [], "fsdp2": ["--fsdp", "fsdp2"], "zero2": ["--deepspeed", "zero2"],
            "zero3": ["--deepspeed", "zero3"]}
@@ -59,8 +59,8 @@ def main() -> int:
         model, shape = str(args.workdir / "qwen3-vl-8b-random"), "Qwen3-VL-8B shape, random bf16"
         build_8b_model(Path(model))
     else:
-        model, shape = str(args.workdir / "qwen3-vl-4b-random"), "Qwen3-VL-4B shape, random bf16"
-        build_4b_model(Path(model))
+        model, shape = str(args.workdir / "qwen3-vl-2b-random"), "Qwen3-VL-2B shape, random bf16"
+        build_model(Path(model), qwen3_vl_2b_config())
     data = write_data(args.workdir / ("data-tiny" if args.tiny else "data"), args.samples)
     print(f"model and data ready in {time.time() - started:.0f} s", flush=True)
     results = {}

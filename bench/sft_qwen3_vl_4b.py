@@ -32,8 +32,19 @@ def qwen3_vl_4b_config():
                          video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 
 
-def build_model(model_dir: Path) -> None:
-    """Random bf16 weights of the 4B shape, with the real tokenizer and Qwen3-VL processor settings."""
+def qwen3_vl_2b_config():
+    """The Qwen3-VL-2B-Instruct architecture: the 4B's vision tower, a 28-layer 2048-wide language model."""
+    config = qwen3_vl_4b_config()
+    text, vision = config.text_config, config.vision_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = 2048, 6144, 28
+    text.num_attention_heads, text.num_key_value_heads = 16, 8
+    vision.out_hidden_size = 2048
+    return config
+
+
+def build_model(model_dir: Path, config=None) -> None:
+    """Random bf16 weights of the 4B shape (or of `config`'s), with the real tokenizer and Qwen3-VL processor
+    settings."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
@@ -44,7 +55,7 @@ def build_model(model_dir: Path) -> None:
         return
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Qwen3VLForConditionalGeneration(qwen3_vl_4b_config()).to(torch.bfloat16)
+        model = Qwen3VLForConditionalGeneration(config or qwen3_vl_4b_config()).to(torch.bfloat16)
     model.save_pretrained(model_dir)
     build_processor("qwen3_vl", build_qwen_tokenizer()).save_pretrained(model_dir)
     del model
