@@ -266,7 +266,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     torch_compile_mode: Literal["default", "reduce-overhead"] | None = field(default=None, metadata={
         "help": "torch.compile's mode for the decoder layers (implies --torch_compile true); reduce-overhead "
                 "replays them as CUDA graphs over rows padded to --max_length x --per_device_train_batch_size "
-                "(needs --packing true and --gradient_accumulation_steps 1; default: reduce-overhead where "
+                "(needs --packing true; default: reduce-overhead where "
                 "torch.compile is on by default and these hold)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
@@ -400,10 +400,6 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         flag, problems = "--torch_compile_mode reduce-overhead", []
         if not self.packing:
             problems.append(f"{flag} needs --packing true (CUDA graphs replay rows of one length, --max_length)")
-        if (self.gradient_accumulation_steps or 1) > 1:
-            # The first micro-step's gradients would live in memory the next micro-step's graphs reuse.
-            problems.append(f"{flag} needs --gradient_accumulation_steps 1 (gradients kept between micro-steps "
-                            "would sit in CUDA graph memory); raise --per_device_train_batch_size instead")
         if self.per_device_eval_batch_size > self.per_device_train_batch_size:
             problems.append(f"{flag}: --per_device_eval_batch_size ({self.per_device_eval_batch_size}) may not "
                             f"exceed --per_device_train_batch_size ({self.per_device_train_batch_size}): every "

@@ -23,6 +23,13 @@ def test_one_cuda_process_packed_gets_compiled_layers_cuda_graphs_and_the_chunke
     assert fast.line().startswith("fast path: torch.compile, CUDA graphs, chunked loss on")
 
 
+def test_gradient_accumulation_keeps_cuda_graphs():
+    """The seed command's --gradient_accumulation_steps 2: its gradients are copied out of graph memory
+    (graph_gradients.py), so the layers still replay as CUDA graphs."""
+    fast = choose_fast_path(args(gradient_accumulation_steps=2), cuda=True, zero_stage=None, varlen_attention=True)
+    assert fast.cuda_graphs and fast.off == {}
+
+
 def test_on_cpu_nothing_is_on_and_the_line_says_why():
     fast = choose_fast_path(args(), cuda=False, zero_stage=None, varlen_attention=False)
     assert not (fast.torch_compile or fast.cuda_graphs or fast.chunked_loss)
@@ -31,7 +38,6 @@ def test_on_cpu_nothing_is_on_and_the_line_says_why():
 
 
 @pytest.mark.parametrize("overrides, zero_stage, varlen, reason", [
-    ({"gradient_accumulation_steps": 2}, None, True, "--gradient_accumulation_steps 2"),
     ({"packing": False, "padding_free": True}, None, True, "--packing false"),
     ({}, 2, True, "--deepspeed"),
     ({"attn_impl": "flash_attn"}, None, False, "--attn_impl flash_attn"),
@@ -126,15 +132,15 @@ def test_swapped_lora_dropout_keeps_the_default_compile_and_cuda_graphs(tiny_mod
 def test_moe_layers_without_cuda_graphs_keep_the_default_compile_off():
     """Compiled without CUDA graphs, the MoE measured slower than eager (BENCHMARKS.md): by default MoE layers
     compile only as CUDA graphs; asked for, they compile anyway."""
-    accumulating = choose_fast_path(args(gradient_accumulation_steps=2), cuda=True, zero_stage=None,
-                                    varlen_attention=True)
-    fast = accumulating.for_model(4, 4, None, moe=True)
+    unpacked = choose_fast_path(args(packing=False, padding_free=True), cuda=True, zero_stage=None,
+                                varlen_attention=True)
+    fast = unpacked.for_model(4, 4, None, moe=True)
     assert not fast.torch_compile and "MoE layers compiled without CUDA graphs" in fast.off["torch.compile"]
-    assert "--gradient_accumulation_steps 2" in fast.line()
-    assert accumulating.for_model(4, 4, None, moe=False).torch_compile  # dense layers: compiled without graphs
+    assert "--packing false" in fast.line()
+    assert unpacked.for_model(4, 4, None, moe=False).torch_compile  # dense layers: compiled without graphs
     graphed = choose_fast_path(args(), cuda=True, zero_stage=None, varlen_attention=True)
     assert graphed.for_model(4, 4, None, moe=True).cuda_graphs
-    asked = choose_fast_path(args(torch_compile=True, gradient_accumulation_steps=2), cuda=True, zero_stage=None,
+    asked = choose_fast_path(args(torch_compile=True, packing=False, padding_free=True), cuda=True, zero_stage=None,
                              varlen_attention=True)
     assert asked.for_model(4, 4, None, moe=True).torch_compile
 

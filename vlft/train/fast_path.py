@@ -5,8 +5,8 @@ On CUDA each part that applies is switched on: the decoder layers compiled whole
 graphs over rows padded to --max_length (`--torch_compile_mode reduce-overhead`), and the loss computed in chunks
 (chunked_loss.py). A part that does not apply stays off, and `FastPath.line` says which and why in one line:
 CPU, DeepSpeed (ZeRO-3 breaks compiled graphs and partitions the output head; CUDA graphs beside DeepSpeed's
-gradient hooks are untested), an attention other than the varlen kernel, unpacked rows or gradient accumulation
-(CUDA graphs replay one row shape and reuse their memory every micro-step), sequence parallelism (its
+gradient hooks are untested), an attention other than the varlen kernel, unpacked rows (CUDA graphs replay one
+row shape; with gradient accumulation they do, graph_gradients.py), sequence parallelism (its
 all-to-alls are not tried inside CUDA graphs; the layers still compile whole), an MoE aux loss (not in the chunked
 loss), MoE layers where CUDA graphs are off (compiled without them they measured slower than eager), and, once
 the model is loaded, layers that do not compile whole (linear attention, torch's own dropout: compile.py says why;
@@ -135,9 +135,6 @@ def cuda_graph_obstacle(args: SftArguments, zero_stage: int | None, varlen_atten
         return f"--attn_impl {args.attn_impl}: only the varlen attention takes row boundaries without host reads"
     if not args.packing:
         return "--packing false: graphs replay rows of one length"
-    if args.gradient_accumulation_steps > 1:
-        return (f"--gradient_accumulation_steps {args.gradient_accumulation_steps}: graphs reuse their memory "
-                "every micro-step")
     if args.per_device_eval_batch_size > args.per_device_train_batch_size:
         return "--per_device_eval_batch_size above --per_device_train_batch_size"
     return None

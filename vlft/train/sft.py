@@ -22,6 +22,8 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
     `replace_lora_dropouts` (compiled runs: LoRA dropout masks from an integer hash, so layers with dropout
     compile whole; counter_dropout.py, its counter set on resume by ResumeDropoutCounter),
     `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
+  - `copy_first_gradients` (graph_gradients.py): under CUDA graphs with gradient accumulation, a hook on each
+    trained parameter copies its first gradient of a step out of the graph's memory, which the next replay reuses.
 Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/train/checkpointing.py):
   - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
   - `training_step`: LoRA inputs kept in half precision under autocast (LoraLayers); CUDA-graph step marks.
@@ -78,6 +80,7 @@ from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blo
 from vlft.train.counter_dropout import ResumeDropoutCounter, replace_lora_dropouts
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.fast_path import FastPath, choose_fast_path, layers_not_whole
+from vlft.train.graph_gradients import copy_first_gradients
 from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.fsdp import FsdpSettings, fsdp_problems, resolve_fsdp
 from vlft.train.launch import is_distributed_worker
@@ -205,6 +208,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
                                       ds_config is not None or fsdp is not None)
         if main_process:
             logger.warning(plan_note)
+    if fast.cuda_graphs and args.gradient_accumulation_steps > 1:  # gradients copied out of graph memory
+        copy_first_gradients(model)
     if fast.torch_compile:
         compiled, whole = compile_decoder_layers(model, mode=fast.compile_mode)
         vision = compile_frozen_vision_blocks(model)
