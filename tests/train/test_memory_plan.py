@@ -12,7 +12,7 @@ from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.train.compile import decoder_layers
 from vlft.train.memory_plan import (BUDGET_SHARE, ActivationProbe, apply_plan, estimate_peak,
-                                    plan_checkpointing, probe_activations)
+                                    plan_checkpointing, probe_activations, static_bytes)
 from vlft.train.model import enable_gradient_checkpointing, load_model
 from vlft.train.summary import loss_transient_bytes
 from vlft.train.tuners import prepare_trainable
@@ -107,3 +107,11 @@ def test_recomputing_only_planned_layers_gives_the_same_gradients(tiny_model_dir
     assert every.keys() == some.keys()
     for name in every:
         torch.testing.assert_close(some[name], every[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_static_bytes_count_the_gradient_copy_of_accumulation_under_cuda_graphs():
+    """Gradients, AdamW's two moments and (under CUDA graphs with accumulation) a second copy of each gradient."""
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10, bias=False))
+    model[1].requires_grad_(False)  # 110 trained float32 values: 440 bytes of gradients, 880 of moments
+    assert static_bytes(model, 1000) == 1000 + 440 + 880
+    assert static_bytes(model, 1000, gradient_copies=2) == 1000 + 2 * 440 + 880

@@ -172,12 +172,14 @@ def plan_checkpointing(probe: ActivationProbe, tokens: int, static: int, loss_tr
     return CheckpointPlan(frozenset(order), len(order), estimate, budget, fits=False)
 
 
-def static_bytes(model: nn.Module, allocated: int) -> int:
+def static_bytes(model: nn.Module, allocated: int, gradient_copies: int = 1) -> int:
     """What a step holds besides activations: `allocated` (weights and buffers, measured) plus the gradients and
-    AdamW's moments of every trained parameter, as the run summary counts them (summary.memory_estimate)."""
+    AdamW's moments of every trained parameter, as the run summary counts them (summary.memory_estimate).
+    `gradient_copies` 2: CUDA graphs with gradient accumulation keep each gradient in graph memory and its copy
+    (graph_gradients.py)."""
     trained = [p for p in model.parameters() if p.requires_grad]
     held = memory_estimate(0, sum(p.numel() * p.element_size() for p in trained), sum(p.numel() for p in trained), 0)
-    return allocated + held.gradients + held.optimizer
+    return allocated + gradient_copies * held.gradients + held.optimizer
 
 
 def apply_plan(layers: nn.ModuleList, recomputed: frozenset[int]) -> None:
@@ -206,10 +208,11 @@ class RunMemory:
 
 
 def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, step_tokens: int, chunked_loss: bool,
-                       dtype: torch.dtype, device: torch.device) -> RunMemory:
+                       dtype: torch.dtype, device: torch.device, gradient_copies: int = 1) -> RunMemory:
     """For a run on `device` (CUDA): the model moved there (as the Trainer would), `batch` (the collated longest
     row) probed under the training step's autocast and LoRA input casting, the memory the process can use read
-    from the device; `step_tokens`: tokens of a step (every row of a batch, padding included)."""
+    from the device; `step_tokens`: tokens of a step (every row of a batch, padding included); `gradient_copies`
+    as static_bytes."""
     from vlft.train.chunked_loss import CHUNK
     from vlft.train.trainer import LoraLayers
 
@@ -233,7 +236,7 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
         probe = probe_activations(model, layers, batch, text.hidden_size, step_context)
     finally:
         model.train(training)
-    return RunMemory(probe=probe, static=static_bytes(model, torch.cuda.memory_allocated(device)),
+    return RunMemory(probe=probe, static=static_bytes(model, torch.cuda.memory_allocated(device), gradient_copies),
                      loss_transient=loss_transient_bytes(step_tokens, text.vocab_size, text.hidden_size, chunked_loss,
                                                          CHUNK, dtype.itemsize),
                      usable=torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device),

@@ -265,7 +265,9 @@ def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch,
     batch = collator([dataset[longest]])
     rows = args.per_device_train_batch_size
     step_tokens = rows * (batch["input_ids"].numel() if fast.cuda_graphs else row_tokens(dataset.items[longest]))
-    plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device).plan()
+    copies = 2 if fast.cuda_graphs and args.gradient_accumulation_steps > 1 else 1  # graph_gradients.py
+    plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device,
+                              copies).plan()
     apply_plan(layers, plan.recomputed)
     return plan.line()
 
