@@ -173,3 +173,22 @@ def test_each_family_names_its_decoder_layer_and_vision_block_classes(family, ti
     found = (type(module_at(model, modules.decoder_layers)[0]).__name__,
              type(module_at(model, modules.vision_blocks)[0]).__name__)
     assert get_family(family).block_classes == found
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_reduce_in_float32_and_keep_the_loss_dtype(dtype, tmp_path):
+    """The policy the Trainer's accelerate plugin gets, after accelerate applies the run's mixed precision."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from vlft.arguments import SftArguments
+    from vlft.train.sft import trainer_arguments
+
+    args = SftArguments(model="m", dataset=["d.jsonl"], fsdp="fsdp2")
+    config = resolve_fsdp("fsdp2", None).training_config(("Block",))
+    training_args = trainer_arguments(args, tmp_path, None, dtype, False, has_eval=False, fsdp_config=config)
+    plugin = FullyShardedDataParallelPlugin(**training_args.fsdp_plugin_args)
+    plugin.set_mixed_precision("bf16" if dtype == torch.bfloat16 else "fp16")
+    assert plugin.mixed_precision_policy == MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    full = trainer_arguments(args, tmp_path, None, torch.float32, False, has_eval=False, fsdp_config=config)
+    assert "mixed_precision_policy" not in full.fsdp_plugin_args  # float32 runs: no policy, nothing cast

@@ -141,6 +141,18 @@ def fsdp_problems(args: SftArguments) -> list[str]:
     return problems
 
 
+def half_precision_policy(dtype):
+    """FSDP2's mixed precision for a bf16 / fp16 run: layers compute in `dtype`, gradients are reduced across ranks
+    in float32 and the model's outputs keep the dtypes the model gives them. accelerate's own policy for `bf16` also
+    reduces in bf16 and casts the outputs, the loss included, to bf16: an H100 run logged losses of 12.8125 and
+    8.6875 where the same run without FSDP logged 12.8094 and 8.6732 (BENCHMARKS.md, session 18). accelerate keeps
+    a policy object the plugin is given (`set_mixed_precision` replaces only an unset one)."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
 class FsdpOnCpu:
     """A transformers Trainer mixin: FSDP2 on CPU processes (gloo), as on GPUs.
 

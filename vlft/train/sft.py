@@ -41,7 +41,8 @@ Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/trai
   - `train` / `_save_checkpoint` (private in transformers): the checkpoint to resume from is checked against the
     model first (checkpoint_check.py); checkpoints are staged and renamed into place whole.
   - `--fsdp` (fsdp.py): transformers' own FSDP2 (accelerate's `fully_shard`), each of the family's
-    `block_classes` (decoder layer, vision block) a unit; `create_accelerator_and_postprocess` (`FsdpOnCpu`)
+    `block_classes` (decoder layer, vision block) a unit, bf16/fp16 runs reducing gradients in float32
+    (`half_precision_policy`); `create_accelerator_and_postprocess` (`FsdpOnCpu`)
     turns it on for CPU processes too, which accelerate leaves as plain DDP.
 Batches: the collators (vlft/data/collator.py: packed or padding-free rows with position ids [4, 1, L], or
 padded batches) and PixelsOnFetch (pixels made in the data-loader workers, vlft/data/dataset.py).
@@ -82,7 +83,7 @@ from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.fast_path import FastPath, choose_fast_path, layers_not_whole
 from vlft.train.graph_gradients import copy_first_gradients
 from vlft.train.frozen_gc import long_lived_objects_frozen
-from vlft.train.fsdp import FsdpSettings, fsdp_problems, resolve_fsdp
+from vlft.train.fsdp import FsdpSettings, fsdp_problems, half_precision_policy, resolve_fsdp
 from vlft.train.launch import is_distributed_worker
 from vlft.train.memory_plan import apply_plan, measure_run_memory
 from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
@@ -322,7 +323,7 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
     evaluates = has_eval and args.eval_strategy != "no"
     optional = {"optim": args.optim} if args.optim else {}  # else transformers' own default
     try:
-        return TrainingArguments(
+        training_args = TrainingArguments(
             output_dir=str(run_dir), num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
             per_device_train_batch_size=args.per_device_train_batch_size,
             per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -348,6 +349,10 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
         )
     except ValueError as e:  # transformers checks the combination of its arguments here
         raise VlftError(f"transformers refuses the training arguments: {e}") from None
+    if training_args.fsdp_plugin_args is not None and dtype in (torch.bfloat16, torch.float16):
+        # transformers' fsdp_config has no mixed-precision entry; accelerate builds its plugin from these arguments
+        training_args.fsdp_plugin_args["mixed_precision_policy"] = half_precision_policy(dtype)
+    return training_args
 
 
 def encoded_samples(args: SftArguments, encoder, model_dir: Path,
