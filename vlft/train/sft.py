@@ -81,9 +81,9 @@ from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blo
 from vlft.train.counter_dropout import ResumeDropoutCounter, replace_lora_dropouts
 from vlft.train.deepspeed import init_deepspeed_comm, resolve_deepspeed_config
 from vlft.train.fast_path import FastPath, choose_fast_path, layers_not_whole
-from vlft.train.graph_gradients import copy_first_gradients
 from vlft.train.frozen_gc import long_lived_objects_frozen
 from vlft.train.fsdp import FsdpSettings, fsdp_problems, half_precision_policy, resolve_fsdp
+from vlft.train.graph_gradients import copy_first_gradients
 from vlft.train.launch import is_distributed_worker
 from vlft.train.memory_plan import apply_plan, measure_run_memory
 from vlft.train.model import (check_linear_attention_kernels, enable_gradient_checkpointing, load_model,
