@@ -35,15 +35,19 @@ def files_holding_secrets(root: Path) -> list[str]:
 @pytest.mark.slow
 def test_no_file_or_output_of_a_run_holds_a_token(tmp_path, vlft_cache):
     sft = subprocess.run([VLFT, "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(EXAMPLES / "train.jsonl"),
-                          "--max_steps", "2", "--save_steps", "1", "--logging_steps", "1", "--packing", "true",
-                          "--max_length", "1024", "--report_to", "tensorboard", "--hub_token", SECRETS["--hub_token"],
+                          "--max_steps", "1", "--save_steps", "1", "--logging_steps", "1", "--packing", "true",
+                          "--max_length", "512", "--report_to", "tensorboard", "--hub_token", SECRETS["--hub_token"],
                           "--output_dir", str(tmp_path / "output")],
                          env=secret_env(), capture_output=True, text=True, timeout=600)
     assert sft.returncode == 0, sft.stderr[-3000:]
     run_dir = next((tmp_path / "output").iterdir())
     assert list(run_dir.glob("runs/**/events.out.tfevents.*")), "tensorboard wrote nothing: the grep proves little"
-    assert (run_dir / "checkpoint-2" / "args.json").is_file()
-    merged = subprocess.run([VLFT, "export", "--adapters", str(run_dir / "checkpoint-2"), "--merge_lora", "true",
+    # one step writes every kind of file a run writes: its log, events, plots and a whole checkpoint (args.json,
+    # trainer_state.json, optimizer, scheduler, rng state, adapter, processor files)
+    for name in ("args.json", "trainer_state.json", "optimizer.pt", "adapter_model.safetensors"):
+        assert (run_dir / "checkpoint-1" / name).is_file(), name
+    assert list(run_dir.glob("images/*.png")) and (run_dir / "logging.jsonl").is_file()
+    merged = subprocess.run([VLFT, "export", "--adapters", str(run_dir / "checkpoint-1"), "--merge_lora", "true",
                              "--hub_token", SECRETS["--hub_token"]],
                             env=secret_env(), capture_output=True, text=True, timeout=600)
     assert merged.returncode == 0, merged.stderr[-3000:]
