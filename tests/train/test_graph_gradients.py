@@ -70,3 +70,35 @@ def test_only_trained_parameters_get_the_hook():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     model[0].requires_grad_(False)
     assert len(copy_first_gradients(model)) == 2
+
+
+def test_the_hooks_leave_compiled_checkpointed_layers_whole_and_their_gradients_exact():
+    """Hooks on the parameters of layers compiled whole (gradient checkpoint inside, AOT autograd as Inductor uses it):
+    no graph break, and two accumulated micro-steps give the eager gradients."""
+    from torch._dynamo.utils import counters
+    from torch.utils.checkpoint import checkpoint
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(8, 8, dtype=torch.float64)
+
+        def forward(self, x):
+            return checkpoint(lambda h: x + torch.tanh(self.linear(h)), x, use_reentrant=False)
+
+    def gradients(compiled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(Block(), Block())
+        if compiled:
+            copy_first_gradients(model)
+            for block in model:
+                block.compile(backend="aot_eager", fullgraph=True)
+        for x in micro_batches():
+            model(torch.cat([x, x], dim=1)).pow(2).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    torch._dynamo.reset()
+    counters.clear()
+    for got, expected in zip(gradients(True), gradients(False)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert not counters["graph_break"]
