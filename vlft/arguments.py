@@ -266,8 +266,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     torch_compile_mode: Literal["default", "reduce-overhead"] | None = field(default=None, metadata={
         "help": "torch.compile's mode for the decoder layers (implies --torch_compile true); reduce-overhead "
                 "replays them as CUDA graphs over rows padded to --max_length x --per_device_train_batch_size "
-                "(needs --packing true; default: reduce-overhead where "
-                "torch.compile is on by default and these hold)"})
+                "(needs --packing true; default: reduce-overhead where torch.compile is on by default, rows are "
+                "packed and the attention is the varlen kernel)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})

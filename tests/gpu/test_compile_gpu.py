@@ -15,7 +15,7 @@ import torch
 from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import FixedRowShape, PaddingFreeCollator, VisionTokens
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks
+from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
 from vlft.train.counter_dropout import replace_lora_dropouts
 from vlft.train.graph_gradients import copy_first_gradients
 from vlft.train.model import enable_gradient_checkpointing, load_model
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps: int = 20,
                  mode: str | None = None, family_name: str = "qwen3_vl", lora_dropout: float = 0.0,
-                 accumulate: int = 1) -> list[float]:
-    """Every micro-step's loss; `accumulate` micro-steps per optimizer step."""
+                 accumulate: int = 1, first_gradients: list | None = None) -> list[float]:
+    """Every micro-step's loss; `accumulate` micro-steps per optimizer step; the trained parameters' gradients of the
+    first optimizer step appended to `first_gradients` when given."""
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -44,8 +45,8 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
         assert compile_frozen_vision_blocks(model) > 0  # the ViT is frozen (lora_args)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     graphs = mode == "reduce-overhead"
-    if graphs and accumulate > 1:
-        copy_first_gradients(model)
+    if graphs and accumulate > 1:  # as `vlft sft` does
+        copy_first_gradients(decoder_layers(model))
     fixed = FixedRowShape(length=sum(s.length for s in samples) + 16, boundaries=len(samples) + 2) if graphs else None
     collator = PaddingFreeCollator(family, tokens, None, fixed)
     losses = []
@@ -59,6 +60,8 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
         (loss / accumulate).backward()
         losses.append(loss.item())
         if (step + 1) % accumulate == 0:
+            if first_gradients is not None and step + 1 == accumulate:
+                first_gradients += [p.grad.float().clone() for p in model.parameters() if p.requires_grad]
             optimizer.step()
             optimizer.zero_grad()
     return losses
@@ -85,11 +88,20 @@ def test_cuda_graph_layers_keep_the_eager_losses(family_name, lora_dropout, accu
     from torch._dynamo.utils import counters
 
     counters.clear()
+    graphed_gradients, eager_gradients = [], []
     graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead",
-                           family_name=family_name, lora_dropout=lora_dropout, accumulate=accumulate)
+                           family_name=family_name, lora_dropout=lora_dropout, accumulate=accumulate,
+                           first_gradients=graphed_gradients)
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])  # they ran as CUDA graphs
     eager = train_losses(False, tiny_model_dir, processor_of, media_dir, family_name=family_name,
-                         lora_dropout=lora_dropout, accumulate=accumulate)
+                         lora_dropout=lora_dropout, accumulate=accumulate, first_gradients=eager_gradients)
     assert graphed[-1] < graphed[0]
     for step, (a, b) in enumerate(zip(graphed, eager)):
         assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)
+    # The first optimizer step's accumulated gradients themselves (a micro-step's gradients lost or counted twice
+    # would barely move AdamW's first updates, so the losses alone would not show it); LoRA B starts at zero, so
+    # only the parameters with a gradient of some size are compared.
+    assert len(graphed_gradients) == len(eager_gradients) > 0
+    for got, expected in zip(graphed_gradients, eager_gradients):
+        if expected.norm() > 1e-6:
+            assert (got - expected).norm() <= 2e-2 * expected.norm(), ((got - expected).norm(), expected.norm())

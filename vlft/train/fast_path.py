@@ -6,7 +6,7 @@ graphs over rows padded to --max_length (`--torch_compile_mode reduce-overhead`)
 (chunked_loss.py). A part that does not apply stays off, and `FastPath.line` says which and why in one line:
 CPU, DeepSpeed (ZeRO-3 breaks compiled graphs and partitions the output head; CUDA graphs beside DeepSpeed's
 gradient hooks are untested), an attention other than the varlen kernel, unpacked rows (CUDA graphs replay one
-row shape; with gradient accumulation they do, graph_gradients.py), sequence parallelism (its
+row shape; gradient accumulation keeps them: graph_gradients.py), sequence parallelism (its
 all-to-alls are not tried inside CUDA graphs; the layers still compile whole), an MoE aux loss (not in the chunked
 loss), MoE layers where CUDA graphs are off (compiled without them they measured slower than eager), and, once
 the model is loaded, layers that do not compile whole (linear attention, torch's own dropout: compile.py says why;

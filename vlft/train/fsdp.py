@@ -146,7 +146,9 @@ def half_precision_policy(dtype):
     in float32 and the model's outputs keep the dtypes the model gives them. accelerate's own policy for `bf16` also
     reduces in bf16 and casts the outputs, the loss included, to bf16: an H100 run logged losses of 12.8125 and
     8.6875 where the same run without FSDP logged 12.8094 and 8.6732 (BENCHMARKS.md, session 18). accelerate keeps
-    a policy object the plugin is given (`set_mixed_precision` replaces only an unset one)."""
+    a policy object the plugin is given (`set_mixed_precision` replaces only an unset one). The cost: the
+    reduce-scatter moves float32, and with gradient accumulation FSDP2 keeps the gradients it accumulates between
+    micro-steps unsharded in float32 (twice bf16's memory; small for LoRA, not for full fine-tuning)."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy
 

@@ -8,8 +8,8 @@ run: "accessing tensor output of CUDAGraphs that has been overwritten by a subse
 parameter copies the gradient out of graph memory when it first arrives in a step; later micro-steps add into that
 copy in place, as autograd does. On an H100 this gives the eager gradients of two accumulated micro-steps (worst
 relative error 3e-3 in bf16, the same as compiled without graphs; bench/compile_obstacles.py, BENCHMARKS.md).
-The copy costs one gradient's memory per trained parameter and one copy per parameter per optimizer step: small
-for LoRA.
+Only the parameters of the layers replayed as graphs (the decoder layers) get the hook; the copy costs one
+gradient's memory per such parameter and one copy per parameter per optimizer step: small for LoRA.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
-def copy_first_gradients(model: nn.Module) -> list[RemovableHandle]:
-    """Hooks on every parameter that trains: a gradient arriving while `.grad` is unset is copied (the optimizer
-    step's zero_grad unsets it). Returns the hooks' handles."""
-    return [param.register_hook(_copy_when_first(param)) for param in model.parameters() if param.requires_grad]
+def copy_first_gradients(module: nn.Module) -> list[RemovableHandle]:
+    """Hooks on every parameter of `module` that trains: a gradient arriving while `.grad` is unset is copied (the
+    optimizer step's zero_grad unsets it). Returns the hooks' handles."""
+    return [param.register_hook(_copy_when_first(param)) for param in module.parameters() if param.requires_grad]
 
 
 def _copy_when_first(param: nn.Parameter):

@@ -172,14 +172,15 @@ def plan_checkpointing(probe: ActivationProbe, tokens: int, static: int, loss_tr
     return CheckpointPlan(frozenset(order), len(order), estimate, budget, fits=False)
 
 
-def static_bytes(model: nn.Module, allocated: int, gradient_copies: int = 1) -> int:
+def static_bytes(model: nn.Module, allocated: int, copied: nn.Module | None = None) -> int:
     """What a step holds besides activations: `allocated` (weights and buffers, measured) plus the gradients and
-    AdamW's moments of every trained parameter, as the run summary counts them (summary.memory_estimate).
-    `gradient_copies` 2: CUDA graphs with gradient accumulation keep each gradient in graph memory and its copy
-    (graph_gradients.py)."""
+    AdamW's moments of every trained parameter, as the run summary counts them (summary.memory_estimate), and
+    the gradients of `copied`'s trained parameters once more (CUDA graphs with gradient accumulation: each in graph
+    memory and its copy, graph_gradients.py; an upper bound, as the graphs may reuse a copied gradient's memory)."""
     trained = [p for p in model.parameters() if p.requires_grad]
     held = memory_estimate(0, sum(p.numel() * p.element_size() for p in trained), sum(p.numel() for p in trained), 0)
-    return allocated + gradient_copies * held.gradients + held.optimizer
+    copies = sum(p.numel() * p.element_size() for p in copied.parameters() if p.requires_grad) if copied else 0
+    return allocated + held.gradients + copies + held.optimizer
 
 
 def apply_plan(layers: nn.ModuleList, recomputed: frozenset[int]) -> None:
@@ -208,11 +209,11 @@ class RunMemory:
 
 
 def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, step_tokens: int, chunked_loss: bool,
-                       dtype: torch.dtype, device: torch.device, gradient_copies: int = 1) -> RunMemory:
+                       dtype: torch.dtype, device: torch.device, copied_gradients: bool = False) -> RunMemory:
     """For a run on `device` (CUDA): the model moved there (as the Trainer would), `batch` (the collated longest
     row) probed under the training step's autocast and LoRA input casting, the memory the process can use read
-    from the device; `step_tokens`: tokens of a step (every row of a batch, padding included); `gradient_copies`
-    as static_bytes."""
+    from the device; `step_tokens`: tokens of a step (every row of a batch, padding included); `copied_gradients`: the
+    decoder layers' gradients are copied out of CUDA graph memory (static_bytes)."""
     from vlft.train.chunked_loss import CHUNK
     from vlft.train.trainer import LoraLayers
 
@@ -236,7 +237,8 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
         probe = probe_activations(model, layers, batch, text.hidden_size, step_context)
     finally:
         model.train(training)
-    return RunMemory(probe=probe, static=static_bytes(model, torch.cuda.memory_allocated(device), gradient_copies),
+    return RunMemory(probe=probe, static=static_bytes(model, torch.cuda.memory_allocated(device),
+                                                                     layers if copied_gradients else None),
                      loss_transient=loss_transient_bytes(step_tokens, text.vocab_size, text.hidden_size, chunked_loss,
                                                          CHUNK, dtype.itemsize),
                      usable=torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device),

@@ -23,7 +23,8 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
     compile whole; counter_dropout.py, its counter set on resume by ResumeDropoutCounter),
     `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
   - `copy_first_gradients` (graph_gradients.py): under CUDA graphs with gradient accumulation, a hook on each
-    trained parameter copies its first gradient of a step out of the graph's memory, which the next replay reuses.
+    trained parameter of the decoder layers copies its first gradient of a step out of the graph's memory, which
+    the next replay reuses.
 Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/train/checkpointing.py):
   - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
   - `training_step`: LoRA inputs kept in half precision under autocast (LoraLayers); CUDA-graph step marks.
@@ -210,7 +211,7 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
         if main_process:
             logger.warning(plan_note)
     if fast.cuda_graphs and args.gradient_accumulation_steps > 1:  # gradients copied out of graph memory
-        copy_first_gradients(model)
+        copy_first_gradients(layers)
     if fast.torch_compile:
         compiled, whole = compile_decoder_layers(model, mode=fast.compile_mode)
         vision = compile_frozen_vision_blocks(model)
@@ -266,9 +267,9 @@ def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch,
     batch = collator([dataset[longest]])
     rows = args.per_device_train_batch_size
     step_tokens = rows * (batch["input_ids"].numel() if fast.cuda_graphs else row_tokens(dataset.items[longest]))
-    copies = 2 if fast.cuda_graphs and args.gradient_accumulation_steps > 1 else 1  # graph_gradients.py
+    copied = fast.cuda_graphs and args.gradient_accumulation_steps > 1  # graph_gradients.py
     plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device,
-                              copies).plan()
+                              copied).plan()
     apply_plan(layers, plan.recomputed)
     return plan.line()
 
