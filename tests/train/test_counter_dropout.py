@@ -17,7 +17,7 @@ from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.compile import decoder_layers, whole_layer_compiles
-from vlft.train.counter_dropout import CounterDropout, keep_mask, replace_lora_dropouts
+from vlft.train.counter_dropout import CounterDropout, forwards_done, keep_mask, replace_lora_dropouts
 from vlft.train.model import enable_gradient_checkpointing, load_model
 from vlft.train.tuners import prepare_trainable
 
@@ -134,3 +134,24 @@ def test_lora_dropouts_swapped_in_the_tiny_model(tiny_model_dir, processor_of, m
     assert len([m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]) == len(dropouts)
     model(**batch)
     assert int(swapped[0].counter) == 1
+
+
+def trainer_forwards(steps: int, accumulation: int, batches_per_epoch: int) -> int:
+    """Ground truth by enumeration: the Trainer's optimizer steps over epochs of `batches_per_epoch` batches, a step
+    every `accumulation` batches and at each epoch's end; the batches (forwards) of the first `steps` steps."""
+    forwards = done = 0
+    while True:
+        pending = 0
+        for batch in range(batches_per_epoch):
+            pending += 1
+            if pending == accumulation or batch == batches_per_epoch - 1:
+                if done == steps:
+                    return forwards
+                forwards, done, pending = forwards + pending, done + 1, 0
+
+
+@pytest.mark.parametrize("accumulation, batches", [(1, 5), (2, 5), (2, 6), (3, 7), (4, 3), (8, 1)])
+def test_a_resumed_run_counts_the_forwards_of_short_epoch_end_steps(accumulation, batches):
+    for steps in range(12):
+        assert forwards_done(steps, accumulation, batches) == trainer_forwards(steps, accumulation, batches), steps
+    assert forwards_done(3, 2, None) == 6  # a data loader without a length: every step a full accumulation

@@ -16,6 +16,8 @@ which are identical, share one compiled graph.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import TrainerCallback
@@ -113,11 +115,22 @@ class DropoutCounter:
                 self.shared().add_(1)
 
 
+def forwards_done(steps: int, accumulation: int, batches_per_epoch: int | None) -> int:
+    """Training forwards (micro-steps) in the first `steps` optimizer steps: transformers' Trainer makes an epoch's
+    last step of the batches left over (fewer than `accumulation` when they do not divide)."""
+    if not batches_per_epoch:
+        return steps * accumulation
+    steps_per_epoch = max(math.ceil(batches_per_epoch / accumulation), 1)
+    epochs, rest = divmod(steps, steps_per_epoch)
+    return epochs * batches_per_epoch + rest * accumulation
+
+
 class ResumeDropoutCounter(TrainerCallback):
     """At the start of training (a resumed run included): the counter as after the steps already trained."""
 
     def __init__(self, counter: DropoutCounter):
         self.counter = counter
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.counter.start_at(state.global_step * args.gradient_accumulation_steps)
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        batches = len(train_dataloader) if train_dataloader is not None and hasattr(train_dataloader, "__len__") else None
+        self.counter.start_at(forwards_done(state.global_step, args.gradient_accumulation_steps, batches))
