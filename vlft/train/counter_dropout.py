@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import has_length
 
 _MASK_32 = 0xFFFFFFFF
 
@@ -132,5 +133,5 @@ class ResumeDropoutCounter(TrainerCallback):
         self.counter = counter
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        batches = len(train_dataloader) if train_dataloader is not None and hasattr(train_dataloader, "__len__") else None
+        batches = len(train_dataloader) if has_length(train_dataloader) else None
         self.counter.start_at(forwards_done(state.global_step, args.gradient_accumulation_steps, batches))

@@ -178,9 +178,13 @@ def static_bytes(model: nn.Module, allocated: int, copied: nn.Module | None = No
     the gradients of `copied`'s trained parameters once more (CUDA graphs with gradient accumulation: each in graph
     memory and its copy, graph_gradients.py; an upper bound, as the graphs may reuse a copied gradient's memory)."""
     trained = [p for p in model.parameters() if p.requires_grad]
-    held = memory_estimate(0, sum(p.numel() * p.element_size() for p in trained), sum(p.numel() for p in trained), 0)
-    copies = sum(p.numel() * p.element_size() for p in copied.parameters() if p.requires_grad) if copied else 0
-    return allocated + held.gradients + copies + held.optimizer
+    copied_trained = [p for p in copied.parameters() if p.requires_grad] if copied is not None else []
+    held = memory_estimate(0, _bytes(trained), sum(p.numel() for p in trained), 0)
+    return allocated + held.gradients + _bytes(copied_trained) + held.optimizer
+
+
+def _bytes(params: list[nn.Parameter]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
 
 
 def apply_plan(layers: nn.ModuleList, recomputed: frozenset[int]) -> None:
@@ -237,8 +241,8 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
         probe = probe_activations(model, layers, batch, text.hidden_size, step_context)
     finally:
         model.train(training)
-    return RunMemory(probe=probe, static=static_bytes(model, torch.cuda.memory_allocated(device),
-                                                                     layers if copied_gradients else None),
+    static = static_bytes(model, torch.cuda.memory_allocated(device), layers if copied_gradients else None)
+    return RunMemory(probe=probe, static=static,
                      loss_transient=loss_transient_bytes(step_tokens, text.vocab_size, text.hidden_size, chunked_loss,
                                                          CHUNK, dtype.itemsize),
                      usable=torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device),

@@ -205,12 +205,13 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     eval_dataset = PixelsOnFetch(eval_rows, encoder) if eval_rows else None
 
     # 5. What the step recomputes (the memory plan probes the longest row before anything compiles), then compile.
+    copied_gradients = fast.cuda_graphs and args.gradient_accumulation_steps > 1  # out of graph memory
     if args.gradient_checkpointing == "auto":
         plan_note = checkpoint_choice(args, model, layers, train_dataset, collator, fast, dtype, training_args,
-                                      ds_config is not None or fsdp is not None)
+                                      ds_config is not None or fsdp is not None, copied_gradients)
         if main_process:
             logger.warning(plan_note)
-    if fast.cuda_graphs and args.gradient_accumulation_steps > 1:  # gradients copied out of graph memory
+    if copied_gradients:
         copy_first_gradients(layers)
     if fast.torch_compile:
         compiled, whole = compile_decoder_layers(model, mode=fast.compile_mode)
@@ -251,9 +252,10 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
 
 
 def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch, collator, fast: FastPath,
-                      dtype: torch.dtype, training_args, sharded: bool) -> str:
+                      dtype: torch.dtype, training_args, sharded: bool, copied_gradients: bool) -> str:
     """`--gradient_checkpointing auto`: the memory plan (memory_plan.py) on one CUDA process without DeepSpeed or
-    FSDP, applied to the decoder layers; elsewhere every layer recomputes (as enabled). Returns the line to log."""
+    FSDP, applied to the decoder layers; elsewhere every layer recomputes (as enabled). `copied_gradients`: the
+    layers' gradients are copied out of CUDA graph memory (graph_gradients.py). Returns the line to log."""
     why_not = ("CPU" if not torch.cuda.is_available() else "--deepspeed / --fsdp shard what a process holds"
                if sharded else f"{training_args.world_size} processes" if training_args.world_size > 1 else None)
     if why_not is not None:
@@ -267,9 +269,8 @@ def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch,
     batch = collator([dataset[longest]])
     rows = args.per_device_train_batch_size
     step_tokens = rows * (batch["input_ids"].numel() if fast.cuda_graphs else row_tokens(dataset.items[longest]))
-    copied = fast.cuda_graphs and args.gradient_accumulation_steps > 1  # graph_gradients.py
     plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device,
-                              copied).plan()
+                              copied_gradients).plan()
     apply_plan(layers, plan.recomputed)
     return plan.line()
 
