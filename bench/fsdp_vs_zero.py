@@ -46,6 +46,14 @@ def sft_command(model: str, data: Path, output: Path, args, engine: list[str]) -
             "--report_to", "none", "--output_dir", str(output), *engine]
 
 
+def drop_weights(output: Path) -> None:
+    """A measured run's saved weights and optimizer states go (a full run of the 2B shape leaves tens of GB; four
+    engines' filled a 64 GiB disk); its logs stay."""
+    for path in output.rglob("*"):
+        if path.is_file() and path.stat().st_size > 16 * 2**20:
+            path.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_type", choices=["lora", "full"], default="lora")
@@ -70,10 +78,12 @@ def main() -> int:
         done = subprocess.run(sft_command(model, data, output, args, ENGINES[engine]))
         if done.returncode:
             results[NAMES[engine]] = {"peak memory GiB": f"failed (exit {done.returncode})"}
+            drop_weights(output)
             continue
         results[NAMES[engine]] = {**measured(sorted(output.iterdir())[-1], args.warmup_steps),
                                   "wall time of vlft sft (s)": f"{time.time() - started:.0f}"}
         print(f"{NAMES[engine]}: {json.dumps(results[NAMES[engine]])}", flush=True)  # kept if a later run is cut off
+        drop_weights(output)
     metrics = list(max(results.values(), key=len))
     print(f"\n{shape}: {args.train_type}, packed rows of {args.max_length}, gradient checkpointing, "
           f"{os.environ.get('NPROC_PER_NODE', '1')} process(es)\n")

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps: int = 20,
                  mode: str | None = None, family_name: str = "qwen3_vl", lora_dropout: float = 0.0,
-                 accumulate: int = 1, first_gradients: list | None = None) -> list[float]:
+                 accumulate: int = 1, first_gradients: list | None = None, fixed_rows: bool | None = None) -> list[float]:
     """Every micro-step's loss; `accumulate` micro-steps per optimizer step; the trained parameters' gradients of the
-    first optimizer step appended to `first_gradients` when given."""
+    first optimizer step appended to `first_gradients` when given. Rows of one fixed shape under CUDA graphs, or when
+    `fixed_rows` says so."""
     encoder, family, samples = encoded_batch(family_name, tiny_model_dir, processor_of, media_dir)
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, encoder.tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -47,7 +48,8 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     graphs = mode == "reduce-overhead"
     if graphs and accumulate > 1:  # as `vlft sft` does
         copy_first_gradients(decoder_layers(model))
-    fixed = FixedRowShape(length=sum(s.length for s in samples) + 16, boundaries=len(samples) + 2) if graphs else None
+    fixed_rows = graphs if fixed_rows is None else fixed_rows
+    fixed = FixedRowShape(length=sum(s.length for s in samples) + 16, boundaries=len(samples) + 2) if fixed_rows else None
     collator = PaddingFreeCollator(family, tokens, None, fixed)
     losses = []
     for step in range(steps):
@@ -88,20 +90,30 @@ def test_cuda_graph_layers_keep_the_eager_losses(family_name, lora_dropout, accu
     from torch._dynamo.utils import counters
 
     counters.clear()
-    graphed_gradients, eager_gradients = [], []
+    graphed_gradients, compiled_gradients, eager_gradients = [], [], []
     graphed = train_losses(True, tiny_model_dir, processor_of, media_dir, mode="reduce-overhead",
                            family_name=family_name, lora_dropout=lora_dropout, accumulate=accumulate,
                            first_gradients=graphed_gradients)
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])  # they ran as CUDA graphs
+    torch._dynamo.reset()
+    train_losses(True, tiny_model_dir, processor_of, media_dir, family_name=family_name, lora_dropout=lora_dropout,
+                 accumulate=accumulate, first_gradients=compiled_gradients, fixed_rows=True, steps=accumulate)
     eager = train_losses(False, tiny_model_dir, processor_of, media_dir, family_name=family_name,
                          lora_dropout=lora_dropout, accumulate=accumulate, first_gradients=eager_gradients)
     assert graphed[-1] < graphed[0]
     for step, (a, b) in enumerate(zip(graphed, eager)):
         assert abs(a - b) <= 1e-2 * abs(b), (step, a, b)
     # The first optimizer step's accumulated gradients themselves (a micro-step's gradients lost or counted twice
-    # would barely move AdamW's first updates, so the losses alone would not show it); LoRA B starts at zero, so
-    # only the parameters with a gradient of some size are compared.
-    assert len(graphed_gradients) == len(eager_gradients) > 0
-    for got, expected in zip(graphed_gradients, eager_gradients):
+    # would barely move AdamW's first updates, so the losses alone would not show it; it would move the gradients by
+    # about half their size, the two micro-steps' rows differing). Against the same inductor kernels run without
+    # CUDA graphs on the same fixed-shape rows: replaying them as graphs must not change the arithmetic (bf16
+    # compiled vs eager differs by ~2-3% here, a different fusion order, so eager is not the reference for this).
+    # LoRA B starts at zero, so only the parameters with a gradient of some size are compared.
+    assert len(graphed_gradients) == len(compiled_gradients) == len(eager_gradients) > 0
+    worst = 0.0
+    for got, expected, eager_gradient in zip(graphed_gradients, compiled_gradients, eager_gradients):
         if expected.norm() > 1e-6:
-            assert (got - expected).norm() <= 2e-2 * expected.norm(), ((got - expected).norm(), expected.norm())
+            worst = max(worst, ((got - expected).norm() / expected.norm()).item())
+            assert (expected - eager_gradient).norm() <= 5e-2 * eager_gradient.norm()  # compiled still computes it
+    print(f"worst relative gradient difference, graphed vs compiled: {worst:.2e}")
+    assert worst <= 5e-3
