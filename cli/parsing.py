@@ -37,6 +37,17 @@ _MEGATRON = ("Megatron-Core LoRA adapters are not converted: vlft export --adapt
              "a vlft LoRA checkpoint merged into its base")
 _NONE: frozenset[str] = frozenset()
 
+
+class _AnyValue(frozenset):
+    """Every value: a flag that changes nothing vlft does, whatever it is set to."""
+
+    def __contains__(self, value: object) -> bool:
+        return True
+
+
+_ANY: frozenset[str] = _AnyValue()
+_NO_ACCURACY = "vlft logs the loss (and tokens/s), not token accuracy"
+
 # ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
 # does anyway, accepted and dropped; why not, and what to use instead). A name ending in "_" covers every flag that
 # begins with it (--vllm_gpu_memory_utilization). A field of the command always wins over an entry here.
@@ -93,6 +104,38 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "safe_serialization": (TRUE, "vlft always writes safetensors"),
     "to_ollama": (FALSE, "no Ollama export: vlft export --merge_lora true writes a plain HF model dir"),
     "mcore_adapter": (_NONE, _MEGATRON),
+    # Flags of real `swift sft` scripts that ask for what vlft does anyway (or change nothing here), and the
+    # features behind their other values.
+    "task_type": (frozenset({"causal_lm"}), "vlft trains causal language modelling (causal_lm); sequence "
+                                            "classification, embedding and reranker heads are not built in"),
+    "num_labels": (_NONE, "vlft trains causal language modelling: no classification head"),
+    "loss_type": (_NONE, "vlft trains the next-token cross-entropy (--loss_scale chooses the tokens)"),
+    "label_names": (frozenset({"labels"}), "the batches' targets are `labels`"),
+    "enable_channel_loss": (FALSE, "no per-channel loss: one loss over the trained tokens"),
+    "padding_side": (frozenset({"right"}), "training rows are padded on the right (or packed, --padding_free)"),
+    "use_chat_template": (TRUE, "samples are rendered with the model's chat template"),
+    "new_special_tokens": (_NONE, "the tokenizer and embeddings keep the checkpoint's vocabulary; write new "
+                                  "markers as ordinary text"),
+    "check_model": (_ANY, "vlft checks nothing on the hub before loading"),
+    "ignore_args_error": (FALSE, "vlft reports every flag it does not take: remove them"),
+    "overwrite_output_dir": (_ANY, "each run writes a new --output_dir/v{N}-{time} (--add_version false: into "
+                                   "--output_dir itself)"),
+    "max_new_tokens": (_ANY, "vlft sft generates nothing (evaluation computes the loss)"),
+    "acc_strategy": (_ANY, _NO_ACCURACY),
+    "eval_use_evalscope": (FALSE, "evaluation computes the loss on --val_dataset"),
+    "metric_for_best_model": (frozenset({"loss", "eval_loss"}), "evaluation computes the loss only; "
+                                                                "--save_strategy best keeps the lowest eval loss"),
+    "greater_is_better": (FALSE, "the best checkpoint has the lowest eval loss"),
+    "load_best_model_at_end": (FALSE, "the run ends on its last step; --save_strategy best keeps the checkpoint "
+                                      "of the lowest eval loss, which vlft infer or export take by path"),
+    "save_safetensors": (TRUE, "vlft always writes safetensors"),
+    "lora_bias": (frozenset({"none"}), "LoRA trains no biases (add a module to --modules_to_save to train it "
+                                       "whole)"),
+    "init_weights": (TRUE, "LoRA starts from PEFT's default (A random, B zero)"),
+    "dataset_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
+    "train_dataloader_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
+    "gradient_checkpointing_kwargs": (frozenset({'{"use_reentrant": false}', '{"use_reentrant":false}'}),
+                                      "vlft's gradient checkpointing is torch's non-reentrant one"),
 }
 
 

@@ -199,6 +199,11 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     tuner_type: Literal["lora", "full"] | None = field(default=None, metadata={"help": "alias of --train_type"})
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
         default=None, metadata={"help": "weights dtype (default: bfloat16 on GPU, float32 on CPU)"})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "ms-swift's mixed-precision flag: vlft computes in the weights' dtype, so true means --torch_dtype "
+                "bfloat16 (set when not given) and false needs another --torch_dtype"})
+    fp16: bool | None = field(default=None, metadata={
+        "help": "as --bf16, for --torch_dtype float16"})
     attn_impl: str | None = field(default=None, metadata={
         "help": "attention: varlen (torch's FlashAttention, CUDA default), flash_attn, sdpa (CPU default), eager"})
     padding_free: bool = field(default=False, metadata={"help": "concatenate a batch's samples into one row"})
@@ -240,6 +245,10 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained fully with LoRA"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA"})
+    lora_dtype: Literal["bfloat16", "float16", "float32"] | None = field(default=None, metadata={
+        "help": "dtype of the LoRA parameters (default: PEFT's, float32 beside half-precision weights)"})
+    neftune_noise_alpha: float | None = field(default=None, metadata={
+        "help": "NEFTune: uniform noise of this scale added to the input embeddings while training (transformers')"})
     quant_method: str | None = field(default=None, metadata={
         "help": "bnb: QLoRA, LoRA on the LLM's linears loaded as bitsandbytes 4-bit weights (with --quant_bits 4; "
                 "the ViT, aligner and lm_head stay unquantized; docs/qlora.md)"})
@@ -279,11 +288,16 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "evaluate every --eval_steps or every epoch (default: as --save_strategy; no without eval data; "
                 "no also holds out no --split_dataset_ratio)"})
     save_total_limit: int | None = field(default=None, metadata={"help": "checkpoints kept (best and last)"})
+    save_only_model: bool = field(default=False, metadata={
+        "help": "checkpoints without the optimizer, scheduler and RNG states (smaller; they cannot be resumed)"})
+    eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before the first step"})
     logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
     logging_nan_inf_filter: bool = field(default=False, metadata={
         "help": "log the running mean in place of a NaN/inf step loss (transformers' filter; its check reads "
                 "every step's loss back to the host, a stall in a GPU step bound by the host)"})
     output_dir: str = field(default="output", metadata={"help": "runs go to OUTPUT_DIR/v{N}-{time}"})
+    logging_dir: str | None = field(default=None, metadata={
+        "help": "TensorBoard's event files (default: the run dir's runs/)"})
     add_version: bool = field(default=True, metadata={"help": "put the run in a new v{N}-{time} subdir"})
     deepspeed: str | None = field(default=None, metadata={
         "help": "zero0, zero1, zero2, zero2_offload, zero3, zero3_offload, or a JSON path"})
@@ -294,6 +308,11 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "with --fsdp: transformers' fsdp_config entries (a JSON object or path), over the --fsdp config's"})
     ddp_timeout: int = field(default=18_000_000, metadata={
         "help": "seconds ranks wait for each other (ranks wait while rank 0 encodes the data)"})
+    ddp_find_unused_parameters: bool | None = field(default=None, metadata={
+        "help": "DDP searches each step for parameters without a gradient (default: transformers', off with "
+                "gradient checkpointing)"})
+    torch_empty_cache_steps: int | None = field(default=None, metadata={
+        "help": "empty the CUDA cache every N steps (less reserved memory, a slower step)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
     data_seed: int | None = field(default=None, metadata={"help": "seed of the order batches are drawn in "
                                                                  "(default: --seed)"})
@@ -312,6 +331,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.padding_free = True
             if self.max_length is None:
                 problems.append("--packing true needs --max_length (the row length)")
+        problems += self._mixed_precision_problems()
         if self.torch_compile_mode is not None:
             self.torch_compile = True
         if self.torch_compile_mode == "reduce-overhead":
@@ -328,7 +348,12 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         problems += self._quantization_problems()
         problems += not_positive(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
                                         "gradient_accumulation_steps", "save_steps", "eval_steps", "logging_steps",
-                                        "lora_rank", "learning_rate", "sequence_parallel_size"))
+                                        "lora_rank", "learning_rate", "sequence_parallel_size",
+                                        "torch_empty_cache_steps"))
+        if self.neftune_noise_alpha is not None and self.neftune_noise_alpha < 0:
+            problems.append(f"--neftune_noise_alpha must be >= 0, got {self.neftune_noise_alpha}")
+        if self.lora_dtype is not None and self.train_type != "lora":
+            problems.append(f"--lora_dtype {self.lora_dtype} with --train_type {self.train_type}: no LoRA to cast")
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             problems.append(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
@@ -358,6 +383,9 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         if self.eval_strategy is None:  # ms-swift: as the save strategy, no without eval data
             as_saved = "steps" if self.save_strategy == "best" else self.save_strategy
             self.eval_strategy = as_saved if evaluates else "no"
+        if self.eval_on_start and (not evaluates or self.eval_strategy == "no"):
+            problems.append("--eval_on_start true needs evaluation: eval data (--val_dataset or "
+                            "--split_dataset_ratio) and an --eval_strategy other than no")
         if self.eval_strategy == "no":
             if self.save_strategy == "best" and evaluates:
                 problems.append("--save_strategy best needs evaluation: not with --eval_strategy no")
@@ -369,6 +397,27 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 self.target_modules = [f"(?:{self.target_regex})"]
             except re.error as e:
                 problems.append(f"--target_regex {self.target_regex!r}: {e}")
+        return problems
+
+    def _mixed_precision_problems(self) -> list[str]:
+        """ms-swift's --bf16 / --fp16 (transformers' mixed precision over --torch_dtype weights). vlft trains in the
+        weights' dtype, so a flag that is true names it, and one that is false must not be it."""
+        flags = {"bf16": (self.bf16, "bfloat16"), "fp16": (self.fp16, "float16")}
+        if self.bf16 and self.fp16:
+            return ["--bf16 true and --fp16 true: choose one (--torch_dtype bfloat16 or float16)"]
+        problems = []
+        for flag, (value, dtype) in flags.items():
+            if value and self.torch_dtype not in (None, dtype):
+                problems.append(f"--{flag} true with --torch_dtype {self.torch_dtype}: vlft computes in the weights' "
+                                f"dtype (no {dtype} autocast over {self.torch_dtype} weights); use --torch_dtype {dtype}")
+            elif value:
+                self.torch_dtype = dtype
+        for flag, (value, dtype) in flags.items():
+            # Unset, --torch_dtype is bfloat16 on a GPU, so --bf16 false needs it named.
+            if value is False and (self.torch_dtype == dtype or (self.torch_dtype is None and flag == "bf16")):
+                problems.append(f"--{flag} false with --torch_dtype {self.torch_dtype or 'unset (bfloat16 on GPU)'}: "
+                                f"vlft computes in the weights' dtype; without {dtype}, give --torch_dtype float32 "
+                                "(or the other half precision)")
         return problems
 
     def _quantization_problems(self) -> list[str]:

@@ -58,7 +58,11 @@ MS_SWIFT = {
             "logging_nan_inf_filter": True, "output_dir": Computed("output/<model name>"), "add_version": True,
             "deepspeed": None, "fsdp": None, "fsdp_config": None, "ddp_timeout": 18_000_000,
             "dataloader_num_workers": 1, "data_seed": 42,
-            "resume_from_checkpoint": None, "report_to": ["tensorboard"]},
+            "resume_from_checkpoint": None, "report_to": ["tensorboard"],
+            "bf16": Computed("from --torch_dtype"), "fp16": Computed("from --torch_dtype"), "lora_dtype": None,
+            "neftune_noise_alpha": None, "save_only_model": False, "eval_on_start": False,
+            "logging_dir": Computed("OUTPUT_DIR/runs"), "ddp_find_unused_parameters": None,
+            "torch_empty_cache_steps": None},
     "infer": {**_TEMPLATE, "stream": Computed("true when chatting"), "max_new_tokens": Computed("max_model_len"),
               "temperature": Computed("generation_config.json"), "top_p": Computed("generation_config.json"),
               "top_k": Computed("generation_config.json"),
@@ -356,3 +360,94 @@ def test_the_seed_guides_command_flags_are_all_taken():
         fields = {f.name for f in dataclasses.fields(classes[command])}
         assert [flag for flag in flags if flag not in fields] == [], command
     assert commands
+
+
+# Flags of `swift sft` scripts found in public repositories (Qwen-VL and Qwen3.5 fine-tuning), each asking for what
+# vlft does anyway: a command that carries them runs.
+REAL_SCRIPT_FLAGS = ["--task_type", "causal_lm", "--label_names", "labels", "--enable_channel_loss", "false",
+                     "--padding_side", "right", "--use_chat_template", "true", "--check_model", "false",
+                     "--ignore_args_error", "False", "--overwrite_output_dir", "true", "--max_new_tokens", "4096",
+                     "--acc_strategy", "token", "--eval_use_evalscope", "false", "--metric_for_best_model", "loss",
+                     "--greater_is_better", "false", "--load_best_model_at_end", "false", "--save_safetensors", "true",
+                     "--lora_bias", "none", "--init_weights", "true", "--dataset_shuffle", "true",
+                     "--train_dataloader_shuffle", "true", "--gradient_checkpointing_kwargs",
+                     '{"use_reentrant": false}', "--bf16", "true", "--fp16", "false"]
+
+
+def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
+    args = parse_args(SftArguments, [*SFT, *REAL_SCRIPT_FLAGS], "vlft sft")
+    assert args.torch_dtype == "bfloat16"  # --bf16 true names the weights' dtype
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task_type", "embedding"], "--task_type embedding is not supported: vlft trains causal language modelling"),
+    (["--metric_for_best_model", "eval_token_acc"], "evaluation computes the loss only"),
+    (["--greater_is_better", "true"], "the best checkpoint has the lowest eval loss"),
+    (["--new_special_tokens", "tokens.txt"], "keep the checkpoint's vocabulary"),
+    (["--gradient_checkpointing_kwargs", '{"use_reentrant": true}'], "torch's non-reentrant one"),
+    (["--lora_bias", "all"], "LoRA trains no biases"),
+    (["--bf16", "true", "--torch_dtype", "float32"], "--bf16 true with --torch_dtype float32: vlft computes in the "
+                                                     "weights' dtype"),
+    (["--bf16", "false"], "--bf16 false with --torch_dtype unset (bfloat16 on GPU)"),
+    (["--fp16", "false", "--torch_dtype", "float16"], "--fp16 false with --torch_dtype float16"),
+    (["--bf16", "true", "--fp16", "true"], "--bf16 true and --fp16 true: choose one"),
+    (["--eval_on_start", "true"], "--eval_on_start true needs evaluation"),
+    (["--lora_dtype", "bfloat16", "--train_type", "full"], "no LoRA to cast"),
+    (["--neftune_noise_alpha", "-1"], "--neftune_noise_alpha must be >= 0"),
+])
+def test_swift_flags_vlft_cannot_follow_are_refused_with_the_reason(argv, message):
+    with pytest.raises(VlftError, match=re.escape(message)):
+        parse_args(SftArguments, [*SFT, *argv], "vlft sft")
+
+
+@pytest.mark.parametrize("argv, dtype", [(["--fp16", "true"], "float16"), (["--fp16", "false", "--bf16", "true"],
+                                                                          "bfloat16"),
+                                        (["--bf16", "false", "--torch_dtype", "float32"], "float32"),
+                                        (["--fp16", "false", "--torch_dtype", "bfloat16"], "bfloat16")])
+def test_bf16_and_fp16_name_the_weights_dtype(argv, dtype):
+    assert parse_args(SftArguments, [*SFT, *argv], "vlft sft").torch_dtype == dtype
+
+
+def test_trainer_flags_of_swift_scripts_reach_transformers(tmp_path):
+    from vlft.train.callbacks import tensorboard_callbacks
+
+    made_ = made(tmp_path, "--save_only_model", "true", "--neftune_noise_alpha", "5", "--torch_empty_cache_steps",
+                 "10", "--ddp_find_unused_parameters", "false", "--eval_on_start", "true", "--val_dataset", "v.jsonl",
+                 has_eval=True)
+    assert made_.save_only_model and made_.neftune_noise_alpha == 5 and made_.torch_empty_cache_steps == 10
+    assert made_.ddp_find_unused_parameters is False and made_.eval_on_start
+    plain = made(tmp_path, "--neftune_noise_alpha", "0")
+    assert plain.neftune_noise_alpha is None and not plain.save_only_model  # 0: no hook at all
+    assert plain.report_to == ["tensorboard"] and tensorboard_callbacks(["tensorboard"], None) == []
+    logged = made(tmp_path, "--logging_dir", str(tmp_path / "tb"))
+    assert logged.report_to == []  # vlft's own callback writes there instead
+    (callback,) = tensorboard_callbacks(["tensorboard"], str(tmp_path / "tb"))
+    assert callback.logging_dir == str(tmp_path / "tb")
+    assert tensorboard_callbacks(["none"], str(tmp_path / "tb")) == []
+
+
+def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tmp_path, capsys):
+    """The conftest checkpoint's run again with NEFTune noise: another loss (the run is otherwise seeded and
+    deterministic); its checkpoints hold the adapter alone and do not resume; TensorBoard writes to --logging_dir."""
+    import json
+
+    out, board = tmp_path / "out", tmp_path / "board"
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                 "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
+                 "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "tensorboard",
+                 "--logging_dir", str(board), "--neftune_noise_alpha", "5", "--save_only_model", "true",
+                 "--output_dir", str(out)]) == 0
+
+    def last_loss(run_dir):
+        logs = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+        return [log["loss"] for log in logs if "loss" in log][-1]
+
+    (run_dir,) = out.iterdir()
+    saved = run_dir / "checkpoint-2"
+    assert abs(last_loss(run_dir) - last_loss(checkpoint.parent)) > 1e-4
+    assert (saved / "adapter_model.safetensors").is_file() and not (saved / "optimizer.pt").exists()
+    assert list(board.glob("events.out.tfevents.*")) and not (run_dir / "runs").exists()
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                 "--max_steps", "3", "--report_to", "none", "--output_dir", str(out),
+                 "--resume_from_checkpoint", str(saved)]) == 2
+    assert "optimizer.pt: not saved: the run wrote its checkpoints with --save_only_model true" in capsys.readouterr().err

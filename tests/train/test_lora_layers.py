@@ -48,3 +48,31 @@ def test_forward_under_autocast_with_casting_off_keeps_the_output_dtype():
         expected = model(x)
     assert out.dtype == expected.dtype
     torch.testing.assert_close(out, expected)
+
+
+def test_lora_dtype_casts_the_adapters_alone_and_they_train(tiny_model_dir, tmp_path):
+    """--lora_dtype bfloat16 on float32 weights: LoRA A/B (and DoRA's magnitudes) in bfloat16, every other
+    parameter as loaded; a forward and backward run and give the adapters bfloat16 gradients; saved as bfloat16."""
+    from safetensors import safe_open
+
+    from tests.train.test_packing_parity import lora_args
+    from vlft.families import get_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import cast_adapters, prepare_trainable
+
+    model = load_model(tiny_model_dir("qwen3_vl"), torch.float32, "sdpa")
+    args = lora_args()
+    args.use_dora = True
+    model = prepare_trainable(model, get_family("qwen3_vl"), args)
+    assert cast_adapters(model, torch.bfloat16) > 0
+    for name, parameter in model.named_parameters():
+        adapter = ".lora_" in name
+        assert parameter.dtype == (torch.bfloat16 if adapter else torch.float32), name
+        assert parameter.requires_grad == adapter, name
+    ids = torch.randint(0, 1000, (1, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None]
+    assert grads and all(g.dtype == torch.bfloat16 for g in grads)
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "adapter_model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}

@@ -108,3 +108,17 @@ class PlotCallback(TrainerCallback):
             steps, values = read_log_series(log_file, key)
             if values:
                 plot_series(steps, values, name, images / f"{name}.png", smoothed, ylabel)
+
+
+def tensorboard_callbacks(report_to: list[str], logging_dir: str | None) -> list[TrainerCallback]:
+    """With --logging_dir and --report_to tensorboard: transformers' TensorBoard callback writing there (transformers
+    5 has no logging_dir argument; its callback reads TENSORBOARD_LOGGING_DIR from the environment, where the run's
+    arguments do not belong). Nothing otherwise: --report_to tensorboard alone is transformers' own callback, in
+    the run dir's runs/."""
+    if not logging_dir or "tensorboard" not in report_to:
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(Path(logging_dir).expanduser())  # read when training begins, on the main process
+    return [callback]

@@ -72,6 +72,12 @@ def check_checkpoint_files(checkpoint: Path, args: SftArguments, ds_config: dict
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise checkpoint_error(checkpoint, TRAINER_STATE, "no global_step (the step to resume from): cut short "
                                                           "or not written by a trainer")
+    if _saved_arg(checkpoint, "save_only_model") == "True":
+        raise checkpoint_error(checkpoint, OPTIMIZER, "not saved: the run wrote its checkpoints with --save_only_model "
+                                                      "true (the weights alone: no optimizer, scheduler or RNG states "
+                                                      "to resume)",
+                               "train on from its weights in a new run (LoRA: vlft export --adapters CKPT --merge_lora "
+                               "true, then --model the merged dir; full: --model CKPT)")
     if args.train_type == "lora":
         _check_adapter(checkpoint, args, required=_weights_saved(ds_config))
     else:

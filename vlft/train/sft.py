@@ -21,7 +21,8 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
   - `enable_gradient_checkpointing`, `prepare_trainable` (LoRA targets, freeze flags: tuners.py, modules.py),
     `replace_lora_dropouts` (compiled runs: LoRA dropout masks from an integer hash, so layers with dropout
     compile whole; counter_dropout.py, its counter set on resume by ResumeDropoutCounter),
-    `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py).
+    `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py),
+    `cast_adapters` (`--lora_dtype`: the adapters in that dtype instead of PEFT's float32; tuners.py).
   - `copy_first_gradients` (graph_gradients.py): under CUDA graphs with gradient accumulation, a hook on each
     trained parameter of the decoder layers copies its first gradient of a step out of the graph's memory, which
     the next replay reuses.
@@ -45,6 +46,8 @@ Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/trai
     `block_classes` (decoder layer, vision block) a unit, bf16/fp16 runs reducing gradients in float32
     (`half_precision_policy`); `create_accelerator_and_postprocess` (`FsdpOnCpu`)
     turns it on for CPU processes too, which accelerate leaves as plain DDP.
+Through TrainingArguments (`trainer_arguments`), transformers' own: `--neftune_noise_alpha` (its NEFTune hook adds
+noise to the input embeddings while training), `--torch_empty_cache_steps`, `--ddp_find_unused_parameters`.
 Batches: the collators (vlft/data/collator.py: packed or padding-free rows with position ids [4, 1, L], or
 padded batches) and PixelsOnFetch (pixels made in the data-loader workers, vlft/data/dataset.py).
 Around the loop: `long_lived_objects_frozen` (frozen_gc.py: no full GC pass walks the model mid-step) and the
@@ -75,7 +78,7 @@ from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.callbacks import JsonlLogCallback, PlotCallback
+from vlft.train.callbacks import JsonlLogCallback, PlotCallback, tensorboard_callbacks
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
@@ -97,7 +100,7 @@ from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
 from vlft.train.sequence_parallel import sequence_parallel_problems, start_sequence_parallel
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
-from vlft.train.tuners import count_parameters, prepare_trainable
+from vlft.train.tuners import cast_adapters, count_parameters, prepare_trainable
 
 logger = logging.getLogger("vlft")
 MAX_LISTED_ERRORS = 20
@@ -170,6 +173,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     enable_gradient_checkpointing(model, llm=args.gradient_checkpointing in (True, "auto"),
                                   vit=args.vit_gradient_checkpointing)
     model = prepare_trainable(model, family, args)
+    if args.lora_dtype is not None:  # ms-swift's --lora_dtype (PEFT keeps adapters in float32 otherwise)
+        cast_adapters(model, getattr(torch, args.lora_dtype))
     # Compiled layers: LoRA dropout from an integer hash instead of torch's RNG, so layers with it compile whole.
     dropout_counter = replace_lora_dropouts(model, training_args.process_index) if fast.torch_compile else None
     layers = decoder_layers(model)
@@ -230,7 +235,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     trainer = SftTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor,
                          callbacks=[JsonlLogCallback(run_dir / "logging.jsonl"), PlotCallback(run_dir)] + (
-                             [ResumeDropoutCounter(dropout_counter)] if dropout_counter else []),
+                             [ResumeDropoutCounter(dropout_counter)] if dropout_counter else []) + (
+                             tensorboard_callbacks(args.report_to, args.logging_dir)),
                          family=family, part_lrs=part_lrs,
                          balanced_vision_calls=_zero_stage(ds_config) == 3 or fsdp is not None,
                          chunked_loss=ChunkedLoss(model) if fast.chunked_loss else None, cuda_graphs=fast.cuda_graphs,
@@ -344,7 +350,13 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
             ddp_backend="gloo" if not cuda and is_distributed_worker(os.environ) else None,
             ddp_timeout=args.ddp_timeout, deepspeed=ds_config,
             fsdp=fsdp_config is not None or None, fsdp_config=fsdp_config,  # FSDP2 (fsdp.py)
-            dataloader_num_workers=args.dataloader_num_workers, report_to=args.report_to,
+            dataloader_num_workers=args.dataloader_num_workers,
+            # --logging_dir: vlft's own TensorBoard callback writes there (tensorboard_callbacks)
+            report_to=[r for r in args.report_to if not (args.logging_dir and r == "tensorboard")],
+            save_only_model=args.save_only_model, eval_on_start=args.eval_on_start and evaluates,
+            neftune_noise_alpha=args.neftune_noise_alpha or None,
+            ddp_find_unused_parameters=args.ddp_find_unused_parameters,
+            torch_empty_cache_steps=args.torch_empty_cache_steps,
             remove_unused_columns=False, gradient_checkpointing=False,  # vlft enables it per part
             # Batches reach the GPU from pinned memory without a host sync, the next one while this one trains.
             accelerator_config={"non_blocking": cuda},

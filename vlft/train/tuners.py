@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from vlft.errors import VlftError
 from vlft.families.base import Family
 from vlft.train.modules import freeze_parts, lora_targets, router_names, trainable_parts
@@ -55,6 +57,19 @@ def prepare_trainable(model, family: Family, args):
     if experts:  # expert adapters per routed token group, beside the grouped GEMM (grouped_expert_lora.py)
         register_grouped_expert_lora(config, model, experts)
     return get_peft_model(model, config)
+
+
+ADAPTER_PARAMETER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
+def cast_adapters(model, dtype: torch.dtype) -> int:
+    """--lora_dtype (ms-swift's): the LoRA (and DoRA) parameters in `dtype`; PEFT keeps them in float32 beside
+    half-precision weights otherwise. Returns how many tensors it cast."""
+    adapters = [p for name, p in model.named_parameters()
+                if any(f".{part}." in f".{name}." for part in ADAPTER_PARAMETER_PARTS)]
+    for parameter in adapters:
+        parameter.data = parameter.data.to(dtype)
+    return len(adapters)
 
 
 def count_parameters(model) -> tuple[int, int]:
