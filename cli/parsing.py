@@ -46,6 +46,21 @@ class _AnyValue(frozenset):
 
 
 _ANY: frozenset[str] = _AnyValue()
+
+
+class _JsonEqual(frozenset):
+    """The values whose JSON equals `value`, however spaced."""
+
+    def __new__(cls, value: Any):
+        made = super().__new__(cls)
+        made.value = value
+        return made
+
+    def __contains__(self, text: object) -> bool:
+        try:
+            return json.loads(str(text)) == self.value
+        except ValueError:
+            return False
 _NO_ACCURACY = "vlft logs the loss (and tokens/s), not token accuracy"
 
 # ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
@@ -112,7 +127,8 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "loss_type": (_NONE, "vlft trains the next-token cross-entropy (--loss_scale chooses the tokens)"),
     "label_names": (frozenset({"labels"}), "the batches' targets are `labels`"),
     "enable_channel_loss": (FALSE, "no per-channel loss: one loss over the trained tokens"),
-    "padding_side": (frozenset({"right"}), "training rows are padded on the right (or packed, --padding_free)"),
+    "padding_side": (frozenset({"right"}), "vlft pads training rows on the right (or packs them) and prompts for "
+                                           "generation as the model needs"),
     "use_chat_template": (TRUE, "samples are rendered with the model's chat template"),
     "new_special_tokens": (_NONE, "the tokenizer and embeddings keep the checkpoint's vocabulary; write new "
                                   "markers as ordinary text"),
@@ -134,7 +150,7 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "init_weights": (TRUE, "LoRA starts from PEFT's default (A random, B zero)"),
     "dataset_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
     "train_dataloader_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
-    "gradient_checkpointing_kwargs": (frozenset({'{"use_reentrant": false}', '{"use_reentrant":false}'}),
+    "gradient_checkpointing_kwargs": (_JsonEqual({"use_reentrant": False}),
                                       "vlft's gradient checkpointing is torch's non-reentrant one"),
 }
 
@@ -236,7 +252,7 @@ def leftover_problems(flags: list[str], leftovers: list[str], refused: Refusals 
             # Compared without the dashes every flag shares (with them, --ddp_backend is "near" --packing).
             near = difflib.get_close_matches(name.replace("-", "_"), flags, n=1)
             problems.append(f"unknown argument --{name}" + (f"; did you mean --{near[0]}?" if near else ""))
-        elif not values or any(v.strip().lower() not in entry[0] for v in values):
+        elif any(v.strip().lower() not in entry[0] for v in values or ["true"]):  # a bare flag: true (ms-swift)
             problems.append(f"--{' '.join([name, *values])} is not supported: {entry[1]}")
     return problems
 

@@ -88,6 +88,10 @@ class TemplateArguments(CheckedArguments):
                 "last_round+ignore_empty_think) leaves an empty <think></think> block untrained"})
     enable_thinking: bool | None = field(default=None, metadata={
         "help": "Qwen3.5 / Qwen3.6: render with thinking on or off (default: the checkpoint template's default)"})
+    preserve_thinking: bool | None = field(default=None, metadata={
+        "help": "Qwen3.5 / Qwen3.6: keep the thinking of assistant turns before the last user query (default: "
+                "dropped, as the chat template writes them; ms-swift keeps them in training unless --loss_scale "
+                "last_round)"})
     disable_ignore_empty_think: bool = field(default=False, metadata={
         "help": "Qwen3.5: train empty <think></think> blocks too (by default they are not, as in ms-swift)"})
     train_turn_separator: bool = field(default=True, metadata={
@@ -309,8 +313,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     ddp_timeout: int = field(default=18_000_000, metadata={
         "help": "seconds ranks wait for each other (ranks wait while rank 0 encodes the data)"})
     ddp_find_unused_parameters: bool | None = field(default=None, metadata={
-        "help": "DDP searches each step for parameters without a gradient (default: transformers', off with "
-                "gradient checkpointing)"})
+        "help": "DDP searches each step for parameters without a gradient (default: transformers' choice)"})
     torch_empty_cache_steps: int | None = field(default=None, metadata={
         "help": "empty the CUDA cache every N steps (less reserved memory, a slower step)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
@@ -352,8 +355,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                                         "torch_empty_cache_steps"))
         if self.neftune_noise_alpha is not None and self.neftune_noise_alpha < 0:
             problems.append(f"--neftune_noise_alpha must be >= 0, got {self.neftune_noise_alpha}")
-        if self.lora_dtype is not None and self.train_type != "lora":
-            problems.append(f"--lora_dtype {self.lora_dtype} with --train_type {self.train_type}: no LoRA to cast")
+        problems += self._lora_dtype_problems()
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             problems.append(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
@@ -399,6 +401,23 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 problems.append(f"--target_regex {self.target_regex!r}: {e}")
         return problems
 
+    def _lora_dtype_problems(self) -> list[str]:
+        """--lora_dtype where the adapters keep it: not under an engine that sets every parameter's dtype itself,
+        and not float16 (the float16 loss scaler refuses to unscale float16 gradients; ms-swift upcasts them)."""
+        dtype = self.lora_dtype
+        if dtype is None:
+            return []
+        if self.train_type != "lora":
+            return [f"--lora_dtype {dtype} with --train_type {self.train_type}: no LoRA to cast"]
+        if dtype == "float16":
+            return ["--lora_dtype float16: the float16 loss scaler cannot unscale float16 gradients; LoRA beside "
+                    "float16 weights trains in float32 (leave --lora_dtype unset) or use bfloat16"]
+        engine = f"--deepspeed {self.deepspeed}" if self.deepspeed else f"--fsdp {self.fsdp}" if self.fsdp else None
+        if engine:
+            return [f"--lora_dtype {dtype} with {engine}: the engine sets the trained parameters' dtype itself "
+                    "(DeepSpeed: its bf16/fp16 with float32 master copies; FSDP2: float32); leave --lora_dtype unset"]
+        return []
+
     def _mixed_precision_problems(self) -> list[str]:
         """ms-swift's --bf16 / --fp16 (transformers' mixed precision over --torch_dtype weights). vlft trains in the
         weights' dtype, so a flag that is true names it, and one that is false must not be it."""
@@ -409,7 +428,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         for flag, (value, dtype) in flags.items():
             if value and self.torch_dtype not in (None, dtype):
                 problems.append(f"--{flag} true with --torch_dtype {self.torch_dtype}: vlft computes in the weights' "
-                                f"dtype (no {dtype} autocast over {self.torch_dtype} weights); use --torch_dtype {dtype}")
+                                f"dtype (no {dtype} autocast over {self.torch_dtype} weights); use --torch_dtype "
+                                f"{dtype}")
             elif value:
                 self.torch_dtype = dtype
         for flag, (value, dtype) in flags.items():

@@ -34,7 +34,9 @@ class Computed(str):
 # TrainingArguments under `swift sft`), as vlft's dataclasses are built below: without eval data, export merging
 # "ckpt". `train_type` is ms-swift 3's name of `tuner_type`.
 _TEMPLATE = {"system": None, "max_length": Computed("the model's max_model_len"), "truncation_strategy": "delete",
-             "loss_scale": "default", "enable_thinking": None, "disable_ignore_empty_think": False,
+             "loss_scale": "default", "enable_thinking": None,
+             "preserve_thinking": Computed("kept in training unless --loss_scale last_round"),
+             "disable_ignore_empty_think": False,
              "max_pixels": None, "model_type": None, "template": None, "model_revision": None, "use_hf": False,
              "hub_token": None, "model_kwargs": None, "seed": 42, "val_dataset": [],
              "torch_dtype": Computed("the checkpoint's dtype")}
@@ -371,7 +373,7 @@ REAL_SCRIPT_FLAGS = ["--task_type", "causal_lm", "--label_names", "labels", "--e
                      "--greater_is_better", "false", "--load_best_model_at_end", "false", "--save_safetensors", "true",
                      "--lora_bias", "none", "--init_weights", "true", "--dataset_shuffle", "true",
                      "--train_dataloader_shuffle", "true", "--gradient_checkpointing_kwargs",
-                     '{"use_reentrant": false}', "--bf16", "true", "--fp16", "false"]
+                     '{ "use_reentrant":false }', "--bf16", "true", "--fp16", "false", "--save_safetensors"]
 
 
 def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
@@ -393,6 +395,10 @@ def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
     (["--bf16", "true", "--fp16", "true"], "--bf16 true and --fp16 true: choose one"),
     (["--eval_on_start", "true"], "--eval_on_start true needs evaluation"),
     (["--lora_dtype", "bfloat16", "--train_type", "full"], "no LoRA to cast"),
+    (["--lora_dtype", "float16"], "the float16 loss scaler cannot unscale float16 gradients"),
+    (["--lora_dtype", "bfloat16", "--deepspeed", "zero2"], "the engine sets the trained parameters' dtype itself"),
+    (["--lora_dtype", "float32", "--fsdp", "fsdp2"], "the engine sets the trained parameters' dtype itself"),
+    (["--enable_channel_loss"], "--enable_channel_loss is not supported"),  # bare: true, as ms-swift reads it
     (["--neftune_noise_alpha", "-1"], "--neftune_noise_alpha must be >= 0"),
 ])
 def test_swift_flags_vlft_cannot_follow_are_refused_with_the_reason(argv, message):
@@ -424,6 +430,8 @@ def test_trainer_flags_of_swift_scripts_reach_transformers(tmp_path):
     (callback,) = tensorboard_callbacks(["tensorboard"], str(tmp_path / "tb"))
     assert callback.logging_dir == str(tmp_path / "tb")
     assert tensorboard_callbacks(["none"], str(tmp_path / "tb")) == []
+    (every,) = tensorboard_callbacks(["all"], str(tmp_path / "tb"))  # `all` holds tensorboard where installed
+    assert "tensorboard" not in made(tmp_path, "--report_to", "all", "--logging_dir", str(tmp_path)).report_to
 
 
 def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tmp_path, capsys):
@@ -450,4 +458,5 @@ def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tm
     assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
                  "--max_steps", "3", "--report_to", "none", "--output_dir", str(out),
                  "--resume_from_checkpoint", str(saved)]) == 2
-    assert "optimizer.pt: not saved: the run wrote its checkpoints with --save_only_model true" in capsys.readouterr().err
+    assert ("optimizer.pt: not saved: the run wrote its checkpoints with --save_only_model true"
+            in capsys.readouterr().err)

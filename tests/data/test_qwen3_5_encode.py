@@ -46,3 +46,29 @@ def test_prompt_and_answer_ids_match_hf(template, enable_thinking, case, tokeniz
     expected_full = tokenizer.apply_chat_template(hf_messages(messages), tools=tools, tokenize=True,
                                                   chat_template=JINJA[template], return_dict=False, **kwargs)
     assert full.input_ids == list(expected_full)
+
+
+@pytest.mark.parametrize("template", list(JINJA))
+def test_preserve_thinking_keeps_earlier_thinking_as_qwen3_6_writes_it(template, tokenizer, processor_of):
+    """--preserve_thinking true (ms-swift's training default unless last_round): every assistant turn keeps its
+    thinking, written as Qwen3.6's template writes preserve_thinking=true, and trained; by default (or false) the
+    checkpoint's template drops it from earlier turns (the HF processor's text); a request's own switch wins."""
+    messages, _ = CASES["thinking history"]
+    processor = processor_of("qwen3_5")
+
+    def encoder(**settings):
+        return Encoder(get_family("qwen3_5"), load_template("qwen3_5"), tokenizer, processor.image_processor,
+                       processor.video_processor, EncodeSettings(**settings), chat_template=JINJA[template])
+
+    kept = encoder(preserve_thinking=True).encode(Sample(messages=list(messages)))
+    assert tokenizer.decode(kept.input_ids) == tokenizer.apply_chat_template(
+        hf_messages(messages), tokenize=False, chat_template=JINJA["3.6"], preserve_thinking=True)
+    trained = tokenizer.decode([t for t, label in zip(kept.input_ids, kept.labels) if label != -100])
+    assert "add them\n</think>\n\n2<|im_end|>" in trained  # "<think>\n" may open the turn's prompt
+    for dropped in (encoder().encode(Sample(messages=list(messages))),
+                    encoder(preserve_thinking=True).encode(Sample(messages=list(messages)), preserve_thinking=False)):
+        assert tokenizer.decode(dropped.input_ids) == tokenizer.apply_chat_template(
+            hf_messages(messages), tokenize=False, chat_template=JINJA[template])
+    prompt = messages[:3]
+    asked = encoder().encode(Sample(messages=list(prompt)), add_generation_prompt=True, preserve_thinking=True)
+    assert "add them" in tokenizer.decode(asked.input_ids)

@@ -165,9 +165,15 @@ def test_preserve_thinking_is_the_qwen3_6_templates(case, add_generation_prompt)
     assert text_of(segments) == expected
 
 
-def test_preserve_thinking_is_refused_by_a_template_without_it():
-    with pytest.raises(VlftError, match="preserve_thinking"):
-        render_qwen3_5(CASES["text"][0], style=QWEN3_5, preserve_thinking=True)
+@pytest.mark.parametrize("style", [QWEN3_5, QWEN3_5_0_8B])
+@pytest.mark.parametrize("case", ["thinking history", "reasoning_content", "tool results grouped",
+                                  "consecutive assistants"])
+def test_preserve_thinking_on_a_qwen3_5_template_is_the_qwen3_6_templates_text(style, case):
+    """Qwen3.5's templates have no preserve_thinking; kept thinking (ms-swift's training default) is written as
+    Qwen3.6's template writes it."""
+    messages, tools = CASES[case]
+    assert text_of(render_qwen3_5(messages, tools=tools, style=style, preserve_thinking=True)) == jinja(
+        "3.6", messages, tools, preserve_thinking=True)
 
 
 def test_style_of_the_templates():

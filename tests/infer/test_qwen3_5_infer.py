@@ -77,3 +77,25 @@ def test_tools_reach_the_prompt(engine):
     assert text.startswith("<|im_start|>system\n# Tools\n") and '"name": "get_weather"' in text
     assert engine.infer([request], RequestConfig(max_tokens=4))[0].choices[0].message.content is not None
     assert to_sample({"messages": request.messages, "tools": tools}, require_answer=False).tools
+
+
+def test_a_requests_preserve_thinking_keeps_earlier_thinking_in_the_prompt(engine):
+    """chat_template_kwargs.preserve_thinking (as ms-swift's server takes it): an earlier turn's <think> block stays
+    in the prompt; without it the prompt is the chat template's, which drops it."""
+    from vlft.infer.chat_request import RequestLimits, engine_request
+    from vlft.infer.openai_types import ChatCompletionRequest
+    from vlft.infer.protocol import RequestConfig
+    from vlft.infer.server_media import ImageDecoder, RequestFiles
+
+    messages = [{"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n2"},
+                {"role": "user", "content": "times 3?"}]
+
+    def prompt(switches):
+        body = {"messages": messages, **({"chat_template_kwargs": switches} if switches else {})}
+        request, _ = engine_request(ChatCompletionRequest.model_validate(body), RequestLimits(), RequestConfig(),
+                                    ImageDecoder(), RequestFiles())
+        return engine.encoder.tokenizer.decode(engine._inputs(request)["input_ids"][0])
+
+    assert "add them" not in prompt(None)
+    assert "<think>\nadd them\n</think>\n\n2<|im_end|>" in prompt({"preserve_thinking": True})

@@ -43,6 +43,9 @@ class EncodeSettings:
     truncation_strategy: TruncationStrategy = "delete"
     loss_scale: str = "default"  # template.split_loss_scale's forms ("last_round+ignore_empty_think", ...)
     enable_thinking: bool | None = None  # Qwen3.5: None leaves it to the template / the checkpoint's default
+    # Qwen3.5: the thinking of assistant turns before the last user query kept. None: as the chat template writes
+    # them (dropped), as HF's processor and LLaMA-Factory do; ms-swift keeps them when training every turn.
+    preserve_thinking: bool | None = None
     disable_ignore_empty_think: bool = False
     system: str | None = None
     image_min_pixels: int | None = None  # None: the processor's own setting
@@ -125,13 +128,21 @@ class Encoder:
                                    for role in PROMPT_ROLES]
 
     def encode(self, sample: Sample, *, add_generation_prompt: bool = False, pixels: bool = True,
-               enable_thinking: bool | None = None) -> EncodedSample:
+               enable_thinking: bool | None = None, preserve_thinking: bool | None = None) -> EncodedSample:
         """The sample's model inputs; DataError (placed at the sample's file and line) on bad input. Without
-        `pixels`, images may come back with their grids only (image_grid.py); every check still runs."""
+        `pixels`, images may come back with their grids only (image_grid.py); every check still runs.
+        `enable_thinking` / `preserve_thinking` (a request's chat_template_kwargs) override the settings'."""
         try:
-            return self._encode(sample, add_generation_prompt, pixels, enable_thinking)
+            return self._encode(sample, add_generation_prompt, pixels, enable_thinking, preserve_thinking)
         except DataError as e:
             raise e.at(sample.source, sample.line) from None
+
+    def _preserves_thinking(self, asked: bool | None) -> bool:
+        """Whether earlier assistant turns keep their thinking: as asked (the call, then the settings), else as
+        the checkpoint's chat template writes them (HF's processor and LLaMA-Factory too; ms-swift keeps them in
+        training unless loss_scale is last_round: --preserve_thinking true)."""
+        asked = self.settings.preserve_thinking if asked is None else asked
+        return bool(asked)
 
     def with_pixels(self, encoded: EncodedSample) -> EncodedSample:
         """`encoded` with its pixel values: made again from its sample when `without_pixels` left them out."""
@@ -144,7 +155,7 @@ class Encoder:
         return again
 
     def _encode(self, sample: Sample, add_generation_prompt: bool, pixels: bool = True,
-                enable_thinking: bool | None = None) -> EncodedSample:
+                enable_thinking: bool | None = None, preserve_thinking: bool | None = None) -> EncodedSample:
         messages = list(sample.messages)
         if self.settings.system is not None and not (messages and messages[0].role == "system"):
             messages.insert(0, Message("system", self.settings.system, where="--system"))
@@ -165,6 +176,7 @@ class Encoder:
         segments = render(self.template, messages, loss_scale=self.settings.loss_scale,
                           add_generation_prompt=add_generation_prompt, tools=tools,
                           enable_thinking=self.settings.enable_thinking if enable_thinking is None else enable_thinking,
+                          preserve_thinking=self._preserves_thinking(preserve_thinking),
                           style=self.style,
                           disable_ignore_empty_think=self.settings.disable_ignore_empty_think,
                           train_turn_separator=self.settings.train_turn_separator)

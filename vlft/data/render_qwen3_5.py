@@ -37,7 +37,7 @@ class TemplateStyle:
     """What differs between the Qwen3.5 / Qwen3.6 checkpoints' chat templates."""
 
     thinking_default: bool  # the generation prompt opens <think> unless enable_thinking is false (else only if true)
-    preserve_thinking: bool  # the template honours preserve_thinking=true (<think> kept in every turn; Qwen3.6)
+    preserve_thinking: bool  # the template itself has preserve_thinking=true (<think> kept in every turn; Qwen3.6)
     # Tool-call argument values other than strings, objects and lists: Python's str() (Qwen3.5: True, None)
     # or JSON (Qwen3.6: true, null).
     scalar_arguments: Literal["python", "json"]
@@ -93,11 +93,11 @@ def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style:
     `<|im_end|>` are trained, and the `\\n` after it with `train_turn_separator` (ms-swift's labels).
     `loss_scale`: "default" trains every assistant turn, "last_round" those after the last user or tool message
     (ms-swift), "all" every token but the generation prompt; a message's `loss` overrides. `ignore_empty_think`:
-    an empty `<think>` block is never trained.
+    an empty `<think>` block is never trained. `preserve_thinking`: every assistant turn keeps its `<think>` block,
+    as Qwen3.6's template writes it with that variable; Qwen3.5's templates have no such variable (they always
+    drop the thinking of turns before the last user query), so there it is ms-swift's training rendering, the
+    same text as Qwen3.6's.
     """
-    if preserve_thinking and not style.preserve_thinking:
-        raise VlftError("preserve_thinking needs a chat template that supports it (Qwen3.6); this one drops the "
-                        "thinking of turns before the last user query")
     if not messages:
         raise DataError("no messages", field="messages")
     texts = [_with_media(m, image, video).strip() for m in messages]  # the template `|trim`s every content

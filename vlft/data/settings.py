@@ -31,6 +31,7 @@ def encode_settings(args: TemplateArguments, family: Family) -> EncodeSettings:
     )
     return EncodeSettings(max_length=args.max_length, truncation_strategy=args.truncation_strategy,
                           loss_scale=args.loss_scale, enable_thinking=args.enable_thinking,
+                          preserve_thinking=args.preserve_thinking,
                           disable_ignore_empty_think=args.disable_ignore_empty_think, system=args.system,
                           train_turn_separator=args.train_turn_separator,
                           split_special_tokens=args.split_special_tokens,

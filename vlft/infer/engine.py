@@ -93,8 +93,10 @@ class InferEngine:
         sample = to_sample(row, require_answer=False)
         if sample.messages and sample.messages[-1].role == "assistant":
             raise DataError("the last message is the assistant's: nothing to answer", field="messages")
-        thinking = (request.chat_template_kwargs or {}).get("enable_thinking")
-        encoded = self.encoder.encode(sample, add_generation_prompt=True, enable_thinking=thinking)
+        switches = request.chat_template_kwargs or {}
+        encoded = self.encoder.encode(sample, add_generation_prompt=True,
+                                      enable_thinking=switches.get("enable_thinking"),
+                                      preserve_thinking=switches.get("preserve_thinking"))
         ids = torch.tensor([encoded.input_ids])
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                   "mm_token_type_ids": mm_token_types(ids, self.encoder.image_pad_id, self.encoder.video_pad_id),

@@ -23,6 +23,7 @@ class ChatTemplateKwargs(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     enable_thinking: bool | None = None
+    preserve_thinking: bool | None = None  # earlier turns keep their <think> block (Qwen3.6's variable, ms-swift's)
 
 
 class ChatCompletionRequest(BaseModel):

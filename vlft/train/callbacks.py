@@ -110,12 +110,21 @@ class PlotCallback(TrainerCallback):
                 plot_series(steps, values, name, images / f"{name}.png", smoothed, ylabel)
 
 
+def reporting_integrations(report_to: list[str]) -> list[str]:
+    """--report_to with `all` expanded as transformers expands it (every installed integration)."""
+    if report_to == ["all"]:
+        from transformers.integrations import get_available_reporting_integrations
+
+        return list(get_available_reporting_integrations())
+    return list(report_to)
+
+
 def tensorboard_callbacks(report_to: list[str], logging_dir: str | None) -> list[TrainerCallback]:
     """With --logging_dir and --report_to tensorboard: transformers' TensorBoard callback writing there (transformers
     5 has no logging_dir argument; its callback reads TENSORBOARD_LOGGING_DIR from the environment, where the run's
     arguments do not belong). Nothing otherwise: --report_to tensorboard alone is transformers' own callback, in
     the run dir's runs/."""
-    if not logging_dir or "tensorboard" not in report_to:
+    if not logging_dir or "tensorboard" not in reporting_integrations(report_to):
         return []
     from transformers.integrations import TensorBoardCallback
 

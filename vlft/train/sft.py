@@ -78,7 +78,7 @@ from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.callbacks import JsonlLogCallback, PlotCallback, tensorboard_callbacks
+from vlft.train.callbacks import JsonlLogCallback, PlotCallback, reporting_integrations, tensorboard_callbacks
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
 from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.compile import compile_decoder_layers, compile_frozen_vision_blocks, decoder_layers
@@ -247,7 +247,7 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     with long_lived_objects_frozen():  # no full garbage collection walks the model mid-step (frozen_gc.py)
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
-    # 7. The last step is always saved (a full checkpoint: it resumes too).
+    # 7. The last step is always saved (a full checkpoint, which resumes, unless --save_only_model).
     last = run_dir / f"checkpoint-{trainer.state.global_step}"
     if not last.exists():
         trainer.save_checkpoint()
@@ -352,7 +352,8 @@ def trainer_arguments(args: SftArguments, run_dir: Path, ds_config: dict | None,
             fsdp=fsdp_config is not None or None, fsdp_config=fsdp_config,  # FSDP2 (fsdp.py)
             dataloader_num_workers=args.dataloader_num_workers,
             # --logging_dir: vlft's own TensorBoard callback writes there (tensorboard_callbacks)
-            report_to=[r for r in args.report_to if not (args.logging_dir and r == "tensorboard")],
+            report_to=[r for r in reporting_integrations(args.report_to)
+                       if not (args.logging_dir and r == "tensorboard")] or ["none"],
             save_only_model=args.save_only_model, eval_on_start=args.eval_on_start and evaluates,
             neftune_noise_alpha=args.neftune_noise_alpha or None,
             ddp_find_unused_parameters=args.ddp_find_unused_parameters,
