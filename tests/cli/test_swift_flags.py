@@ -460,3 +460,11 @@ def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tm
                  "--resume_from_checkpoint", str(saved)]) == 2
     assert ("optimizer.pt: not saved: the run wrote its checkpoints with --save_only_model true"
             in capsys.readouterr().err)
+
+
+def test_float16_training_is_refused_on_the_cpu(capsys, tmp_path):
+    """On the CPU the Trainer runs no float16 autocast, so float16 weights would meet LoRA's float32 adapters (a
+    dtype error at the first step): refused before anything loads."""
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                 "--fp16", "true", "--report_to", "none", "--output_dir", str(tmp_path)]) == 2
+    assert "--torch_dtype float16 trains on a GPU only" in capsys.readouterr().err

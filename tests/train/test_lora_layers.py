@@ -76,3 +76,35 @@ def test_lora_dtype_casts_the_adapters_alone_and_they_train(tiny_model_dir, tmp_
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "adapter_model.safetensors", "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def test_float16_runs_train_float32_parameters_the_loss_scaler_can_unscale(tiny_model_dir):
+    """A float16 full fine-tuning step through transformers' loss scaler: with float16 trained parameters
+    unscale_ raises "Attempting to unscale FP16 gradients" (vlft sft crashed at its first step on a GPU); after
+    upcast_trained_float16 the trained parameters are float32, the frozen ones float16, and the step runs."""
+    from tests.train.test_packing_parity import lora_args
+    from vlft.families import get_family
+    from vlft.train.model import load_model
+    from vlft.train.tuners import prepare_trainable, upcast_trained_float16
+
+    def one_step(upcast: bool) -> None:
+        model = load_model(tiny_model_dir("qwen3_vl"), torch.float16, "sdpa")
+        args = lora_args()
+        args.train_type = "full"
+        model = prepare_trainable(model, get_family("qwen3_vl"), args)
+        if upcast:
+            assert upcast_trained_float16(model) > 0
+            assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+            assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float16}  # the ViT
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        scaler = torch.amp.GradScaler("cpu")
+        ids = torch.randint(0, 1000, (1, 12))
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(input_ids=ids, labels=ids).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        one_step(upcast=False)
+    one_step(upcast=True)

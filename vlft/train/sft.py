@@ -22,7 +22,9 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
     `replace_lora_dropouts` (compiled runs: LoRA dropout masks from an integer hash, so layers with dropout
     compile whole; counter_dropout.py, its counter set on resume by ResumeDropoutCounter),
     `set_router_aux_loss`, `compile_decoder_layers` / `compile_frozen_vision_blocks` (compile.py),
-    `cast_adapters` (`--lora_dtype`: the adapters in that dtype instead of PEFT's float32; tuners.py).
+    `cast_adapters` (`--lora_dtype`: the adapters in that dtype instead of PEFT's float32; tuners.py),
+    `upcast_trained_float16` (CUDA float16 runs without DeepSpeed: trained parameters in float32 for the loss
+    scaler, autocast computing in float16).
   - `copy_first_gradients` (graph_gradients.py): under CUDA graphs with gradient accumulation, a hook on each
     trained parameter of the decoder layers copies its first gradient of a step out of the graph's memory, which
     the next replay reuses.
@@ -100,7 +102,7 @@ from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
 from vlft.train.sequence_parallel import sequence_parallel_problems, start_sequence_parallel
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
-from vlft.train.tuners import cast_adapters, count_parameters, prepare_trainable
+from vlft.train.tuners import cast_adapters, count_parameters, prepare_trainable, upcast_trained_float16
 
 logger = logging.getLogger("vlft")
 MAX_LISTED_ERRORS = 20
@@ -175,6 +177,8 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     model = prepare_trainable(model, family, args)
     if args.lora_dtype is not None:  # ms-swift's --lora_dtype (PEFT keeps adapters in float32 otherwise)
         cast_adapters(model, getattr(torch, args.lora_dtype))
+    if dtype == torch.float16 and ds_config is None and cuda:  # accelerate's loss scaler (CUDA float16 runs without
+        upcast_trained_float16(model)                          # DeepSpeed) unscales float32 gradients only
     # Compiled layers: LoRA dropout from an integer hash instead of torch's RNG, so layers with it compile whole.
     dropout_counter = replace_lora_dropouts(model, training_args.process_index) if fast.torch_compile else None
     layers = decoder_layers(model)
@@ -313,6 +317,9 @@ def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[
     if args.chunked_loss and _zero_stage(ds_config) == 3:
         problems.append("--chunked_loss true does not run under ZeRO-3 (the output head's weight is partitioned "
                         "outside its forward); use ZeRO-2 or no --deepspeed")
+    if args.torch_dtype == "float16" and not cuda:  # LoRA layers would meet float16 inputs with float32 adapters
+        problems.append("--torch_dtype float16 trains on a GPU only (the Trainer runs no float16 autocast on the CPU); "
+                        "use float32 or bfloat16 here")
     problems += sequence_parallel_problems(args)
     problems += preflight_problems(args)
     problems += quantization_run_problems(args.quant_bits, _zero_stage(ds_config), installed_bitsandbytes())

@@ -72,6 +72,16 @@ def cast_adapters(model, dtype: torch.dtype) -> int:
     return len(adapters)
 
 
+def upcast_trained_float16(model) -> int:
+    """The float16 parameters that train, in float32 (CUDA float16 runs without DeepSpeed: accelerate's loss scaler
+    refuses to unscale float16 gradients, "Attempting to unscale FP16 gradients"; autocast still computes in
+    float16; ms-swift does the same). Returns how many it upcast."""
+    trained = [p for p in model.parameters() if p.requires_grad and p.dtype == torch.float16]
+    for parameter in trained:
+        parameter.data = parameter.data.float()
+    return len(trained)
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     def numel(p) -> int:
