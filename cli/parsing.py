@@ -152,6 +152,21 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "train_dataloader_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
     "gradient_checkpointing_kwargs": (_JsonEqual({"use_reentrant": False}),
                                       "vlft's gradient checkpointing is torch's non-reentrant one"),
+    "add_non_thinking_prefix": (TRUE, "vlft writes the empty <think> block where the chat template writes it (in "
+                                      "every turn with --preserve_thinking true)"),
+    "experts_impl": (frozenset({"grouped_mm"}), "MoE experts run as grouped GEMMs (LoRA on them per routed token "
+                                                "group)"),
+    "temperature": (_ANY, "vlft sft generates nothing (evaluation computes the loss)"),
+    "write_batch_size": (_ANY, "vlft infer writes each answer as it is made"),
+    "use_logits_to_keep": (FALSE, "--chunked_loss true computes the loss without a whole row's logits"),
+    "val_dataset_shuffle": (FALSE, "the eval samples keep their order"),
+    "logging_strategy": (frozenset({"steps"}), "the loss is logged every --logging_steps steps"),
+    "run_name": (_ANY, "runs are named by their dir, OUTPUT_DIR/v{N}-{time}"),
+    "group_by_length": (FALSE, "--packing true fills rows of --max_length from samples sorted by length"),
+    "external_plugins": (_NONE, "vlft loads no plugins: losses, templates and datasets are built in"),
+    "custom_register_path": (_NONE, "vlft loads no plugins: the model families (Qwen-VL, Qwen3.5) are built in"),
+    "model_type": (_ANY, "vlft export reads the model's type from its config.json"),
+    "template": (_ANY, "vlft export renders no chat"),
 }
 
 
@@ -204,6 +219,18 @@ def _convert(name: str, convert, text: str, choices: list | None = None):
         raise VlftError(f"--{name} {text!r}: {e}") from None
 
 
+def _takes_bare_flag(hint: Any) -> bool:
+    """A boolean field (possibly beside None or a word such as "auto"): `--flag` alone means true, as ms-swift's
+    parser reads it."""
+    return hint is bool or bool in typing.get_args(hint)
+
+
+def underscored(argv: list[str]) -> list[str]:
+    """`--max-length` as `--max_length` (ms-swift takes both spellings); values are left alone."""
+    return [f"--{token[2:].partition('=')[0].replace('-', '_')}{''.join(token.partition('=')[1:])}"
+            if token.startswith("--") and len(token) > 2 else token for token in argv]
+
+
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one `--name` per dataclass field (all strings; converted in parse_args)."""
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
@@ -217,7 +244,9 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         if "env" in f.metadata:
             help_text += f" [env: {f.metadata['env']}]"
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name}", nargs=nargs, default=argparse.SUPPRESS,
+        bare = nargs is None and _takes_bare_flag(hints[f.name])
+        arity = {"nargs": "?", "const": "true"} if bare else {"nargs": nargs}
+        parser.add_argument(f"--{f.name}", **arity, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {default})" if help_text else None, metavar=f.name.upper())
     return parser
 
@@ -279,7 +308,7 @@ def parse_args(cls: type, argv: list[str], prog: str, environ: Mapping[str, str]
     """Parse argv into an instance of the dataclass `cls`. One VlftError lists every flag the command does not
     take (unknown ones with the nearest flag of the command) and every value that does not convert."""
     environ = os.environ if environ is None else environ
-    known, leftovers = build_parser(cls, prog).parse_known_args(argv)
+    known, leftovers = build_parser(cls, prog).parse_known_args(underscored(argv))
     fields = dataclasses.fields(cls)
     # REFUSED, with the command's own refusals (a dataclass's `refused`, e.g. Megatron-SWIFT's flags)
     problems = leftover_problems([f.name for f in fields], leftovers, {**REFUSED, **getattr(cls, "refused", {})})

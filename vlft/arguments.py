@@ -296,6 +296,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "checkpoints without the optimizer, scheduler and RNG states (smaller; they cannot be resumed)"})
     eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before the first step"})
     logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
+    logging_first_step: bool = field(default=False, metadata={"help": "also log the first step"})
     logging_nan_inf_filter: bool = field(default=False, metadata={
         "help": "log the running mean in place of a NaN/inf step loss (transformers' filter; its check reads "
                 "every step's loss back to the host, a stall in a GPU step bound by the host)"})
@@ -447,7 +448,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             return []
         problems = []
         if method is None:
-            problems.append(f"--quant_bits {bits} needs --quant_method bnb (as ms-swift)")
+            problems.append(f"--quant_bits {bits} needs --quant_method bnb (ms-swift would train unquantized LoRA)")
         elif method != "bnb":
             problems.append(f"--quant_method {method}: vlft quantizes with bitsandbytes only (--quant_method bnb "
                             "--quant_bits 4)")

@@ -57,7 +57,8 @@ MS_SWIFT = {
             "router_aux_loss_coef": 0.0, "gradient_checkpointing": True, "vit_gradient_checkpointing": True,
             "torch_compile": False, "torch_compile_mode": None, "save_steps": 500, "save_strategy": "steps",
             "eval_steps": 500, "eval_strategy": "no", "save_total_limit": None, "logging_steps": 5,
-            "logging_nan_inf_filter": True, "output_dir": Computed("output/<model name>"), "add_version": True,
+            "logging_nan_inf_filter": True, "logging_first_step": False, "output_dir": Computed("output/<model name>"),
+            "add_version": True,
             "deepspeed": None, "fsdp": None, "fsdp_config": None, "ddp_timeout": 18_000_000,
             "dataloader_num_workers": 1, "data_seed": 42,
             "resume_from_checkpoint": None, "report_to": ["tensorboard"],
@@ -373,7 +374,10 @@ REAL_SCRIPT_FLAGS = ["--task_type", "causal_lm", "--label_names", "labels", "--e
                      "--greater_is_better", "false", "--load_best_model_at_end", "false", "--save_safetensors", "true",
                      "--lora_bias", "none", "--init_weights", "true", "--dataset_shuffle", "true",
                      "--train_dataloader_shuffle", "true", "--gradient_checkpointing_kwargs",
-                     '{ "use_reentrant":false }', "--bf16", "true", "--fp16", "false", "--save_safetensors"]
+                     '{ "use_reentrant":false }', "--bf16", "true", "--fp16", "false", "--save_safetensors",
+                     "--add_non_thinking_prefix", "true", "--experts_impl", "grouped_mm", "--temperature", "0",
+                     "--use_logits_to_keep", "false", "--val_dataset_shuffle", "false", "--logging_strategy", "steps",
+                     "--run_name", "exp1", "--group_by_length", "false"]
 
 
 def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
@@ -399,6 +403,10 @@ def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
     (["--lora_dtype", "bfloat16", "--deepspeed", "zero2"], "the engine sets the trained parameters' dtype itself"),
     (["--lora_dtype", "float32", "--fsdp", "fsdp2"], "the engine sets the trained parameters' dtype itself"),
     (["--enable_channel_loss"], "--enable_channel_loss is not supported"),  # bare: true, as ms-swift reads it
+    (["--external_plugins", "plugin.py"], "vlft loads no plugins"),
+    (["--experts_impl", "eager"], "MoE experts run as grouped GEMMs"),
+    (["--group_by_length", "true"], "--packing true fills rows of --max_length from samples sorted by length"),
+    (["--quant_bits", "4"], "--quant_bits 4 needs --quant_method bnb (ms-swift would train unquantized LoRA)"),
     (["--neftune_noise_alpha", "-1"], "--neftune_noise_alpha must be >= 0"),
 ])
 def test_swift_flags_vlft_cannot_follow_are_refused_with_the_reason(argv, message):
@@ -468,3 +476,16 @@ def test_float16_training_is_refused_on_the_cpu(capsys, tmp_path):
     assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
                  "--fp16", "true", "--report_to", "none", "--output_dir", str(tmp_path)]) == 2
     assert "--torch_dtype float16 trains on a GPU only" in capsys.readouterr().err
+
+
+def test_bare_boolean_flags_and_dashed_spellings_read_as_ms_swift_reads_them(tmp_path):
+    """`--flag` alone is true for a boolean (transformers' HfArgumentParser under ms-swift), and `--max-length` is
+    `--max_length`; a value keeps its dashes."""
+    args = parse_args(SftArguments, [*SFT, "--save_only_model", "--packing", "--max-length", "64",
+                                     "--gradient_checkpointing", "--output-dir", "runs/a-b"], "vlft sft")
+    assert args.save_only_model and args.packing and args.gradient_checkpointing is True
+    assert (args.max_length, args.output_dir) == (64, "runs/a-b")
+    assert made(tmp_path, "--logging_first_step").logging_first_step
+    export = parse_args(ExportArguments, ["--adapters", "ckpt", "--merge_lora", "--model_type", "qwen2_5_vl",
+                                          "--template", "qwen2_5_vl"], "vlft export")
+    assert export.merge_lora
