@@ -124,7 +124,8 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "task_type": (frozenset({"causal_lm"}), "vlft trains causal language modelling (causal_lm); sequence "
                                             "classification, embedding and reranker heads are not built in"),
     "num_labels": (_NONE, "vlft trains causal language modelling: no classification head"),
-    "loss_type": (_NONE, "vlft trains the next-token cross-entropy (--loss_scale chooses the tokens)"),
+    "loss_type": (frozenset({"cross_entropy"}), "vlft trains the next-token cross-entropy (--loss_scale chooses "
+                                                "the tokens)"),
     "label_names": (frozenset({"labels"}), "the batches' targets are `labels`"),
     "enable_channel_loss": (FALSE, "no per-channel loss: one loss over the trained tokens"),
     "padding_side": (frozenset({"right"}), "vlft pads training rows on the right (or packs them) and prompts for "

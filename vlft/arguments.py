@@ -292,6 +292,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
         "help": "evaluate every --eval_steps or every epoch (default: as --save_strategy; no without eval data; "
                 "no also holds out no --split_dataset_ratio)"})
     save_total_limit: int | None = field(default=None, metadata={"help": "checkpoints kept (best and last)"})
+    create_checkpoint_symlink: bool = field(default=False, metadata={
+        "help": "links `last` and `best` (the lowest eval loss) in the run dir to those checkpoints"})
     save_only_model: bool = field(default=False, metadata={
         "help": "checkpoints without the optimizer, scheduler and RNG states (smaller; they cannot be resumed)"})
     eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before the first step"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,6 +65,7 @@ MS_SWIFT = {
             "resume_from_checkpoint": None, "report_to": ["tensorboard"],
             "bf16": Computed("from --torch_dtype"), "fp16": Computed("from --torch_dtype"), "lora_dtype": None,
             "neftune_noise_alpha": None, "save_only_model": False, "eval_on_start": False,
+            "create_checkpoint_symlink": False,
             "logging_dir": Computed("OUTPUT_DIR/runs"), "ddp_find_unused_parameters": None,
             "torch_empty_cache_steps": None},
     "infer": {**_TEMPLATE, "stream": Computed("true when chatting"), "max_new_tokens": Computed("max_model_len"),
@@ -377,7 +379,7 @@ REAL_SCRIPT_FLAGS = ["--task_type", "causal_lm", "--label_names", "labels", "--e
                      '{ "use_reentrant":false }', "--bf16", "true", "--fp16", "false", "--save_safetensors",
                      "--add_non_thinking_prefix", "true", "--experts_impl", "grouped_mm", "--temperature", "0",
                      "--use_logits_to_keep", "false", "--val_dataset_shuffle", "false", "--logging_strategy", "steps",
-                     "--run_name", "exp1", "--group_by_length", "false"]
+                     "--run_name", "exp1", "--group_by_length", "false", "--loss_type", "cross_entropy"]
 
 
 def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
@@ -442,9 +444,10 @@ def test_trainer_flags_of_swift_scripts_reach_transformers(tmp_path):
     assert "tensorboard" not in made(tmp_path, "--report_to", "all", "--logging_dir", str(tmp_path)).report_to
 
 
-def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tmp_path, capsys):
+def test_neftune_save_only_model_logging_dir_and_links_through_vlft_sft(checkpoint, tmp_path, capsys):
     """The conftest checkpoint's run again with NEFTune noise: another loss (the run is otherwise seeded and
-    deterministic); its checkpoints hold the adapter alone and do not resume; TensorBoard writes to --logging_dir."""
+    deterministic); its checkpoints hold the adapter alone and do not resume; TensorBoard writes to --logging_dir;
+    `last` and `best` link to the checkpoints (one, evaluated once: both the last)."""
     import json
 
     out, board = tmp_path / "out", tmp_path / "board"
@@ -452,7 +455,7 @@ def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tm
                  "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
                  "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "tensorboard",
                  "--logging_dir", str(board), "--neftune_noise_alpha", "5", "--save_only_model", "true",
-                 "--output_dir", str(out)]) == 0
+                 "--create_checkpoint_symlink", "--output_dir", str(out)]) == 0
 
     def last_loss(run_dir):
         logs = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
@@ -463,6 +466,8 @@ def test_neftune_save_only_model_and_logging_dir_through_vlft_sft(checkpoint, tm
     assert abs(last_loss(run_dir) - last_loss(checkpoint.parent)) > 1e-4
     assert (saved / "adapter_model.safetensors").is_file() and not (saved / "optimizer.pt").exists()
     assert list(board.glob("events.out.tfevents.*")) and not (run_dir / "runs").exists()
+    assert [(run_dir / name).resolve() for name in ("last", "best")] == [saved.resolve()] * 2
+    assert (run_dir / "last").readlink() == Path("checkpoint-2")  # by name: the run dir can move
     assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
                  "--max_steps", "3", "--report_to", "none", "--output_dir", str(out),
                  "--resume_from_checkpoint", str(saved)]) == 2

@@ -86,3 +86,19 @@ def test_args_json_leaves_the_hub_token_out(tmp_path):
     assert written["dataset"] == ["a.jsonl", "b.jsonl"]
     assert written["lora_rank"] == 16 and written["learning_rate"] == 1e-4
     assert text.startswith("{\n  ")  # indented
+
+
+def test_checkpoint_links_replace_old_links_and_never_a_real_dir(tmp_path):
+    from vlft.train.run_dir import link_checkpoints
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert link_checkpoints(tmp_path, tmp_path / "checkpoint-2", None) == [tmp_path / "last"]
+    assert not (tmp_path / "best").exists()  # no evaluation, no best
+    link_checkpoints(tmp_path, tmp_path / "checkpoint-4", str(tmp_path / "checkpoint-2"))  # a resumed run
+    assert (tmp_path / "last").resolve() == tmp_path / "checkpoint-4"
+    assert (tmp_path / "best").resolve() == tmp_path / "checkpoint-2"
+    (tmp_path / "best").unlink()
+    (tmp_path / "best").mkdir()
+    with pytest.raises(VlftError, match="exists and is not a link"):
+        link_checkpoints(tmp_path, tmp_path / "checkpoint-4", tmp_path / "checkpoint-2")

@@ -137,3 +137,21 @@ def failed_run_handled(run_dir: Path, created: bool) -> Iterator[None]:
 def clear_failed(run_dir: Path) -> None:
     """Remove the FAILED of an earlier run in `run_dir` (one that a run in the same dir has now completed)."""
     (Path(run_dir) / FAILED).unlink(missing_ok=True)
+
+
+def link_checkpoints(run_dir: Path, last: Path, best: str | Path | None) -> list[Path]:
+    """--create_checkpoint_symlink (ms-swift's): `run_dir/last` and (when evaluation chose one) `run_dir/best`,
+    links to the checkpoints by their names, so the run dir can move. An existing link is replaced (a resumed run
+    writing into the same dir). Returns the links made."""
+    made = []
+    for name, target in (("last", last), ("best", best)):
+        if target is None:
+            continue
+        link = run_dir / name
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise VlftError(f"--create_checkpoint_symlink: {link} exists and is not a link; move it away")
+        link.symlink_to(Path(target).name, target_is_directory=True)
+        made.append(link)
+    return made

@@ -98,7 +98,7 @@ from vlft.errors import collected
 from vlft.train.preflight import preflight_problems, raise_problems
 from vlft.train.quantization import (bnb_4bit, bnb_config, installed_bitsandbytes, qlora_note,
                                      quantization_run_problems)
-from vlft.train.run_dir import agreed_run_dir, new_run_dir, write_args_json
+from vlft.train.run_dir import agreed_run_dir, link_checkpoints, new_run_dir, write_args_json
 from vlft.train.sequence_parallel import sequence_parallel_problems, start_sequence_parallel
 from vlft.train.summary import log_run_summary
 from vlft.train.trainer import SftTrainer
@@ -256,6 +256,9 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     if not last.exists():
         trainer.save_checkpoint()
     logger.warning(f"last checkpoint: {last}")
+    if main_process and args.create_checkpoint_symlink:
+        for link in link_checkpoints(run_dir, last, trainer.state.best_model_checkpoint):
+            logger.warning(f"{link.name}: {link} -> {link.readlink()}")
     if main_process and skipped:
         logger.warning(skipped_summary(skipped, run_dir / "skipped_lines.jsonl", MAX_LISTED_ERRORS))
     return run_dir
