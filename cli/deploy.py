@@ -16,8 +16,11 @@ def run(argv: list[str]) -> int:
     import vlft.infer.server
     from vlft.infer.server_media import check_media_root
 
+    from vlft.cli.infer import write_merged
+
     limits = vlft.infer.server.ServerLimits.from_args(args)
     check_media_root(limits.request.media.root)  # before the model loads
+    write_merged(args)
     engine = vlft.infer.engine.InferEngine(args=args)
     if args.served_model_name:
         engine.model_name = args.served_model_name  # the base model's id in /v1/models and in answers

@@ -29,6 +29,7 @@ def run(argv: list[str]) -> int:
     if named:
         raise VlftError(f"--adapters {', '.join(f'{k}={v}' for k, v in named.items())}: vlft infer merges its adapters "
                         "into the model (pass their paths); NAME=PATH serves them apart in vlft deploy")
+    write_merged(args)
     engine = InferEngine(args=args)
     encoder = engine.encoder
     if args.stop_words:
@@ -39,6 +40,24 @@ def run(argv: list[str]) -> int:
     if args.val_dataset or args.load_data_args:
         return answer_dataset(engine, args, config, encoder)
     return chat(engine, config, sys.stdin)
+
+
+def write_merged(args: InferArguments) -> None:
+    """--merge_lora true (ms-swift's infer / deploy flag): the adapter merged into its base is written to
+    ADAPTER-merged as `vlft export --merge_lora true` writes it, or kept when that dir is there (as ms-swift does).
+    The engine merges the adapter into the weights as it loads either way, so the answers are the merged model's."""
+    if not args.merge_lora:
+        return
+    from vlft.cli.export import merge
+    from vlft.export.arguments import ExportArguments
+
+    merged = Path(f"{Path(args.adapters[0]).expanduser().as_posix().rstrip('/')}-merged")
+    if merged.exists():
+        print(f"--merge_lora: {merged} is there already; kept")
+        return
+    merge(ExportArguments(adapters=list(args.adapters), merge_lora=True, output_dir=str(merged), model=args.model,
+                          torch_dtype=args.torch_dtype, use_hf=args.use_hf, hub_token=args.hub_token,
+                          cache_dir=args.cache_dir))
 
 
 def before_stop_words(text: str, words: list[str], final: bool = True) -> tuple[str, bool]:

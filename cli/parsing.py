@@ -111,8 +111,7 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
                                     "--top_k), never beam-searched"),
     "logprobs": (FALSE, "log probabilities are not returned"),
     "top_logprobs": (_NONE, "log probabilities are not returned"),
-    "merge_lora": (FALSE, "vlft infer merges --adapters into the weights as it loads them; vlft export --merge_lora "
-                          "true writes a merged model"),
+    "merge_lora": (FALSE, "merge after training: vlft export --adapters CKPT --merge_lora true"),
     "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
     "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
     "ssl_certfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),

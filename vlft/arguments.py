@@ -519,11 +519,17 @@ class InferArguments(ModelArguments, TemplateArguments):
                 "flash-attn), flash_attention_3"})
     stop_words: list[str] = field(default_factory=list, metadata={
         "help": "more texts that end an answer (cut off before them), besides the template's stop tokens"})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "also write the adapter merged into its base to ADAPTER-merged (kept when already there), as "
+                "ms-swift does; answers come from the same merged weights either way"})
 
     def problems(self) -> list[str]:
         problems = TemplateArguments.problems(self)
         if not self.model and not self.adapters:
             problems.append("--model or --adapters is required")
+        if self.merge_lora and (len(self.adapters) != 1 or "=" in self.adapters[0]):
+            problems.append(f"--merge_lora true merges one adapter checkpoint (--adapters PATH), got "
+                            f"{' '.join(self.adapters) or 'none'}")
         if self.attn_impl is not None:
             self.attn_impl = collected(problems, generation_attention, self.attn_impl)
         return problems + not_positive(self, ("max_new_tokens", "max_batch_size"))

@@ -73,7 +73,7 @@ MS_SWIFT = {
               "top_k": Computed("generation_config.json"),
               "repetition_penalty": Computed("generation_config.json"), "load_data_args": False,
               "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
-              "stop_words": []},
+              "stop_words": [], "merge_lora": False},
     "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "use_hf": False, "push_to_hub": False,
                "hub_model_id": None, "hub_token": None, "hub_private_repo": False, "max_shard_size": "5GB",
                "to_mcore": False, "to_hf": False, "mcore_model": None, "tensor_model_parallel_size": 1,
@@ -494,3 +494,29 @@ def test_bare_boolean_flags_and_dashed_spellings_read_as_ms_swift_reads_them(tmp
     export = parse_args(ExportArguments, ["--adapters", "ckpt", "--merge_lora", "--model_type", "qwen2_5_vl",
                                           "--template", "qwen2_5_vl"], "vlft export")
     assert export.merge_lora
+
+
+def test_infer_merge_lora_writes_the_merged_model_that_answers_as_the_adapter(checkpoint, tmp_path, capsys):
+    """`vlft infer --adapters CKPT --merge_lora true` (ms-swift's): CKPT-merged is written (and kept on a second
+    run), and the merged model answers the run's val split as the adapter does (greedy)."""
+    import json
+    import shutil
+
+    run = shutil.copytree(checkpoint.parent, tmp_path / "run")  # the run dir: args.json, val_dataset.jsonl
+    adapter = run / checkpoint.name
+
+    def responses(*argv: str) -> list[str]:
+        result = tmp_path / "result.jsonl"
+        assert main(["infer", "--max_new_tokens", "6", "--result_path", str(result), *argv]) == 0
+        return [json.loads(line)["response"] for line in result.read_text().splitlines()]
+
+    from_adapter = responses("--adapters", str(adapter), "--load_data_args", "true", "--merge_lora", "true")
+    merged = run / f"{checkpoint.name}-merged"
+    assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+    # the run's image settings, which --load_data_args took from its args.json
+    assert responses("--model", str(merged), "--val_dataset", str(run / "val_dataset.jsonl"), "--image_max_token_num",
+                     "16", "--image_min_token_num", "4") == from_adapter
+    responses("--adapters", str(adapter), "--load_data_args", "true", "--merge_lora", "true")
+    assert "is there already; kept" in capsys.readouterr().out
+    with pytest.raises(VlftError, match="--merge_lora true merges one adapter checkpoint"):
+        parse_args(InferArguments, ["--model", "m", "--merge_lora", "true"], "vlft infer")
