@@ -51,7 +51,8 @@ def write_merged(args: InferArguments) -> None:
     from vlft.cli.export import merge
     from vlft.export.arguments import ExportArguments
 
-    merged = Path(f"{Path(args.adapters[0]).expanduser().as_posix().rstrip('/')}-merged")
+    adapter = Path(args.adapters[0]).expanduser().resolve()  # `.` too: the merged dir goes beside it
+    merged = adapter.with_name(f"{adapter.name}-merged")
     if merged.exists():
         print(f"--merge_lora: {merged} is there already; kept")
         return

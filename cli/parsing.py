@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import sys
 import typing
 from typing import Any, Literal, Mapping
@@ -225,10 +226,19 @@ def _takes_bare_flag(hint: Any) -> bool:
     return hint is bool or bool in typing.get_args(hint)
 
 
+_FLAG = re.compile(r"--([A-Za-z0-9][A-Za-z0-9_-]*)(=.*)?", re.DOTALL)
+
+
 def underscored(argv: list[str]) -> list[str]:
-    """`--max-length` as `--max_length` (ms-swift takes both spellings); values are left alone."""
-    return [f"--{token[2:].partition('=')[0].replace('-', '_')}{''.join(token.partition('=')[1:])}"
-            if token.startswith("--") and len(token) > 2 else token for token in argv]
+    """`--max-length` as `--max_length` (ms-swift takes both spellings). Only flag-shaped tokens change (a value
+    such as `--- END` or `--a-b c` stays), and nothing after a bare `--`."""
+    out = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        flag = _FLAG.fullmatch(token)
+        out.append(f"--{flag.group(1).replace('-', '_')}{flag.group(2) or ''}" if flag else token)
+    return out
 
 
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:

@@ -527,7 +527,8 @@ class InferArguments(ModelArguments, TemplateArguments):
         problems = TemplateArguments.problems(self)
         if not self.model and not self.adapters:
             problems.append("--model or --adapters is required")
-        if self.merge_lora and (len(self.adapters) != 1 or "=" in self.adapters[0]):
+        named = [a for a in self.adapters if "=" in a and not Path(a).expanduser().exists()]  # NAME=PATH (deploy)
+        if self.merge_lora and (len(self.adapters) != 1 or named):
             problems.append(f"--merge_lora true merges one adapter checkpoint (--adapters PATH), got "
                             f"{' '.join(self.adapters) or 'none'}")
         if self.attn_impl is not None:

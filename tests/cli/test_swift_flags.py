@@ -520,3 +520,9 @@ def test_infer_merge_lora_writes_the_merged_model_that_answers_as_the_adapter(ch
     assert "is there already; kept" in capsys.readouterr().out
     with pytest.raises(VlftError, match="--merge_lora true merges one adapter checkpoint"):
         parse_args(InferArguments, ["--model", "m", "--merge_lora", "true"], "vlft infer")
+
+
+def test_values_shaped_like_flags_keep_their_dashes():
+    args = parse_args(InferArguments, ["--model", "m", "--stop_words", "--- END", "--system", "--a-b c",
+                                       "--max-new-tokens", "4"], "vlft infer")
+    assert args.stop_words == ["--- END"] and args.system == "--a-b c" and args.max_new_tokens == 4

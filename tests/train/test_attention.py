@@ -111,3 +111,15 @@ def test_vision_tower_attends_all_images_in_one_call_per_block_and_equals_per_im
     full_blocks = [c for c in calls if c.tolist() == [0, *patches.cumsum(0).tolist()]]
     assert full_blocks  # whole images in one call (Qwen2.5-VL's other blocks attend within windows)
     assert all(c[-1] == patches.sum() for c in calls)
+
+
+def test_flash_attention_inputs_come_in_one_half_precision():
+    """FlashAttention (a custom operator autocast does not cast) takes no float32 and no mix: float16 runs whose
+    trained parameters are float32 (tuners.upcast_trained_float16) give float32 queries beside float16 values."""
+    from vlft.train.attention import in_kernel_dtype
+
+    half, full = torch.ones(2, 2, dtype=torch.float16), torch.ones(2, 2)
+    assert [t.dtype for t in in_kernel_dtype(full, full, half, torch.float16)] == [torch.float16] * 3
+    assert [t.dtype for t in in_kernel_dtype(full, half, half, None)] == [torch.float16] * 3
+    same = (half, half, half)
+    assert all(a is b for a, b in zip(in_kernel_dtype(*same, torch.bfloat16), same))  # one half dtype: untouched

@@ -88,7 +88,7 @@ def test_args_json_leaves_the_hub_token_out(tmp_path):
     assert text.startswith("{\n  ")  # indented
 
 
-def test_checkpoint_links_replace_old_links_and_never_a_real_dir(tmp_path):
+def test_checkpoint_links_replace_old_links_and_never_a_real_dir(tmp_path, caplog):
     from vlft.train.run_dir import link_checkpoints
 
     for step in (2, 4):
@@ -98,7 +98,13 @@ def test_checkpoint_links_replace_old_links_and_never_a_real_dir(tmp_path):
     link_checkpoints(tmp_path, tmp_path / "checkpoint-4", str(tmp_path / "checkpoint-2"))  # a resumed run
     assert (tmp_path / "last").resolve() == tmp_path / "checkpoint-4"
     assert (tmp_path / "best").resolve() == tmp_path / "checkpoint-2"
+    link_checkpoints(tmp_path, tmp_path / "checkpoint-4", None)  # this run chose no best: no stale link
+    assert not (tmp_path / "best").is_symlink()
+    elsewhere = tmp_path / "old-run" / "checkpoint-1"  # a best kept from the run a resume started from
+    elsewhere.mkdir(parents=True)
+    link_checkpoints(tmp_path, tmp_path / "checkpoint-4", elsewhere)
+    assert (tmp_path / "best").readlink() == elsewhere.resolve()
     (tmp_path / "best").unlink()
     (tmp_path / "best").mkdir()
-    with pytest.raises(VlftError, match="exists and is not a link"):
-        link_checkpoints(tmp_path, tmp_path / "checkpoint-4", tmp_path / "checkpoint-2")
+    assert link_checkpoints(tmp_path, tmp_path / "checkpoint-4", elsewhere) == [tmp_path / "last"]
+    assert (tmp_path / "best").is_dir() and "is not a link; left alone" in caplog.text

@@ -156,6 +156,8 @@ def samplewise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return _block_diagonal_sdpa(q, k, v, cu_seqlens_q, causal, scale)
+    q, k, v = in_kernel_dtype(q, k, v, torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda")
+                              else None)
     extra = {}
     if groups > 1:
         if _KERNEL_GQA:
@@ -164,6 +166,21 @@ def samplewise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q, cu_seqlens_k, max_length_q,
                        max_length_k, scale=scale, window_size=(-1, 0) if causal else (-1, -1), **extra)
+
+
+def in_kernel_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in one half precision for FlashAttention, which takes no float32 and no mix, and which autocast
+    does not cast (a custom operator): float32 queries and keys arise under float16 autocast when trained
+    parameters are float32 (tuners.upcast_trained_float16: a float32 embedding makes float32 rotary cos/sin).
+    The autocast dtype when autocast is on, else the half precision among them; unchanged when already one."""
+    dtypes = {q.dtype, k.dtype, v.dtype}
+    if len(dtypes) == 1 and torch.float32 not in dtypes:
+        return q, k, v
+    target = autocast_dtype or next((t.dtype for t in (v, k, q) if t.dtype in (torch.float16, torch.bfloat16)), None)
+    if target is None:
+        return q, k, v
+    return q.to(target), k.to(target), v.to(target)
 
 
 def register_varlen_attention() -> str:

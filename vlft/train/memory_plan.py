@@ -139,7 +139,8 @@ def probe_activations(model: nn.Module, layers: nn.ModuleList, inputs: dict, hid
             if hasattr(layer, "gradient_checkpointing"):
                 layer.gradient_checkpointing = flag
         release()
-    dtype_bytes = next(p for p in model.parameters() if p.is_floating_point()).element_size()
+    # The hidden states' dtype is the input embedding's (float32 where a float16 run trains it in float32).
+    dtype_bytes = max(p.element_size() for p in model.get_input_embeddings().parameters())
     return ActivationProbe(tokens=tokens, per_layer=per_layer, outside=outside,
                            layer_input=tokens * hidden_size * dtype_bytes)
 

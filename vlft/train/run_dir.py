@@ -141,17 +141,21 @@ def clear_failed(run_dir: Path) -> None:
 
 def link_checkpoints(run_dir: Path, last: Path, best: str | Path | None) -> list[Path]:
     """--create_checkpoint_symlink (ms-swift's): `run_dir/last` and (when evaluation chose one) `run_dir/best`,
-    links to the checkpoints by their names, so the run dir can move. An existing link is replaced (a resumed run
-    writing into the same dir). Returns the links made."""
+    links to the checkpoints: by name when inside the run dir (so it can move), else by absolute path (a best
+    checkpoint kept from the run a resume started from). An existing link is replaced, a stale `best` removed; a
+    file or dir of that name is left alone with a warning (training has finished by then). Returns the links made."""
     made = []
     for name, target in (("last", last), ("best", best)):
-        if target is None:
-            continue
         link = run_dir / name
+        if link.exists() and not link.is_symlink():
+            logging.getLogger(__name__).warning(f"--create_checkpoint_symlink: {link} is not a link; left alone")
+            continue
         if link.is_symlink():
             link.unlink()
-        elif link.exists():
-            raise VlftError(f"--create_checkpoint_symlink: {link} exists and is not a link; move it away")
-        link.symlink_to(Path(target).name, target_is_directory=True)
+        if target is None:
+            continue
+        target = Path(target)
+        inside = target.resolve().parent == run_dir.resolve()
+        link.symlink_to(target.name if inside else target.resolve(), target_is_directory=True)
         made.append(link)
     return made
