@@ -62,7 +62,12 @@ class _JsonEqual(frozenset):
             return json.loads(str(text)) == self.value
         except ValueError:
             return False
+
+
 _NO_ACCURACY = "vlft logs the loss (and tokens/s), not token accuracy"
+_SAFETENSORS = "vlft always writes safetensors"
+_NO_GENERATION = "vlft sft generates nothing (evaluation computes the loss)"
+_SHUFFLED = "the training samples (or packed rows) are drawn in a seeded random order"
 
 # ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
 # does anyway, accepted and dropped; why not, and what to use instead). A name ending in "_" covers every flag that
@@ -116,7 +121,7 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
     "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
     "ssl_certfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
-    "safe_serialization": (TRUE, "vlft always writes safetensors"),
+    "safe_serialization": (TRUE, _SAFETENSORS),
     "to_ollama": (FALSE, "no Ollama export: vlft export --merge_lora true writes a plain HF model dir"),
     "mcore_adapter": (_NONE, _MEGATRON),
     # Flags of real `swift sft` scripts that ask for what vlft does anyway (or change nothing here), and the
@@ -137,7 +142,7 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "ignore_args_error": (FALSE, "vlft reports every flag it does not take: remove them"),
     "overwrite_output_dir": (_ANY, "each run writes a new --output_dir/v{N}-{time} (--add_version false: into "
                                    "--output_dir itself)"),
-    "max_new_tokens": (_ANY, "vlft sft generates nothing (evaluation computes the loss)"),
+    "max_new_tokens": (_ANY, _NO_GENERATION),
     "acc_strategy": (_ANY, _NO_ACCURACY),
     "eval_use_evalscope": (FALSE, "evaluation computes the loss on --val_dataset"),
     "metric_for_best_model": (frozenset({"loss", "eval_loss"}), "evaluation computes the loss only; "
@@ -145,19 +150,19 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "greater_is_better": (FALSE, "the best checkpoint has the lowest eval loss"),
     "load_best_model_at_end": (FALSE, "the run ends on its last step; --save_strategy best keeps the checkpoint "
                                       "of the lowest eval loss, which vlft infer or export take by path"),
-    "save_safetensors": (TRUE, "vlft always writes safetensors"),
+    "save_safetensors": (TRUE, _SAFETENSORS),
     "lora_bias": (frozenset({"none"}), "LoRA trains no biases (add a module to --modules_to_save to train it "
                                        "whole)"),
     "init_weights": (TRUE, "LoRA starts from PEFT's default (A random, B zero)"),
-    "dataset_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
-    "train_dataloader_shuffle": (TRUE, "the training samples (or packed rows) are drawn in a seeded random order"),
+    "dataset_shuffle": (TRUE, _SHUFFLED),
+    "train_dataloader_shuffle": (TRUE, _SHUFFLED),
     "gradient_checkpointing_kwargs": (_JsonEqual({"use_reentrant": False}),
                                       "vlft's gradient checkpointing is torch's non-reentrant one"),
     "add_non_thinking_prefix": (TRUE, "vlft writes the empty <think> block where the chat template writes it (in "
                                       "every turn with --preserve_thinking true)"),
     "experts_impl": (frozenset({"grouped_mm"}), "MoE experts run as grouped GEMMs (LoRA on them per routed token "
                                                 "group)"),
-    "temperature": (_ANY, "vlft sft generates nothing (evaluation computes the loss)"),
+    "temperature": (_ANY, _NO_GENERATION),
     "write_batch_size": (_ANY, "vlft infer writes each answer as it is made"),
     "use_logits_to_keep": (FALSE, "--chunked_loss true computes the loss without a whole row's logits"),
     "val_dataset_shuffle": (FALSE, "the eval samples keep their order"),
