@@ -24,7 +24,8 @@ def merge(args: ExportArguments) -> Path:
     # Cheap checks first: resolving the base model may download it.
     require_lora_checkpoint(checkpoint)
     check_output_dir(output_dir)
-    base_dir = base_model_of(checkpoint, args.model, args.cache_dir, use_hf=args.use_hf, hub_token=args.hub_token)
+    base_dir = base_model_of(checkpoint, args.model, args.cache_dir, use_hf=args.use_hf, hub_token=args.hub_token,
+                             revision=args.model_revision)
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
     quantized = trained_quantized(read_checkpoint_args(checkpoint)) if args_json_path(checkpoint) else None
     if quantized:  # QLoRA: merged as ms-swift merges it (peft#2321), never into rounded 4-bit weights
@@ -75,7 +76,7 @@ def to_mcore(args: ExportArguments) -> Path:
             checkpoint = Path(args.adapters[0]).expanduser()
             require_lora_checkpoint(checkpoint)
             base_dir = base_model_of(checkpoint, args.model, args.cache_dir, use_hf=args.use_hf,
-                                     hub_token=args.hub_token)
+                                     hub_token=args.hub_token, revision=args.model_revision)
             plan_to_mcore(base_dir, output_dir, sizes, args.torch_dtype, args.test_convert_precision)  # checks
             model, model_dir = args.model or str(base_dir), Path(scratch) / "merged"
             merge_lora(checkpoint, model_dir, base_dir, None, max_shard_size=args.max_shard_size)
@@ -84,7 +85,7 @@ def to_mcore(args: ExportArguments) -> Path:
             from vlft.paths import cache_root
 
             model_dir = resolve_model_dir(args.model, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
-                                          hub_token=args.hub_token)
+                                          hub_token=args.hub_token, revision=args.model_revision)
         plan = plan_to_mcore(model_dir, output_dir, sizes, args.torch_dtype, args.test_convert_precision)
         output_dir.mkdir(parents=True)
         copy_processor_files(model_dir, output_dir)

@@ -56,7 +56,8 @@ def write_merged(args: InferArguments) -> None:
     if merged.exists():
         print(f"--merge_lora: {merged} is there already; kept")
         return
-    merge(ExportArguments(adapters=list(args.adapters), merge_lora=True, output_dir=str(merged), model=args.model,
+    merge(ExportArguments(adapters=list(args.adapters), merge_lora=True, output_dir=str(merged),
+                          model=args.model_dir or args.model, model_revision=args.model_revision,
                           torch_dtype=args.torch_dtype, use_hf=args.use_hf, hub_token=args.hub_token,
                           cache_dir=args.cache_dir))
 

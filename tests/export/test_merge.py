@@ -4,6 +4,7 @@ loads with plain transformers, and its logits equal base + PeftModel's (fp32, 1e
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -163,3 +164,39 @@ def test_max_shard_size_splits_the_merged_weights_and_keeps_every_tensor(lora_ch
     expected = load_file(whole / "model.safetensors")
     got = {k: v for shard in shards for k, v in load_file(shard).items()}
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def hub_cache_with_revisions(root, repo_id, revisions: dict):
+    """An HF Hub cache (the layout huggingface_hub reads offline) holding `repo_id` at each named revision."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    for number, (revision, model_dir) in enumerate(revisions.items()):
+        commit = f"{number + 1:040x}"
+        shutil.copytree(model_dir, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / revision).write_text(commit)
+    return root
+
+
+@pytest.mark.parametrize("revision", [None, "v2"])
+def test_model_revision_picks_the_base_merged_into(revision, lora_checkpoint, tiny_model_dir, tmp_path, monkeypatch):
+    """`--model ORG/NAME --model_revision R` merges into that revision's weights (from the HF cache, offline)."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    base_dir = tiny_model_dir("qwen3_vl")
+    changed = tmp_path / "changed"
+    shutil.copytree(base_dir, changed)
+    weights = load_file(base_dir / "model.safetensors")
+    patch = "model.visual.patch_embed.proj.weight"
+    weights[patch] = weights[patch] + 1.0
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    cache = hub_cache_with_revisions(tmp_path / "hub", "org/tiny", {"main": base_dir, "v2": changed})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    ckpt = lora_checkpoint("qwen3_vl")
+    out = tmp_path / "merged"
+    argv = ["--adapters", str(ckpt), "--merge_lora", "true", "--model", "org/tiny", "--use_hf", "true",
+            "--output_dir", str(out)] + (["--model_revision", revision] if revision else [])
+    assert run(argv) == 0
+    expected = load_file((changed if revision else base_dir) / "model.safetensors")[patch]
+    assert torch.equal(load_file(out / "model.safetensors")[patch], expected)

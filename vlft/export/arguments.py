@@ -24,6 +24,8 @@ class ExportArguments(CheckedArguments):
     model: str | None = field(default=None, metadata={
         "help": "base model to merge into (default: the `model` in the checkpoint's args.json); without "
                 "--adapters, the model dir or checkpoint to push"})
+    model_revision: str | None = field(default=None, metadata={
+        "help": "hub revision of --model (default: the run's own --model_revision when the base comes from args.json)"})
     merge_lora: bool = field(default=False, metadata={"help": "merge the adapter into the base weights"})
     output_dir: str | None = field(default=None, metadata={"help": "merged model dir (default: CKPT-merged)"})
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(

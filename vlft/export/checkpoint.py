@@ -59,13 +59,14 @@ def require_lora_checkpoint(checkpoint: Path) -> None:
 
 
 def base_model_of(checkpoint: Path, model_override: str | None, cache_dir: str | None, *, use_hf: bool = False,
-                  hub_token: str | None = None) -> Path:
-    """The base model dir: `--model` when given, else the `model` of the run's args.json."""
+                  hub_token: str | None = None, revision: str | None = None) -> Path:
+    """The base model dir: `--model` (at `revision`) when given, else the `model` of the run's args.json (at the
+    run's own revision unless `revision` is given)."""
     from vlft.model.hub import resolve_model_dir  # imports torch (tiny models): only when a base is needed
 
     if model_override:
         return resolve_model_dir(model_override, use_hf=use_hf, cache_root=cache_root(cache_dir),
-                                 hub_token=hub_token)
+                                 hub_token=hub_token, revision=revision)
     args = read_checkpoint_args(checkpoint)
     model = args.get("model")
     if not model:
@@ -74,7 +75,7 @@ def base_model_of(checkpoint: Path, model_override: str | None, cache_dir: str |
         # The run's own hub and cache settings, unless this command sets them.
         return resolve_model_dir(model, use_hf=use_hf or bool(args.get("use_hf")),
                                  cache_root=cache_root(cache_dir or args.get("cache_dir")),
-                                 hub_token=hub_token, revision=args.get("model_revision"))
+                                 hub_token=hub_token, revision=revision or args.get("model_revision"))
     except VlftError as e:
         raise VlftError(f"the base model {model!r} of {args_json_path(checkpoint)}: {e}; pass --model") from None
 
