@@ -49,10 +49,9 @@ def write_merged(args: InferArguments) -> None:
     if not args.merge_lora:
         return
     from vlft.cli.export import merge
-    from vlft.export.arguments import ExportArguments
+    from vlft.export.arguments import ExportArguments, merged_dir_of
 
-    adapter = Path(args.adapters[0]).expanduser().resolve()  # `.` too: the merged dir goes beside it
-    merged = adapter.with_name(f"{adapter.name}-merged")
+    merged = merged_dir_of(args.adapters[0])
     if merged.exists():
         print(f"--merge_lora: {merged} is there already; kept")
         return

@@ -526,3 +526,16 @@ def test_values_shaped_like_flags_keep_their_dashes():
     args = parse_args(InferArguments, ["--model", "m", "--stop_words", "--- END", "--system", "--a-b c",
                                        "--max-new-tokens", "4"], "vlft infer")
     assert args.stop_words == ["--- END"] and args.system == "--a-b c" and args.max_new_tokens == 4
+
+
+def test_the_merged_dir_goes_beside_the_adapter_under_its_own_name(tmp_path, monkeypatch):
+    from vlft.export.arguments import merged_dir_of
+
+    (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
+    (tmp_path / "run" / "last").symlink_to("checkpoint-5")
+    monkeypatch.chdir(tmp_path / "run" / "checkpoint-5")
+    assert merged_dir_of(".") == tmp_path / "run" / "checkpoint-5-merged"
+    assert merged_dir_of("../checkpoint-5/") == Path("../checkpoint-5-merged")
+    assert merged_dir_of("../last") == Path("../last-merged")  # a link's own name, as ms-swift names it
+    assert merged_dir_of("..") == tmp_path / "run-merged"
+    assert ExportArguments(adapters=["."], merge_lora=True).output_dir == str(tmp_path / "run" / "checkpoint-5-merged")

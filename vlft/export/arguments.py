@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,15 @@ from vlft.arguments import CheckedArguments, not_positive
 
 # A hub repo id: NAME (the token's own namespace) or OWNER/NAME, as both hubs spell them.
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+
+
+def merged_dir_of(adapter: str) -> Path:
+    """Where an adapter checkpoint merged into its base goes by default: beside it, as CKPT-merged (ms-swift's
+    name, a link's own name kept); `.` and `..` name the dir they stand for (never `.-merged`)."""
+    path = Path(adapter).expanduser()  # Path drops a trailing slash
+    if path.name in ("", ".", ".."):
+        path = Path(os.path.abspath(path))  # as ms-swift's to_abspath: `..` folded, links not followed
+    return path.with_name(f"{path.name}-merged")
 
 
 @dataclass
@@ -85,7 +95,7 @@ class ExportArguments(CheckedArguments):
         if self.merge_lora and not self.adapters:
             problems.append("--adapters is required with --merge_lora true (a LoRA checkpoint dir)")
         if self.merge_lora and self.output_dir is None and self.adapters:
-            self.output_dir = f"{Path(self.adapters[0])}-merged"  # Path drops a trailing slash
+            self.output_dir = str(merged_dir_of(self.adapters[0]))
         return problems
 
     def _megatron_problems(self) -> list[str]:
