@@ -283,8 +283,10 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
                 "packed and the attention is the varlen kernel)"})
     vit_gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "recompute ViT activations (default: as --gradient_checkpointing)"})
-    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: save_steps)"})
-    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    eval_steps: float | None = field(default=None, metadata={
+        "help": "evaluate every N steps, or below 1 a share of the run's steps (default: save_steps)"})
+    save_steps: float = field(default=500, metadata={
+        "help": "checkpoint every N steps, or below 1 a share of the run's steps (0.25: four times)"})
     save_strategy: Literal["steps", "epoch", "best", "no"] = field(default="steps", metadata={
         "help": "checkpoint every --save_steps, every epoch, at each best eval loss, or only the last step (no); "
                 "the last step is always saved"})
@@ -297,7 +299,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
     save_only_model: bool = field(default=False, metadata={
         "help": "checkpoints without the optimizer, scheduler and RNG states (smaller; they cannot be resumed)"})
     eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before the first step"})
-    logging_steps: int = field(default=5, metadata={"help": "log every N steps"})
+    logging_steps: float = field(default=5, metadata={
+        "help": "log every N steps, or below 1 a share of the run's steps"})
     logging_first_step: bool = field(default=False, metadata={"help": "also log the first step"})
     logging_nan_inf_filter: bool = field(default=False, metadata={
         "help": "log the running mean in place of a NaN/inf step loss (transformers' filter; its check reads "
@@ -352,6 +355,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             self.eval_steps = self.save_steps
         problems += self._trainer_flag_problems()
         problems += self._quantization_problems()
+        problems += self._step_interval_problems()
         problems += not_positive(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
                                         "gradient_accumulation_steps", "save_steps", "eval_steps", "logging_steps",
                                         "lora_rank", "learning_rate", "sequence_parallel_size",
@@ -363,6 +367,21 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             problems.append(f"--router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm and self.train_type == "full":
             problems.append("--freeze_vit, --freeze_aligner and --freeze_llm all true: nothing to train")
+        return problems
+
+    def _step_interval_problems(self) -> list[str]:
+        """--save_steps / --eval_steps / --logging_steps as transformers reads them (ms-swift passes them on): a
+        whole number of steps, or a share of the run's steps below 1; whole numbers are kept as ints."""
+        problems = []
+        for name in ("save_steps", "eval_steps", "logging_steps"):
+            value = getattr(self, name)
+            if value is None or value < 1:
+                continue
+            if value != int(value):
+                problems.append(f"--{name} {value:g}: a whole number of steps, or below 1 a share of the run's "
+                                "steps (0.1: every tenth of them)")
+            else:
+                setattr(self, name, int(value))
         return problems
 
     def _trainer_flag_problems(self) -> list[str]:

@@ -410,6 +410,8 @@ def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
     (["--group_by_length", "true"], "--packing true fills rows of --max_length from samples sorted by length"),
     (["--quant_bits", "4"], "--quant_bits 4 needs --quant_method bnb (ms-swift would train unquantized LoRA)"),
     (["--neftune_noise_alpha", "-1"], "--neftune_noise_alpha must be >= 0"),
+    (["--save_steps", "2.5"], "--save_steps 2.5: a whole number of steps, or below 1 a share of the run's steps"),
+    (["--logging_steps", "0"], "--logging_steps must be positive"),
 ])
 def test_swift_flags_vlft_cannot_follow_are_refused_with_the_reason(argv, message):
     with pytest.raises(VlftError, match=re.escape(message)):
@@ -539,3 +541,19 @@ def test_the_merged_dir_goes_beside_the_adapter_under_its_own_name(tmp_path, mon
     assert merged_dir_of("../last") == Path("../last-merged")  # a link's own name, as ms-swift names it
     assert merged_dir_of("..") == tmp_path / "run-merged"
     assert ExportArguments(adapters=["."], merge_lora=True).output_dir == str(tmp_path / "run" / "checkpoint-5-merged")
+
+
+def test_step_intervals_below_one_are_shares_of_the_run(tmp_path):
+    """--save_steps 0.5 --logging_steps 0.25 (transformers' reading, which ms-swift passes on): over 4 steps,
+    checkpoints at steps 2 and 4 and a loss logged at every step; whole numbers stay ints."""
+    import json
+
+    assert parse_args(SftArguments, [*SFT, "--save_steps", "50"], "vlft sft").save_steps == 50
+    out = tmp_path / "out"
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
+                 "--max_steps", "4", "--save_steps", "0.5", "--logging_steps", "0.25", "--image_max_token_num", "16",
+                 "--image_min_token_num", "4", "--report_to", "none", "--output_dir", str(out)]) == 0
+    (run_dir,) = out.iterdir()
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    logs = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+    assert [log["step"] for log in logs if "loss" in log] == [1, 2, 3, 4]
