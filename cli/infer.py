@@ -36,7 +36,7 @@ def run(argv: list[str]) -> int:
         engine = StopWordsEngine(engine, args.stop_words)
     config = RequestConfig(max_tokens=None, temperature=args.temperature, top_p=args.top_p,
                            top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                           stream=args.stream)
+                           stream=args.stream, logprobs=args.logprobs, top_logprobs=args.top_logprobs)
     if args.val_dataset or args.load_data_args:
         return answer_dataset(engine, args, config, encoder)
     return chat(engine, config, sys.stdin)
@@ -94,6 +94,7 @@ class StopWordsEngine:
 
     def _streamed(self, chunks):
         text, shown, stopped = "", 0, False
+        held: list[dict] = []  # logprobs of chunks not passed on, carried to the next one that is
         for chunk in chunks:  # drained to the end: the generation thread finishes before the next request
             choice = chunk.choices[0]
             final = choice.finish_reason is not None
@@ -103,7 +104,11 @@ class StopWordsEngine:
                 choice.delta.content, shown = visible[shown:] or None, len(visible)
             else:
                 choice.delta.content = None
+            if choice.logprobs is not None:
+                held += choice.logprobs["content"]
             if choice.delta.content or final:
+                if choice.logprobs is not None:
+                    choice.logprobs, held = {"content": held}, []
                 yield chunk
 
 
@@ -112,7 +117,7 @@ def _answer(engine, request, config) -> str:
         text = engine.infer([request], config)[0].choices[0].message.content
         print(text, flush=True)
         return text
-    return _printed_stream(engine.infer([request], config)[0])
+    return _printed_stream(engine.infer([request], config)[0])[0]
 
 
 def val_rows(args: InferArguments) -> list:
@@ -159,38 +164,47 @@ def answer_dataset(engine, args: InferArguments, config, encoder) -> int:
                 print(f"[QUERY] {request.messages[-1]['content']}")
                 print(f"[LABELS] {labels}")
                 print("[RESPONSE] ", end="", flush=True)
-                response = _printed_stream(answer) if config.stream else answer
-                if not config.stream:
+                if config.stream:
+                    response, logprobs = _printed_stream(answer)
+                else:
+                    response, logprobs = answer.choices[0].message.content, answer.choices[0].logprobs
                     print(response, flush=True)
+                # logprobs: null unless --logprobs true (ms-swift's result key)
                 out.write(json.dumps({"source": raw.source, "line": raw.line, "messages": request.messages,
                                       "images": request.images, "videos": request.videos, "labels": labels,
-                                      "response": response}, ensure_ascii=False, default=str) + "\n")
+                                      "response": response, "logprobs": logprobs}, ensure_ascii=False,
+                                     default=str) + "\n")
     print(SEPARATOR)
     print(f"results: {result_path}")
     return 1 if failures else 0
 
 
 def _answers(engine, requests: list, config) -> list:
-    """Per request: the answer's text (streamed: its chunks), or the DataError that refused it. A batch that fails
-    is answered request by request, so that one bad line does not take the others with it."""
+    """Per request: the answer (streamed: its chunks), or the DataError that refused it. A batch that fails is
+    answered request by request, so that one bad line does not take the others with it."""
     try:
-        answers = engine.infer(requests, config)
+        return engine.infer(requests, config)
     except DataError as e:
         if len(requests) == 1:
             return [e]
         return [answer for request in requests for answer in _answers(engine, [request], config)]
-    return answers if config.stream else [answer.choices[0].message.content for answer in answers]
 
 
-def _printed_stream(chunks) -> str:
-    pieces = []
+def _printed_stream(chunks) -> tuple[str, dict | None]:
+    """The streamed answer's text, printed as it comes, and its logprobs gathered from the chunks (None when not
+    asked for)."""
+    pieces: list[str] = []
+    tokens: list[dict] | None = None
     for chunk in chunks:
-        piece = chunk.choices[0].delta.content
-        if piece:
-            pieces.append(piece)
-            print(piece, end="", flush=True)
+        choice = chunk.choices[0]
+        if choice.delta.content:
+            pieces.append(choice.delta.content)
+            print(choice.delta.content, end="", flush=True)
+        if choice.logprobs is not None:
+            tokens = [] if tokens is None else tokens
+            tokens.extend(choice.logprobs["content"])
     print(flush=True)
-    return "".join(pieces)
+    return "".join(pieces), None if tokens is None else {"content": tokens}
 
 
 def dataset_requests(args: InferArguments, encoder) -> tuple[list, int]:

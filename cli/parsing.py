@@ -67,6 +67,7 @@ class _JsonEqual(frozenset):
 _NO_ACCURACY = "vlft logs the loss (and tokens/s), not token accuracy"
 _SAFETENSORS = "vlft always writes safetensors"
 _NO_GENERATION = "vlft sft generates nothing (evaluation computes the loss)"
+_NO_LOGPROBS = "vlft sft and export generate nothing; vlft infer and deploy take it"
 _SHUFFLED = "the training samples (or packed rows) are drawn in a seeded random order"
 
 # ms-swift flags of sft / infer / deploy / export that vlft does not take: name -> (values that ask for what vlft
@@ -115,8 +116,6 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "lmdeploy_": (_NONE, _ENGINES),
     "num_beams": (frozenset({"1"}), "answers are greedy (--temperature 0) or sampled (--temperature, --top_p, "
                                     "--top_k), never beam-searched"),
-    "logprobs": (FALSE, "log probabilities are not returned"),
-    "top_logprobs": (_NONE, "log probabilities are not returned"),
     "merge_lora": (FALSE, "merge after training: vlft export --adapters CKPT --merge_lora true"),
     "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
     "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),
@@ -163,6 +162,8 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "experts_impl": (frozenset({"grouped_mm"}), "MoE experts run as grouped GEMMs (LoRA on them per routed token "
                                                 "group)"),
     "temperature": (_ANY, _NO_GENERATION),
+    "logprobs": (FALSE, _NO_LOGPROBS),
+    "top_logprobs": (_NONE, _NO_LOGPROBS),
     "write_batch_size": (_ANY, "vlft infer writes each answer as it is made"),
     "use_logits_to_keep": (FALSE, "--chunked_loss true computes the loss without a whole row's logits"),
     "val_dataset_shuffle": (FALSE, "the eval samples keep their order"),

@@ -12,6 +12,7 @@ from typing import Literal
 from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
+from vlft.infer.protocol import MAX_TOP_LOGPROBS
 
 
 def public_args(args) -> dict:
@@ -541,11 +542,20 @@ class InferArguments(ModelArguments, TemplateArguments):
     merge_lora: bool = field(default=False, metadata={
         "help": "also write the adapter merged into its base to ADAPTER-merged (kept when already there), as "
                 "ms-swift does; answers come from the same merged weights either way"})
+    logprobs: bool = field(default=False, metadata={
+        "help": "the log probability of each generated token, in OpenAI's shape (the result jsonl's `logprobs`; "
+                "vlft deploy: for requests that do not set `logprobs`)"})
+    top_logprobs: int | None = field(default=None, metadata={
+        "help": f"with --logprobs true: also the N likeliest tokens at each step (0 to {MAX_TOP_LOGPROBS})"})
 
     def problems(self) -> list[str]:
         problems = TemplateArguments.problems(self)
         if not self.model and not self.adapters:
             problems.append("--model or --adapters is required")
+        if self.top_logprobs is not None and not self.logprobs:
+            problems.append(f"--top_logprobs {self.top_logprobs} needs --logprobs true")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            problems.append(f"--top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         named = [a for a in self.adapters if "=" in a and not Path(a).expanduser().exists()]  # NAME=PATH (deploy)
         if self.merge_lora and (len(self.adapters) != 1 or named):
             problems.append(f"--merge_lora true merges one adapter checkpoint (--adapters PATH), got "

@@ -73,7 +73,7 @@ MS_SWIFT = {
               "top_k": Computed("generation_config.json"),
               "repetition_penalty": Computed("generation_config.json"), "load_data_args": False,
               "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
-              "stop_words": [], "merge_lora": False},
+              "stop_words": [], "merge_lora": False, "logprobs": False, "top_logprobs": None},
     "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "model_revision": None, "use_hf": False, "push_to_hub": False,
                "hub_model_id": None, "hub_token": None, "hub_private_repo": False, "max_shard_size": "5GB",
                "to_mcore": False, "to_hf": False, "mcore_model": None, "tensor_model_parallel_size": 1,

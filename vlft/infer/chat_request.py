@@ -74,8 +74,8 @@ def checked_messages(messages: list[dict], limits: RequestLimits, decoder: Image
 
 
 def request_config(body: ChatCompletionRequest, limits: RequestLimits, defaults: RequestConfig) -> RequestConfig:
-    """Sampling settings from the body; absent ones take the server's defaults. An absent max_tokens is the
-    engine's: --max_new_tokens, cut to what --max_model_len leaves."""
+    """Sampling and logprobs settings from the body; absent ones take the server's defaults. An absent max_tokens
+    is the engine's: --max_new_tokens, cut to what --max_model_len leaves."""
     name = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
     max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
     if max_tokens is not None and max_tokens > limits.max_tokens_limit:
@@ -83,17 +83,19 @@ def request_config(body: ChatCompletionRequest, limits: RequestLimits, defaults:
     if body.stop:
         raise DataError("stop sequences are not supported by vlft deploy (answers end at the template's stop "
                         "tokens or max_tokens)", field="stop")
-    if body.logprobs:
-        raise DataError("logprobs are not supported by vlft deploy", field="logprobs")
 
     def given(value, default):
         return default if value is None else value
 
+    logprobs = given(body.logprobs, defaults.logprobs)
+    if body.top_logprobs is not None and not logprobs:  # OpenAI's rule
+        raise DataError(f"top_logprobs {body.top_logprobs} needs logprobs true", field="top_logprobs")
     return RequestConfig(max_tokens=max_tokens, stream=bool(body.stream),
                          temperature=given(body.temperature, defaults.temperature),
                          top_p=given(body.top_p, defaults.top_p), top_k=given(body.top_k, defaults.top_k),
                          repetition_penalty=given(body.repetition_penalty, defaults.repetition_penalty),
-                         seed=body.seed)
+                         seed=body.seed, logprobs=logprobs,
+                         top_logprobs=given(body.top_logprobs, defaults.top_logprobs) if logprobs else None)
 
 
 def engine_request(body: ChatCompletionRequest, limits: RequestLimits, defaults: RequestConfig,

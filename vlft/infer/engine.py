@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
 from vlft.arguments import InferArguments, TemplateArguments
 from vlft.data.collator import media_inputs
@@ -16,6 +17,7 @@ from vlft.data.pipeline import build_encoder
 from vlft.errors import DataError, VlftError
 from vlft.infer.adapters import active_adapter, adapter_specs, served_name, with_named_adapters
 from vlft.infer.engine_stream import stream_chunks
+from vlft.infer.logprobs import LogprobRecorder, openai_logprobs
 from vlft.infer.protocol import ChatCompletionResponse, ChatMessage, Choice, InferRequest, RequestConfig, Usage
 from vlft.model.loading import load_pretrained, merge_adapter
 from vlft.train.model import resolve_dtype
@@ -150,16 +152,22 @@ class InferEngine:
     def _generate(self, each: list[dict], config: RequestConfig, max_tokens: int,
                   adapter: str | None) -> list[ChatCompletionResponse]:
         inputs = _left_padded(each, self.encoder.tokenizer.pad_token_id) if len(each) > 1 else each[0]
+        recorder = LogprobRecorder(len(each), config.top_logprobs) if config.logprobs else None
+        recording = {} if recorder is None else {"logits_processor": LogitsProcessorList([recorder]),
+                                                 "streamer": recorder}
         with torch.no_grad(), active_adapter(self.model, adapter):
-            out = self.model.generate(**inputs, **self.generate_kwargs(config, max_tokens))
+            out = self.model.generate(**inputs, **self.generate_kwargs(config, max_tokens), **recording)
         prompt_length = inputs["input_ids"].shape[1]
+        tokenizer = self.encoder.tokenizer
         responses = []
-        for row, single in zip(out, each):
+        for i, (row, single) in enumerate(zip(out, each)):
             new, reason = self.finish(row[prompt_length:].tolist(), max_tokens)
-            text = self.encoder.tokenizer.decode(new, skip_special_tokens=True)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            # one recorded step per generated token: those of this row's answer (not the padding after its stop)
+            logprobs = None if recorder is None else openai_logprobs(tokenizer, recorder.rows[i][:len(new)])
             responses.append(ChatCompletionResponse(
                 model=adapter or self.model_name, usage=Usage(single["input_ids"].shape[1], len(new)),
-                choices=[Choice(0, ChatMessage("assistant", text), reason)]))
+                choices=[Choice(0, ChatMessage("assistant", text), reason, logprobs)]))
         return responses
 
     def _stream(self, request: InferRequest, config: RequestConfig, adapter: str | None,

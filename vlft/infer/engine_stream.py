@@ -1,17 +1,20 @@
-"""One streamed answer: generate runs in its own thread and hands text to a TextIteratorStreamer; the chunks end
-with the finish reason ("length" when max_tokens cut the answer) and the usage. Closing the generator, or setting
-the caller's cancel event, ends generation at the next token."""
+"""One streamed answer: generate runs in its own thread and hands its tokens to a PieceStreamer, which turns them
+into text pieces; the chunks end with the finish reason ("length" when max_tokens cut the answer) and the usage.
+With logprobs asked for, each chunk carries those of the tokens generated since the previous one. Closing the
+generator, or setting the caller's cancel event, ends generation at the next token."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import uuid
 from typing import Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from vlft.infer.adapters import active_adapter
+from vlft.infer.logprobs import LogprobRecorder, openai_logprobs
 from vlft.infer.protocol import ChatCompletionStreamResponse, DeltaMessage, RequestConfig, StreamChoice, Usage
 
 
@@ -26,27 +29,65 @@ class StopWhenSet(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+class PieceStreamer(TextStreamer):
+    """Iterates (text piece, answer tokens generated so far) as TextStreamer finalizes pieces (whole words); each
+    step's tokens go first to the logprob recorder, if any, so that a piece's tokens are recorded when it is read."""
+
+    def __init__(self, tokenizer, recorder: LogprobRecorder | None = None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.recorder = recorder
+        self.tokens = 0
+        self._prompt_seen = False
+        self._pieces: queue.Queue = queue.Queue()
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.recorder is not None:
+            self.recorder.put(value)
+        if self._prompt_seen:
+            self.tokens += value.numel()
+        self._prompt_seen = True
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self._pieces.put((text, self.tokens))
+        if stream_end:
+            self._pieces.put(None)
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        while (piece := self._pieces.get()) is not None:
+            yield piece
+
+
 def stream_chunks(engine, inputs: dict, config: RequestConfig, max_tokens: int, adapter: str | None,
                   cancel: threading.Event | None) -> Iterator[ChatCompletionStreamResponse]:
     """The chunks of one answer to `inputs` (already encoded, so bad input was refused before this starts)."""
     closed = threading.Event()
-    streamer = TextIteratorStreamer(engine.encoder.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    tokenizer = engine.encoder.tokenizer
+    recorder = LogprobRecorder(1, config.top_logprobs) if config.logprobs else None
+    streamer = PieceStreamer(tokenizer, recorder)
     kwargs = {**inputs, **engine.generate_kwargs(config, max_tokens), "streamer": streamer,
               "stopping_criteria": StoppingCriteriaList([StopWhenSet(closed, cancel)])}
+    if recorder is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([recorder])
     name = adapter or engine.model_name
     chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
     prompt_tokens = inputs["input_ids"].shape[1]
+
+    def logprobs(start: int, end: int) -> dict | None:
+        return None if recorder is None else openai_logprobs(tokenizer, recorder.rows[0][start:end])
 
     def chunks():
         result: dict = {}
         thread = threading.Thread(target=_generate_into, args=(engine.model, adapter, result), kwargs=kwargs,
                                   daemon=True)
         thread.start()
+        sent = 0  # answer tokens whose logprobs went out
         try:
-            for piece in streamer:
+            for piece, tokens in streamer:
                 if piece:
-                    yield ChatCompletionStreamResponse(name, [StreamChoice(0, DeltaMessage("assistant", piece))],
-                                                       chunk_id)
+                    choice = StreamChoice(0, DeltaMessage("assistant", piece), logprobs=logprobs(sent, tokens))
+                    sent = tokens
+                    yield ChatCompletionStreamResponse(name, [choice], chunk_id)
         finally:  # also when the consumer closes the generator early: generate stops at its next token
             closed.set()
             thread.join()
@@ -55,9 +96,10 @@ def stream_chunks(engine, inputs: dict, config: RequestConfig, max_tokens: int, 
         if cancel is not None and cancel.is_set():
             return
         new, reason = engine.finish(result["output"][0, prompt_tokens:].tolist(), max_tokens)
-        # content "" (not None): the ms-swift snippet prints each delta's content, the last one included
-        yield ChatCompletionStreamResponse(name, [StreamChoice(0, DeltaMessage(content=""), reason)], chunk_id,
-                                           usage=Usage(prompt_tokens, len(new)))
+        # content "" (not None): the ms-swift snippet prints each delta's content, the last one included; the
+        # logprobs of the tokens no piece showed (the stop token, a held-back tail) come with it
+        choice = StreamChoice(0, DeltaMessage(content=""), reason, logprobs(sent, len(new)))
+        yield ChatCompletionStreamResponse(name, [choice], chunk_id, usage=Usage(prompt_tokens, len(new)))
 
     return chunks()
 

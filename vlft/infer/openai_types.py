@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlft.infer import protocol
+from vlft.infer.protocol import MAX_TOP_LOGPROBS
 
 
 class StreamOptions(BaseModel):
@@ -46,7 +47,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    logprobs: bool | None = None
+    logprobs: bool | None = None  # None: the server's --logprobs
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # only with logprobs true
     tools: list[dict[str, Any]] | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
 
@@ -67,11 +69,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str  # the token decoded alone (U+FFFD where it holds part of a character)
+    logprob: float
+    bytes: list[int]  # the token's own bytes
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]  # the likeliest tokens at this step, most likely first (empty unless asked for)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -85,7 +101,7 @@ class ChatCompletion(BaseModel):
     @classmethod
     def of(cls, response: protocol.ChatCompletionResponse, model: str) -> ChatCompletion:
         choices = [Choice(index=c.index, message=AssistantMessage(content=c.message.content),
-                          finish_reason=c.finish_reason) for c in response.choices]
+                          finish_reason=c.finish_reason, logprobs=c.logprobs) for c in response.choices]
         return cls(id=response.id, created=response.created, model=model, choices=choices,
                    usage=Usage.of(response.usage))
 
@@ -99,7 +115,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None  # those of this chunk's tokens
 
 
 class ChatCompletionChunk(BaseModel):
@@ -113,7 +129,7 @@ class ChatCompletionChunk(BaseModel):
     @classmethod
     def of(cls, chunk: protocol.ChatCompletionStreamResponse, model: str) -> ChatCompletionChunk:
         choices = [ChunkChoice(index=c.index, delta=Delta(role=c.delta.role, content=c.delta.content),
-                               finish_reason=c.finish_reason) for c in chunk.choices]
+                               finish_reason=c.finish_reason, logprobs=c.logprobs) for c in chunk.choices]
         return cls(id=chunk.id, created=chunk.created, model=model, choices=choices)
 
 

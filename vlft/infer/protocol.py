@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs (and the default of ms-swift deploy's --max_logprobs)
+
 
 @dataclass
 class InferRequest:
@@ -33,6 +35,8 @@ class RequestConfig:
     seed: int | None = None
     stream: bool = False
     stop: list[str] = field(default_factory=list)  # texts that end generation (ms-swift's RequestConfig.stop)
+    logprobs: bool = False  # each choice's `logprobs`: the generated tokens' log probabilities, in OpenAI's shape
+    top_logprobs: int | None = None  # with logprobs: also the likeliest tokens at each step (0 to MAX_TOP_LOGPROBS)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Choice:
     index: int
     message: ChatMessage
     finish_reason: str
+    logprobs: dict | None = None  # {"content": [{"token", "logprob", "bytes", "top_logprobs"}, ...]} when asked for
 
 
 @dataclass
@@ -81,6 +86,7 @@ class StreamChoice:
     index: int
     delta: DeltaMessage
     finish_reason: str | None = None
+    logprobs: dict | None = None  # those of the tokens generated since the previous chunk, when asked for
 
 
 @dataclass
