@@ -35,7 +35,10 @@ def measured_peak(model, batch: dict, chunked, lora_layers, steps: int = 3) -> i
     return peak
 
 
-def test_the_estimate_is_within_15_percent_of_the_measured_peak(tmp_path):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_estimate_is_within_15_percent_of_the_measured_peak(compiled, tmp_path):
+    """`compiled`: the decoder layers compiled (vlft sft's default fast path; torch.compile's default mode here),
+    the probe counting what their graphs keep (compile.layers_compiled_for_probing)."""
     sys.path.insert(0, str(REPO / "bench"))
     from sft_qwen3_vl_4b import build_model, write_data
 
@@ -45,7 +48,7 @@ def test_the_estimate_is_within_15_percent_of_the_measured_peak(tmp_path):
     from vlft.data.pipeline import build_encoder
     from vlft.train.attention import ATTENTION_NAME
     from vlft.train.chunked_loss import ChunkedLoss
-    from vlft.train.compile import decoder_layers
+    from vlft.train.compile import compile_decoder_layers, decoder_layers
     from vlft.train.memory_plan import apply_plan, measure_run_memory
     from vlft.train.model import enable_gradient_checkpointing, load_model
     from vlft.train.sft import encoded_samples, pack
@@ -70,7 +73,9 @@ def test_the_estimate_is_within_15_percent_of_the_measured_peak(tmp_path):
     model = prepare_trainable(model, family, args)
     layers = decoder_layers(model)
     memory = measure_run_memory(model, layers, batch, batch["input_ids"].numel(), True, torch.bfloat16,
-                                torch.device("cuda"))
+                                torch.device("cuda"), compiled=compiled)
+    if compiled:
+        compile_decoder_layers(model)
     cuda_batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     chunked, lora_layers = ChunkedLoss(model), LoraLayers(model)
     model.train()
@@ -80,7 +85,7 @@ def test_the_estimate_is_within_15_percent_of_the_measured_peak(tmp_path):
         estimate = memory.estimate(recomputed).total
         peak = measured_peak(model, cuda_batch, chunked, lora_layers)
         results.append((len(recomputed), estimate / 2**30, peak / 2**30))
-    print("recomputed layers, estimate GiB, measured GiB:", results)
+    print(f"compiled {compiled}: recomputed layers, estimate GiB, measured GiB:", results)
     for count, estimate, peak in results:
         assert abs(estimate - peak) <= 0.15 * peak, (count, estimate, peak)
     plan = memory.plan()

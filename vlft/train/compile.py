@@ -18,6 +18,10 @@ of a 4B step went from 41.7 to 30.1 ms (3 ms of it matmuls; BENCHMARKS.md).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
 from torch import nn
 
 from vlft.families import family_of, module_at
@@ -67,6 +71,28 @@ def compile_decoder_layers(model: nn.Module, backend: str = "inductor", mode: st
                 if name != family.modules.linear_attention:
                     part.compile(backend=backend)
     return len(layers), whole
+
+
+# torch's backend that stops after inductor's decompositions and its partition of the forward from the backward: it
+# generates no kernel, and a forward through it saves for the backward what inductor's compiled graphs save.
+PARTITION_ONLY = "aot_eager_decomp_partition"
+
+
+@contextlib.contextmanager
+def layers_compiled_for_probing(model: nn.Module) -> Iterator[None]:
+    """The decoder layers compiled as compile_decoder_layers compiles them, with PARTITION_ONLY: what a forward saves
+    is what the compiled layers will save (the min-cut partition recomputes cheap pointwise results, such as the
+    norms' outputs, SwiGLU's product and LoRA's counter-based dropout, instead of keeping them). Afterwards every
+    layer and part calls its eager forward again and dynamo's caches are emptied, so that the probe's graphs count
+    toward no recompile limit; nothing may be compiled before (the memory plan runs before compile_decoder_layers)."""
+    modules = [module for layer in decoder_layers(model) for module in (layer, *layer.children())]
+    compile_decoder_layers(model, backend=PARTITION_ONLY)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None  # nn.Module.compile's own attribute: None calls forward eagerly
+        torch._dynamo.reset()
 
 
 def whole_layer_compiles(layer: nn.Module, kind: DecoderKind) -> bool:

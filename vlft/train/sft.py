@@ -283,7 +283,7 @@ def checkpoint_choice(args: SftArguments, model, layers, dataset: PixelsOnFetch,
     rows = args.per_device_train_batch_size
     step_tokens = rows * (batch["input_ids"].numel() if fast.cuda_graphs else row_tokens(dataset.items[longest]))
     plan = measure_run_memory(model, layers, batch, step_tokens, fast.chunked_loss, dtype, training_args.device,
-                              copied_gradients).plan()
+                              copied_gradients, compiled=fast.torch_compile).plan()
     apply_plan(layers, plan.recomputed)
     return plan.line()
 
