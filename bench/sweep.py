@@ -192,7 +192,9 @@ def main() -> int:
                         result = run_one(directory, peer, length, args.steps, args.warmup)
                         row.update(tokens_per_second=result["tokens_per_second"],
                                    peak_memory_gib=result["peak_memory_gib"], settings=result.get("settings"),
-                                   wall_s=round(time.time() - started))
+                                   wall_s=round(time.time() - started),
+                                   **{key: result.get(key) for key in ("tokens_per_step", "step_ms",
+                                                                       "loader_stall_ms_per_step")})
                     except Exception as e:  # one failed run is a cell of the table, not the end of the sweep
                         row["error"] = f"{type(e).__name__}: {e}"[:300]
                 print(json.dumps(row), flush=True)

@@ -129,7 +129,9 @@ def summarize(records: dict, warmup_steps: int, config=None) -> dict:
     steps = last - warmup_steps
     total = {k: sum(b.get(k, 0) for b in batches) for k in ("tokens", "samples", "vision_tokens", "square_sum",
                                                              "wait_s")}
-    result = {"steps_measured": steps, "seconds": seconds,
+    step_ms = [round(1000 * (times[step] - times[step - 1]), 1) for step in range(warmup_steps + 1, last + 1)
+               if step in times and step - 1 in times]
+    result = {"steps_measured": steps, "seconds": seconds, "step_ms": step_ms,
               "tokens_per_second": total["tokens"] / seconds, "samples_per_second": total["samples"] / seconds,
               "tokens_per_step": total["tokens"] / steps,
               "loader_stall_ms_per_step": 1000 * total["wait_s"] / steps,
