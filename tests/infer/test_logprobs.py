@@ -163,6 +163,60 @@ def test_stop_words_keep_every_generated_tokens_logprobs_when_streamed(engine):
     streamed = [e["token"] for c in chunks for e in c.choices[0].logprobs["content"]]
     assert streamed == [e["token"] for e in whole.choices[0].logprobs["content"]]
     assert len(streamed) <= 5 and "".join(streamed).endswith(word)
+    # batched (left-padded) beside a longer answer, the row the stop word ended is padded after it: the padding
+    # (the pad token, a stop token too) is neither an entry nor a completion token of its answer
+    alone, beside = stopping.infer([request, image_request()], RequestConfig(max_tokens=8, logprobs=True))
+    assert beside.usage.completion_tokens > whole.usage.completion_tokens  # so the short row was padded
+    got, expected = alone.choices[0].logprobs["content"], whole.choices[0].logprobs["content"]
+    assert [e["token"] for e in got] == [e["token"] for e in expected]
+    assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in expected], abs=1e-5)
+    assert alone.usage.completion_tokens == whole.usage.completion_tokens == len(expected)
+
+
+@pytest.mark.timeout(120)  # a stream that never ends would otherwise hang the run
+def test_streaming_pieces_split_characters_errors_and_early_close(engine):
+    """PieceStreamer (all streaming, logprobs or not): pieces of tokens that split UTF-8 characters spell the
+    text without U+FFFD, each counting the tokens that spell it; an error inside generate reaches the consumer;
+    closing the stream early ends generation (no hang) and leaves the engine answering."""
+    from vlft import InferRequest, RequestConfig
+    from vlft.infer.engine_stream import PieceStreamer
+
+    tokenizer = engine.encoder.tokenizer
+    text = "Hi 你好, 😀 wörld!\nnext 🇯🇵 line ok"
+    ids = tokenizer.encode(text)
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some token holds part of a character
+    streamer = PieceStreamer(tokenizer)
+    for value in [torch.tensor([[1, 2]]), *(torch.tensor([i]) for i in ids)]:  # the prompt first, as generate
+        streamer.put(value)
+    streamer.end()
+    pieces = list(streamer)
+    assert "".join(p for p, _ in pieces) == text and not any("\ufffd" in p for p, _ in pieces)
+    shown = ""
+    for piece, tokens in pieces:
+        shown += piece
+        assert tokenizer.decode(ids[:tokens]).startswith(shown)
+    assert pieces[-1][1] == len(ids)
+
+    request = InferRequest(messages=SAY_HELLO)
+    calls = []
+
+    def fail_third_step(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory, say")
+
+    hook = engine.model.get_output_embeddings().register_forward_pre_hook(fail_third_step)
+    try:
+        [chunks] = engine.infer([request], RequestConfig(max_tokens=8, logprobs=True, stream=True))
+        with pytest.raises(RuntimeError, match="out of memory, say"):
+            list(chunks)
+    finally:
+        hook.remove()
+    [chunks] = engine.infer([request], RequestConfig(max_tokens=500, logprobs=True, stream=True))
+    first = next(chunks)
+    chunks.close()  # generation ends at its next token: close returns once its thread has finished
+    [again] = engine.infer([request], RequestConfig(max_tokens=3, logprobs=True, stream=True))
+    assert first.choices[0].logprobs["content"] and sum(len(c.choices[0].logprobs["content"]) for c in again) == 3
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -133,8 +133,18 @@ class InferEngine:
             kwargs.update(stop_strings=list(config.stop), tokenizer=self.encoder.tokenizer)
         return kwargs
 
-    def finish(self, new_tokens: list[int], max_tokens: int) -> tuple[list[int], str]:
-        """The answer's tokens up to its stop token, and why it ended: "length" when max_tokens cut it."""
+    def finish(self, new_tokens: list[int], max_tokens: int, stop_strings: list[str] | None = None,
+               ) -> tuple[list[int], str]:
+        """The answer's tokens up to its stop token, and why it ended: "length" when max_tokens cut it. A row of a
+        batch that a stop string ended is padded after the token that completed it: the padding is no part of the
+        answer (the pad token may be a stop token: it would count, and get a logprobs entry, as one)."""
+        pad = self.encoder.tokenizer.pad_token_id
+        if stop_strings and pad is not None and new_tokens and new_tokens[-1] == pad:
+            end = len(new_tokens)
+            while end and new_tokens[end - 1] == pad:
+                end -= 1
+            if any(word in self.encoder.tokenizer.decode(new_tokens[:end]) for word in stop_strings):
+                return new_tokens[:end], "stop"
         stop = next((i for i, t in enumerate(new_tokens) if t in self.stop_ids), None)
         if stop is not None:
             return new_tokens[:stop + 1], "stop"
@@ -161,7 +171,7 @@ class InferEngine:
         tokenizer = self.encoder.tokenizer
         responses = []
         for i, (row, single) in enumerate(zip(out, each)):
-            new, reason = self.finish(row[prompt_length:].tolist(), max_tokens)
+            new, reason = self.finish(row[prompt_length:].tolist(), max_tokens, config.stop)
             text = tokenizer.decode(new, skip_special_tokens=True)
             # one recorded step per generated token: those of this row's answer (not the padding after its stop)
             logprobs = None if recorder is None else openai_logprobs(tokenizer, recorder.rows[i][:len(new)])
