@@ -33,8 +33,26 @@ def test_too_many_samples_for_the_boundary_slots_is_an_error():
 
 def test_shape_for_rows_holds_the_fullest_row_and_its_padding():
     rows = [[text_sample(2)] * 3, [text_sample(2)] * 5, [text_sample(9)]]
-    assert FixedRowShape.for_rows(rows, max_length=64, rows_per_batch=1) == FixedRowShape(64, 7)
-    assert FixedRowShape.for_rows(rows, max_length=64, rows_per_batch=2) == FixedRowShape(128, 12)
+    # samples of at most 9 tokens: segments of at most 256 (the rounding), the whole row here
+    assert FixedRowShape.for_rows(rows, max_length=64, rows_per_batch=1) == FixedRowShape(64, 7, 64)
+    assert FixedRowShape.for_rows(rows, max_length=64, rows_per_batch=2) == FixedRowShape(128, 12, 128)
+    # rows of 2048 whose longest sample is 300 tokens: segments of at most 512, the padding in up to 4 of them
+    long_rows = [[text_sample(300)] + [text_sample(100)] * 5]
+    assert FixedRowShape.for_rows(long_rows, max_length=2048, rows_per_batch=1) == FixedRowShape(2048, 6 + 1 + 4, 512)
+
+
+def test_padding_is_cut_into_segments_no_longer_than_the_longest():
+    shape = FixedRowShape(length=20, boundaries=8, longest=6)
+    assert fixed_row_boundaries([5, 3], shape).tolist() == [0, 5, 8, 14, 20, 20, 20, 20]
+    assert fixed_row_boundaries([6, 6, 6], shape).tolist() == [0, 6, 12, 18, 20, 20, 20, 20]
+    with pytest.raises(VlftError, match="a sample of 7 tokens is longer than the fixed rows' longest segment 6"):
+        fixed_row_boundaries([7], shape)
+    collator = PaddingFreeCollator(get_family("qwen3_vl"), TOKENS, None, FixedRowShape(length=12, boundaries=6,
+                                                                                       longest=4))
+    batch = collator([text_sample(3)])
+    assert batch["row_cu_seqlens"].tolist() == [0, 3, 7, 11, 12, 12]
+    assert batch["position_ids"][0, 0].tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 0]  # each segment from 0
+    assert batch["row_longest_segment"] == 4 and batch["row_padding"] == 9
 
 
 def test_fixed_row_is_padded_with_a_segment_of_its_own():

@@ -64,27 +64,46 @@ def sample_position_ids(sample: EncodedSample, family: Family, tokens: VisionTok
         family.merge_size, intervals, split_video_frames=family.video_timestamps)
 
 
+# The longest segment of a fixed row is rounded up to this many tokens (FlashAttention's tile sizes divide it).
+SEGMENT_ROUNDING = 256
+
+
 @dataclass(frozen=True)
 class FixedRowShape:
-    """Every row `length` tokens long, with `boundaries` cu_seqlens entries."""
+    """Every row `length` tokens long, with `boundaries` cu_seqlens entries, no segment longer than `longest`
+    (default: `length`), which is the longest sequence the varlen attention kernel is launched for: its grid is
+    segments x longest / tile x heads, so a whole row's length there launches mostly empty tiles."""
 
     length: int
     boundaries: int
+    longest: int | None = None
+
+    @property
+    def segment_limit(self) -> int:
+        return self.longest or self.length
 
     @classmethod
     def for_rows(cls, rows: list[list[EncodedSample]], max_length: int, rows_per_batch: int) -> FixedRowShape:
         """The shape that holds `rows_per_batch` of these packed rows, each of at most `max_length` tokens:
-        room for the most samples any row has, per row, plus the padding segment."""
+        room for the most samples any row has, per row, plus the padding in segments no longer than the longest
+        sample (rounded up to SEGMENT_ROUNDING)."""
         most = max(len(row) for row in rows)
-        return cls(length=max_length * rows_per_batch, boundaries=most * rows_per_batch + 2)
+        length = max_length * rows_per_batch
+        longest_sample = max(sample.length for row in rows for sample in row)
+        longest = min(length, -(-longest_sample // SEGMENT_ROUNDING) * SEGMENT_ROUNDING)
+        return cls(length=length, boundaries=most * rows_per_batch + 1 + -(-length // longest), longest=longest)
 
 
 def fixed_row_boundaries(lengths: list[int], shape: FixedRowShape) -> torch.Tensor:
     """cu_seqlens (int32) of samples of `lengths` in a row of shape.length tokens: the samples, then the
-    padding as one more segment, then empty segments up to shape.boundaries entries."""
+    padding as segments of at most shape.segment_limit tokens, then empty segments up to shape.boundaries
+    entries."""
+    limit = shape.segment_limit
+    if any(length > limit for length in lengths):
+        raise VlftError(f"a sample of {max(lengths)} tokens is longer than the fixed rows' longest segment {limit}")
     bounds = [0, *accumulate(lengths)]
-    if bounds[-1] < shape.length:
-        bounds.append(shape.length)
+    while bounds[-1] < shape.length:
+        bounds.append(min(bounds[-1] + limit, shape.length))
     if len(bounds) > shape.boundaries:
         raise VlftError(f"a row of {len(lengths)} samples has more boundaries than the fixed {shape.boundaries}")
     return torch.tensor(bounds + [shape.length] * (shape.boundaries - len(bounds)), dtype=torch.int32)
@@ -116,11 +135,13 @@ class PaddingFreeCollator:
             if padding < 0:
                 raise VlftError(f"a padding-free row of {len(input_ids)} tokens is longer than the fixed row length "
                                 f"{self.fixed_shape.length}; pack rows with --packing true and --max_length")
-            fixed = {"row_cu_seqlens": fixed_row_boundaries([s.length for s in samples], self.fixed_shape),
-                     "row_padding": padding}
+            bounds = fixed_row_boundaries([s.length for s in samples], self.fixed_shape)
+            fixed = {"row_cu_seqlens": bounds, "row_padding": padding,
+                     "row_longest_segment": self.fixed_shape.segment_limit}
             input_ids += [self.tokens.pad_id] * padding
             labels += [IGNORE_INDEX] * padding
-            text_positions.append(torch.arange(padding))
+            for start, end in zip(bounds[len(samples):-1].tolist(), bounds[len(samples) + 1:].tolist()):
+                text_positions.append(torch.arange(end - start))  # each padding segment restarts at 0
             rope.append(torch.arange(padding).expand(3, -1))
         ids = torch.tensor([input_ids])
         position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]

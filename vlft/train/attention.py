@@ -60,15 +60,18 @@ class RowBoundaries:
     On the whole model: takes the collator's fixed-length row keys (`row_cu_seqlens`, `row_padding`:
     collator.py) out of the inputs, so neither the vision tower nor the loss sees them, and keeps the
     boundaries for this forward. On the language model: adds the boundaries as FlashAttention kwargs, the
-    kept ones with the row's full length as the longest sample (shapes and values fixed per row length: no
-    host read, and CUDA graphs can replay the layers), else ones computed from the text positions.
+    kept ones with the rows' fixed longest segment (`row_longest_segment`: the longest sample of the run,
+    the padding cut to segments no longer; shapes and values fixed per run: no host read, and CUDA graphs
+    can replay the layers), else ones computed from the text positions.
     """
 
     def __init__(self):
         self.fixed: torch.Tensor | None = None
+        self.longest: int | None = None
 
     def take_from_inputs(self, module: nn.Module, args: tuple, kwargs: dict):
         self.fixed = kwargs.pop("row_cu_seqlens", None)
+        self.longest = kwargs.pop("row_longest_segment", None)
         kwargs.pop("row_padding", None)
         return args, kwargs
 
@@ -79,8 +82,9 @@ class RowBoundaries:
         length = embeds.shape[1]
         if self.fixed is not None:
             cu_seqlens = self.fixed.to(embeds.device, non_blocking=True)
-            bounds = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": length,
-                      "max_length_k": length}
+            longest = self.longest or length
+            bounds = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest,
+                      "max_length_k": longest}
         else:
             bounds = row_boundary_kwargs(positions, length)
         return args, {**kwargs, **bounds}

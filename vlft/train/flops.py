@@ -100,8 +100,8 @@ def sequence_square_sum(inputs):
     """Sum of n^2 over the samples of a batch, on the batch's device (no host sync).
 
     Packed / padding-free rows: text positions (position_ids row 0) restart at 0 per sample, and
-    sum(2p + 1 for p in range(n)) = n^2; a fixed-shape row's padding segment (`row_padding`, collator.py) is
-    no sample and is left out. Padded batches: each row's attention_mask sum, squared.
+    sum(2p + 1 for p in range(n)) = n^2; a fixed-shape row's padding (`row_padding` tokens at its end, in
+    segments of their own: collator.py) is no sample and is left out. Padded batches: each row's attention_mask sum, squared.
     """
     mask = inputs.get("attention_mask")
     if mask is not None and mask.dim() == 2:
@@ -110,7 +110,7 @@ def sequence_square_sum(inputs):
     if positions is None:
         return inputs["input_ids"].shape[-1] ** 2 * inputs["input_ids"].shape[0]
     text = positions.reshape(-1, positions.shape[-1])[0]
-    return (2 * text + 1).sum() - inputs.get("row_padding", 0) ** 2
+    return (2 * text[:text.shape[0] - inputs.get("row_padding", 0)] + 1).sum()
 
 
 def device_peak_flops(device_name: str) -> float | None:
