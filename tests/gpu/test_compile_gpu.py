@@ -49,7 +49,9 @@ def train_losses(compiled: bool, tiny_model_dir, processor_of, media_dir, steps:
     if graphs and accumulate > 1:  # as `vlft sft` does
         copy_first_gradients(decoder_layers(model))
     fixed_rows = graphs if fixed_rows is None else fixed_rows
-    fixed = FixedRowShape(length=sum(s.length for s in samples) + 16, boundaries=len(samples) + 2) if fixed_rows else None
+    # The attention launched for exactly the longest sample (vlft sft rounds it up): the padding in segments no longer.
+    length, longest = sum(s.length for s in samples) + 16, max(s.length for s in samples)
+    fixed = FixedRowShape(length, len(samples) + 1 + -(-length // longest), longest) if fixed_rows else None
     collator = PaddingFreeCollator(family, tokens, None, fixed)
     losses = []
     for step in range(steps):
