@@ -28,25 +28,28 @@ def batch_counts(batch) -> dict:
         return {"tokens": 0, "samples": 0, "vision_tokens": 0}
     input_ids = batch["input_ids"]
     mask = batch.get("attention_mask")
+    # vlft's fixed-length rows end in `row_padding` tokens of padding (in segments of their own): left out
+    padding = int(batch.get("row_padding", 0))
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         tokens, samples = int(mask.sum()), int(mask.shape[0])
     else:  # padding-free row: one sequence per position-id restart
         tokens = int(input_ids.numel())
         positions = batch.get("text_position_ids", batch.get("position_ids"))
         if isinstance(positions, torch.Tensor):
-            samples = int((positions.reshape(-1, positions.shape[-1])[0] == 0).sum())
+            text = positions.reshape(-1, positions.shape[-1])[0]
+            samples = int((text[:text.shape[0] - padding] == 0).sum())
         else:
             samples = int(input_ids.shape[0])
     grid = batch.get("image_grid_thw")
     vision = int(grid.prod(-1).sum()) // MERGE if isinstance(grid, torch.Tensor) else 0
-    padding = int(batch.get("row_padding", 0))  # vlft's fixed-length rows end in a padding segment
-    return {"tokens": tokens - padding, "samples": samples - (padding > 0), "vision_tokens": vision,
-            "square_sum": square_sum(batch) - padding ** 2}
+    return {"tokens": tokens - padding, "samples": samples, "vision_tokens": vision,
+            "square_sum": square_sum(batch, padding)}
 
 
-def square_sum(batch) -> int:
+def square_sum(batch, padding: int = 0) -> int:
     """Sum of n^2 over the batch's samples (the attention term of the FLOPs): padded rows' mask sums squared,
-    or, in a padding-free row, sum(2p + 1) over the text positions p that restart at 0 per sample."""
+    or, in a padding-free row, sum(2p + 1) over the text positions p that restart at 0 per sample (the last
+    `padding` positions left out)."""
     import torch
 
     mask = batch.get("attention_mask")
@@ -54,7 +57,8 @@ def square_sum(batch) -> int:
         return int((mask.sum(-1).long() ** 2).sum())
     positions = batch.get("text_position_ids", batch.get("position_ids"))
     if isinstance(positions, torch.Tensor):
-        return int((2 * positions.reshape(-1, positions.shape[-1])[0].long() + 1).sum())
+        text = positions.reshape(-1, positions.shape[-1])[0].long()
+        return int((2 * text[:text.shape[0] - padding] + 1).sum())
     return int(batch["input_ids"].shape[-1]) ** 2 * int(batch["input_ids"].shape[0])
 
 
