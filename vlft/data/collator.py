@@ -5,10 +5,11 @@ for every sample (transformers finds the sample boundaries from them and builds 
 mask, or varlen attention uses them), rows 1-3 each sample's own mRoPE ids. No attention mask.
 
 Rows of one fixed shape (FixedRowShape, for CUDA graphs: `--torch_compile_mode reduce-overhead`) end in
-a padding segment of their own (positions restarting at 0, no targets) and carry their boundaries as
-`row_cu_seqlens`, padded with empty segments to one length for the whole run, and the padding's length as
-`row_padding`; attention.py takes both out of the model's inputs before the model sees them. One shape:
-a new row length or boundary count would compile the layers again and record new graphs mid-run.
+padding, in segments of their own no longer than the run's longest sample (positions restarting at 0, no
+targets), and carry their boundaries as `row_cu_seqlens`, padded with empty segments to one length for the
+whole run, the padding's length as `row_padding` and the longest segment as `row_longest_segment`;
+attention.py takes them out of the model's inputs before the model sees them. One shape: a new row length or
+boundary count would compile the layers again and record new graphs mid-run.
 """
 
 from __future__ import annotations
