@@ -12,6 +12,7 @@ from typing import Literal
 from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
+from vlft.infer.adapters import adapter_specs
 from vlft.infer.protocol import MAX_TOP_LOGPROBS
 
 
@@ -556,10 +557,11 @@ class InferArguments(ModelArguments, TemplateArguments):
             problems.append(f"--top_logprobs {self.top_logprobs} needs --logprobs true")
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             problems.append(f"--top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
-        named = [a for a in self.adapters if "=" in a and not Path(a).expanduser().exists()]  # NAME=PATH (deploy)
-        if self.merge_lora and (len(self.adapters) != 1 or named):
-            problems.append(f"--merge_lora true merges one adapter checkpoint (--adapters PATH), got "
-                            f"{' '.join(self.adapters) or 'none'}")
+        if self.merge_lora:
+            specs = collected(problems, adapter_specs, self.adapters)  # NAME=PATH entries are deploy's
+            if specs is not None and (len(self.adapters) != 1 or specs.named):
+                problems.append(f"--merge_lora true merges one adapter checkpoint (--adapters PATH), got "
+                                f"{' '.join(self.adapters) or 'none'}")
         if self.attn_impl is not None:
             self.attn_impl = collected(problems, generation_attention, self.attn_impl)
         return problems + not_positive(self, ("max_new_tokens", "max_batch_size"))

@@ -136,13 +136,12 @@ class PaddingFreeCollator:
             if padding < 0:
                 raise VlftError(f"a padding-free row of {len(input_ids)} tokens is longer than the fixed row length "
                                 f"{self.fixed_shape.length}; pack rows with --packing true and --max_length")
-            bounds = fixed_row_boundaries([s.length for s in samples], self.fixed_shape)
-            fixed = {"row_cu_seqlens": bounds, "row_padding": padding,
-                     "row_longest_segment": self.fixed_shape.segment_limit}
+            limit = self.fixed_shape.segment_limit
+            fixed = {"row_cu_seqlens": fixed_row_boundaries([s.length for s in samples], self.fixed_shape),
+                     "row_padding": padding, "row_longest_segment": limit}
             input_ids += [self.tokens.pad_id] * padding
             labels += [IGNORE_INDEX] * padding
-            for start, end in zip(bounds[len(samples):-1].tolist(), bounds[len(samples) + 1:].tolist()):
-                text_positions.append(torch.arange(end - start))  # each padding segment restarts at 0
+            text_positions.append(torch.arange(padding) % limit)  # each padding segment (limit long) from 0
             rope.append(torch.arange(padding).expand(3, -1))
         ids = torch.tensor([input_ids])
         position_ids = torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None, :]

@@ -101,7 +101,8 @@ def sequence_square_sum(inputs):
 
     Packed / padding-free rows: text positions (position_ids row 0) restart at 0 per sample, and
     sum(2p + 1 for p in range(n)) = n^2; a fixed-shape row's padding (`row_padding` tokens at its end, in
-    segments of their own: collator.py) is no sample and is left out. Padded batches: each row's attention_mask sum, squared.
+    segments of their own: collator.py) is no sample and is left out. Padded batches: each row's attention_mask
+    sum, squared.
     """
     mask = inputs.get("attention_mask")
     if mask is not None and mask.dim() == 2:

@@ -3,8 +3,8 @@
 Before training, one forward pass over the run's longest row measures what each decoder layer keeps for its
 backward (`probe_activations`: a saved-tensor hook counts every tensor autograd saves, once per storage, not
 the weights, and keeps none of them, so the probe needs one layer's memory at a time); when the layers will be
-compiled, through graphs partitioned as inductor partitions them (they keep less: measure_run_memory). The peak of a step is
-then estimated for each number of recomputed layers (`PeakEstimate` below): the memory already allocated
+compiled, through graphs partitioned as inductor partitions them (they keep less: measure_run_memory). The peak
+of a step is then estimated for each number of recomputed layers (`PeakEstimate` below): the memory already allocated
 (weights, adapters), the gradients and AdamW's two moments of what trains, the activations of the layers kept
 (scaled from the probed row to --max_length x batch tokens), for a recomputed layer only its input plus one
 layer recomputed at a time, and the larger of the loss's transient (the logits, or one chunk of them with the
