@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlft.data.self_cognition import identity_problems
 from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
@@ -150,9 +151,13 @@ class DatasetArguments(CheckedArguments):
     seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
     strict: bool = field(default=True, metadata={
         "help": "a bad line stops the run; false: bad lines are skipped and listed at the end"})
+    model_name: list[str] = field(default_factory=list, metadata={
+        "help": "self-cognition data (swift/self-cognition): the model's name, ZH [EN], for {{NAME}}"})
+    model_author: list[str] = field(default_factory=list, metadata={
+        "help": "self-cognition data: the model's author, ZH [EN], for {{AUTHOR}}"})
 
     def problems(self) -> list[str]:
-        problems = not_positive(self, ("dataset_num_proc",))
+        problems = not_positive(self, ("dataset_num_proc",)) + identity_problems(self.model_name, self.model_author)
         if not 0.0 <= self.split_dataset_ratio < 1.0:
             problems.append(f"--split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
         return problems

@@ -140,6 +140,7 @@ def test_encode_matches_hf_processor_on_examples(vlft_cache, processor_of, tmp_p
     (["--dataset", "AI-ModelScope/LaTeX_OCR:nope"], "unknown subset"),
     (["--datset", "x.jsonl"], "unknown argument --datset; did you mean --dataset?"),
     (["--max_length", "-3", "--dataset", "x.jsonl"], "--max_length must be positive"),
+    (["--dataset", "x.jsonl", "--model_name", "a", "b", "c"], "--model_name takes a Chinese and an English value"),
 ])
 def test_bad_dataset_arguments(argv, message, vlft_cache, capsys, monkeypatch):
     import modelscope
@@ -238,3 +239,55 @@ def test_sft_strict_stops_and_not_strict_trains_on_the_good_lines(bad_dataset, v
         assert r["error"] == f"{path}:{r['line']}: " + (f"{r['field']}: " if r["field"] else "") + r["problem"]
     assert f"--strict false: skipped {len(expected)} bad line(s), all listed in {run_dir / 'skipped_lines.jsonl'}" \
         in caplog.text
+
+
+# rows in the form of the hub's swift/self-cognition file (query, response, tag)
+SELF_COGNITION_ROWS = [
+    {"query": "你是？", "response": "我是{{NAME}}，由{{AUTHOR}}训练的人工智能助手。", "tag": "zh"},
+    {"query": "who are you?", "response": "I am {{NAME}}, an AI assistant trained by {{AUTHOR}}.", "tag": "en"},
+]
+
+
+@pytest.fixture
+def self_cognition_hub(tmp_path, monkeypatch) -> Path:
+    """ModelScope's download replaced by a local snapshot of swift/self-cognition (read by the real `datasets`)."""
+    import modelscope
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "self_cognition.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                           for r in SELF_COGNITION_ROWS))
+
+    def download(hub_id, cache_dir=None, **kwargs):
+        assert hub_id == "swift/self-cognition"
+        return str(snapshot)
+
+    monkeypatch.setattr(modelscope, "dataset_snapshot_download", download)
+    return snapshot
+
+
+def test_self_cognition_fills_name_and_author_by_the_rows_language(self_cognition_hub, vlft_cache, processor_of,
+                                                                  tmp_path):
+    out = tmp_path / "enc.jsonl"
+    assert main(["data", "encode", "--model", "vlft/tiny-qwen3-vl", "--dataset", "swift/self-cognition:qwen3",
+                 "--model_name", "小黄", "Xiao Huang", "--model_author", "魔搭", "--output", str(out)]) == 0
+    # ground truth: ms-swift's filled rows (zh/en by tag; one author value for both) through the model's template
+    think = "<think>\n\n</think>\n\n"
+    conversations = [("你是？ /no_think", think + "我是小黄，由魔搭训练的人工智能助手。"),
+                     ("who are you? /no_think", think + "I am Xiao Huang, an AI assistant trained by 魔搭.")]
+    tokenizer = processor_of("qwen3_vl").tokenizer
+    items = [json.loads(line) for line in open(out)]
+    assert len(items) == 2
+    for item, (query, response) in zip(items, conversations):
+        expected = tokenizer.apply_chat_template([{"role": "user", "content": query},
+                                                  {"role": "assistant", "content": response}], tokenize=True)
+        assert item["input_ids"] == list(expected.get("input_ids", expected))
+
+
+def test_self_cognition_without_a_name_names_the_row_and_the_flag(self_cognition_hub, vlft_cache, tmp_path, capsys):
+    code = main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", "swift/self-cognition",
+                 "--model_author", "魔搭", "ModelScope"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "swift/self-cognition:default" in err and "row 1" in err and "'response'" in err
+    assert "{{NAME}}" in err and "--model_name" in err

@@ -12,6 +12,7 @@ from vlft.data.cache import EncodingCache, cache_key
 from vlft.data.encode import EncodedSample, Encoder, without_pixels
 from vlft.data.formats import rename_columns, to_sample
 from vlft.data.loader import RawRow, load_dataset_rows
+from vlft.data.self_cognition import ModelIdentity
 from vlft.data.settings import encode_settings
 from vlft.data.template import load_template
 from vlft.errors import DataError, VlftError
@@ -55,9 +56,10 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
 def read_rows(args: DatasetArguments, specs: list[str], root: Path) -> list[RawRow]:
     """Every row of every spec, in order."""
     rows: list[RawRow] = []
+    identity = ModelIdentity.from_args(args.model_name, args.model_author)
     for spec in specs:
         rows += load_dataset_rows(spec, seed=args.seed, use_hf=getattr(args, "use_hf", False), cache_root=root,
-                                  dataset_dir=args.dataset_dir)
+                                  dataset_dir=args.dataset_dir, identity=identity)
     return rows
 
 

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from vlft.data.loader import DatasetSpec, RawRow
+from vlft.data.self_cognition import ModelIdentity, fill_identity
 from vlft.errors import VlftError
 
 # Columns that already hold a conversation (formats.to_sample reads them): a row with one is not re-mapped.
@@ -107,9 +108,16 @@ def download_rows(hub_id: str, subset: str | None, *, use_hf: bool, cache_root: 
     return [dict(row) for row in rows]
 
 
-def load_hub_rows(spec: DatasetSpec, *, use_hf: bool, cache_root: Path) -> list[RawRow]:
-    """Download a hub dataset's train split; VlftError naming the id when it cannot be had."""
+def load_hub_rows(spec: DatasetSpec, *, use_hf: bool, cache_root: Path,
+                  identity: ModelIdentity = ModelIdentity()) -> list[RawRow]:
+    """Download a hub dataset's train split; VlftError naming the id when it cannot be had. Self-cognition rows
+    get the model's name and author (`identity`) and their subset's affixes."""
     hub_id, subset, entry = resolve_hub_dataset(spec, use_hf)
-    rows = download_rows(hub_id, subset, use_hf=use_hf, cache_root=cache_root, label=spec.name)
+    hub_subset = entry.get("hub_subsets", {}).get(subset, subset)  # subsets that differ only in vlft's affixes
+    rows = download_rows(hub_id, hub_subset, use_hf=use_hf, cache_root=cache_root, label=spec.name)
     source = f"{spec.name}:{subset}" if subset else spec.name
-    return [RawRow(apply_entry(row, entry), source, i + 1, None) for i, row in enumerate(rows)]
+    rows = [apply_entry(row, entry) for row in rows]
+    if "self_cognition" in entry:
+        affixes = entry["self_cognition"][subset]
+        rows = [fill_identity(row, identity, affixes, label=source, line=i + 1) for i, row in enumerate(rows)]
+    return [RawRow(row, source, i + 1, None) for i, row in enumerate(rows)]
