@@ -35,7 +35,8 @@ def run(argv: list[str]) -> int:
     if args.stop_words:
         engine = StopWordsEngine(engine, args.stop_words)
     config = RequestConfig(max_tokens=None, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                           num_beams=args.num_beams, seed=args.seed,
                            stream=args.stream, logprobs=args.logprobs, top_logprobs=args.top_logprobs)
     if args.val_dataset or args.load_data_args:
         return answer_dataset(engine, args, config, encoder)

@@ -107,15 +107,13 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
                                  "together"),
     "predict_with_generate": (FALSE, "evaluation computes the loss; vlft infer --load_data_args true answers the "
                                      "val split"),
-    "model_name": (_NONE, "self-cognition data is not built in: write the model's name into your dataset"),
-    "model_author": (_NONE, "self-cognition data is not built in: write the author into your dataset"),
+    "model_name": (_NONE, "it fills swift/self-cognition's rows in vlft sft"),
+    "model_author": (_NONE, "it fills swift/self-cognition's rows in vlft sft"),
     "infer_backend": (frozenset({"transformers", "pt"}), _ENGINES + "; vlft deploy batches requests "
                                                                      "(--max_batch_size)"),
     "vllm_": (_NONE, _ENGINES),
     "sglang_": (_NONE, _ENGINES),
     "lmdeploy_": (_NONE, _ENGINES),
-    "num_beams": (frozenset({"1"}), "answers are greedy (--temperature 0) or sampled (--temperature, --top_p, "
-                                    "--top_k), never beam-searched"),
     "merge_lora": (FALSE, "merge after training: vlft export --adapters CKPT --merge_lora true"),
     "val_dataset_sample": (_NONE, "take N rows with --val_dataset 'PATH#N'"),
     "ssl_keyfile": (_NONE, "the server speaks plain HTTP: put a TLS proxy in front of it"),

@@ -14,7 +14,7 @@ from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
 from vlft.infer.adapters import adapter_specs
-from vlft.infer.protocol import MAX_TOP_LOGPROBS
+from vlft.infer.protocol import MAX_TOP_LOGPROBS, beam_problems
 
 
 def public_args(args) -> dict:
@@ -151,9 +151,9 @@ class DatasetArguments(CheckedArguments):
     seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
     strict: bool = field(default=True, metadata={
         "help": "a bad line stops the run; false: bad lines are skipped and listed at the end"})
-    model_name: list[str] = field(default_factory=list, metadata={
+    model_name: list[str] | None = field(default=None, metadata={
         "help": "self-cognition data (swift/self-cognition): the model's name, ZH [EN], for {{NAME}}"})
-    model_author: list[str] = field(default_factory=list, metadata={
+    model_author: list[str] | None = field(default=None, metadata={
         "help": "self-cognition data: the model's author, ZH [EN], for {{AUTHOR}}"})
 
     def problems(self) -> list[str]:
@@ -532,6 +532,7 @@ class InferArguments(ModelArguments, TemplateArguments):
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
     top_k: int = field(default=50, metadata={"help": "top-k sampling"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "repetition penalty"})
+    num_beams: int = field(default=1, metadata={"help": "beam search over N beams (1: greedy or sampled)"})
     seed: int = field(default=42, metadata={"help": "sampling seed"})
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = field(
         default=None, metadata={"help": "weights dtype (default: bfloat16 on GPU, float32 on CPU)"})
@@ -569,7 +570,8 @@ class InferArguments(ModelArguments, TemplateArguments):
                                 f"{' '.join(self.adapters) or 'none'}")
         if self.attn_impl is not None:
             self.attn_impl = collected(problems, generation_attention, self.attn_impl)
-        return problems + not_positive(self, ("max_new_tokens", "max_batch_size"))
+        problems += beam_problems(self.num_beams, stream=self.stream, logprobs=self.logprobs)
+        return problems + not_positive(self, ("max_new_tokens", "max_batch_size", "num_beams"))
 
 
 @dataclass

@@ -43,7 +43,8 @@ _TEMPLATE = {"system": None, "max_length": Computed("the model's max_model_len")
              "torch_dtype": Computed("the checkpoint's dtype")}
 MS_SWIFT = {
     "sft": {**_TEMPLATE, "split_dataset_ratio": 0.0, "columns": None, "dataset_num_proc": 1,
-            "load_from_cache_file": False, "strict": False, "train_type": "lora", "tuner_type": "lora",
+            "load_from_cache_file": False, "strict": False, "model_name": None, "model_author": None,
+            "train_type": "lora", "tuner_type": "lora",
             "attn_impl": Computed("the checkpoint's; flash-attn for packing"), "padding_free": False,
             "packing": False, "sequence_parallel_size": 1, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
             "per_device_eval_batch_size": 1, "gradient_accumulation_steps": Computed("ceil(16 / batch / GPUs)"),
@@ -71,7 +72,7 @@ MS_SWIFT = {
     "infer": {**_TEMPLATE, "stream": Computed("true when chatting"), "max_new_tokens": Computed("max_model_len"),
               "temperature": Computed("generation_config.json"), "top_p": Computed("generation_config.json"),
               "top_k": Computed("generation_config.json"),
-              "repetition_penalty": Computed("generation_config.json"), "load_data_args": False,
+              "repetition_penalty": Computed("generation_config.json"), "num_beams": 1, "load_data_args": False,
               "result_path": Computed("CKPT/infer_result/{time}.jsonl"), "max_batch_size": 1, "attn_impl": None,
               "stop_words": [], "merge_lora": False, "logprobs": False, "top_logprobs": None},
     "export": {"output_dir": "ckpt-merged", "torch_dtype": None, "model_revision": None, "use_hf": False, "push_to_hub": False,
@@ -317,10 +318,10 @@ def test_served_model_name_names_the_model_the_server_lists(monkeypatch, capsys)
       "unknown argument --lora_rnak; did you mean --lora_rank?",
       "unknown argument --ddp_backend\n",  # no false suggestion (compared with the dashes: "--packing")
       "--train_type 'qlora': choose from lora, full"]),
-    ("infer", ["--model", "m", "--infer_backend", "vllm", "--num_beams", "4", "--vllm_gpu_memory_utilization", "0.9",
+    ("infer", ["--model", "m", "--infer_backend", "vllm", "--model_name", "x", "--vllm_gpu_memory_utilization", "0.9",
                "--max_new_token", "8"],
      ["--infer_backend vllm is not supported: vlft generates with transformers",
-      "--num_beams 4 is not supported: answers are greedy",
+      "--model_name x is not supported: it fills swift/self-cognition's rows in vlft sft",
       "--vllm_gpu_memory_utilization 0.9 is not supported",
       "unknown argument --max_new_token; did you mean --max_new_tokens?"]),
     ("deploy", ["--model", "m", "--infer_backend", "sglang", "--ssl_keyfile", "k.pem", "--served_model_nam", "x"],
@@ -343,7 +344,7 @@ def test_refused_and_unknown_flags_are_all_reported_at_once(command, argv, messa
 
 
 def test_refused_flags_asking_for_what_vlft_does_pass():
-    parse_args(InferArguments, ["--model", "m", "--infer_backend", "pt", "--num_beams", "1"], "t")
+    parse_args(InferArguments, ["--model", "m", "--infer_backend", "pt"], "t")
     parse_args(DeployArguments, ["--model", "m", "--infer_backend", "transformers"], "t")
     args = parse_args(SftArguments, [*SFT, "--use_liger_kernel", "false", "--streaming", "false", "--tuner_backend",
                                      "peft", "--sequence_parallel_size", "1"], "t")

@@ -236,3 +236,47 @@ def test_dataset_mode_places_the_engines_errors_at_their_line(served, tmp_path, 
     assert engine.calls == [3, 1, 1, 1]  # the batch failed, then each line alone
     assert f"error: {data}:2: messages: refused by the engine" in capsys.readouterr().err
     assert [json.loads(line)["line"] for line in open(tmp_path / "result.jsonl")] == [1, 3]
+
+
+def test_beam_search_answers_are_peft_generates_beams(checkpoint, tmp_path, capsys):
+    """`vlft infer --num_beams 4` (ms-swift's flag) on a dataset: the answers of HF generate's beam search over the
+    unmerged adapter, which differ from the greedy ones here."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlft import InferEngine, InferRequest
+
+    rows = [{"messages": [{"role": "user", "content": f"Where is the capital of {place}?"},
+                          {"role": "assistant", "content": "I do not know."}]}
+            for place in ("Zhejiang", "Jiangsu", "Hunan")]
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = tmp_path / "beams.jsonl"
+    assert main(["infer", "--adapters", str(checkpoint), "--val_dataset", str(data), "--num_beams", "4",
+                 "--max_new_tokens", "12", "--max_batch_size", "2", "--result_path", str(result)]) == 0
+    answers = [json.loads(line)["response"] for line in open(result)]
+
+    engine = InferEngine(adapters=[str(checkpoint)])
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(engine.base_model_dir),
+                                      str(checkpoint)).eval()
+    expected, greedy = [], []
+    for row in rows:
+        inputs = engine._inputs(InferRequest(messages=row["messages"][:1]))
+        start = inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            for out, beams in ((expected, 4), (greedy, 1)):
+                ids = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=beams,
+                                     early_stopping=True, eos_token_id=engine.stop_ids)
+                out.append(engine.encoder.tokenizer.decode(ids[0, start:], skip_special_tokens=True))
+    assert answers == expected
+    assert expected != greedy  # the beams change something here: the flag is not a no-op
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stream", "true"], "--num_beams 2 answers when the search ends: it cannot stream (--stream false)"),
+    (["--logprobs", "true"], "--num_beams 2: beam search gives no per-token logprobs (--logprobs false)"),
+    (["--num_beams", "0"], "--num_beams must be positive"),
+])
+def test_beam_search_refuses_what_it_cannot_give(extra, message, capsys):
+    assert main(["infer", "--model", "some/model", "--num_beams", "2", *extra]) == 2
+    assert message in capsys.readouterr().err

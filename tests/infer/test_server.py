@@ -74,6 +74,26 @@ def test_each_model_answers_as_peft_does_whole_streamed_and_batched(served):
         assert "".join(c.choices[0].delta.content or "" for c in stream) == text
 
 
+def test_a_requests_num_beams_beam_searches(served):
+    """ms-swift's `num_beams` request field: the answer of transformers' beam search on the served adapter."""
+    import copy
+
+    import torch
+
+    from vlft import InferRequest
+
+    engine = served.engine
+    question = [{"role": "user", "content": QUESTION}]
+    model = copy.deepcopy(engine.model).merge_and_unload(adapter_names=["a"])
+    inputs = engine._inputs(InferRequest(messages=question))
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=3, early_stopping=True,
+                             eos_token_id=engine.stop_ids)
+    expected = engine.encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = ask(served, question, model="a", extra_body={"num_beams": 3})
+    assert reply.choices[0].message.content == expected
+
+
 def test_a_stream_cut_by_max_tokens_ends_with_length_and_gives_usage(served):
     from vlft import InferRequest, RequestConfig
 
@@ -141,6 +161,9 @@ BAD_BODIES = [
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "valid boolean"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "less than or equal to 1"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["x"]}', "stop", "not supported"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "num_beams": 2, "stream": true}', "num_beams",
+     "num_beams 2 answers when the search ends: it cannot stream (stream false)"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "num_beams": 17}', "num_beams", "less than or equal to 16"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": 1}}',
      "stream_options.include_usage", "valid boolean"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"add_vision_id": true}}',

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from vlft.data.formats import to_sample
 from vlft.errors import DataError
 from vlft.infer.openai_types import ChatCompletionRequest
-from vlft.infer.protocol import InferRequest, RequestConfig
+from vlft.infer.protocol import InferRequest, RequestConfig, beam_problems
 from vlft.infer.server_media import ImageDecoder, MediaLimits, RequestFiles, image_header, media_bytes, write_video
 
 MEDIA_KINDS = {"image_url": "image", "image": "image", "video_url": "video", "video": "video"}
@@ -90,7 +90,10 @@ def request_config(body: ChatCompletionRequest, limits: RequestLimits, defaults:
     logprobs = given(body.logprobs, defaults.logprobs)
     if body.top_logprobs is not None and not logprobs:  # OpenAI's rule
         raise DataError(f"top_logprobs {body.top_logprobs} needs logprobs true", field="top_logprobs")
-    return RequestConfig(max_tokens=max_tokens, stream=bool(body.stream),
+    num_beams = given(body.num_beams, defaults.num_beams)
+    for problem in beam_problems(num_beams, stream=bool(body.stream), logprobs=logprobs, dashes=""):
+        raise DataError(problem, field="num_beams")
+    return RequestConfig(max_tokens=max_tokens, stream=bool(body.stream), num_beams=num_beams,
                          temperature=given(body.temperature, defaults.temperature),
                          top_p=given(body.top_p, defaults.top_p), top_k=given(body.top_k, defaults.top_k),
                          repetition_penalty=given(body.repetition_penalty, defaults.repetition_penalty),

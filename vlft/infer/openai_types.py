@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlft.infer import protocol
-from vlft.infer.protocol import MAX_TOP_LOGPROBS
+from vlft.infer.protocol import MAX_BEAMS, MAX_TOP_LOGPROBS
 
 
 class StreamOptions(BaseModel):
@@ -42,6 +42,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    num_beams: int | None = Field(default=None, ge=1, le=MAX_BEAMS)  # ms-swift's deploy field; None: --num_beams
     seed: int | None = Field(default=None, ge=0)
     n: int | None = Field(default=None, ge=1, le=1)  # one choice per request
     stream: bool | None = None

@@ -32,6 +32,7 @@ class RequestConfig:
     top_p: float = 1.0
     top_k: int = 50
     repetition_penalty: float = 1.0
+    num_beams: int = 1  # beam search above 1 (not streamed, no logprobs: beam_problems)
     seed: int | None = None
     stream: bool = False
     stop: list[str] = field(default_factory=list)  # texts that end generation (ms-swift's RequestConfig.stop)
@@ -99,3 +100,21 @@ class ChatCompletionStreamResponse:
     created: int = field(default_factory=lambda: int(time.time()))
     object: str = "chat.completion.chunk"
     usage: Usage | None = None
+
+
+MAX_BEAMS = 16  # a request's num_beams (vlft deploy)
+
+
+def beam_problems(num_beams: int, *, stream: bool, logprobs: bool, dashes: str = "--") -> list[str]:
+    """What beam search cannot go with: the answer is known only when the search ends (no stream), and the
+    per-step distributions are of every beam, not of the answer (no logprobs). `dashes`: "" names request fields."""
+    if num_beams <= 1:
+        return []
+    problems = []
+    if stream:
+        problems.append(f"{dashes}num_beams {num_beams} answers when the search ends: it cannot stream "
+                        f"({dashes}stream false)")
+    if logprobs:
+        problems.append(f"{dashes}num_beams {num_beams}: beam search gives no per-token logprobs "
+                        f"({dashes}logprobs false)")
+    return problems

@@ -43,8 +43,8 @@ class Job:
         """Jobs with equal keys may share one generate call; None: this one runs alone."""
         if self.config.stream or self.config.temperature > 0:  # sampling alone keeps seeds meaningful
             return None
-        return (self.adapter, self.config.max_tokens, self.config.repetition_penalty, self.config.logprobs,
-                self.config.top_logprobs)
+        return (self.adapter, self.config.max_tokens, self.config.repetition_penalty, self.config.num_beams,
+                self.config.logprobs, self.config.top_logprobs)
 
 
 class EngineWorker:

@@ -78,7 +78,8 @@ def build_app(engine, worker: EngineWorker, limits: ServerLimits, api_key: str |
     """The FastAPI app answering with `engine` through `worker`."""
     digest = key_digest(api_key.strip()) if api_key else None
     defaults = RequestConfig(temperature=engine.args.temperature, top_p=engine.args.top_p, top_k=engine.args.top_k,
-                             repetition_penalty=engine.args.repetition_penalty, logprobs=engine.args.logprobs,
+                             repetition_penalty=engine.args.repetition_penalty, num_beams=engine.args.num_beams,
+                             logprobs=engine.args.logprobs,
                              top_logprobs=engine.args.top_logprobs)
     decoder = ImageDecoder(processor_size(engine) if hasattr(engine, "encoder") else None)
     app = FastAPI(title="vlft deploy", docs_url=None, redoc_url=None, openapi_url=None)
