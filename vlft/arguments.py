@@ -164,6 +164,35 @@ class DatasetArguments(CheckedArguments):
 
 
 @dataclass
+class PackingLengthArguments(CheckedArguments):
+    """ms-swift's --packing_length: rows longer than the samples (each still cut at --max_length)."""
+
+    packing_length: int | None = field(default=None, metadata={
+        "help": "tokens per packed row (default --max_length, which still cuts each sample)"})
+
+    @property
+    def row_length(self) -> int | None:
+        """The length of a packed row."""
+        return self.packing_length or self.max_length
+
+    def packing_length_problems(self) -> list[str]:
+        """Run from the command's __post_init__ before --packing's own checks: an unset --max_length becomes
+        --packing_length (no sample can be longer than a row)."""
+        if self.packing_length is None:
+            return []
+        if not self.packing:
+            return [f"--packing_length {self.packing_length} is the length of packed rows: add --packing true"]
+        if self.packing_length < 1:
+            return [f"--packing_length must be positive, got {self.packing_length}"]
+        if self.max_length is None:
+            self.max_length = self.packing_length
+        if self.packing_length < self.max_length:
+            return [f"--packing_length {self.packing_length} is below --max_length {self.max_length}: a sample of "
+                    "--max_length tokens would not fit in a row"]
+        return []
+
+
+@dataclass
 class DataCheckArguments(ModelArguments, TemplateArguments, DatasetArguments):
     """`vlft data check`: validate every line and print a report."""
 
@@ -203,7 +232,7 @@ class TinyModelArguments(CheckedArguments):
 
 
 @dataclass
-class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
+class SftArguments(ModelArguments, TemplateArguments, DatasetArguments, PackingLengthArguments):
     """`vlft sft`: LoRA or full fine-tuning (ms-swift's `swift sft` arguments)."""
 
     train_type: Literal["lora", "full"] = field(default="lora", metadata={"help": "lora or full fine-tuning"})
@@ -343,6 +372,7 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             problems.append("--model is required")
         if not self.dataset:
             problems.append("--dataset is required")
+        problems += self.packing_length_problems()
         if self.packing:
             self.padding_free = True
             if self.max_length is None:

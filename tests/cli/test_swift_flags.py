@@ -46,7 +46,7 @@ MS_SWIFT = {
             "load_from_cache_file": False, "strict": False, "model_name": None, "model_author": None,
             "train_type": "lora", "tuner_type": "lora",
             "attn_impl": Computed("the checkpoint's; flash-attn for packing"), "padding_free": False,
-            "packing": False, "sequence_parallel_size": 1, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
+            "packing": False, "packing_length": None, "sequence_parallel_size": 1, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 1,
             "per_device_eval_batch_size": 1, "gradient_accumulation_steps": Computed("ceil(16 / batch / GPUs)"),
             "learning_rate": 1e-4, "vit_lr": None, "aligner_lr": None, "weight_decay": 0.1, "max_grad_norm": 1.0,
             "warmup_ratio": 0.0, "warmup_steps": 0, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": None,
@@ -558,3 +558,21 @@ def test_step_intervals_below_one_are_shares_of_the_run(tmp_path):
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     logs = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
     assert [log["step"] for log in logs if "loss" in log] == [1, 2, 3, 4]
+
+
+def test_packing_length_is_the_row_length_and_max_length_still_cuts_samples():
+    args = parse_args(SftArguments, [*SFT, "--packing", "true", "--max_length", "2048", "--packing_length", "8192"], "t")
+    assert (args.max_length, args.row_length) == (2048, 8192)
+    alone = parse_args(SftArguments, [*SFT, "--packing", "true", "--packing_length", "4096"], "t")
+    assert (alone.max_length, alone.row_length) == (4096, 4096)  # no sample can be longer than a row
+    assert parse_args(SftArguments, [*SFT, "--packing", "true", "--max_length", "512"], "t").row_length == 512
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--packing_length", "4096"], "--packing_length 4096 is the length of packed rows: add --packing true"),
+    (["--packing", "true", "--max_length", "4096", "--packing_length", "1024"],
+     "--packing_length 1024 is below --max_length 4096"),
+])
+def test_packing_length_problems(argv, message):
+    with pytest.raises(VlftError, match=re.escape(message)):
+        parse_args(SftArguments, [*SFT, *argv], "t")

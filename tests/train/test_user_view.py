@@ -202,7 +202,8 @@ def tiny_run(tmp_path_factory, vlft_cache):
         caught = console_warnings([
             "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", f"{EXAMPLES / 'train.jsonl'}#8",
             "--split_dataset_ratio", "0.25", "--max_steps", "3", "--logging_steps", "2", "--save_steps", "100",
-            "--eval_steps", "100", "--packing", "true", "--max_length", "1024", "--image_max_token_num", "64",
+            "--eval_steps", "100", "--packing", "true", "--max_length", "400", "--packing_length", "1024",
+            "--image_max_token_num", "64",
             "--chunked_loss", "true", "--report_to", "none", "--output_dir", str(out)])
     finally:
         os.umask(old)
@@ -217,6 +218,7 @@ def test_summary_is_printed_before_training(tiny_run):
                if line.startswith(("data:", "steps:", "peak memory:", "time:"))}
     assert list(summary) == ["data", "steps", "peak memory", "time"]
     assert "6 training samples, 2 held out for eval" in summary["data"]
+    # rows of --packing_length (ms-swift's), samples cut at --max_length
     assert "packed rows of at most 1,024 tokens" in summary["data"] and "longest sample" in summary["data"]
     assert summary["steps"].startswith("steps: 3 optimizer steps (--max_steps;")
     assert "GiB per process" in summary["peak memory"]

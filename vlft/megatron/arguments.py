@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from vlft.arguments import DatasetArguments, ModelArguments, TemplateArguments, not_positive
+from vlft.arguments import DatasetArguments, ModelArguments, PackingLengthArguments, TemplateArguments, not_positive
 from vlft.megatron.parallel import ParallelSizes
 
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
@@ -52,7 +52,7 @@ MEGATRON_REFUSED["deepspeed"] = (_NONE, "Megatron-Core shards the model itself: 
 
 
 @dataclass
-class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
+class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments, PackingLengthArguments):
     """`vlft megatron sft`: training on Megatron-Core (Megatron-SWIFT's `megatron sft` arguments) with the data
     pipeline of `vlft sft`."""
 
@@ -146,6 +146,7 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments):
             problems.append("--model and --load: give one (--load starts from a Megatron-Core checkpoint)")
         if not self.dataset:
             problems.append("--dataset is required")
+        problems += self.packing_length_problems()
         if self.packing and self.max_length is None:
             problems.append("--packing true needs --max_length (the row length)")
         if not self.padding_free:

@@ -84,8 +84,8 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
         dist.barrier()
     if args.split_dataset_ratio and not val:
         train, val = split_samples(train, args.split_dataset_ratio, args.seed)
-    rows = pack(train, args.max_length, args.seed) if args.packing else train
-    val_rows = pack(val, args.max_length, args.seed) if args.packing and val else val
+    rows = pack(train, args.row_length, args.seed) if args.packing else train
+    val_rows = pack(val, args.row_length, args.seed) if args.packing and val else val
 
     # 2. The model: this rank's shard, from the HF files of --model or the checkpoint of --load.
     hf_config = source.args["hf_config"] if source else json.loads((model_dir / "config.json").read_text())
@@ -130,7 +130,7 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
     # The allgather dispatcher gathers equally long rows from every expert-parallel rank: rows are padded to
     # --max_length x --micro_batch_size there (the padding is a segment of its own, with no loss).
     equal_rows = moe and args.expert_model_parallel_size > 1 and args.moe_token_dispatcher_type == "allgather"
-    fixed = FixedRowShape(args.max_length * args.micro_batch_size, args.micro_batch_size * max(
+    fixed = FixedRowShape(args.row_length * args.micro_batch_size, args.micro_batch_size * max(
         len(row) if isinstance(row, list) else 1 for row in rows + val_rows) + 2) if equal_rows else None
     collator = PaddingFreeCollator(family, tokens, getattr(converter.hf_config.vision_config, "tokens_per_second",
                                                            None), fixed)
@@ -149,7 +149,7 @@ def _train(args: MegatronSftArguments, run_dir: Path, device: torch.device, dtyp
         engine.ddp.zero_grad_buffer()
         engine.optimizer.zero_grad()
         outputs = forward_backward(forward_step_func=step, data_iterator=batches, model=[engine.ddp],
-                                   num_microbatches=shape.micro_batches, seq_length=args.max_length or 1,
+                                   num_microbatches=shape.micro_batches, seq_length=args.row_length or 1,
                                    micro_batch_size=1, forward_only=False)
         ok, grad_norm, _ = engine.optimizer.step()
         if ok:
@@ -282,7 +282,7 @@ def evaluate(val_rows: list, encoder, collator, shape: StepShape, data_rank: int
         with torch.no_grad():
             outputs = get_forward_backward_func()(
                 forward_step_func=step, data_iterator=iter(loader), model=[engine.ddp], num_microbatches=micro_batches,
-                seq_length=args.max_length or 1, micro_batch_size=1, forward_only=True)
+                seq_length=args.row_length or 1, micro_batch_size=1, forward_only=True)
     finally:
         engine.ddp.train()
     return step_loss(outputs, 0)[0]

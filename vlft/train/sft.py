@@ -199,13 +199,13 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
     # 4. Batches: packed rows, padding-free rows, or padded batches.
     tokenizer = encoder.tokenizer
     tokens = VisionTokens(encoder.image_pad_id, encoder.video_pad_id, tokenizer.pad_token_id)
-    train_rows = pack(train, args.max_length, args.seed) if args.packing else train
-    eval_rows = pack(val, args.max_length, args.seed) if args.packing else val
+    train_rows = pack(train, args.row_length, args.seed) if args.packing else train
+    eval_rows = pack(val, args.row_length, args.seed) if args.packing else val
     log_run_summary(args, training_args, model, family, encoder, train, val, skipped, train_rows, ds_config,
                     fast.chunked_loss)
     if args.padding_free:
         tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
-        fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.max_length,
+        fixed_shape = FixedRowShape.for_rows(train_rows + eval_rows, args.row_length,
                                              args.per_device_train_batch_size) if fast.cuda_graphs else None
         collator = PaddingFreeCollator(family, tokens, tokens_per_second, fixed_shape)
     else:

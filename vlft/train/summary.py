@@ -216,7 +216,7 @@ def log_run_summary(args, training_args, model, family, encoder, train: list, va
     flops = training_flops(family, model.config, counts.tokens, counts.vision_tokens, counts.square_sum) * (
         steps / per_epoch)
     seconds = training_seconds(flops, world, device_peak_flops(device) if device else None)
-    for line in summary_lines(counts, args.max_length if args.packing else None, args.per_device_train_batch_size,
+    for line in summary_lines(counts, args.row_length if args.packing else None, args.per_device_train_batch_size,
                               args.gradient_accumulation_steps, groups, per_epoch, steps, args.max_steps, memory,
                               device, device_memory, seconds, flops):
         logger.warning(line)
