@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.infer.decoding import reference_answer
 from vlft.cli.infer import run_val_split
 from vlft.cli.main import main
 from vlft.errors import VlftError
@@ -50,7 +51,7 @@ def test_python_api_and_streaming_agree_with_peft_generate(checkpoint):
     inputs = engine._inputs(request)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=engine.stop_ids)
-    expected = engine.encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = reference_answer(engine.encoder.tokenizer, out[0, inputs["input_ids"].shape[1]:], engine.stop_ids)
     assert answer == expected
 
 
@@ -267,7 +268,7 @@ def test_beam_search_answers_are_peft_generates_beams(checkpoint, tmp_path, caps
             for out, beams in ((expected, 4), (greedy, 1)):
                 ids = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=beams,
                                      early_stopping=True, eos_token_id=engine.stop_ids)
-                out.append(engine.encoder.tokenizer.decode(ids[0, start:], skip_special_tokens=True))
+                out.append(reference_answer(engine.encoder.tokenizer, ids[0, start:], engine.stop_ids))
     assert answers == expected
     assert expected != greedy  # the beams change something here: the flag is not a no-op
 

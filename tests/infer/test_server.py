@@ -13,8 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from tests.infer.conftest import MAX_MODEL_LEN, MAX_TOKENS_LIMIT
+from tests.infer.decoding import reference_answer
 from tests.infer.server_helpers import (BLUE, KEY, QUESTION, RED, bytes_uri, data_uri, image_message, png_claiming,
                                         png_of, post, video_message)
 
@@ -60,7 +62,7 @@ def test_each_model_answers_as_peft_does_whole_streamed_and_batched(served):
         inputs = engine._inputs(InferRequest(messages=question, images=[str(RED)]))
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=engine.stop_ids)
-        return engine.encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return reference_answer(engine.encoder.tokenizer, out[0, inputs["input_ids"].shape[1]:], engine.stop_ids)
 
     expected = {base: merged_answer(None), "a": merged_answer("a"), "b": merged_answer("b")}
     assert len(set(expected.values())) == 3  # the adapters change the answers
@@ -72,6 +74,37 @@ def test_each_model_answers_as_peft_does_whole_streamed_and_batched(served):
     for model, text in expected.items():
         stream = ask(served, messages, model=model, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == text
+
+
+def test_answers_keep_special_tokens_other_than_the_stop_token_whole_and_streamed(served):
+    """Qwen2-VL writes a box as <|box_start|>(x1,y1),(x2,y2)<|box_end|>, special tokens of its tokenizer: answers
+    keep them (as ms-swift decodes), whole and streamed, and leave out only the stop token. The model is steered
+    to write exactly that, then <|im_end|>, by a forward hook on its output layer."""
+    engine = served.engine
+    tokenizer = engine.encoder.tokenizer
+    box = "<|box_start|>(12,34),(56,78)<|box_end|>"
+    script = tokenizer.encode(box, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert script[0] == tokenizer.convert_tokens_to_ids("<|box_start|>")
+    step = []
+
+    def steer(module, args, logits):
+        wanted = script[min(len(step), len(script) - 1)]
+        step.append(wanted)
+        steered = torch.full_like(logits, -1e4)
+        steered[..., wanted] = 0.0
+        return steered
+
+    question = [{"role": "user", "content": QUESTION}]
+    hook = engine.model.get_output_embeddings().register_forward_hook(steer)
+    try:
+        whole = ask(served, question, max_tokens=len(script) + 4)
+        step.clear()
+        streamed = list(ask(served, question, max_tokens=len(script) + 4, stream=True))
+    finally:
+        hook.remove()
+    assert whole.choices[0].message.content == box and whole.choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == box
+    assert streamed[-1].choices[0].finish_reason == "stop"
 
 
 def test_a_requests_num_beams_beam_searches(served):
@@ -89,7 +122,7 @@ def test_a_requests_num_beams_beam_searches(served):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=3, early_stopping=True,
                              eos_token_id=engine.stop_ids)
-    expected = engine.encoder.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = reference_answer(engine.encoder.tokenizer, out[0, inputs["input_ids"].shape[1]:], engine.stop_ids)
     reply = ask(served, question, model="a", extra_body={"num_beams": 3})
     assert reply.choices[0].message.content == expected
 

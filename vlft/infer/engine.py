@@ -174,7 +174,7 @@ class InferEngine:
         responses = []
         for i, (row, single) in enumerate(zip(out, each)):
             new, reason = self.finish(row[prompt_length:].tolist(), max_tokens, config.stop)
-            text = tokenizer.decode(new, skip_special_tokens=True)
+            text = answer_text(tokenizer, new, self.stop_ids)
             # one recorded step per generated token: those of this row's answer (not the padding after its stop)
             logprobs = None if recorder is None else openai_logprobs(tokenizer, recorder.rows[i][:len(new)])
             responses.append(ChatCompletionResponse(
@@ -187,6 +187,13 @@ class InferEngine:
         inputs = self._inputs(request)  # errors surface here, before the generator starts
         max_tokens = self.max_tokens(config, inputs["input_ids"].shape[1])
         return stream_chunks(self, inputs, config, max_tokens, adapter, cancel)
+
+
+def answer_text(tokenizer, tokens: list[int], stop_ids: list[int]) -> str:
+    """An answer's text as ms-swift decodes it: its stop token left out, every other special token kept (Qwen2-VL's
+    <|box_start|>...<|box_end|> around a box, a --new_special_tokens token)."""
+    kept = [t for t in tokens if t not in stop_ids]
+    return tokenizer.decode(kept, skip_special_tokens=False, spaces_between_special_tokens=False)
 
 
 def _left_padded(inputs: list[dict], pad_id: int) -> dict:

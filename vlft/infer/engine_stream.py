@@ -31,10 +31,12 @@ class StopWhenSet(StoppingCriteria):
 
 class PieceStreamer(TextStreamer):
     """Iterates (text piece, answer tokens generated so far) as TextStreamer finalizes pieces (whole words); each
-    step's tokens go first to the logprob recorder, if any, so that a piece's tokens are recorded when it is read."""
+    step's tokens go first to the logprob recorder, if any, so that a piece's tokens are recorded when it is read.
+    The text is engine.answer_text's: stop tokens left out, other special tokens kept."""
 
-    def __init__(self, tokenizer, recorder: LogprobRecorder | None = None):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    def __init__(self, tokenizer, recorder: LogprobRecorder | None = None, stop_ids: list[int] | None = None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=False, spaces_between_special_tokens=False)
+        self.stop_ids = torch.tensor(stop_ids or [], dtype=torch.long)
         self.recorder = recorder
         self.tokens = 0
         self._prompt_seen = False
@@ -45,6 +47,8 @@ class PieceStreamer(TextStreamer):
             self.recorder.put(value)
         if self._prompt_seen:
             self.tokens += value.numel()
+            value = value.reshape(-1)
+            value = value[~torch.isin(value, self.stop_ids.to(value.device))]
         self._prompt_seen = True
         super().put(value)
 
@@ -64,7 +68,7 @@ def stream_chunks(engine, inputs: dict, config: RequestConfig, max_tokens: int, 
     closed = threading.Event()
     tokenizer = engine.encoder.tokenizer
     recorder = LogprobRecorder(1, config.top_logprobs) if config.logprobs else None
-    streamer = PieceStreamer(tokenizer, recorder)
+    streamer = PieceStreamer(tokenizer, recorder, engine.stop_ids)
     kwargs = {**inputs, **engine.generate_kwargs(config, max_tokens), "streamer": streamer,
               "stopping_criteria": StoppingCriteriaList([StopWhenSet(closed, cancel)])}
     if recorder is not None:
