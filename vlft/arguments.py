@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlft.data.new_tokens import read_new_special_tokens
 from vlft.data.self_cognition import identity_problems
 from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
@@ -102,6 +103,8 @@ class TemplateArguments(CheckedArguments):
     split_special_tokens: bool = field(default=False, metadata={
         "help": "encode control tokens typed in messages (<|im_start|>, <|im_end|>, ...) as plain text; by default "
                 "such a line is an error"})
+    new_special_tokens: list[str] = field(default_factory=list, metadata={
+        "help": "tokens added to the tokenizer as special tokens (one id each), or .txt files of them"})
     image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",
                                                                     "help": "max vision tokens per image"})
     image_min_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MIN_TOKEN_NUM",
@@ -128,6 +131,7 @@ class TemplateArguments(CheckedArguments):
     def problems(self) -> list[str]:
         problems: list[str] = []
         self.system = collected(problems, system_prompt, self.system)
+        collected(problems, read_new_special_tokens, self.new_special_tokens)  # a .txt file that is not there
         collected(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
         return problems + not_positive(self, (
             "max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",

@@ -3,6 +3,7 @@ on a file holding one bad line per kind of problem, each reported as `file:line:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -291,3 +292,43 @@ def test_self_cognition_without_a_name_names_the_row_and_the_flag(self_cognition
     err = capsys.readouterr().err
     assert "swift/self-cognition:default" in err and "row 1" in err and "'response'" in err
     assert "{{NAME}}" in err and "--model_name" in err
+
+
+STEP_ROWS = [{"messages": [{"role": "user", "content": "Count to two."},
+                           {"role": "assistant", "content": "one<step>two<step>"}]},
+             {"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "<answer>red"}],
+              "images": [str(EXAMPLES / "images" / "red.png")]}]
+
+
+def test_new_special_tokens_encode_as_the_hf_tokenizer_with_them_added(vlft_cache, processor_of, tmp_path):
+    """ms-swift's --new_special_tokens (one token, and a .txt file of them): each is one id, the one HF's tokenizer
+    gives it once added; data may write them (they are not refused as control tokens)."""
+    data = tmp_path / "steps.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in STEP_ROWS))
+    (tmp_path / "more.txt").write_text("<answer>\n<unused_tok>\n")
+    out = tmp_path / "enc.jsonl"
+    assert main(["data", "encode", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--image_max_token_num",
+                 "16", "--new_special_tokens", "<step>", str(tmp_path / "more.txt"), "--output", str(out)]) == 0
+    tokenizer = copy.deepcopy(processor_of("qwen3_vl").tokenizer)  # the shared one stays as loaded
+    highest = max(tokenizer.get_vocab().values())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<step>", "<answer>", "<unused_tok>"]})
+    step, answer = tokenizer.convert_tokens_to_ids(["<step>", "<answer>"])
+    assert (step, answer) == (highest + 1, highest + 2)
+    items = [json.loads(line) for line in open(out)]
+    first = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in STEP_ROWS[0]["messages"]], tokenize=True)
+    assert items[0]["input_ids"] == list(first.get("input_ids", first))
+    assert items[0]["input_ids"].count(step) == 2 and answer in items[1]["input_ids"]
+    trained = [t for t in items[0]["labels"] if t != -100]
+    assert tokenizer.decode(trained) == "one<step>two<step><|im_end|>\n"
+
+
+def test_new_special_tokens_beyond_the_free_embedding_rows_are_refused(vlft_cache, tmp_path, capsys):
+    many = tmp_path / "many.txt"
+    many.write_text(" ".join(f"<t{i}>" for i in range(300)))  # Qwen3-VL leaves 151936 - 151669 = 267 rows free
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(STEP_ROWS[0]) + "\n")
+    assert main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--new_special_tokens",
+                 str(many)]) != 0
+    err = capsys.readouterr().err
+    assert "--new_special_tokens: 300 tokens take the tokenizer's ids up to 151968, beyond the 151936 rows" in err

@@ -57,6 +57,8 @@ class EncodeSettings:
     split_special_tokens: bool = False
     # The `\n` after each trained assistant turn's end is trained (as ms-swift and Qwen's fine-tuning code do).
     train_turn_separator: bool = True
+    # --new_special_tokens: added to the tokenizer (build_encoder), and allowed in messages' text
+    new_special_tokens: tuple[str, ...] = ()
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Encoder:
         self.video_pad_id = ids(template.video_pad)
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
-        self.control = ControlTokens.of(tokenizer)
+        self.control = ControlTokens.of(tokenizer, allowed=settings.new_special_tokens)
         self.prompt_turn_starts = [tokenizer.encode(template.turn_start.format(role=role), add_special_tokens=False)
                                    for role in PROMPT_ROLES]
 

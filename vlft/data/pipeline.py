@@ -12,6 +12,7 @@ from vlft.data.cache import EncodingCache, cache_key
 from vlft.data.encode import EncodedSample, Encoder, without_pixels
 from vlft.data.formats import rename_columns, to_sample
 from vlft.data.loader import RawRow, load_dataset_rows
+from vlft.data.new_tokens import with_new_special_tokens
 from vlft.data.self_cognition import ModelIdentity
 from vlft.data.settings import encode_settings
 from vlft.data.template import load_template
@@ -44,9 +45,11 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
     family = detect_family(model_dir, args.model_type)
     template = load_template(args.template or family.template)
     processor = load_processor(model_dir)
+    settings = encode_settings(args, family)
+    processor = with_new_special_tokens(processor, settings.new_special_tokens, model_dir)  # saved in checkpoints
     try:
         encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,
-                          getattr(processor, "video_processor", None), encode_settings(args, family),
+                          getattr(processor, "video_processor", None), settings,
                           chat_template=getattr(processor, "chat_template", None), processor=processor)
     except VlftError as e:  # a render hook that does not fit the model dir's own chat template
         raise VlftError(f"{model_dir}: chat template: {e}") from None
