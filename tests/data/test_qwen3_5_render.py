@@ -325,14 +325,18 @@ def test_errors_name_the_field():
         render_qwen3_5([user("<tool_response>\nx\n</tool_response>"), assistant("a")])
 
 
-@pytest.mark.parametrize("message, tools, field", [
-    (assistant("", tool_calls=[call("f", {})], where="messages[1].content"), None, r"messages\[1\].tool_calls"),
-    (assistant("a", reasoning_content="r", where="messages[1].content"), None, r"messages\[1\].reasoning_content"),
-    (assistant("a"), TOOLS, "tools"),
+@pytest.mark.parametrize("template, message, tools, field", [
+    ("qwen2_5_vl", assistant("", tool_calls=[call("f", {})], where="messages[1].content"), None,
+     r"messages\[1\].tool_calls"),
+    ("qwen3_vl", assistant("a", reasoning_content="r", where="messages[1].content"), None,
+     r"messages\[1\].reasoning_content"),
+    ("qwen2_vl", assistant("a"), TOOLS, "tools"),
 ])
-def test_json_templates_refuse_what_they_cannot_render(message, tools, field):
-    with pytest.raises(DataError, match=f"^{field}: the qwen3_vl template cannot render"):
-        render(load_template("qwen3_vl"), [user("q"), message], tools=tools)
+def test_json_templates_refuse_what_they_cannot_render(template, message, tools, field):
+    """Qwen2-VL's and Qwen2.5-VL's official templates write no tools; Qwen3-VL's no reasoning (test_hermes_tools.py:
+    its tools)."""
+    with pytest.raises(DataError, match=f"^{field}: the {template} template cannot render"):
+        render(load_template(template), [user("q"), message], tools=tools)
 
 
 def test_style_is_hashable_and_frozen():

@@ -40,6 +40,12 @@ class Template:
     tool_start: str | None = None
     tool_item: str | None = None
     tool_end: str | None = None
+    # Hermes tool use (Qwen3-VL's chat template): with tools, the system turn holds the system message, a blank line,
+    # `tools_header`, each tool's JSON on a line of its own and `tools_footer`; an assistant's tool calls follow its
+    # content, each `tool_call` formatted with the call's name and its arguments' JSON. None: refused.
+    tools_header: str | None = None
+    tools_footer: str | None = None
+    tool_call: str | None = None
     # A code hook for a chat format these fields cannot express (Qwen3.5: "qwen3_5", vlft/data/render_qwen3_5.py);
     # None: rendered from the fields above.
     renderer: str | None = None
@@ -106,8 +112,8 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
     """
     base, ignore_empty_think = split_loss_scale(loss_scale)
     if template.renderer is None:
-        _refuse_hook_only(template, messages, tools)
-        return _render_fields(template, messages, base, add_generation_prompt, train_turn_separator)
+        _refuse_unwritable(template, messages, tools)
+        return _render_fields(template, messages, base, add_generation_prompt, train_turn_separator, tools)
     hook, default_style = _renderer(template.renderer)
     ignore_empty_think = ignore_empty_think or (template.ignore_empty_think and not disable_ignore_empty_think)
     return hook(messages, tools=tools, style=style or default_style, loss_scale=base,
@@ -118,14 +124,19 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
 
 
 def _render_fields(template: Template, messages: list[Message], loss_scale: LossScale,
-                   add_generation_prompt: bool, train_turn_separator: bool) -> list[Segment]:
+                   add_generation_prompt: bool, train_turn_separator: bool, tools: list | None) -> list[Segment]:
     segments: list[Segment] = []
     everything = loss_scale == "all"
     if messages and messages[0].role == "system":
         system, messages = messages[0].content, messages[1:]
     else:
-        system = template.default_system
-    if system is not None:
+        system = None if tools else template.default_system  # the official template's tools turn has none
+    if tools:
+        listed = "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)  # transformers' tojson
+        before = "" if system is None else _with_media(template, system) + "\n\n"
+        content = before + template.tools_header + listed + template.tools_footer
+        segments.append(Segment(template.system.format(content=content), everything))
+    elif system is not None:
         segments.append(Segment(template.system.format(content=_with_media(template, system)), everything))
     last_assistant = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
     for i, message in enumerate(messages):
@@ -145,7 +156,7 @@ def _render_fields(template: Template, messages: list[Message], loss_scale: Loss
             trained = message.loss
         segments += [
             Segment(start, everything),
-            Segment(content + template.turn_end, trained),
+            Segment(content + _tool_calls(template, message, content) + template.turn_end, trained),
             Segment(template.turn_separator, everything or (trained and train_turn_separator)),
         ]
     if add_generation_prompt:
@@ -171,12 +182,29 @@ def _renderer(name: str):
     return module.render, module.DEFAULT_STYLE
 
 
-def _refuse_hook_only(template: Template, messages: list[Message], tools: list | None) -> None:
+def _tool_calls(template: Template, message: Message, content: str) -> str:
+    """An assistant's tool calls in the template's `tool_call` form, after its content (Qwen3-VL's: a line break
+    before each, but the first when the content is empty); string arguments are written as they are."""
+    calls = []
+    for j, call in enumerate(message.tool_calls or []):
+        field = message.field(f"tool_calls[{j}]")
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError("expected a tool call {\"name\": ..., \"arguments\": {...}}", field=field)
+        arguments = function.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        separator = "\n" if j or content else ""
+        calls.append(separator + template.tool_call.format(name=function["name"], arguments=arguments))
+    return "".join(calls)
+
+
+def _refuse_unwritable(template: Template, messages: list[Message], tools: list | None) -> None:
     """Tools, tool calls and reasoning this template cannot write are an error, never dropped."""
-    if tools:
+    if tools and template.tools_header is None:
         raise DataError(f"the {template.name} template cannot render tools", field="tools")
     for m in messages:
-        if m.tool_calls:
+        if m.tool_calls and template.tool_call is None:
             raise DataError(f"the {template.name} template cannot render tool calls", field=m.field("tool_calls"))
         if m.reasoning_content is not None:
             raise DataError(f"the {template.name} template cannot render reasoning_content",

@@ -1,0 +1,95 @@
+"""Tool use with Qwen3-VL (ms-swift's `hermes` agent format, as the official chat template writes it): tools listed
+in the system turn, assistant tool calls as <tool_call> JSON, runs of tool results as one user turn. vlft's
+encoding of dataset rows (OpenAI form and ms-swift's tool_call / tool_response roles) against the HF tokenizer's
+apply_chat_template with the official template, token for token; the calls are trained, the results are not."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from tests.conftest import REPO
+from vlft.data.encode import IGNORE_INDEX, Encoder, EncodeSettings
+from vlft.data.formats import to_sample
+from vlft.data.template import load_template
+from vlft.families import get_family
+
+OFFICIAL = (REPO / "templates" / "official" / "qwen3_vl" / "chat_template.jinja").read_text()
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "Local time, 24h",
+                                         "parameters": {"type": "object", "properties": {}}}}
+
+
+def call(name: str, arguments) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+CASES = {
+    "system, content and two calls, two results": (
+        [{"role": "system", "content": "You are a travel helper."},
+         {"role": "user", "content": "Weather and time in Hangzhou?"},
+         {"role": "assistant", "content": "Let me check.",
+          "tool_calls": [call("get_weather", {"city": "杭州"}), call("get_time", "{}")]},
+         {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "tool", "content": "14:05"},
+         {"role": "assistant", "content": "21 degrees at 14:05."}],
+        [WEATHER, TIME]),
+    "no system, a call without content, two rounds": (
+        [{"role": "user", "content": "Weather in Paris?"},
+         {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Paris"})]},
+         {"role": "tool", "content": "rain"},
+         {"role": "assistant", "content": "Rain."},
+         {"role": "user", "content": "And the time?"},
+         {"role": "assistant", "content": "", "tool_calls": [call("get_time", {})]}],
+        [WEATHER, TIME]),
+    "tools, no call": (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], [TIME]),
+}
+
+
+@pytest.fixture(scope="module")
+def encoder(processor_of):
+    processor = processor_of("qwen3_vl")
+    return Encoder(get_family("qwen3_vl"), load_template("qwen3_vl"), processor.tokenizer, processor.image_processor,
+                   processor.video_processor, EncodeSettings(), chat_template=OFFICIAL)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rows_with_tools_encode_as_the_official_template(case, encoder):
+    messages, tools = CASES[case]
+    tokenizer = encoder.tokenizer
+    row = {"messages": messages, "tools": json.dumps(tools)}  # ms-swift's tools column: a JSON string
+    sample = to_sample(row)
+    full = encoder.encode(sample)
+    expected = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, chat_template=OFFICIAL,
+                                             return_dict=False)
+    assert full.input_ids == list(expected)
+    prompt = encoder.encode(dataclasses.replace(sample, messages=sample.messages[:-1]), add_generation_prompt=True)
+    expected_prompt = tokenizer.apply_chat_template(messages[:-1], tools=tools, tokenize=True, chat_template=OFFICIAL,
+                                                    add_generation_prompt=True, return_dict=False)
+    assert prompt.input_ids == list(expected_prompt)
+    # every assistant turn is trained, its tool calls included; the tools and results are not
+    trained = tokenizer.decode([t for t in full.labels if t != IGNORE_INDEX])
+    assert trained.count("<|im_end|>") == sum(m["role"] == "assistant" for m in messages)
+    assert trained.count("<tool_call>") == sum(len(m.get("tool_calls", [])) for m in messages)
+    assert "<tools>" not in trained and "<tool_response>" not in trained
+    assert full.labels[-len(prompt.input_ids):] != [IGNORE_INDEX] * len(prompt.input_ids)
+
+
+def test_ms_swift_tool_call_and_tool_response_roles_encode_as_openai_tool_calls(encoder):
+    """ms-swift's agent rows: `tool_call` turns (JSON of name and arguments) and `tool_response` turns."""
+    messages, tools = CASES["system, content and two calls, two results"]
+    swift_row = {"tools": tools, "messages": [
+        messages[0], messages[1], {"role": "assistant", "content": "Let me check."},
+        {"role": "tool_call", "content": json.dumps({"name": "get_weather", "arguments": {"city": "杭州"}},
+                                                    ensure_ascii=False)},
+        {"role": "tool_call", "content": json.dumps({"name": "get_time", "arguments": "{}"})},
+        {"role": "tool_response", "content": "{\"temp\": 21}"}, {"role": "tool_response", "content": "14:05"},
+        messages[-1]]}
+    expected = encoder.tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, chat_template=OFFICIAL,
+                                                     return_dict=False)
+    assert encoder.encode(to_sample(swift_row)).input_ids == list(expected)
