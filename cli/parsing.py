@@ -133,8 +133,8 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "padding_side": (frozenset({"right"}), "vlft pads training rows on the right (or packs them) and prompts for "
                                            "generation as the model needs"),
     "use_chat_template": (TRUE, "samples are rendered with the model's chat template"),
-    "new_special_tokens": (_NONE, "the tokenizer and embeddings keep the checkpoint's vocabulary; write new "
-                                  "markers as ordinary text"),
+    "new_special_tokens": (_NONE, "export takes the tokens from the checkpoint's tokenizer (the run's "
+                                  "--new_special_tokens)"),
     "check_model": (_ANY, "vlft checks nothing on the hub before loading"),
     "ignore_args_error": (FALSE, "vlft reports every flag it does not take: remove them"),
     "overwrite_output_dir": (_ANY, "each run writes a new --output_dir/v{N}-{time} (--add_version false: into "

@@ -142,6 +142,8 @@ def test_encode_matches_hf_processor_on_examples(vlft_cache, processor_of, tmp_p
     (["--datset", "x.jsonl"], "unknown argument --datset; did you mean --dataset?"),
     (["--max_length", "-3", "--dataset", "x.jsonl"], "--max_length must be positive"),
     (["--dataset", "x.jsonl", "--model_name", "a", "b", "c"], "--model_name takes a Chinese and an English value"),
+    (["--dataset", "x.jsonl", "--agent_template", "react_en"],
+     "--agent_template react_en: the qwen3_vl template writes tools as its official chat template does (hermes)"),
 ])
 def test_bad_dataset_arguments(argv, message, vlft_cache, capsys, monkeypatch):
     import modelscope

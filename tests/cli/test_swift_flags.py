@@ -37,7 +37,7 @@ class Computed(str):
 _TEMPLATE = {"system": None, "max_length": Computed("the model's max_model_len"), "truncation_strategy": "delete",
              "loss_scale": "default", "enable_thinking": None,
              "preserve_thinking": Computed("kept in training unless --loss_scale last_round"),
-             "disable_ignore_empty_think": False, "new_special_tokens": [],
+             "disable_ignore_empty_think": False, "new_special_tokens": [], "agent_template": None,
              "max_pixels": None, "model_type": None, "template": None, "model_revision": None, "use_hf": False,
              "hub_token": None, "model_kwargs": None, "seed": 42, "val_dataset": [],
              "torch_dtype": Computed("the checkpoint's dtype")}
@@ -392,7 +392,6 @@ def test_flags_of_real_swift_scripts_that_ask_for_what_vlft_does_pass():
     (["--task_type", "embedding"], "--task_type embedding is not supported: vlft trains causal language modelling"),
     (["--metric_for_best_model", "eval_token_acc"], "evaluation computes the loss only"),
     (["--greater_is_better", "true"], "the best checkpoint has the lowest eval loss"),
-    (["--new_special_tokens", "tokens.txt"], "keep the checkpoint's vocabulary"),
     (["--gradient_checkpointing_kwargs", '{"use_reentrant": true}'], "torch's non-reentrant one"),
     (["--lora_bias", "all"], "LoRA trains no biases"),
     (["--bf16", "true", "--torch_dtype", "float32"], "--bf16 true with --torch_dtype float32: vlft computes in the "

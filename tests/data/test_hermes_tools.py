@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -93,3 +94,21 @@ def test_ms_swift_tool_call_and_tool_response_roles_encode_as_openai_tool_calls(
     expected = encoder.tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, chat_template=OFFICIAL,
                                                      return_dict=False)
     assert encoder.encode(to_sample(swift_row)).input_ids == list(expected)
+
+
+@pytest.mark.parametrize("template, requested, error", [
+    ("qwen3_vl", "hermes", None),
+    ("qwen3_5", "qwen3_5", None),
+    ("qwen3_vl", None, None),
+    ("qwen3_5", "hermes", "the qwen3_5 template writes tools as its official chat template does (qwen3_5)"),
+    ("qwen2_5_vl", "hermes", "the qwen2_5_vl template writes no tools"),
+])
+def test_agent_template_takes_only_the_format_the_template_writes(template, requested, error):
+    from vlft.data.template import check_agent_template
+    from vlft.errors import VlftError
+
+    if error is None:
+        check_agent_template(load_template(template), requested)
+    else:
+        with pytest.raises(VlftError, match=re.escape(f"--agent_template {requested}: {error}")):
+            check_agent_template(load_template(template), requested)

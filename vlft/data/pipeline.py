@@ -15,7 +15,7 @@ from vlft.data.loader import RawRow, load_dataset_rows
 from vlft.data.new_tokens import with_new_special_tokens
 from vlft.data.self_cognition import ModelIdentity
 from vlft.data.settings import encode_settings
-from vlft.data.template import load_template
+from vlft.data.template import check_agent_template, load_template
 from vlft.errors import DataError, VlftError
 from vlft.families import detect_family
 from vlft.families.base import Family
@@ -44,6 +44,7 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
                                       revision=args.model_revision)
     family = detect_family(model_dir, args.model_type)
     template = load_template(args.template or family.template)
+    check_agent_template(template, args.agent_template)
     processor = load_processor(model_dir)
     settings = encode_settings(args, family)
     processor = with_new_special_tokens(processor, settings.new_special_tokens, model_dir)  # saved in checkpoints

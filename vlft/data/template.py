@@ -46,6 +46,8 @@ class Template:
     tools_header: str | None = None
     tools_footer: str | None = None
     tool_call: str | None = None
+    # ms-swift's name of the tool format this template writes (its --agent_template); None: it writes no tools.
+    agent_template: str | None = None
     # A code hook for a chat format these fields cannot express (Qwen3.5: "qwen3_5", vlft/data/render_qwen3_5.py);
     # None: rendered from the fields above.
     renderer: str | None = None
@@ -222,3 +224,15 @@ def template_style(template: Template, chat_template: str | None) -> TemplateSty
         return None
     module = _renderer_module(template.renderer)
     return module.style_of(chat_template) if chat_template else module.DEFAULT_STYLE
+
+
+def check_agent_template(template: Template, requested: str | None) -> None:
+    """ms-swift's --agent_template: vlft writes tools as the family's official template does, so only that
+    format's name is taken."""
+    if requested is None or requested == template.agent_template:
+        return
+    if template.agent_template is None:
+        raise VlftError(f"--agent_template {requested}: the {template.name} template writes no tools (its official "
+                        "chat template has none)")
+    raise VlftError(f"--agent_template {requested}: the {template.name} template writes tools as its official chat "
+                    f"template does ({template.agent_template}); give that or leave it out")
