@@ -156,10 +156,13 @@ def media_dir(tmp_path_factory) -> Path:
     return d
 
 
+NEW_TOKENS = ("<step>", "<done>")  # the `checkpoint` run's --new_special_tokens (not in the example data)
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, vlft_cache) -> Path:
     """A LoRA checkpoint of the tiny Qwen3-VL, trained 2 steps on the example data by `vlft sft`
-    (30% held out, so the run writes val_dataset.jsonl). Under pytest-xdist one worker trains it (under a file
+    (30% held out, so the run writes val_dataset.jsonl), with ms-swift's --new_special_tokens NEW_TOKENS. Under pytest-xdist one worker trains it (under a file
     lock) and every worker gets a copy of the run dir of its own (tests write into and beside the checkpoint)."""
     import shutil
 
@@ -171,7 +174,7 @@ def checkpoint(tmp_path_factory, vlft_cache) -> Path:
         assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(REPO / "examples/data/train.jsonl"),
                      "--split_dataset_ratio", "0.3", "--max_steps", "2", "--learning_rate", "1e-2",
                      "--image_max_token_num", "16", "--image_min_token_num", "4", "--report_to", "none",
-                     "--output_dir", str(output_dir)]) == 0
+                     "--new_special_tokens", *NEW_TOKENS, "--output_dir", str(output_dir)]) == 0
 
     out = tmp_path_factory.mktemp("run")
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -576,32 +576,3 @@ def test_packing_length_problems(argv, message):
     with pytest.raises(VlftError, match=re.escape(message)):
         parse_args(SftArguments, [*SFT, *argv], "t")
 
-
-def test_new_special_tokens_reach_the_checkpoint_infer_and_the_merged_model(tmp_path, vlft_cache, capsys):
-    """sft --new_special_tokens: the checkpoint's tokenizer has them (at the ids the base tokenizer gives them once
-    added), infer on the adapter reads them from args.json (the same ids, allowed in a query), and the merged model
-    keeps them."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from vlft import InferEngine, InferRequest
-
-    data = tmp_path / "steps.jsonl"
-    row = {"messages": [{"role": "user", "content": "Count to two<step>"},
-                        {"role": "assistant", "content": "one<step>two<step>"}]}
-    data.write_text((json.dumps(row) + "\n") * 2)
-    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--max_steps", "1",
-                 "--new_special_tokens", "<step>", "<done>", "--report_to", "none",
-                 "--output_dir", str(tmp_path / "out")]) == 0
-    [checkpoint] = (tmp_path / "out").glob("v*/checkpoint-1")
-    saved = AutoTokenizer.from_pretrained(checkpoint)
-    engine = InferEngine(adapters=[str(checkpoint)], max_new_tokens=2)
-    ids = saved.convert_tokens_to_ids(["<step>", "<done>"])
-    assert engine.encoder.tokenizer.convert_tokens_to_ids(["<step>", "<done>"]) == ids
-    assert ids[1] == ids[0] + 1 and saved.added_tokens_decoder[ids[0]].special
-    [answer] = engine.infer([InferRequest(messages=row["messages"][:1])])
-    assert answer.choices[0].finish_reason in ("stop", "length")
-    assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true"]) == 0
-    merged = AutoTokenizer.from_pretrained(f"{checkpoint}-merged")
-    assert merged.convert_tokens_to_ids(["<step>", "<done>"]) == ids

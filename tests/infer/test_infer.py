@@ -3,6 +3,7 @@ interactive loop through stdin, bad input, and sft -> infer -> export -> infer g
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import NEW_TOKENS, REPO
 from tests.infer.decoding import reference_answer
 from vlft.cli.infer import run_val_split
 from vlft.cli.main import main
@@ -99,6 +100,22 @@ def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, cap
                  "--result_path", str(second)]) == 0
     answers = [[json.loads(line)["response"] for line in open(p)] for p in (first, second)]
     assert answers[0] == answers[1] and len(answers[0]) == 3
+    # The run's --new_special_tokens: in the checkpoint's tokenizer as special tokens at the ids the base tokenizer
+    # gives them once added, read back by infer from args.json, and kept by the merged model.
+    from transformers import AutoTokenizer
+
+    from vlft.arguments import InferArguments
+    from vlft.data.pipeline import build_encoder
+    from vlft.infer.engine import with_training_settings
+
+    base = copy.deepcopy(AutoTokenizer.from_pretrained(build_encoder(InferArguments(model="vlft/tiny-qwen3-vl"))[1]))
+    base.add_special_tokens({"additional_special_tokens": list(NEW_TOKENS)})
+    ids = base.convert_tokens_to_ids(list(NEW_TOKENS))
+    saved = AutoTokenizer.from_pretrained(checkpoint)
+    assert saved.convert_tokens_to_ids(list(NEW_TOKENS)) == ids and saved.added_tokens_decoder[ids[0]].special
+    read_back = build_encoder(with_training_settings(InferArguments(adapters=[str(checkpoint)])))[0].tokenizer
+    assert read_back.convert_tokens_to_ids(list(NEW_TOKENS)) == ids
+    assert AutoTokenizer.from_pretrained(merged).convert_tokens_to_ids(list(NEW_TOKENS)) == ids
     with pytest.raises(VlftError, match="--load_data_args: no val_dataset.jsonl in"):
         run_val_split(tmp_path)
 
