@@ -37,13 +37,6 @@ TINY_NAMES = {name: TINY_PREFIX + family.tiny_name for name, family in _REGISTRY
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list) -> None:
-    """The tests marked slow first (in their order, the others after them in theirs): pytest-xdist hands tests out as
-    workers free up, so the short ones fill in at the end instead of one worker waiting on a long one."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def vlft_cache(tmp_path_factory) -> Path:
     """A cache dir shared by the whole session (tiny models are built once into it): under pytest-xdist, by all

@@ -29,8 +29,6 @@ from safetensors.torch import load_file
 from tests.train.two_processes import TwoProcessLaunch, run_once
 from vlft.cli.main import main
 from vlft.errors import VlftError
-
-pytestmark = pytest.mark.xdist_group("fsdp")  # one worker makes the launch; another would wait for it (run_once)
 from vlft.families import get_family
 from vlft.train.fsdp import resolve_fsdp
 

@@ -42,8 +42,6 @@ from vlft.train.sequence_parallel import (SequenceGroup, SequenceParallel, seque
 from vlft.train.ulysses import (UlyssesLinearAttention, heads_chunks, heads_from_chunks, kv_repeats,
                                 linear_attention_channels, sequence_chunks, sequence_from_chunks)
 
-pytestmark = pytest.mark.xdist_group("sequence_parallel")  # one worker makes the launch (run_once), not two at once
-
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("sequence_parallel_worker.py")
 TOLERANCE = 1e-5
