@@ -231,13 +231,15 @@ def test_unsupported_flags_are_refused_together(tiny_model_dir, tmp_path, vlft):
     done = vlft("megatron", "sft", "--model", str(tiny_model_dir("qwen3_vl_moe")), "--dataset", str(DATA),
                 "--save", str(tmp_path / "out"), "--moe_grouped_gemm", "true", "--sequence_parallel", "true",
                 "--optimizer_cpu_offload", "true", "--context_parallel_size", "2", "--learning_rate", "1e-4",
-                "--lora_rnak", "8", ok=False)
+                "--lora_rnak", "8", "--new_special_tokens", "<step>", "--packing_length", "64", ok=False)
     assert done.returncode == 2
     assert "--moe_grouped_gemm" not in done.stderr  # the seed guide's flag: vlft runs the experts grouped itself
     for expected in ("--sequence_parallel true needs",
                      "--optimizer_cpu_offload true is not supported", "--context_parallel_size 2 is not supported",
                      "--learning_rate 1e-4 is not supported: vlft megatron sft takes Megatron-SWIFT's --lr",
-                     "unknown argument --lora_rnak"):
+                     "unknown argument --lora_rnak",
+                     "--new_special_tokens: Megatron-Core checkpoints keep the base model's tokenizer files",
+                     "--packing_length 64 is the length of packed rows: add --packing true"):
         assert expected in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "out").exists()
 

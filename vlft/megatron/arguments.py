@@ -147,6 +147,9 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments, 
         if not self.dataset:
             problems.append("--dataset is required")
         problems += self.packing_length_problems()
+        if self.new_special_tokens:
+            problems.append("--new_special_tokens: Megatron-Core checkpoints keep the base model's tokenizer files, so "
+                            "the tokens would not reach the converted model; add them in vlft sft")
         if self.packing and self.max_length is None:
             problems.append("--packing true needs --max_length (the row length)")
         if not self.padding_free:
