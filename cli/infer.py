@@ -124,6 +124,7 @@ def _answer(engine, request, config) -> str:
 def val_rows(args: InferArguments) -> list:
     """Rows to answer: --val_dataset, or the training run's val split (--load_data_args)."""
     from vlft.data.loader import load_dataset_rows
+    from vlft.data.self_cognition import ModelIdentity
     from vlft.paths import cache_root
 
     specs = list(args.val_dataset)
@@ -131,7 +132,8 @@ def val_rows(args: InferArguments) -> list:
         specs.append(str(run_val_split(Path(args.adapters[0] if args.adapters else args.model))))
     rows = []
     for spec in specs:
-        rows += load_dataset_rows(spec, seed=args.seed, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir))
+        rows += load_dataset_rows(spec, seed=args.seed, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
+                                  identity=ModelIdentity.from_args(args.model_name, args.model_author))
     return rows
 
 

@@ -107,8 +107,8 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
                                  "together"),
     "predict_with_generate": (FALSE, "evaluation computes the loss; vlft infer --load_data_args true answers the "
                                      "val split"),
-    "model_name": (_NONE, "it fills swift/self-cognition's rows in vlft sft"),
-    "model_author": (_NONE, "it fills swift/self-cognition's rows in vlft sft"),
+    "model_name": (_NONE, "it fills swift/self-cognition's rows in vlft sft and infer"),
+    "model_author": (_NONE, "it fills swift/self-cognition's rows in vlft sft and infer"),
     "infer_backend": (frozenset({"transformers", "pt"}), _ENGINES + "; vlft deploy batches requests "
                                                                      "(--max_batch_size)"),
     "vllm_": (_NONE, _ENGINES),

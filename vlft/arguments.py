@@ -133,7 +133,8 @@ class TemplateArguments(CheckedArguments):
     def problems(self) -> list[str]:
         problems: list[str] = []
         self.system = collected(problems, system_prompt, self.system)
-        collected(problems, read_new_special_tokens, self.new_special_tokens)  # a .txt file that is not there
+        # .txt files read once: args.json records the tokens themselves (infer reads them back from there)
+        self.new_special_tokens = list(collected(problems, read_new_special_tokens, self.new_special_tokens) or [])
         collected(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
         return problems + not_positive(self, (
             "max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
@@ -142,7 +143,17 @@ class TemplateArguments(CheckedArguments):
 
 
 @dataclass
-class DatasetArguments(CheckedArguments):
+class SelfCognitionArguments(CheckedArguments):
+    """ms-swift's names for swift/self-cognition's {{NAME}} and {{AUTHOR}} (vlft/data/self_cognition.py)."""
+
+    model_name: list[str] | None = field(default=None, metadata={
+        "help": "self-cognition data (swift/self-cognition): the model's name, ZH [EN], for {{NAME}}"})
+    model_author: list[str] | None = field(default=None, metadata={
+        "help": "self-cognition data: the model's author, ZH [EN], for {{AUTHOR}}"})
+
+
+@dataclass
+class DatasetArguments(SelfCognitionArguments):
     """Which data: local files or hub ids (`ID[:SUBSET][#N]`), the split, and the encoding cache."""
 
     dataset: list[str] = field(default_factory=list, metadata={"help": "files, folders or ID[:SUBSET][#N]"})
@@ -157,10 +168,6 @@ class DatasetArguments(CheckedArguments):
     seed: int = field(default=42, metadata={"help": "seed for #N sampling, the split and shuffling"})
     strict: bool = field(default=True, metadata={
         "help": "a bad line stops the run; false: bad lines are skipped and listed at the end"})
-    model_name: list[str] | None = field(default=None, metadata={
-        "help": "self-cognition data (swift/self-cognition): the model's name, ZH [EN], for {{NAME}}"})
-    model_author: list[str] | None = field(default=None, metadata={
-        "help": "self-cognition data: the model's author, ZH [EN], for {{AUTHOR}}"})
 
     def problems(self) -> list[str]:
         problems = not_positive(self, ("dataset_num_proc",)) + identity_problems(self.model_name, self.model_author)
@@ -253,8 +260,8 @@ class SftArguments(ModelArguments, TemplateArguments, DatasetArguments, PackingL
     attn_impl: str | None = field(default=None, metadata={
         "help": "attention: varlen (torch's FlashAttention, CUDA default), flash_attn, sdpa (CPU default), eager"})
     padding_free: bool = field(default=False, metadata={"help": "concatenate a batch's samples into one row"})
-    packing: bool = field(default=False, metadata={"help": "pack samples into rows of --max_length (implies "
-                                                           "--padding_free)"})
+    packing: bool = field(default=False, metadata={"help": "pack samples into rows of --packing_length (default "
+                                                           "--max_length; implies --padding_free)"})
     sequence_parallel_size: int = field(default=1, metadata={
         "help": "Ulysses sequence parallelism: each packed row split along the sequence over N processes (needs "
                 "--packing or --padding_free, and NPROC_PER_NODE x NNODES a multiple of N)"})
@@ -557,7 +564,7 @@ def generation_attention(attn_impl: str) -> str:
 
 
 @dataclass
-class InferArguments(ModelArguments, TemplateArguments):
+class InferArguments(ModelArguments, TemplateArguments, SelfCognitionArguments):
     """`vlft infer`: answer a dataset or chat interactively, with or without LoRA adapters."""
 
     adapters: list[str] = field(default_factory=list, metadata={"help": "LoRA checkpoint dir(s); the base "
@@ -607,6 +614,7 @@ class InferArguments(ModelArguments, TemplateArguments):
         if self.attn_impl is not None:
             self.attn_impl = collected(problems, generation_attention, self.attn_impl)
         problems += beam_problems(self.num_beams, stream=self.stream, logprobs=self.logprobs)
+        problems += identity_problems(self.model_name, self.model_author)
         return problems + not_positive(self, ("max_new_tokens", "max_batch_size", "num_beams"))
 
 

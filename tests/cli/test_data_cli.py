@@ -142,6 +142,9 @@ def test_encode_matches_hf_processor_on_examples(vlft_cache, processor_of, tmp_p
     (["--datset", "x.jsonl"], "unknown argument --datset; did you mean --dataset?"),
     (["--max_length", "-3", "--dataset", "x.jsonl"], "--max_length must be positive"),
     (["--dataset", "x.jsonl", "--model_name", "a", "b", "c"], "--model_name takes a Chinese and an English value"),
+    (["--dataset", "x.jsonl", "--new_special_tokens", "<step>", "<|im_end|>"],
+     "--new_special_tokens <|im_end|>: already the model's own token(s)"),
+    (["--dataset", "x.jsonl", "--new_special_tokens", "<a b>"], "a token is one piece of text without spaces"),
     (["--dataset", "x.jsonl", "--agent_template", "react_en"],
      "--agent_template react_en: the qwen3_vl template writes tools as its official chat template does (hermes)"),
 ])
@@ -334,3 +337,15 @@ def test_new_special_tokens_beyond_the_free_embedding_rows_are_refused(vlft_cach
                  str(many)]) != 0
     err = capsys.readouterr().err
     assert "--new_special_tokens: 300 tokens take the tokenizer's ids up to 151968, beyond the 151936 rows" in err
+
+
+def test_infer_answers_self_cognition_rows_with_the_names_filled(self_cognition_hub, vlft_cache, tmp_path):
+    """ms-swift's infer takes --model_name / --model_author too: the rows it answers and their labels are filled."""
+    result = tmp_path / "answers.jsonl"
+    assert main(["infer", "--model", "vlft/tiny-qwen3-vl", "--val_dataset", "swift/self-cognition", "--model_name",
+                 "小黄", "Xiao Huang", "--model_author", "魔搭", "ModelScope", "--max_new_tokens", "1",
+                 "--result_path", str(result)]) == 0
+    answers = [json.loads(line) for line in open(result)]
+    assert [a["labels"] for a in answers] == ["我是小黄，由魔搭训练的人工智能助手。",
+                                              "I am Xiao Huang, an AI assistant trained by ModelScope."]
+    assert answers[1]["messages"][-1]["content"] == "who are you?"

@@ -116,6 +116,12 @@ def test_sft_infer_export_infer_gives_the_same_answers(checkpoint, tmp_path, cap
     read_back = build_encoder(with_training_settings(InferArguments(adapters=[str(checkpoint)])))[0].tokenizer
     assert read_back.convert_tokens_to_ids(list(NEW_TOKENS)) == ids
     assert AutoTokenizer.from_pretrained(merged).convert_tokens_to_ids(list(NEW_TOKENS)) == ids
+    # the merged model's tokenizer has them (no args.json read): a query may write them, they are not control tokens
+    from vlft.data.sample import Message, Sample
+
+    merged_encoder = build_encoder(InferArguments(model=str(merged)))[0]
+    query = Sample(messages=[Message("user", f"one{NEW_TOKENS[0]}two")])
+    assert ids[0] in merged_encoder.encode(query, add_generation_prompt=True).input_ids
     with pytest.raises(VlftError, match="--load_data_args: no val_dataset.jsonl in"):
         run_val_split(tmp_path)
 
@@ -284,7 +290,7 @@ def test_beam_search_answers_are_peft_generates_beams(checkpoint, tmp_path, caps
         with torch.no_grad():
             for out, beams in ((expected, 4), (greedy, 1)):
                 ids = model.generate(**inputs, max_new_tokens=12, do_sample=False, num_beams=beams,
-                                     early_stopping=True, eos_token_id=engine.stop_ids)
+                                     eos_token_id=engine.stop_ids)
                 out.append(reference_answer(engine.encoder.tokenizer, ids[0, start:], engine.stop_ids))
     assert answers == expected
     assert expected != greedy  # the beams change something here: the flag is not a no-op

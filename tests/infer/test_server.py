@@ -120,8 +120,7 @@ def test_a_requests_num_beams_beam_searches(served):
     model = copy.deepcopy(engine.model).merge_and_unload(adapter_names=["a"])
     inputs = engine._inputs(InferRequest(messages=question))
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=3, early_stopping=True,
-                             eos_token_id=engine.stop_ids)
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=3, eos_token_id=engine.stop_ids)
     expected = reference_answer(engine.encoder.tokenizer, out[0, inputs["input_ids"].shape[1]:], engine.stop_ids)
     reply = ask(served, question, model="a", extra_body={"num_beams": 3})
     assert reply.choices[0].message.content == expected

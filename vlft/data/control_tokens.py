@@ -35,11 +35,12 @@ class ControlTokens:
     specials: tuple[str, ...]  # every special added token: what the tokenizer splits on before BPE
 
     @classmethod
-    def of(cls, tokenizer, allowed: tuple[str, ...] = ()) -> ControlTokens:
-        """`allowed`: special tokens that data may write (--new_special_tokens), as grounding markup."""
+    def of(cls, tokenizer, family_tokens: frozenset[str]) -> ControlTokens:
+        """The tokenizer's special tokens that are the family's own (`family_tokens`) are refused; others (a run's
+        --new_special_tokens, kept by its checkpoints and merged models) are data's to write, as grounding markup."""
         specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len,
                           reverse=True)
-        return cls(tuple(t for t in specials if t not in GROUNDING_MARKUP and t not in allowed), tuple(specials))
+        return cls(tuple(t for t in specials if t in family_tokens and t not in GROUNDING_MARKUP), tuple(specials))
 
     @cached_property
     def _pattern(self) -> re.Pattern:

@@ -125,7 +125,7 @@ class Encoder:
         self.video_pad_id = ids(template.video_pad)
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
-        self.control = ControlTokens.of(tokenizer, allowed=settings.new_special_tokens)
+        self.control = ControlTokens.of(tokenizer, family.tokenizer.token_names)
         self.prompt_turn_starts = [tokenizer.encode(template.turn_start.format(role=role), add_special_tokens=False)
                                    for role in PROMPT_ROLES]
 

@@ -24,6 +24,8 @@ def read_new_special_tokens(values: list[str] | None) -> tuple[str, ...]:
                                 "file of tokens)")
             tokens += path.read_text(encoding="utf-8").split()
         else:
+            if not value or value != value.strip() or any(c.isspace() for c in value):
+                raise VlftError(f"--new_special_tokens {value!r}: a token is one piece of text without spaces")
             tokens.append(value)
     return tuple(dict.fromkeys(tokens))
 
@@ -37,11 +39,16 @@ def embedding_rows(model_dir: Path) -> int | None:
     return config.get("text_config", {}).get("vocab_size") or config.get("vocab_size")
 
 
-def with_new_special_tokens(processor, tokens: tuple[str, ...], model_dir: Path):
-    """A copy of `processor` whose tokenizer has `tokens` (those it lacks) as special tokens (the processor loaded
-    is left as it was); VlftError when they need more ids than the embedding has rows."""
+def with_new_special_tokens(processor, tokens: tuple[str, ...], model_dir: Path, family_tokens: frozenset[str]):
+    """A copy of `processor` whose tokenizer has `tokens` (those it lacks: a checkpoint trained with them has them)
+    as special tokens (the processor loaded is left as it was). VlftError for one of the family's own added tokens
+    (`<|im_end|>`, `<think>`, ...: they keep their role) or when they need more ids than the embedding has rows."""
     if not tokens:
         return processor
+    own = [t for t in tokens if t in family_tokens]
+    if own:
+        raise VlftError(f"--new_special_tokens {' '.join(own)}: already the model's own token(s), with their role in "
+                        "the chat template")
     processor = copy.deepcopy(processor)
     tokenizer = processor.tokenizer
     tokenizer.add_tokens(list(tokens), special_tokens=True)

@@ -185,19 +185,15 @@ def _renderer(name: str):
 
 
 def _tool_calls(template: Template, message: Message, content: str) -> str:
-    """An assistant's tool calls in the template's `tool_call` form, after its content (Qwen3-VL's: a line break
-    before each, but the first when the content is empty); string arguments are written as they are."""
+    """An assistant's tool calls (formats.py made each {"name", "arguments": {...}}) in the template's `tool_call`
+    form after its content (Qwen3-VL's: a line break before each, but the first when the content is empty), the
+    arguments as JSON, as ms-swift's hermes writes them (the official template writes arguments given as a JSON
+    string as they are: the same text unless that string was spaced otherwise)."""
     calls = []
     for j, call in enumerate(message.tool_calls or []):
-        field = message.field(f"tool_calls[{j}]")
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise DataError("expected a tool call {\"name\": ..., \"arguments\": {...}}", field=field)
-        arguments = function.get("arguments", {})
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
         separator = "\n" if j or content else ""
-        calls.append(separator + template.tool_call.format(name=function["name"], arguments=arguments))
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        calls.append(separator + template.tool_call.format(name=call["name"], arguments=arguments))
     return "".join(calls)
 
 

@@ -44,6 +44,11 @@ class TokenizerSpec:
     def id_of(self, token: str) -> int:
         return self.first_added_id + [t for t, _ in self.added_tokens].index(token)
 
+    @property
+    def token_names(self) -> frozenset[str]:
+        """The added tokens' texts (`<|im_end|>`, `<|image_pad|>`, `<think>`, ...)."""
+        return frozenset(t for t, _ in self.added_tokens)
+
 
 @dataclass(frozen=True)
 class TinySpec:

@@ -91,8 +91,10 @@ def request_config(body: ChatCompletionRequest, limits: RequestLimits, defaults:
     if body.top_logprobs is not None and not logprobs:  # OpenAI's rule
         raise DataError(f"top_logprobs {body.top_logprobs} needs logprobs true", field="top_logprobs")
     num_beams = given(body.num_beams, defaults.num_beams)
-    for problem in beam_problems(num_beams, stream=bool(body.stream), logprobs=logprobs, dashes=""):
-        raise DataError(problem, field="num_beams")
+    problems = beam_problems(num_beams, stream=bool(body.stream), logprobs=logprobs, dashes="")
+    if problems:
+        server = "" if body.num_beams is not None else " (this server's --num_beams: send num_beams 1)"
+        raise DataError(problems[0] + server, field="num_beams")
     return RequestConfig(max_tokens=max_tokens, stream=bool(body.stream), num_beams=num_beams,
                          temperature=given(body.temperature, defaults.temperature),
                          top_p=given(body.top_p, defaults.top_p), top_k=given(body.top_k, defaults.top_k),

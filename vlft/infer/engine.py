@@ -129,8 +129,8 @@ class InferEngine:
                   "repetition_penalty": config.repetition_penalty}
         if sampling:
             kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-        if config.num_beams > 1:  # with sampling: beam sampling, as transformers does
-            kwargs.update(num_beams=config.num_beams, early_stopping=True)
+        if config.num_beams > 1:  # with sampling: beam sampling; early_stopping as the checkpoint says (ms-swift)
+            kwargs.update(num_beams=config.num_beams)
         if config.stop:  # generation ends at the token that completes one (the text still holds it)
             kwargs.update(stop_strings=list(config.stop), tokenizer=self.encoder.tokenizer)
         return kwargs

@@ -81,7 +81,8 @@ class MegatronSftArguments(ModelArguments, TemplateArguments, DatasetArguments, 
     micro_batch_size: int = field(default=1, metadata={"help": "rows (packed or single samples) per micro-batch"})
     global_batch_size: int = field(default=16, metadata={"help": "rows per optimizer step, over all data-parallel "
                                                                  "ranks"})
-    packing: bool = field(default=False, metadata={"help": "pack samples into rows of --max_length"})
+    packing: bool = field(default=False, metadata={"help": "pack samples into rows of --packing_length (default "
+                                                         "--max_length)"})
     padding_free: bool = field(default=True, metadata={
         "help": "a micro-batch's samples concatenated into one row (always on: Megatron-Core takes packed rows)"})
     recompute_granularity: Literal["full", "selective", "none"] = field(default="selective", metadata={
