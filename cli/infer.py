@@ -124,7 +124,6 @@ def _answer(engine, request, config) -> str:
 def val_rows(args: InferArguments) -> list:
     """Rows to answer: --val_dataset, or the training run's val split (--load_data_args)."""
     from vlft.data.loader import load_dataset_rows
-    from vlft.data.self_cognition import ModelIdentity
     from vlft.paths import cache_root
 
     specs = list(args.val_dataset)
@@ -133,7 +132,7 @@ def val_rows(args: InferArguments) -> list:
     rows = []
     for spec in specs:
         rows += load_dataset_rows(spec, seed=args.seed, use_hf=args.use_hf, cache_root=cache_root(args.cache_dir),
-                                  identity=ModelIdentity.from_args(args.model_name, args.model_author))
+                                  identity=args.identity)
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlft.data.new_tokens import read_new_special_tokens
-from vlft.data.self_cognition import identity_problems
+from vlft.data.self_cognition import ModelIdentity, identity_problems
 from vlft.data.template import split_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
@@ -150,6 +150,10 @@ class SelfCognitionArguments(CheckedArguments):
         "help": "self-cognition data (swift/self-cognition): the model's name, ZH [EN], for {{NAME}}"})
     model_author: list[str] | None = field(default=None, metadata={
         "help": "self-cognition data: the model's author, ZH [EN], for {{AUTHOR}}"})
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity.from_args(self.model_name, self.model_author)
 
 
 @dataclass

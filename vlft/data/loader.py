@@ -255,7 +255,7 @@ def sample_rows(rows: list[RawRow], n: int | None, seed: int) -> list[RawRow]:
 
 
 def load_dataset_rows(spec_text: str, *, seed: int, use_hf: bool, cache_root: Path,
-                      dataset_dir: str | Path | None = None, identity: ModelIdentity | None = None) -> list[RawRow]:
+                      dataset_dir: str | Path | None = None, identity: ModelIdentity = ModelIdentity()) -> list[RawRow]:
     """All rows of one `--dataset` spec, with `#N` applied: a LLaMA-Factory dataset (a name defined in
     `dataset_dir`'s dataset_info.json; `DIR:NAME`; `DIR` for all its local ones), a local file or folder, or a
     hub id (`identity`: the model's name and author for self-cognition data)."""
@@ -267,7 +267,7 @@ def load_dataset_rows(spec_text: str, *, seed: int, use_hf: bool, cache_root: Pa
     elif rows is None:
         from vlft.data.registry import load_hub_rows
 
-        rows = load_hub_rows(spec, use_hf=use_hf, cache_root=cache_root, identity=identity or ModelIdentity())
+        rows = load_hub_rows(spec, use_hf=use_hf, cache_root=cache_root, identity=identity)
     return sample_rows(rows, spec.n, seed)
 
 

@@ -13,7 +13,6 @@ from vlft.data.encode import EncodedSample, Encoder, without_pixels
 from vlft.data.formats import rename_columns, to_sample
 from vlft.data.loader import RawRow, load_dataset_rows
 from vlft.data.new_tokens import with_new_special_tokens
-from vlft.data.self_cognition import ModelIdentity
 from vlft.data.settings import encode_settings
 from vlft.data.template import check_agent_template, load_template
 from vlft.errors import DataError, VlftError
@@ -61,10 +60,9 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
 def read_rows(args: DatasetArguments, specs: list[str], root: Path) -> list[RawRow]:
     """Every row of every spec, in order."""
     rows: list[RawRow] = []
-    identity = ModelIdentity.from_args(args.model_name, args.model_author)
     for spec in specs:
         rows += load_dataset_rows(spec, seed=args.seed, use_hf=getattr(args, "use_hf", False), cache_root=root,
-                                  dataset_dir=args.dataset_dir, identity=identity)
+                                  dataset_dir=args.dataset_dir, identity=args.identity)
     return rows
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from vlft.arguments import TemplateArguments
 from vlft.data.encode import EncodeSettings
-from vlft.data.new_tokens import read_new_special_tokens
 from vlft.data.video import VideoSampling
 from vlft.errors import VlftError
 from vlft.families.base import Family
@@ -36,6 +35,6 @@ def encode_settings(args: TemplateArguments, family: Family) -> EncodeSettings:
                           disable_ignore_empty_think=args.disable_ignore_empty_think, system=args.system,
                           train_turn_separator=args.train_turn_separator,
                           split_special_tokens=args.split_special_tokens,
-                          new_special_tokens=read_new_special_tokens(args.new_special_tokens),
+                          new_special_tokens=tuple(args.new_special_tokens),  # resolved by the arguments
                           image_min_pixels=image_min,
                           image_max_pixels=image_max, video=video, max_image_pixels=args.max_image_pixels)

@@ -47,8 +47,10 @@ class PieceStreamer(TextStreamer):
             self.recorder.put(value)
         if self._prompt_seen:
             self.tokens += value.numel()
+            if self.stop_ids.device != value.device:  # once: generate's tokens stay on one device
+                self.stop_ids = self.stop_ids.to(value.device)
             value = value.reshape(-1)
-            value = value[~torch.isin(value, self.stop_ids.to(value.device))]
+            value = value[~torch.isin(value, self.stop_ids)]
         self._prompt_seen = True
         super().put(value)
 

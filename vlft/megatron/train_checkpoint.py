@@ -20,11 +20,10 @@ OPTIMIZER_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_pref
 TRAINING = "vlft_training"  # the checkpoint's record of where training stood
 # The arguments that decide which rows a step reads: a resumed run must keep them to continue the same curve.
 DATA_ARGUMENTS = ("dataset", "val_dataset", "split_dataset_ratio", "columns", "packing", "max_length", "packing_length",
-                  "model_name", "model_author", "seed", "global_batch_size", "truncation_strategy", "loss_scale", "system",
-                  "template",
-                  "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels", "video_max_token_num",
-                  "video_min_token_num", "video_max_pixels", "video_min_pixels", "video_total_pixels", "fps",
-                  "fps_min_frames", "fps_max_frames")
+                  "model_name", "model_author", "seed", "global_batch_size", "truncation_strategy", "loss_scale",
+                  "system", "template", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
+                  "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels",
+                  "video_total_pixels", "fps", "fps_min_frames", "fps_max_frames")
 
 
 def resume_problems(saved: dict, args) -> list[str]:
