@@ -3,7 +3,7 @@ node ranks 0 and 1, gloo, 127.0.0.1), and ZeRO-3 on the tiny MoE with expert LoR
 ranks get different modalities (text only, image, video) in the same step, then resume and merge.
 
 Without a GPU one launcher of the two nodes, and each launcher of the ZeRO-3 test, runs in this process through the
-console script's entry point (tests/cli/conftest.py: torchrun and its workers are processes of their own either
+console script's entry point (tests/conftest.py: torchrun and its workers are processes of their own either
 way)."""
 
 from __future__ import annotations

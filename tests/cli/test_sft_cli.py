@@ -1,8 +1,8 @@
 """`vlft sft` end to end on CPU through the real console script: the ms-swift Qwen3-VL guide's dense
 command (swift -> vlft, a built-in tiny model and local data), two processes with ZeRO-2 and ZeRO-3,
 a task a tiny model can learn, kill-and-resume, and bad arguments failing before any model loads.
-Without a GPU the console script's entry point runs in this process (tests/cli/conftest.py), bar the run that
-kills itself."""
+Without a GPU the console script's entry point runs in this process (tests/conftest.py: vlft_console), bar the run
+that kills itself."""
 
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, VLFT
 from vlft.cli.main import main
 
 EXAMPLES = REPO / "examples" / "data"
-VLFT = str(Path(sys.executable).with_name("vlft"))
 
 
 def seed_command(output_dir: Path, deepspeed: str) -> list[str]:

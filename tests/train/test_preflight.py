@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, VLFT
 from vlft.cli.main import main
 from vlft.errors import VlftError
 from vlft.train.launch import LaunchPlan, first_worker_error, launch_plan, worker_error_recorded
@@ -22,7 +20,6 @@ from vlft.train.preflight import lr_scheduler_problems, raise_problems, report_t
 from vlft.train.run_dir import FAILED, check_writable, failed_run_handled, finish_failed_run
 
 EXAMPLES = REPO / "examples" / "data"
-VLFT = str(Path(sys.executable).with_name("vlft"))
 NEEDS_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 GOOD_ROW = {"messages": [{"role": "user", "content": "Where is Hangzhou?"},
                          {"role": "assistant", "content": "Zhejiang."}]}
@@ -232,16 +229,15 @@ def bad_data(path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_deepspeed_worker_data_error_is_the_last_thing_printed(tmp_path, vlft_cache):
+def test_deepspeed_worker_data_error_is_the_last_thing_printed(tmp_path, vlft_cache, vlft_console):
     data = bad_data(tmp_path / "bad.jsonl")
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK")}
-    result = subprocess.run([VLFT, "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--deepspeed",
-                             "zero2", "--report_to", "none", "--output_dir", str(tmp_path / "out")],
-                            env={**env, "CUDA_VISIBLE_DEVICES": "", "MASTER_PORT": str(_free_port())},
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, result.stderr[-3000:]  # the worker's exit code, not torchrun's 1
-    assert "ChildFailedError" in result.stderr  # torchrun's report comes first ...
-    tail = result.stderr.strip().splitlines()[-2:]  # ... and the worker's error last
+    code, output = vlft_console([VLFT, "sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--deepspeed",
+                                 "zero2", "--report_to", "none", "--output_dir", str(tmp_path / "out")],
+                                {**env, "CUDA_VISIBLE_DEVICES": "", "MASTER_PORT": str(_free_port())}, tmp_path)
+    assert code == 2, output[-3000:]  # the worker's exit code, not torchrun's 1
+    assert "ChildFailedError" in output  # torchrun's report comes first ...
+    tail = output.strip().splitlines()[-2:]  # ... and the worker's error last
     assert tail == ["vlft sft: error: 1 bad dataset line(s) (`vlft data check` lists them all; --strict false skips "
                     "them):", f"  {data}:2: messages[0].content: 1 <image> placeholders up to here but 0 images given"]
     assert list((tmp_path / "out").iterdir()) == []  # 3. the run dir, holding only args.json, is removed
