@@ -165,9 +165,10 @@ NEW_TOKENS = ("<step>", "<done>")  # the `checkpoint` run's --new_special_tokens
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, vlft_cache) -> Path:
-    """A LoRA checkpoint of the tiny Qwen3-VL, trained 2 steps on the example data by `vlft sft`
-    (30% held out, so the run writes val_dataset.jsonl), with ms-swift's --new_special_tokens NEW_TOKENS. Under pytest-xdist one worker trains it (under a file
-    lock) and every worker gets a copy of the run dir of its own (tests write into and beside the checkpoint)."""
+    """A LoRA checkpoint of the tiny Qwen3-VL, trained 2 steps on the example data by `vlft sft` (30% held out, so
+    the run writes val_dataset.jsonl), with ms-swift's --new_special_tokens NEW_TOKENS. Under pytest-xdist one worker
+    trains it (under a file lock) and every worker gets a copy of the run dir of its own (tests write into and beside
+    the checkpoint)."""
     import shutil
 
     from filelock import FileLock
