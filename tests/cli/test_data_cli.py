@@ -146,7 +146,7 @@ def test_encode_matches_hf_processor_on_examples(vlft_cache, processor_of, tmp_p
      "--new_special_tokens <|im_end|>: already the model's own token(s)"),
     (["--dataset", "x.jsonl", "--new_special_tokens", "<a b>"], "a token is one piece of text without spaces"),
     (["--dataset", "x.jsonl", "--agent_template", "react_en"],
-     "--agent_template react_en: the qwen3_vl template writes tools as its official chat template does (hermes)"),
+     "--agent_template react_en: the qwen3_vl template writes tools in one format, hermes"),
 ])
 def test_bad_dataset_arguments(argv, message, vlft_cache, capsys, monkeypatch):
     import modelscope

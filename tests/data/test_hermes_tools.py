@@ -1,7 +1,12 @@
 """Tool use with Qwen3-VL (ms-swift's `hermes` agent format, as the official chat template writes it): tools listed
 in the system turn, assistant tool calls as <tool_call> JSON, runs of tool results as one user turn. vlft's
 encoding of dataset rows (OpenAI form and ms-swift's tool_call / tool_response roles) against the HF tokenizer's
-apply_chat_template with the official template, token for token; the calls are trained, the results are not."""
+apply_chat_template with the official template, token for token; the calls are trained, the results are not.
+
+Qwen2-VL's and Qwen2.5-VL's official templates write no tools; ms-swift writes its hermes format for them, which is
+that text with the template's default system ("You are a helpful assistant.") before the tools when the row has no
+system message: their ground truth is Qwen3-VL's official template given that system message, tokenized by each
+family's own tokenizer."""
 
 from __future__ import annotations
 
@@ -52,25 +57,42 @@ CASES = {
 }
 
 
+def make_encoder(family: str, processor_of) -> Encoder:
+    processor = processor_of(family)
+    official = (REPO / "templates" / "official" / family / "chat_template.jinja").read_text()
+    return Encoder(get_family(family), load_template(family), processor.tokenizer, processor.image_processor,
+                   processor.video_processor, EncodeSettings(), chat_template=official)
+
+
 @pytest.fixture(scope="module")
 def encoder(processor_of):
-    processor = processor_of("qwen3_vl")
-    return Encoder(get_family("qwen3_vl"), load_template("qwen3_vl"), processor.tokenizer, processor.image_processor,
-                   processor.video_processor, EncodeSettings(), chat_template=OFFICIAL)
+    return make_encoder("qwen3_vl", processor_of)
 
 
+def hermes_messages(family: str, messages: list[dict]) -> list[dict]:
+    """The conversation Qwen3-VL's official template renders as ms-swift's hermes text for FAMILY: with the family
+    template's default system message when the row gives none."""
+    default = load_template(family).default_system
+    if default is None or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": default}, *messages]
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_rows_with_tools_encode_as_the_official_template(case, encoder):
+def test_rows_with_tools_encode_as_the_official_template(case, family, processor_of):
     messages, tools = CASES[case]
+    encoder = make_encoder(family, processor_of)
     tokenizer = encoder.tokenizer
     row = {"messages": messages, "tools": json.dumps(tools)}  # ms-swift's tools column: a JSON string
     sample = to_sample(row)
     full = encoder.encode(sample)
-    expected = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, chat_template=OFFICIAL,
+    rendered = hermes_messages(family, messages)
+    expected = tokenizer.apply_chat_template(rendered, tools=tools, tokenize=True, chat_template=OFFICIAL,
                                              return_dict=False)
     assert full.input_ids == list(expected)
     prompt = encoder.encode(dataclasses.replace(sample, messages=sample.messages[:-1]), add_generation_prompt=True)
-    expected_prompt = tokenizer.apply_chat_template(messages[:-1], tools=tools, tokenize=True, chat_template=OFFICIAL,
+    expected_prompt = tokenizer.apply_chat_template(rendered[:-1], tools=tools, tokenize=True, chat_template=OFFICIAL,
                                                     add_generation_prompt=True, return_dict=False)
     assert prompt.input_ids == list(expected_prompt)
     # every assistant turn is trained, its tool calls included; the tools and results are not
@@ -100,8 +122,9 @@ def test_ms_swift_tool_call_and_tool_response_roles_encode_as_openai_tool_calls(
     ("qwen3_vl", "hermes", None),
     ("qwen3_5", "qwen3_5", None),
     ("qwen3_vl", None, None),
-    ("qwen3_5", "hermes", "the qwen3_5 template writes tools as its official chat template does (qwen3_5)"),
-    ("qwen2_5_vl", "hermes", "the qwen2_5_vl template writes no tools"),
+    ("qwen2_5_vl", "hermes", None),
+    ("qwen3_5", "hermes", "the qwen3_5 template writes tools in one format, qwen3_5"),
+    ("qwen2_vl", "react_en", "the qwen2_vl template writes tools in one format, hermes"),
 ])
 def test_agent_template_takes_only_the_format_the_template_writes(template, requested, error):
     from vlft.data.template import check_agent_template

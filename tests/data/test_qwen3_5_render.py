@@ -326,15 +326,13 @@ def test_errors_name_the_field():
 
 
 @pytest.mark.parametrize("template, message, tools, field", [
-    ("qwen2_5_vl", assistant("", tool_calls=[call("f", {})], where="messages[1].content"), None,
-     r"messages\[1\].tool_calls"),
     ("qwen3_vl", assistant("a", reasoning_content="r", where="messages[1].content"), None,
      r"messages\[1\].reasoning_content"),
-    ("qwen2_vl", assistant("a"), TOOLS, "tools"),
+    ("qwen2_5_vl", assistant("a", reasoning_content="r", where="messages[1].content"), None,
+     r"messages\[1\].reasoning_content"),
 ])
 def test_json_templates_refuse_what_they_cannot_render(template, message, tools, field):
-    """Qwen2-VL's and Qwen2.5-VL's official templates write no tools; Qwen3-VL's no reasoning (test_hermes_tools.py:
-    its tools)."""
+    """Qwen3-VL's, Qwen2.5-VL's and Qwen2-VL's templates write no reasoning (test_hermes_tools.py: their tools)."""
     with pytest.raises(DataError, match=f"^{field}: the {template} template cannot render"):
         render(load_template(template), [user("q"), message], tools=tools)
 

@@ -36,11 +36,12 @@ class Template:
     vision_start: str
     vision_end: str
     stop_words: tuple[str, ...]
-    # Qwen3-VL wraps runs of tool results into one user turn of <tool_response> items; None: a plain turn.
+    # Hermes wraps runs of tool results into one user turn of <tool_response> items; None: a plain turn.
     tool_start: str | None = None
     tool_item: str | None = None
     tool_end: str | None = None
-    # Hermes tool use (Qwen3-VL's chat template): with tools, the system turn holds the system message, a blank line,
+    # Hermes tool use (Qwen3-VL's chat template; ms-swift's hermes for Qwen2-VL and Qwen2.5-VL, whose official templates
+    # have no tools): with tools, the system turn holds the system message (or the default system), a blank line,
     # `tools_header`, each tool's JSON on a line of its own and `tools_footer`; an assistant's tool calls follow its
     # content, each `tool_call` formatted with the call's name and its arguments' JSON. None: refused.
     tools_header: str | None = None
@@ -132,7 +133,7 @@ def _render_fields(template: Template, messages: list[Message], loss_scale: Loss
     if messages and messages[0].role == "system":
         system, messages = messages[0].content, messages[1:]
     else:
-        system = None if tools else template.default_system  # the official template's tools turn has none
+        system = template.default_system  # with tools too: ms-swift's hermes writes it before them
     if tools:
         listed = "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)  # transformers' tojson
         before = "" if system is None else _with_media(template, system) + "\n\n"
@@ -223,12 +224,11 @@ def template_style(template: Template, chat_template: str | None) -> TemplateSty
 
 
 def check_agent_template(template: Template, requested: str | None) -> None:
-    """ms-swift's --agent_template: vlft writes tools as the family's official template does, so only that
-    format's name is taken."""
+    """ms-swift's --agent_template: vlft writes tools in one format per template (the official template's, or
+    ms-swift's default for the template where the official one has none), so only that format's name is taken."""
     if requested is None or requested == template.agent_template:
         return
     if template.agent_template is None:
-        raise VlftError(f"--agent_template {requested}: the {template.name} template writes no tools (its official "
-                        "chat template has none)")
-    raise VlftError(f"--agent_template {requested}: the {template.name} template writes tools as its official chat "
-                    f"template does ({template.agent_template}); give that or leave it out")
+        raise VlftError(f"--agent_template {requested}: the {template.name} template writes no tools")
+    raise VlftError(f"--agent_template {requested}: the {template.name} template writes tools in one format, "
+                    f"{template.agent_template}; give that or leave it out")
