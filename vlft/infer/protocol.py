@@ -18,7 +18,7 @@ class InferRequest:
     images: list[Any] = field(default_factory=list)
     videos: list[Any] = field(default_factory=list)
     objects: dict | None = None
-    tools: list | None = None  # function schemas, for templates that render tools (Qwen3.5 / Qwen3.6)
+    tools: list | None = None  # function schemas, written into the prompt as the template writes tools
     # Per-request template switches, as vLLM's and SGLang's servers take them: {"enable_thinking": false}.
     chat_template_kwargs: dict | None = None
 
