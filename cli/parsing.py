@@ -81,7 +81,7 @@ REFUSED: dict[str, tuple[frozenset[str], str]] = {
     "cached_dataset": (_NONE, "vlft caches encodings itself (--load_from_cache_file true): pass the data with "
                               "--dataset"),
     "cached_val_dataset": (_NONE, "vlft caches encodings itself: pass the data with --val_dataset"),
-    "packing_length": (_NONE, "packed rows are --max_length tokens long"),
+    "packing_length": (_NONE, "a training flag: vlft sft and megatron sft take it"),
     "device_map": (_NONE, _SHARD),
     "max_memory": (_NONE, _SHARD),
     "deepspeed_autotp_size": (_NONE, "put DeepSpeed's own settings in a config file: --deepspeed ds_config.json"),
