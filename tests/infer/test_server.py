@@ -6,6 +6,7 @@ dropped streams, a stream cut by max_tokens, unknown models."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -76,15 +77,12 @@ def test_each_model_answers_as_peft_does_whole_streamed_and_batched(served):
         assert "".join(c.choices[0].delta.content or "" for c in stream) == text
 
 
-def test_answers_keep_special_tokens_other_than_the_stop_token_whole_and_streamed(served):
-    """Qwen2-VL writes a box as <|box_start|>(x1,y1),(x2,y2)<|box_end|>, special tokens of its tokenizer: answers
-    keep them (as ms-swift decodes), whole and streamed, and leave out only the stop token. The model is steered
-    to write exactly that, then <|im_end|>, by a forward hook on its output layer."""
-    engine = served.engine
+@contextlib.contextmanager
+def writing(engine, text: str):
+    """The served model steered to write exactly `text`, then <|im_end|>, by a forward hook on its output layer;
+    yields (the script's length in tokens, a function that restarts the script for the next request)."""
     tokenizer = engine.encoder.tokenizer
-    box = "<|box_start|>(12,34),(56,78)<|box_end|>"
-    script = tokenizer.encode(box, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    assert script[0] == tokenizer.convert_tokens_to_ids("<|box_start|>")
+    script = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     step = []
 
     def steer(module, args, logits):
@@ -94,17 +92,54 @@ def test_answers_keep_special_tokens_other_than_the_stop_token_whole_and_streame
         steered[..., wanted] = 0.0
         return steered
 
-    question = [{"role": "user", "content": QUESTION}]
     hook = engine.model.get_output_embeddings().register_forward_hook(steer)
     try:
-        whole = ask(served, question, max_tokens=len(script) + 4)
-        step.clear()
-        streamed = list(ask(served, question, max_tokens=len(script) + 4, stream=True))
+        yield len(script), step.clear
     finally:
         hook.remove()
+
+
+def test_answers_keep_special_tokens_other_than_the_stop_token_whole_and_streamed(served):
+    """Qwen2-VL writes a box as <|box_start|>(x1,y1),(x2,y2)<|box_end|>, special tokens of its tokenizer: answers
+    keep them (as ms-swift decodes), whole and streamed, and leave out only the stop token."""
+    box = "<|box_start|>(12,34),(56,78)<|box_end|>"
+    tokenizer = served.engine.encoder.tokenizer
+    assert tokenizer.encode(box, add_special_tokens=False)[0] == tokenizer.convert_tokens_to_ids("<|box_start|>")
+    question = [{"role": "user", "content": QUESTION}]
+    with writing(served.engine, box) as (length, restart):
+        whole = ask(served, question, max_tokens=length + 4)
+        restart()
+        streamed = list(ask(served, question, max_tokens=length + 4, stream=True))
     assert whole.choices[0].message.content == box and whole.choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == box
     assert streamed[-1].choices[0].finish_reason == "stop"
+    assert whole.choices[0].message.tool_calls is None
+
+
+def test_tool_calls_in_an_answer_come_back_as_openai_tool_calls_whole_and_streamed(served):
+    """An answer that calls tools (the text Qwen3-VL's official template writes for those calls, the model steered
+    to write it) comes back with the text whole and the calls as OpenAI `tool_calls`, read by the openai client;
+    streamed, on the last chunk (ms-swift's deploy does both)."""
+    from tests.infer.test_tool_calls import CALLS, written_answer
+
+    answer = written_answer("qwen3_vl", "Let me check.", CALLS)
+    tools = [{"type": "function", "function": {"name": call["name"], "parameters": {"type": "object"}}}
+             for call in CALLS]
+    question = [{"role": "user", "content": "Weather and time in Hangzhou?"}]
+    with writing(served.engine, answer) as (length, restart):
+        whole = ask(served, question, max_tokens=length + 4, tools=tools)
+        restart()
+        streamed = list(ask(served, question, max_tokens=length + 4, tools=tools, stream=True))
+    expected = [(call["name"], call["arguments"]) for call in CALLS]
+    message = whole.choices[0].message
+    assert message.content == answer and whole.choices[0].finish_reason == "stop"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == expected
+    assert all(c.type == "function" and c.id for c in message.tool_calls)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == answer
+    assert all(c.choices[0].delta.tool_calls is None for c in streamed[:-1])
+    last = streamed[-1].choices[0].delta.tool_calls
+    assert [(c.index, c.function.name, json.loads(c.function.arguments)) for c in last] == [
+        (i, name, arguments) for i, (name, arguments) in enumerate(expected)]
 
 
 def test_a_requests_num_beams_beam_searches(served):

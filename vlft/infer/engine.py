@@ -19,6 +19,7 @@ from vlft.infer.adapters import active_adapter, adapter_specs, served_name, with
 from vlft.infer.engine_stream import stream_chunks
 from vlft.infer.logprobs import LogprobRecorder, openai_logprobs
 from vlft.infer.protocol import ChatCompletionResponse, ChatMessage, Choice, InferRequest, RequestConfig, Usage
+from vlft.infer.tool_calls import ToolCall, tool_calls
 from vlft.model.loading import load_pretrained, merge_adapter
 from vlft.train.model import resolve_dtype
 
@@ -105,6 +106,14 @@ class InferEngine:
                   **media_inputs([encoded])}
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
+    def answer(self, tokens: list[int]) -> str:
+        """A generated answer's text (answer_text)."""
+        return answer_text(self.encoder.tokenizer, tokens, self.stop_ids)
+
+    def tool_calls(self, answer: str) -> list[ToolCall] | None:
+        """The tool calls written in an answer, in the template's tool format (tool_calls.py)."""
+        return tool_calls(answer, self.encoder.template.agent_template)
+
     def max_tokens(self, config: RequestConfig, prompt_tokens: int) -> int:
         """The tokens to generate after a prompt: the request's max_tokens (refused above what the context
         leaves), or --max_new_tokens cut to what it leaves."""
@@ -174,12 +183,12 @@ class InferEngine:
         responses = []
         for i, (row, single) in enumerate(zip(out, each)):
             new, reason = self.finish(row[prompt_length:].tolist(), max_tokens, config.stop)
-            text = answer_text(tokenizer, new, self.stop_ids)
+            text = self.answer(new)
             # one recorded step per generated token: those of this row's answer (not the padding after its stop)
             logprobs = None if recorder is None else openai_logprobs(tokenizer, recorder.rows[i][:len(new)])
             responses.append(ChatCompletionResponse(
                 model=adapter or self.model_name, usage=Usage(single["input_ids"].shape[1], len(new)),
-                choices=[Choice(0, ChatMessage("assistant", text), reason, logprobs)]))
+                choices=[Choice(0, ChatMessage("assistant", text, self.tool_calls(text)), reason, logprobs)]))
         return responses
 
     def _stream(self, request: InferRequest, config: RequestConfig, adapter: str | None,

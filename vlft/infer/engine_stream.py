@@ -104,7 +104,8 @@ def stream_chunks(engine, inputs: dict, config: RequestConfig, max_tokens: int, 
         new, reason = engine.finish(result["output"][0, prompt_tokens:].tolist(), max_tokens)
         # content "" (not None): the ms-swift snippet prints each delta's content, the last one included; the
         # logprobs of the tokens no piece showed (the stop token, a held-back tail) come with it
-        choice = StreamChoice(0, DeltaMessage(content=""), reason, logprobs(sent, len(new)))
+        calls = engine.tool_calls(engine.answer(new))
+        choice = StreamChoice(0, DeltaMessage(content="", tool_calls=calls), reason, logprobs(sent, len(new)))
         yield ChatCompletionStreamResponse(name, [choice], chunk_id, usage=Usage(prompt_tokens, len(new)))
 
     return chunks()

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlft.infer import protocol
+from vlft.infer import protocol, tool_calls
 from vlft.infer.protocol import MAX_BEAMS, MAX_TOP_LOGPROBS
 
 
@@ -65,9 +65,36 @@ class Usage(BaseModel):
                    total_tokens=usage.total_tokens)
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    @classmethod
+    def all_of(cls, calls: list[tool_calls.ToolCall] | None) -> list[ToolCall] | None:
+        return None if calls is None else [
+            cls(id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments)) for c in calls]
+
+
+class ToolCallDelta(ToolCall):
+    index: int  # the call's place in the answer (OpenAI's streamed calls carry it)
+
+    @classmethod
+    def all_of(cls, calls: list[tool_calls.ToolCall] | None) -> list[ToolCallDelta] | None:
+        return None if calls is None else [
+            cls(index=i, id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
+            for i, c in enumerate(calls)]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str  # the whole answer, tool calls' text included (ms-swift's)
+    tool_calls: list[ToolCall] | None = None  # the calls read from the answer in the template's tool format
 
 
 class TopLogprob(BaseModel):
@@ -101,7 +128,8 @@ class ChatCompletion(BaseModel):
 
     @classmethod
     def of(cls, response: protocol.ChatCompletionResponse, model: str) -> ChatCompletion:
-        choices = [Choice(index=c.index, message=AssistantMessage(content=c.message.content),
+        choices = [Choice(index=c.index, message=AssistantMessage(content=c.message.content,
+                                                                  tool_calls=ToolCall.all_of(c.message.tool_calls)),
                           finish_reason=c.finish_reason, logprobs=c.logprobs) for c in response.choices]
         return cls(id=response.id, created=response.created, model=model, choices=choices,
                    usage=Usage.of(response.usage))
@@ -110,6 +138,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None  # on the last chunk, read from the whole answer
 
 
 class ChunkChoice(BaseModel):
@@ -129,7 +158,8 @@ class ChatCompletionChunk(BaseModel):
 
     @classmethod
     def of(cls, chunk: protocol.ChatCompletionStreamResponse, model: str) -> ChatCompletionChunk:
-        choices = [ChunkChoice(index=c.index, delta=Delta(role=c.delta.role, content=c.delta.content),
+        choices = [ChunkChoice(index=c.index, delta=Delta(role=c.delta.role, content=c.delta.content,
+                                                          tool_calls=ToolCallDelta.all_of(c.delta.tool_calls)),
                                finish_reason=c.finish_reason, logprobs=c.logprobs) for c in chunk.choices]
         return cls(id=chunk.id, created=chunk.created, model=model, choices=choices)
 

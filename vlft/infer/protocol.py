@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlft.infer.tool_calls import ToolCall
+
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs (and the default of ms-swift deploy's --max_logprobs)
 
 
@@ -43,7 +45,8 @@ class RequestConfig:
 @dataclass
 class ChatMessage:
     role: str
-    content: str
+    content: str  # the whole answer, its tool calls' text included (ms-swift's)
+    tool_calls: list[ToolCall] | None = None  # the calls read from it (tool_calls.py)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class ChatCompletionResponse:
 class DeltaMessage:
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None  # on the last chunk: the calls read from the whole answer
 
 
 @dataclass
