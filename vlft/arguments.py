@@ -104,7 +104,8 @@ class TemplateArguments(CheckedArguments):
         "help": "encode control tokens typed in messages (<|im_start|>, <|im_end|>, ...) as plain text; by default "
                 "such a line is an error"})
     agent_template: str | None = field(default=None, metadata={
-        "help": "ms-swift's tool format name; vlft writes the family's own (hermes: Qwen3-VL, qwen3_5: Qwen3.5)"})
+        "help": "ms-swift's tool format name; vlft writes the family's own (hermes: Qwen2-VL, Qwen2.5-VL, Qwen3-VL; "
+                "qwen3_5: Qwen3.5)"})
     new_special_tokens: list[str] = field(default_factory=list, metadata={
         "help": "tokens added to the tokenizer as special tokens (one id each), or .txt files of them"})
     image_max_token_num: int | None = field(default=None, metadata={"env": "IMAGE_MAX_TOKEN_NUM",

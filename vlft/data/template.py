@@ -47,6 +47,9 @@ class Template:
     tools_header: str | None = None
     tools_footer: str | None = None
     tool_call: str | None = None
+    # Between an assistant's content and its first tool call: Qwen3-VL's official template writes a line break;
+    # ms-swift's hermes (Qwen2-VL, Qwen2.5-VL) joins them with nothing.
+    tool_call_after_content: str = "\n"
     # ms-swift's name of the tool format this template writes (its --agent_template); None: it writes no tools.
     agent_template: str | None = None
     # A code hook for a chat format these fields cannot express (Qwen3.5: "qwen3_5", vlft/data/render_qwen3_5.py);
@@ -187,12 +190,12 @@ def _renderer(name: str):
 
 def _tool_calls(template: Template, message: Message, content: str) -> str:
     """An assistant's tool calls (formats.py made each {"name", "arguments": {...}}) in the template's `tool_call`
-    form after its content (Qwen3-VL's: a line break before each, but the first when the content is empty), the
-    arguments as JSON, as ms-swift's hermes writes them (the official template writes arguments given as a JSON
-    string as they are: the same text unless that string was spaced otherwise)."""
+    form after its content (a line break between calls; `tool_call_after_content` before the first when there is
+    content), the arguments as JSON, as ms-swift's hermes writes them (the official template writes arguments given
+    as a JSON string as they are: the same text unless that string was spaced otherwise)."""
     calls = []
     for j, call in enumerate(message.tool_calls or []):
-        separator = "\n" if j or content else ""
+        separator = "\n" if j else template.tool_call_after_content if content else ""
         arguments = json.dumps(call["arguments"], ensure_ascii=False)
         calls.append(separator + template.tool_call.format(name=call["name"], arguments=arguments))
     return "".join(calls)

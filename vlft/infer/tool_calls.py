@@ -3,7 +3,8 @@
 
 hermes (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): a JSON object with "name" and "arguments".
 qwen3_5 (Qwen3.5 / Qwen3.6): `<function=NAME>` with `<parameter=KEY>value</parameter>` items, each value a string.
-A block that does not parse is left out (ms-swift's too): the text still holds it."""
+A block that does not parse is left out (ms-swift's too): the text still holds it. ms-swift's readers also try
+Python literals and ReAct's `Action:` lines; these do not."""
 
 from __future__ import annotations
 
