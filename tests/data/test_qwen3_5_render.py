@@ -337,6 +337,18 @@ def test_json_templates_refuse_what_they_cannot_render(template, message, tools,
         render(load_template(template), [user("q"), message], tools=tools)
 
 
+@pytest.mark.parametrize("template", ["qwen2_vl", "qwen2_5_vl"])
+def test_tool_results_without_tools_are_hermes_tool_responses(template):
+    """Qwen2-VL's and Qwen2.5-VL's tool turns as ms-swift's hermes writes them with or without tools (its
+    _format_tool_responses: a run of results as one user turn of <tool_response> items), the text written out here
+    from its code; the default system prompt first, as ms-swift's template adds it."""
+    messages = [user("q"), assistant("a"), Message("tool", "r1"), Message("tool", "r2"), assistant("b")]
+    assert text_of(render(load_template(template), messages)) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
+        "<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n"
+        "<tool_response>\nr2\n</tool_response><|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n")
+
+
 def test_style_is_hashable_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         QWEN3_5.thinking_default = False  # type: ignore[misc]
