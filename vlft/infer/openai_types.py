@@ -86,9 +86,8 @@ class ToolCallDelta(ToolCall):
 
     @classmethod
     def all_of(cls, calls: list[tool_calls.ToolCall] | None) -> list[ToolCallDelta] | None:
-        return None if calls is None else [
-            cls(index=i, id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
-            for i, c in enumerate(calls)]
+        whole = ToolCall.all_of(calls)
+        return None if whole is None else [cls(index=i, **call.model_dump()) for i, call in enumerate(whole)]
 
 
 class AssistantMessage(BaseModel):
