@@ -6,12 +6,15 @@ recomputing all of them. The estimate against a GPU's measured peak: tests/gpu/t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 
 from tests.train.test_packing_parity import encoded_batch, lora_args
 from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.train.compile import decoder_layers
-from vlft.train.memory_plan import (BUDGET_SHARE, ActivationProbe, apply_plan, estimate_peak,
+from vlft.train.memory_plan import (BUDGET_SHARE, ActivationProbe, apply_plan, estimate_peak, layer_inputs,
                                     plan_checkpointing, probe_activations, static_bytes)
 from vlft.train.model import enable_gradient_checkpointing, load_model
 from vlft.train.summary import loss_transient_bytes
@@ -83,6 +86,9 @@ def test_the_plan_recomputes_the_fewest_layers_that_fit():
     estimate = estimate_peak(probe, frozenset({1}), tokens, static, loss)
     assert estimate.kept == 4 * (10_000 + 100_000 + 200_000 + 300_000 + 8_000)
     assert estimate.transient == max(loss, 4 * (300_000 + 300_000))
+    # a measured backward's working memory (working_memory.py) takes the place of the largest layer's activations
+    measured = dataclasses.replace(probe, layer_backward=50_000)
+    assert estimate_peak(measured, frozenset({1}), tokens, 0, 0).transient == 4 * (300_000 + 50_000)
 
 
 def test_loss_working_memory_with_and_without_chunks():
@@ -146,3 +152,29 @@ def test_the_compiled_probe_counts_what_inductors_graphs_keep(tiny_model_dir, pr
     for probed, real, plain in zip(partitioned.per_layer, compiled.per_layer, eager.per_layer):
         assert abs(probed - real) <= 0.05 * real, (probed, real)
         assert probed < 0.97 * plain, (probed, plain)  # e.g. the norms' outputs recomputed, not kept
+
+
+def test_a_layer_runs_again_on_the_arguments_recorded_for_it(tiny_model_dir, processor_of, media_dir):
+    """The layer whose backward the plan measures (working_memory.layer_backward_bytes) runs on the first layer's
+    recorded input and its own recorded arguments (rotary tables, row boundaries): given its own input instead, it
+    gives what it gave inside the model's forward, so no argument was lost."""
+    model, batch = lora_model_and_row(tiny_model_dir, processor_of, media_dir)
+    layers = decoder_layers(model)
+    inputs, outputs = {}, {}
+    last = len(layers) - 1
+    hooks = [layers[last].register_forward_pre_hook(lambda m, args, kwargs: inputs.update(x=args[0] if args else
+                                                                                          kwargs["hidden_states"]),
+                                                    with_kwargs=True),
+             layers[last].register_forward_hook(lambda m, args, out: outputs.update(y=out))]
+    seen = layer_inputs(model, layers, batch, contextlib.nullcontext)
+    for hook in hooks:
+        hook.remove()
+    assert all(layer.gradient_checkpointing for layer in layers)  # restored
+    assert seen["hidden"].shape == inputs["x"].shape and set(seen["calls"]) == set(range(len(layers)))
+    hidden_as_arg, args, kwargs = seen["calls"][last]
+    with torch.no_grad():
+        x = inputs["x"]
+        again = layers[last](x, *args, **kwargs) if hidden_as_arg else layers[last](*args, hidden_states=x, **kwargs)
+    again = again[0] if isinstance(again, tuple) else again
+    expected = outputs["y"][0] if isinstance(outputs["y"], tuple) else outputs["y"]
+    torch.testing.assert_close(again, expected)

@@ -7,8 +7,9 @@ compiled, through graphs partitioned as inductor partitions them (they keep less
 of a step is then estimated for each number of recomputed layers (`PeakEstimate` below): the memory already allocated
 (weights, adapters), the gradients and AdamW's two moments of what trains, the activations of the layers kept
 (scaled from the probed row to --max_length x batch tokens), for a recomputed layer only its input plus one
-layer recomputed at a time, and the larger of the loss's transient (the logits, or one chunk of them with the
-chunked loss) and the backward's (about one layer's activations as gradients). `plan_checkpointing` picks the
+layer recomputed at a time, and the larger of the loss's working memory and the backward's (one recomputed
+layer's activations and what a layer's backward allocates), both measured on the GPU by running them once
+(working_memory.py). `plan_checkpointing` picks the
 fewest recomputed layers whose estimate fits `BUDGET_SHARE` of the memory the process can use, recomputing the
 layers that keep the most first; when even all recomputed do not fit, all are, and the plan says the run may not
 fit. The choice and the estimate are logged; an explicit `--gradient_checkpointing true/false` wins.
@@ -20,6 +21,7 @@ CUDA (the free memory is the GPU's); elsewhere `auto` recomputes every layer, ms
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from torch import nn
 
 from vlft.train.compile import layers_compiled_for_probing
 from vlft.train.summary import GIB, loss_transient_bytes, memory_estimate
+from vlft.train.working_memory import first_layer_input, layer_backward_bytes, loss_working_bytes
 
 logger = logging.getLogger("vlft")
 
@@ -44,6 +47,13 @@ class ActivationProbe:
     per_layer: list[int]  # by each decoder layer, not recomputed
     outside: int  # by everything outside the decoder layers (embeddings, vision tower, final norm)
     layer_input: int  # a recomputed layer's input (its hidden states), which the checkpoint keeps
+    # what one layer's backward allocates beyond what the layer keeps, measured on the GPU (working_memory.py);
+    # None: taken as the largest layer's activations over again (gradients about their size)
+    layer_backward: int | None = None
+
+    @property
+    def backward_working(self) -> int:
+        return max(self.per_layer, default=0) if self.layer_backward is None else self.layer_backward
 
 
 @dataclass(frozen=True)
@@ -154,12 +164,12 @@ def estimate_peak(probe: ActivationProbe, recomputed: frozenset[int], tokens: in
                   loss_transient: int) -> PeakEstimate:
     """The peak for `tokens` tokens per step with `recomputed` layers checkpointed (see the module docstring):
     what is kept at the end of the forward, plus the larger of the loss's working memory and the backward's
-    (one recomputed layer's activations again, and gradients about the size of one layer's activations)."""
+    (one recomputed layer's activations again, and what a layer's backward allocates: probe.backward_working)."""
     scale = tokens / probe.tokens
     kept = probe.outside + len(recomputed) * probe.layer_input + sum(
         size for i, size in enumerate(probe.per_layer) if i not in recomputed)
     recompute = max((probe.per_layer[i] for i in recomputed), default=0)
-    backward = recompute + max(probe.per_layer, default=0)
+    backward = recompute + probe.backward_working
     return PeakEstimate(static=static, kept=round(kept * scale),
                           transient=max(loss_transient, round(backward * scale)))
 
@@ -226,7 +236,9 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
     from the device; `step_tokens`: tokens of a step (every row of a batch, padding included); `copied_gradients`: the
     decoder layers' gradients are copied out of CUDA graph memory (static_bytes); `compiled`: the decoder layers will
     be compiled, so the probe counts what their compiled graphs save (compile.layers_compiled_for_probing; about
-    a third less than eager on the Qwen3-VL-4B shape), or what eager layers save where that probe fails."""
+    a third less than eager on the Qwen3-VL-4B shape), or what eager layers save where that probe fails. The loss's
+    working memory (at `step_tokens`) and the backward's of the layer keeping the most are measured by running them
+    (working_memory.py); where a measurement fails they are counted by formula."""
     from vlft.train.chunked_loss import CHUNK
     from vlft.train.trainer import LoraLayers
 
@@ -247,21 +259,66 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
     training = model.training
     model.train()
     try:
+        seen = layer_inputs(model, layers, batch, step_context)
         probe = None
         if compiled:
             try:
                 with layers_compiled_for_probing(model):
                     probe = probe_activations(model, layers, batch, text.hidden_size, step_context)
+                    probe = with_layer_backward(probe, layers, seen, device, step_context)
             except Exception as e:  # a graph the partition cannot take: eager's count is an upper bound
                 logger.warning(f"memory plan: counting what eager layers keep ({type(e).__name__} probing the "
-                               f"compiled ones: {str(e).splitlines()[0] if str(e) else ''})")
+                               f"compiled ones: {first_line(e)})")
+                probe = None
         if probe is None:
             probe = probe_activations(model, layers, batch, text.hidden_size, step_context)
+            probe = with_layer_backward(probe, layers, seen, device, step_context)
+        del seen
+        loss_transient = measured("the loss's working memory", device, lambda: loss_working_bytes(
+            model, step_tokens, chunked_loss, dtype, device, step_context))
     finally:
         model.train(training)
+    if loss_transient is None:
+        loss_transient = loss_transient_bytes(step_tokens, text.vocab_size, text.hidden_size, chunked_loss, CHUNK,
+                                              dtype.itemsize)
     static = static_bytes(model, torch.cuda.memory_allocated(device), layers if copied_gradients else None)
-    return RunMemory(probe=probe, static=static,
-                     loss_transient=loss_transient_bytes(step_tokens, text.vocab_size, text.hidden_size, chunked_loss,
-                                                         CHUNK, dtype.itemsize),
+    return RunMemory(probe=probe, static=static, loss_transient=loss_transient,
                      usable=torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device),
                      step_tokens=step_tokens)
+
+
+def layer_inputs(model: nn.Module, layers: nn.ModuleList, batch: dict, step_context) -> dict:
+    """The first decoder layer's input and every layer's other arguments (working_memory.first_layer_input), from a
+    forward without gradients and without the layers' checkpoints."""
+    recomputing = [getattr(layer, "gradient_checkpointing", False) for layer in layers]
+    apply_plan(layers, frozenset())
+    try:
+        with first_layer_input(layers) as seen, torch.no_grad(), step_context():
+            model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1)
+    finally:
+        apply_plan(layers, frozenset(i for i, flag in enumerate(recomputing) if flag))
+    return seen
+
+
+def with_layer_backward(probe: ActivationProbe, layers: nn.ModuleList, seen: dict, device: torch.device,
+                        step_context) -> ActivationProbe:
+    """`probe` with the measured working memory of the backward of the layer keeping the most (run as the layers
+    run now: compiled for probing or eager)."""
+    index = max(range(len(layers)), key=lambda i: probe.per_layer[i])
+    size = measured(f"decoder layer {index}'s backward", device, lambda: layer_backward_bytes(
+        layers[index], seen["hidden"], seen["calls"][index], device, step_context))
+    return probe if size is None else dataclasses.replace(probe, layer_backward=size)
+
+
+def measured(what: str, device: torch.device, measure) -> int | None:
+    """measure(), or None (logged) where it fails, such as out of memory: the estimate then counts by formula."""
+    try:
+        return measure()
+    except Exception as e:
+        torch.cuda.empty_cache()
+        logger.warning(f"memory plan: {what} estimated, not measured ({type(e).__name__}: {first_line(e)})")
+        return None
+
+
+def first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
