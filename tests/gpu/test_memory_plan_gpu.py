@@ -91,11 +91,13 @@ def test_the_estimate_is_within_15_percent_of_the_measured_peak(compiled, tmp_pa
         estimate = memory.estimate(recomputed)
         peak, forward, backward = measured_peak(model, cuda_batch, chunked, lora_layers)
         results.append((len(recomputed), estimate.total / 2**30, peak / 2**30))
-        print(f"compiled {compiled}, {len(recomputed)} recomputed: estimate {estimate.total / 2**30:.2f} GiB (static "
-              f"{estimate.static / 2**30:.2f}, kept {estimate.kept / 2**30:.2f}, working {estimate.transient / 2**30:.2f}"
-              f"; loss {memory.loss_transient / 2**30:.2f}, a layer's backward "
-              f"{memory.probe.backward_working / 2**30:.2f} measured {memory.probe.layer_backward is not None}); "
-              f"measured {peak / 2**30:.2f} (to the loss {forward / 2**30:.2f}, backward {backward / 2**30:.2f})")
+        gib = {name: value / 2**30 for name, value in [
+            ("estimate", estimate.total), ("static", estimate.static), ("kept", estimate.kept),
+            ("working", estimate.transient), ("loss", memory.loss_transient),
+            ("layer backward", memory.probe.backward_working), ("measured", peak), ("to the loss", forward),
+            ("in the backward", backward)]}
+        print(f"compiled {compiled}, {len(recomputed)} recomputed (layer backward measured "
+              f"{memory.probe.layer_backward is not None}):", ", ".join(f"{k} {v:.2f}" for k, v in gib.items()))
     for count, estimate, peak in results:
         assert abs(estimate - peak) <= 0.15 * peak, (count, estimate, peak)
     plan = memory.plan()
