@@ -11,7 +11,7 @@ from typing import Literal
 
 from vlft.data.new_tokens import read_new_special_tokens
 from vlft.data.self_cognition import ModelIdentity, identity_problems
-from vlft.data.template import split_loss_scale
+from vlft.data.loss_scale import parse_loss_scale
 from vlft.errors import ArgumentProblems, VlftError, collected
 from vlft.families import FAMILIES, get_family
 from vlft.infer.adapters import adapter_specs
@@ -89,7 +89,8 @@ class TemplateArguments(CheckedArguments):
         default="delete", metadata={"help": "over max_length: drop and report (delete), cut (left/right), or fail"})
     loss_scale: str = field(default="default", metadata={
         "help": "trained tokens: default (every assistant turn), last_round, all; +ignore_empty_think (e.g. "
-                "last_round+ignore_empty_think) leaves an empty <think></think> block untrained"})
+                "last_round+ignore_empty_think) leaves an empty <think></think> block untrained; ms-swift's "
+                "weightings hermes, react, qwen, alpha_umi, ignore_think_prefix (e.g. hermes: tool calls count twice)"})
     enable_thinking: bool | None = field(default=None, metadata={
         "help": "Qwen3.5 / Qwen3.6: render with thinking on or off (default: the checkpoint template's default)"})
     preserve_thinking: bool | None = field(default=None, metadata={
@@ -136,7 +137,7 @@ class TemplateArguments(CheckedArguments):
         self.system = collected(problems, system_prompt, self.system)
         # .txt files read once: args.json records the tokens themselves (infer reads them back from there)
         self.new_special_tokens = list(collected(problems, read_new_special_tokens, self.new_special_tokens) or [])
-        collected(problems, split_loss_scale, self.loss_scale)  # names the accepted forms
+        collected(problems, parse_loss_scale, self.loss_scale)  # names the accepted forms
         return problems + not_positive(self, (
             "max_length", "image_max_token_num", "image_min_token_num", "max_pixels", "min_pixels",
             "video_max_token_num", "video_min_token_num", "video_max_pixels", "video_min_pixels", "video_total_pixels",

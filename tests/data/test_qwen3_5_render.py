@@ -16,7 +16,8 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from vlft.data.render_qwen3_5 import (DEFAULT_STYLE, QWEN3_5, QWEN3_5_0_8B, QWEN3_6, TemplateStyle, render_qwen3_5,
                                       style_of)
 from vlft.data.sample import Message
-from vlft.data.template import load_template, render, split_loss_scale
+from vlft.data.loss_scale import LossScale, parse_loss_scale
+from vlft.data.template import load_template, render
 from vlft.errors import DataError, VlftError
 
 HERE = Path(__file__).parent / "qwen3_5_templates"
@@ -302,12 +303,16 @@ def test_template_dispatch_and_enable_thinking_defaults():
     assert load_template("qwen3_5").image == "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def test_split_loss_scale():
-    assert split_loss_scale("default") == ("default", False)
-    assert split_loss_scale("last_round+ignore_empty_think") == ("last_round", True)
-    assert split_loss_scale("ignore_empty_think") == ("default", True)
-    with pytest.raises(VlftError, match="hermes"):
-        split_loss_scale("hermes")
+def test_parse_loss_scale():
+    assert parse_loss_scale("default") == LossScale("default", False)
+    assert parse_loss_scale("last_round+ignore_empty_think") == LossScale("last_round", True)
+    assert parse_loss_scale("ignore_empty_think") == LossScale("default", True)
+    assert parse_loss_scale("hermes") == LossScale("default", False, ("hermes",))  # ms-swift: default+hermes
+    assert parse_loss_scale("last_round+react+ignore_empty_think") == LossScale("last_round", True, ("react",))
+    with pytest.raises(VlftError, match="unknown --loss_scale 'hermes2'.*hermes, react"):
+        parse_loss_scale("hermes2")
+    with pytest.raises(VlftError, match="agentflan is not supported"):
+        parse_loss_scale("agentflan")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -130,6 +130,20 @@ def test_qwen3_5_packed_curve_matches_vlft_sft(tiny_model_dir, tmp_path, megatro
 
 
 @pytest.mark.slow
+def test_loss_scale_weights_match_vlft_sft(tiny_model_dir, tmp_path, megatron_sft, vlft_sft):
+    """--loss_scale hermes (tool calls weigh 2) on the tools example, its three rows in one step: the weighted first
+    loss is vlft sft's (over every trained token of the step on both sides), above the unweighted one."""
+    model = str(tiny_model_dir("qwen3_5"))
+    tools = ["--dataset", str(REPO / "examples" / "data" / "tools.jsonl"), "--max_length", "2048"]
+    weighted = [*tools, "--loss_scale", "hermes"]
+    megatron_sft(tmp_path / "m", "--model", model, *weighted, "--train_iters", "1", "--global_batch_size", "3")
+    vlft_sft(tmp_path / "h", "--model", model, *weighted, "--max_steps", "1", "--per_device_train_batch_size", "3")
+    vlft_sft(tmp_path / "p", "--model", model, *tools, "--max_steps", "1", "--per_device_train_batch_size", "3")
+    ours, theirs, plain = logged(tmp_path / "m"), logged(tmp_path / "h"), logged(tmp_path / "p")
+    assert abs(ours[1] - theirs[1]) < 1e-5 and theirs[1] > plain[1] + 0.1, (ours, theirs, plain)
+
+
+@pytest.mark.slow
 def test_dense_packed_run_resumes_exactly_converts_and_answers(tiny_model_dir, tmp_path, vlft, megatron_sft):
     """Resume from step 3, picked as the ms-swift guide picks an iteration: by editing the tracker file; a run
     that would read other rows, or lay the optimizer out otherwise, is refused first."""

@@ -12,7 +12,7 @@ from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.data.encode import IGNORE_INDEX
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.chunked_loss import ChunkedLoss, chunked_cross_entropy
+from vlft.train.chunked_loss import ChunkedLoss, chunked_cross_entropy, scaled_cross_entropy
 from vlft.train.model import load_model
 from vlft.train.tuners import prepare_trainable
 
@@ -84,3 +84,39 @@ def test_an_moe_aux_loss_is_refused(tiny_model_dir):
     set_router_aux_loss(model, 0.01)
     with pytest.raises(VlftError, match="aux loss"):
         ChunkedLoss(model)
+
+
+def weighted_reference(hidden, weight, labels, loss_scale):
+    """--loss_scale's loss in float64 (ms-swift's: each target's cross-entropy times its token's weight, summed,
+    over the number of targets)."""
+    logits = (hidden.double() @ weight.double().t())
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].flatten()
+    scales = F.pad(loss_scale.double(), (0, 1))[:, 1:].flatten()
+    losses = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return (losses * scales).sum() / (targets != IGNORE_INDEX).sum()
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_weighted_loss_and_gradients_equal_a_float64_reference(chunked):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 37))
+    labels[0, :9] = IGNORE_INDEX
+    labels[1, 30:] = IGNORE_INDEX
+    loss_scale = torch.where(labels == IGNORE_INDEX, 0.0, 1.0)
+    loss_scale[0, 12:18] = 2.0  # a tool call
+    loss_scale[1, 3:5] = 0.5
+    expected = weighted_reference(hidden, weight, labels, loss_scale)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    if chunked:
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk=5, loss_scale=loss_scale)
+    else:
+        loss = scaled_cross_entropy(hidden @ weight.t(), labels, loss_scale)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    ones = torch.where(labels == IGNORE_INDEX, 0.0, 1.0)  # weights of one: the unweighted loss
+    torch.testing.assert_close(chunked_cross_entropy(hidden, weight, labels, loss_scale=ones),
+                               chunked_cross_entropy(hidden, weight, labels))

@@ -51,6 +51,14 @@ def media_inputs(samples: list[EncodedSample]) -> dict:
     return batch
 
 
+def token_weights(sample: EncodedSample) -> list[float]:
+    """--loss_scale's weight of each of the sample's tokens (encode.EncodedSample.loss_scale): 1 where trained
+    when it has none."""
+    if sample.loss_scale is not None:
+        return sample.loss_scale
+    return [0.0 if label == IGNORE_INDEX else 1.0 for label in sample.labels]
+
+
 def sample_position_ids(sample: EncodedSample, family: Family, tokens: VisionTokens,
                         tokens_per_second: float | None) -> torch.Tensor:
     """(3, L) mRoPE ids of one sample."""
@@ -130,6 +138,8 @@ class PaddingFreeCollator:
             labels += [IGNORE_INDEX] + sample.labels[1:]
             text_positions.append(torch.arange(sample.length))
             rope.append(sample_position_ids(sample, self.family, self.tokens, self.tokens_per_second))
+        weighted = any(s.loss_scale is not None for s in samples)
+        weights = [w for s in samples for w in [0.0, *token_weights(s)[1:]]] if weighted else []
         fixed = {}
         if self.fixed_shape is not None:
             padding = self.fixed_shape.length - len(input_ids)
@@ -141,6 +151,7 @@ class PaddingFreeCollator:
                      "row_padding": padding, "row_longest_segment": limit}
             input_ids += [self.tokens.pad_id] * padding
             labels += [IGNORE_INDEX] * padding
+            weights += [0.0] * padding if weighted else []
             text_positions.append(torch.arange(padding) % limit)  # each padding segment (limit long) from 0
             rope.append(torch.arange(padding).expand(3, -1))
         ids = torch.tensor([input_ids])
@@ -149,8 +160,10 @@ class PaddingFreeCollator:
         # No attention mask and no cu_seqlens kwargs (they would reach the vision tower too): attention
         # finds the sample boundaries from the text positions (row 0), which restart at 0 per sample; a
         # fixed-shape row's `row_cu_seqlens` is taken out of the inputs first (attention.RowBoundaries).
+        # --loss_scale's token weights, aligned with the labels, only where a sample has weights (the loss: trainer.py)
+        scale = {"loss_scale": torch.tensor([weights], dtype=torch.float32)} if weighted else {}
         return {"input_ids": ids, "labels": torch.tensor([labels]), "position_ids": position_ids,
-                "mm_token_type_ids": types, "use_cache": False, **fixed, **media_inputs(samples)}
+                "mm_token_type_ids": types, "use_cache": False, **fixed, **scale, **media_inputs(samples)}
 
 
 class PaddedCollator:
@@ -169,5 +182,10 @@ class PaddedCollator:
             labels[i, :s.length] = torch.tensor(s.labels)
             mask[i, :s.length] = 1
         types = mm_token_types(ids, self.tokens.image_pad_id, self.tokens.video_pad_id)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "mm_token_type_ids": types,
+        scale = {}
+        if any(s.loss_scale is not None for s in batch):
+            scale["loss_scale"] = torch.zeros((len(batch), longest))
+            for i, s in enumerate(batch):
+                scale["loss_scale"][i, :s.length] = torch.tensor(token_weights(s))
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "mm_token_type_ids": types, **scale,
                 **media_inputs(batch)}

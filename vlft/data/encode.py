@@ -18,6 +18,7 @@ from transformers.video_utils import VideoMetadata
 from vlft.data.control_tokens import ControlTokens
 from vlft.data.grounding import ImageGeometry, fill_grounding
 from vlft.data.image_grid import grid_from_size
+from vlft.data.loss_scale import parse_loss_scale
 from vlft.data.media import MAX_IMAGE_PIXELS, image_size, load_image, local_video_path
 from vlft.data.sample import Message, Sample
 from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Template, render, template_style
@@ -41,7 +42,7 @@ class EncodeSettings:
 
     max_length: int | None = None
     truncation_strategy: TruncationStrategy = "delete"
-    loss_scale: str = "default"  # template.split_loss_scale's forms ("last_round+ignore_empty_think", ...)
+    loss_scale: str = "default"  # loss_scale.parse_loss_scale's forms ("last_round+ignore_empty_think", "hermes", ...)
     enable_thinking: bool | None = None  # Qwen3.5: None leaves it to the template / the checkpoint's default
     # Qwen3.5: the thinking of assistant turns before the last user query kept. None: as the chat template writes
     # them (dropped), as HF's processor and LLaMA-Factory do; ms-swift keeps them when training every turn.
@@ -67,6 +68,9 @@ class EncodedSample:
 
     input_ids: list[int]
     labels: list[int]
+    # --loss_scale's weight of each token (loss_scale.py), where a weighting gives weights other than 0 and 1;
+    # None: every trained token weighs 1
+    loss_scale: list[float] | None = None
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None  # (n_images, 3)
     pixel_values_videos: torch.Tensor | None = None
@@ -126,6 +130,7 @@ class Encoder:
         self.vision_start_id = ids(template.vision_start)
         self.vision_end_id = ids(template.vision_end)
         self.control = ControlTokens.of(tokenizer, family.tokenizer.token_names)
+        self.loss_scale = parse_loss_scale(settings.loss_scale)
         self.prompt_turn_starts = [tokenizer.encode(template.turn_start.format(role=role), add_special_tokens=False)
                                    for role in PROMPT_ROLES]
 
@@ -182,10 +187,13 @@ class Encoder:
                           style=self.style,
                           disable_ignore_empty_think=self.settings.disable_ignore_empty_think,
                           train_turn_separator=self.settings.train_turn_separator)
-        input_ids, labels = self._tokenize(segments)
-        input_ids, labels, spans = self._expand_media(input_ids, labels, image_inputs, video_inputs, videos)
-        encoded = EncodedSample(input_ids=input_ids, labels=labels, source=sample.source, line=sample.line,
-                                **image_inputs, **video_inputs)
+        input_ids, labels, weights = self._tokenize(segments)
+        input_ids, labels, weights, spans = self._expand_media(input_ids, labels, weights, image_inputs,
+                                                               video_inputs, videos)
+        if all(w in (0.0, 1.0) for w in weights):  # the labels say it all (ms-swift's binary loss scale)
+            weights = None
+        encoded = EncodedSample(input_ids=input_ids, labels=labels, loss_scale=weights, source=sample.source,
+                                line=sample.line, **image_inputs, **video_inputs)
         if self.settings.max_length is not None and encoded.length > self.settings.max_length:
             encoded = self._truncate(encoded, spans)
         if not add_generation_prompt and not any(label != IGNORE_INDEX for label in encoded.labels[1:]):
@@ -194,20 +202,25 @@ class Encoder:
                             "--loss_scale leaves none); it would give a NaN loss", field="messages")
         return encoded
 
-    def _tokenize(self, segments) -> tuple[list[int], list[int]]:
-        # Runs of equal trainedness are tokenized separately: the prompt before an answer is then exactly
-        # the HF processor's (add_generation_prompt=True) and the answer exactly what the model generates
-        # after it. (Whole-text BPE could merge an answer's leading "\n" into the prompt's last token.)
+    def _tokenize(self, segments) -> tuple[list[int], list[int], list[float]]:
+        """Ids, labels and each token's weight (0 where untrained). Runs of equal trainedness are tokenized
+        separately: the prompt before an answer is then exactly the HF processor's (add_generation_prompt=True) and
+        the answer exactly what the model generates after it. (Whole-text BPE could merge an answer's leading "\n"
+        into the prompt's last token.) --loss_scale's weightings split a trained run further, each piece tokenized
+        on its own, as ms-swift does; a piece of weight 0 is not trained."""
         input_ids: list[int] = []
         labels: list[int] = []
+        weights: list[float] = []
         for trained, run in _runs(segments):
-            if self.settings.split_special_tokens:
-                ids = self.control.encode_hidden(self.tokenizer, run)
-            else:
-                ids = self.tokenizer.encode(run, add_special_tokens=False)
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
-        return input_ids, labels
+            for piece, weight in self.loss_scale.weigh(run) if trained else [(run, 0.0)]:
+                if self.settings.split_special_tokens:
+                    ids = self.control.encode_hidden(self.tokenizer, piece)
+                else:
+                    ids = self.tokenizer.encode(piece, add_special_tokens=False)
+                input_ids += ids
+                labels += ids if weight else [IGNORE_INDEX] * len(ids)
+                weights += [weight] * len(ids)
+        return input_ids, labels, weights
 
     def _image_size_bounds(self) -> dict:
         """--min_pixels / --max_pixels (and their token forms) as the processor's size override."""
@@ -284,12 +297,13 @@ class Encoder:
             inputs["second_per_grid_ts"] = [self.family.temporal_patch_size / v.sample_fps for v in videos]
         return inputs, videos
 
-    def _expand_media(self, input_ids, labels, image_inputs, video_inputs, videos):
+    def _expand_media(self, input_ids, labels, weights, image_inputs, video_inputs, videos):
         merge = self.family.merge_size**2
         image_grid = image_inputs.get("image_grid_thw")
         video_grid = video_inputs.get("video_grid_thw")
         ids_out: list[int] = []
         labels_out: list[int] = []
+        weights_out: list[float] = []
         spans: list[MediaSpan] = []
         n_image = n_video = 0
         done = 0  # input tokens copied so far; the text between placeholders is copied in slices
@@ -297,6 +311,7 @@ class Encoder:
         for at in [i for i, token_id in enumerate(input_ids) if token_id in pads]:
             ids_out += input_ids[done:at]
             labels_out += labels[done:at]
+            weights_out += weights[done:at]
             done = at + 1
             if input_ids[at] == self.image_pad_id:
                 expansion = [self.image_pad_id] * (int(image_grid[n_image].prod()) // merge)
@@ -308,9 +323,11 @@ class Encoder:
                 n_video += 1
             ids_out += expansion
             labels_out += [IGNORE_INDEX] * len(expansion)
+            weights_out += [0.0] * len(expansion)
         ids_out += input_ids[done:]
         labels_out += labels[done:]
-        return ids_out, labels_out, spans
+        weights_out += weights[done:]
+        return ids_out, labels_out, weights_out, spans
 
     def _video_tokens(self, grid_thw: torch.Tensor, video: VideoFrames) -> list[int]:
         t, h, w = (int(v) for v in grid_thw)

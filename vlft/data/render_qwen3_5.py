@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vlft.data.sample import Message
-from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, LossScale, Segment
+from vlft.data.loss_scale import BaseStrategy
+from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Segment
 from vlft.errors import DataError, VlftError
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -81,7 +82,7 @@ def generation_prompt(style: TemplateStyle, enable_thinking: bool | None) -> str
 
 
 def render_qwen3_5(messages: list[Message], *, tools: list | None = None, style: TemplateStyle = DEFAULT_STYLE,
-                   loss_scale: LossScale = "default", ignore_empty_think: bool = False,
+                   loss_scale: BaseStrategy = "default", ignore_empty_think: bool = False,
                    add_generation_prompt: bool = False, enable_thinking: bool | None = None,
                    preserve_thinking: bool = False, image: str = IMAGE, video: str = VIDEO,
                    train_turn_separator: bool = True) -> list[Segment]:

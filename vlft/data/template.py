@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from vlft.data.loss_scale import BaseStrategy, parse_loss_scale
 from vlft.data.sample import Message
 from vlft.errors import DataError, VlftError
 
 if TYPE_CHECKING:
     from vlft.data.render_qwen3_5 import TemplateStyle
 
-LossScale = Literal["default", "last_round", "all"]
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 
@@ -90,18 +90,6 @@ def load_template(name: str) -> Template:
     return Template(**spec)
 
 
-def split_loss_scale(loss_scale: str) -> tuple[LossScale, bool]:
-    """ms-swift's --loss_scale as (base strategy, ignore_empty_think): "default", "last_round" or "all",
-    optionally "+ignore_empty_think" ("ignore_empty_think" alone: "default+ignore_empty_think")."""
-    base, *extras = loss_scale.split("+")
-    if base == "ignore_empty_think":
-        base, extras = "default", [base, *extras]
-    if base not in ("default", "last_round", "all") or any(e != "ignore_empty_think" for e in extras):
-        raise VlftError(f"unknown --loss_scale {loss_scale!r}: expected default, last_round or all, "
-                        "optionally followed by +ignore_empty_think")
-    return base, bool(extras)
-
-
 def render(template: Template, messages: list[Message], *, loss_scale: str = "default",
            add_generation_prompt: bool = False, tools: list | None = None, enable_thinking: bool | None = None,
            preserve_thinking: bool = False, style: TemplateStyle | None = None,
@@ -109,14 +97,15 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
     """The conversation as text segments; assistant content, its closing turn_end and (`train_turn_separator`,
     as ms-swift and Qwen's fine-tuning code do) the separator after it are trained.
 
-    `loss_scale`: "default" trains every assistant turn, "last_round" only the last, "all" every token;
-    "+ignore_empty_think": an empty `<think>` block is not trained (templates with `ignore_empty_think` add it
-    unless `disable_ignore_empty_think`, as ms-swift does). A message's own `loss` (true/false) overrides for
+    `loss_scale` (loss_scale.py; its weightings are applied by the encoder): "default" trains every assistant
+    turn, "last_round" only the last, "all" every token; "+ignore_empty_think": an empty `<think>` block is not
+    trained (templates with `ignore_empty_think` add it unless `disable_ignore_empty_think`, as ms-swift does). A message's own `loss` (true/false) overrides for
     that assistant turn. `tools`, `enable_thinking` (None: the template's, else the checkpoint's default),
     `preserve_thinking` and `style` (read from the checkpoint's chat template with render_qwen3_5.style_of;
     None: its default) are for templates with a renderer; the others refuse tools, tool calls and reasoning.
     """
-    base, ignore_empty_think = split_loss_scale(loss_scale)
+    parsed = parse_loss_scale(loss_scale)
+    base, ignore_empty_think = parsed.base, parsed.ignore_empty_think
     if template.renderer is None:
         _refuse_unwritable(template, messages, tools)
         return _render_fields(template, messages, base, add_generation_prompt, train_turn_separator, tools)
@@ -129,7 +118,7 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
                 image=template.image, video=template.video)
 
 
-def _render_fields(template: Template, messages: list[Message], loss_scale: LossScale,
+def _render_fields(template: Template, messages: list[Message], loss_scale: BaseStrategy,
                    add_generation_prompt: bool, train_turn_separator: bool, tools: list | None) -> list[Segment]:
     segments: list[Segment] = []
     everything = loss_scale == "all"

@@ -56,7 +56,8 @@ def truncate(encoded: "EncodedSample", spans: list["MediaSpan"], prompt_turns: l
                         f"({side}) it has no trained tokens left")
     kept = {kind: [s.index for s in spans if s.kind == kind and start <= s.start and s.end <= end]
             for kind in ("image", "video")}
-    out = replace(encoded, input_ids=encoded.input_ids[start:end], labels=labels, truncated=True,
+    weights = None if encoded.loss_scale is None else encoded.loss_scale[start:end]
+    out = replace(encoded, input_ids=encoded.input_ids[start:end], labels=labels, loss_scale=weights, truncated=True,
                   dropped=_dropped(encoded.length, start, end, spans, kept, prompt_turns))
     if encoded.image_grid_thw is not None:
         out.pixel_values, out.image_grid_thw = _select(encoded.pixel_values, encoded.image_grid_thw, kept["image"])

@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from vlft.data.collator import IGNORE_INDEX
+from vlft.train.chunked_loss import next_token_scales
 
 
 class RowOrder:
@@ -92,20 +93,20 @@ def sample_boundaries(text_positions: torch.Tensor):
                            max_seqlen_kv=longest, cu_seqlens_q_padded=on_host, cu_seqlens_kv_padded=on_host)
 
 
-def token_loss(trained: torch.Tensor, per_token: torch.Tensor):
+def token_loss(trained: torch.Tensor, weights: torch.Tensor, per_token: torch.Tensor):
     """The loss function under `calculate_per_token_loss`: (sum, tokens, logged); the schedule sums over
     micro-batches and data-parallel ranks and divides the gradients by the tokens: the mean over every trained
-    token of the step."""
-    loss = (per_token.float() * trained).sum()
+    token of the step. `weights`: each position's (--loss_scale's, else 1 where trained)."""
+    loss = (per_token.float() * weights).sum()
     tokens = trained.sum().to(torch.int)
     return loss, tokens, {"lm loss": torch.stack([loss.detach(), tokens.detach().float()])}
 
 
-def micro_batch_loss(trained: torch.Tensor, per_token: torch.Tensor):
+def micro_batch_loss(trained: torch.Tensor, weights: torch.Tensor, per_token: torch.Tensor):
     """The loss function without `calculate_per_token_loss`: the micro-batch's mean over its trained tokens; the
     schedule averages micro-batches and data-parallel ranks (transformers' Trainer's mean under gradient
     accumulation and DDP, which `vlft sft` trains with). Logged as (mean, 1): the step's mean of means."""
-    loss = (per_token.float() * trained).sum() / trained.sum().clamp(min=1)
+    loss = (per_token.float() * weights).sum() / trained.sum().clamp(min=1)
     return loss, {"lm loss": torch.stack([loss.detach(), loss.new_tensor(1.0)])}
 
 
@@ -135,4 +136,5 @@ def forward_step(tokens: VisionTokenIds, device: torch.device, per_token_loss: b
         per_token = model(input_ids=batch["input_ids"], position_ids=positions[1:], attention_mask=None,
                           decoder_input=embeds, labels=labels.clamp(min=0),
                           packed_seq_params=sample_boundaries(positions[0, 0]), runtime_gather_output=False)
-    return per_token, partial(token_loss if per_token_loss else micro_batch_loss, trained.float())
+    weights = next_token_scales(batch["loss_scale"]) if "loss_scale" in batch else trained.float()
+    return per_token, partial(token_loss if per_token_loss else micro_batch_loss, trained.float(), weights)

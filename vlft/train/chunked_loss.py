@@ -22,10 +22,11 @@ CHUNK = 2048  # positions per chunk: 2048 x 151,936 float32 logits = 1.2 GiB
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum of cross-entropies of (hidden @ weight.T) against targets; gradients computed in the forward."""
+    """Sum of cross-entropies of (hidden @ weight.T) against targets, each times its scale where `scales` is given;
+    gradients computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, compute_dtype, chunk):
+    def forward(ctx, hidden, weight, targets, scales, compute_dtype, chunk):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if weight.requires_grad else None
@@ -36,9 +37,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             t = targets[start:start + chunk]
             logits = (h @ w.t()).float()  # as lm_head then transformers' loss compute them
             lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            losses = lse - logits.gather(1, t[:, None]).squeeze(1)
             probs = logits.sub_(lse[:, None]).exp_()  # d(sum CE)/d(logits) = softmax - one-hot
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1
+            if scales is not None:
+                s = scales[start:start + chunk]
+                losses = losses * s
+                probs.mul_(s[:, None])
+            loss += losses.sum()
             g = probs.to(compute_dtype)
             grad_hidden[start:start + chunk] = (g @ w).to(hidden.dtype)
             if grad_weight is not None:
@@ -51,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_w = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_w, None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_w, None, None, None, None
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -59,28 +65,47 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
 
 
+def next_token_scales(loss_scale: torch.Tensor) -> torch.Tensor:
+    """(B, L) --loss_scale weights of each position's target: the token weights shifted left by one."""
+    return torch.cat([loss_scale[:, 1:], loss_scale.new_zeros((loss_scale.shape[0], 1))], dim=1)
+
+
 def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                              chunk: int = CHUNK) -> tuple[torch.Tensor, int]:
+                              chunk: int = CHUNK, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(summed loss, count) of the (B, L) `targets` (IGNORE_INDEX where untrained) scored from the final hidden
-    states (B, L, H) and the output head's weight (V, H)."""
+    states (B, L, H) and the output head's weight (V, H); each target's loss times its (B, L) `scales` where given
+    (--loss_scale's weights; the count stays the number of targets)."""
     keep = targets != IGNORE_INDEX
     hidden, targets = hidden[keep], targets[keep]  # one read back to the host: how many positions train
     if targets.numel() == 0:  # a zero tied to the head too: DDP waits for its gradient on every rank
         return (hidden.sum() + (weight.sum() if weight.requires_grad else 0.0)) * 0.0, 0
+    scales = None if scales is None else scales.to(hidden.device, torch.float32)[keep]
     device_type = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
         else weight.dtype
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, chunk), targets.numel()
+        return _LinearCrossEntropy.apply(hidden, weight, targets, scales, compute_dtype, chunk), targets.numel()
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                          chunk: int = CHUNK) -> torch.Tensor:
+                          chunk: int = CHUNK, loss_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss of `labels` (B, L; IGNORE_INDEX where untrained) from the final hidden states
     (B, L, H) and the output head's weight (V, H): what transformers' causal-LM loss gives from the full
-    logits (labels shifted left by one, the last position predicting nothing)."""
-    total, count = chunked_cross_entropy_sum(hidden, weight, next_token_targets(labels), chunk)
+    logits (labels shifted left by one, the last position predicting nothing). `loss_scale` (B, L): each token's
+    weight (--loss_scale), the sum of weighted losses divided by the number of targets, as ms-swift does."""
+    scales = None if loss_scale is None else next_token_scales(loss_scale)
+    total, count = chunked_cross_entropy_sum(hidden, weight, next_token_targets(labels), chunk, scales)
     return total / max(count, 1)
+
+
+def scaled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, loss_scale: torch.Tensor) -> torch.Tensor:
+    """chunked_cross_entropy's weighted loss from whole logits (B, L, V): every position's float32 cross-entropy
+    times its weight, summed, over the number of targets (where the chunked loss is off)."""
+    targets = next_token_targets(labels).flatten()
+    losses = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX,
+                                         reduction="none")
+    scales = next_token_scales(loss_scale.to(losses.device, torch.float32)).flatten()
+    return (losses * scales).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class ChunkedLoss:
@@ -97,9 +122,9 @@ class ChunkedLoss:
 
     def __call__(self, model: nn.Module, inputs: dict) -> torch.Tensor:
         inputs = dict(inputs)
-        labels = inputs.pop("labels")
+        labels, loss_scale = inputs.pop("labels"), inputs.pop("loss_scale", None)
         hidden = self.final_hidden_states(model, inputs)
-        return chunked_cross_entropy(hidden, self.head.weight, labels.to(hidden.device))
+        return chunked_cross_entropy(hidden, self.head.weight, labels.to(hidden.device), loss_scale=loss_scale)
 
     def summed(self, model: nn.Module, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
         """The summed loss of targets already shifted (a sequence-parallel shard's: sequence_parallel.py)."""

@@ -75,6 +75,7 @@ from vlft.arguments import public_args
 from vlft.data.collator import FixedRowShape, PaddedCollator, PaddingFreeCollator, VisionTokens
 from vlft.data.dataset import PixelsOnFetch
 from vlft.data.encode import EncodedSample, TooLongError
+from vlft.data.loss_scale import weighted_loss_scale
 from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
@@ -324,6 +325,9 @@ def check_run_arguments(args: SftArguments, cuda: bool, argument_problems: list[
         problems.append("--torch_dtype float16 trains on a GPU only (the Trainer runs no float16 autocast on the CPU); "
                         "use float32 or bfloat16 here")
     problems += sequence_parallel_problems(args)
+    if args.sequence_parallel_size > 1 and weighted_loss_scale(args.loss_scale):
+        problems.append(f"--loss_scale {args.loss_scale} weighs tokens, which --sequence_parallel_size "
+                        f"{args.sequence_parallel_size} does not carry to its shards; leave one of them out")
     problems += preflight_problems(args)
     problems += quantization_run_problems(args.quant_bits, _zero_stage(ds_config), installed_bitsandbytes())
     if args.resume_from_checkpoint and (ds_config is not None or args.deepspeed is None):

@@ -13,7 +13,7 @@ from transformers import Trainer
 
 from vlft.families.base import Family
 from vlft.train.checkpointing import AtomicCheckpoints
-from vlft.train.chunked_loss import ChunkedLoss
+from vlft.train.chunked_loss import ChunkedLoss, scaled_cross_entropy
 from vlft.train.fsdp import FsdpOnCpu
 from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
@@ -161,8 +161,23 @@ class SftTrainer(AtomicCheckpoints, FsdpOnCpu, Trainer):
             return self._sequence_parallel_loss(model, inputs, return_outputs)
         if self.chunked_loss is not None and model.training and not return_outputs:
             return self.chunked_loss(model, inputs)
+        if "loss_scale" in inputs:
+            return self._scaled_loss(model, inputs, return_outputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def _scaled_loss(self, model, inputs: dict, return_outputs: bool):
+        """--loss_scale's weighted loss (chunked_loss.scaled_cross_entropy) from the model's whole logits, where
+        the chunked loss is off; with an MoE's aux loss added as transformers adds it."""
+        inputs = dict(inputs)
+        labels, loss_scale = inputs.pop("labels"), inputs.pop("loss_scale")
+        outputs = model(**inputs)
+        loss = scaled_cross_entropy(outputs.logits, labels.to(outputs.logits.device), loss_scale)
+        aux_loss = getattr(outputs, "aux_loss", None)
+        if aux_loss is not None:
+            coefficient = self.accelerator.unwrap_model(model).config.get_text_config().router_aux_loss_coef
+            loss = loss + coefficient * aux_loss.to(loss.device)
+        return (loss, outputs) if return_outputs else loss
 
     def _sequence_parallel_loss(self, model, inputs: dict, return_outputs: bool):
         """This rank's part of its group's row loss (sequence_parallel.py): targets shifted before the split."""
