@@ -97,12 +97,13 @@ def render(template: Template, messages: list[Message], *, loss_scale: str = "de
     """The conversation as text segments; assistant content, its closing turn_end and (`train_turn_separator`,
     as ms-swift and Qwen's fine-tuning code do) the separator after it are trained.
 
-    `loss_scale` (loss_scale.py; its weightings are applied by the encoder): "default" trains every assistant
-    turn, "last_round" only the last, "all" every token; "+ignore_empty_think": an empty `<think>` block is not
-    trained (templates with `ignore_empty_think` add it unless `disable_ignore_empty_think`, as ms-swift does). A
-    message's own `loss` (true/false) overrides for that assistant turn. `tools`, `enable_thinking` (None: the
-    template's, else the checkpoint's default), `preserve_thinking` and `style` (read from the checkpoint's chat template with render_qwen3_5.style_of;
-    None: its default) are for templates with a renderer; the others refuse tools, tool calls and reasoning.
+    `loss_scale` (loss_scale.py; its weightings are applied by the encoder): "default" trains every assistant turn,
+    "last_round" only the last, "all" every token; "+ignore_empty_think": an empty `<think>` block is not trained
+    (templates with `ignore_empty_think` add it unless `disable_ignore_empty_think`, as ms-swift does). A message's
+    own `loss` (true/false) overrides for that assistant turn. `tools`, `enable_thinking` (None: the template's,
+    else the checkpoint's default), `preserve_thinking` and `style` (read from the checkpoint's chat template with
+    render_qwen3_5.style_of; None: its default) are for templates with a renderer; the others refuse tools, tool
+    calls and reasoning.
     """
     parsed = parse_loss_scale(loss_scale)
     base, ignore_empty_think = parsed.base, parsed.ignore_empty_think
