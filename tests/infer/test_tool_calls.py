@@ -51,3 +51,21 @@ def test_answers_without_a_readable_call_have_none():
 def test_hermes_arguments_given_as_a_json_string_stay_that_string():
     read = tool_calls('<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>', "hermes")
     assert read[0].function.arguments == '{"a": 1}'
+
+
+def test_hermes_takes_a_python_literal_as_ms_swifts_reader_does():
+    read = tool_calls("<tool_call>\n{'name': 'f', 'arguments': {'ok': True, 'n': None}}\n</tool_call>", "hermes")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in read] == [("f", {"ok": True, "n": None})]
+
+
+@pytest.mark.parametrize("agent_template", ["hermes", "qwen3_5"])
+def test_an_answer_without_a_readable_block_is_read_as_react(agent_template):
+    answer = ("Thought: two lookups.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\nObservation: rain\n"
+              "Action: get_time\nAction Input: {}\n")
+    read = tool_calls(answer, agent_template)
+    assert [(c.function.name, c.function.arguments) for c in read] == [("get_weather", '{"city": "Paris"}'),
+                                                                        ("get_time", "{}")]
+    # a readable block wins: ReAct lines beside it are not read
+    block = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    assert [c.function.name for c in tool_calls(block + "\n" + answer, "hermes")] == ["f"]
+    assert tool_calls("Action: lonely\n", agent_template) is None  # an action without its input
