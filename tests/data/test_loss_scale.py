@@ -113,3 +113,60 @@ def test_collators_align_the_weights_with_the_labels(processor_of, hermes_row):
     assert "loss_scale" not in PaddingFreeCollator(get_family("qwen3_vl"), tokens)([plain])
     assert torch.equal(row["labels"][0, :weighted.length],
                        torch.tensor([IGNORE_INDEX, *weighted.labels[1:]]))
+
+
+REACT_ANSWER = ("Thought: look it up\nAction: search\nAction Input: {\"q\": 1}\nObservation: 42\n"
+                "Thought: done\nFinal Answer: 42")
+
+
+def weights_of(encoder, encoded) -> list[tuple[str, float]]:
+    """The encoded text in runs of one weight, decoded."""
+    runs: list[tuple[list[int], float]] = []
+    for token, weight in zip(encoded.input_ids, encoded.loss_scale):
+        if runs and runs[-1][1] == weight:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], weight))
+    return [(encoder.tokenizer.decode(ids), weight) for ids, weight in runs]
+
+
+def test_the_turn_end_is_weighed_on_its_own(processor_of):
+    """ms-swift weighs an answer and the template's suffix apart: the `<|im_end|>` after react's `Observation:`
+    text (weight 0) is trained with weight 1, and the pieces of one weight are tokenized together."""
+    row = to_sample({"messages": [{"role": "user", "content": "Q"},
+                                  {"role": "assistant", "content": "Thought: x\nAction: f\nAction Input: {}\n"
+                                                                   "Observation: result"}]})
+    encoder = weighted_encoder(processor_of, "react")
+    encoded = encoder.encode(row)
+    assert weights_of(encoder, encoded)[-3:] == [("Action: f\nAction Input: {}\nObservation:", 2.0),
+                                                 (" result", 0.0), ("<|im_end|>\n", 1.0)]
+
+
+def test_equal_weights_are_tokenized_as_one_text(processor_of):
+    """Thought / Final Answer weigh 1 like the text around them: the answer's ids are those of plain encoding."""
+    row = to_sample({"messages": [{"role": "user", "content": "Q"},
+                                  {"role": "assistant", "content": "Thought: easy\nFinal Answer: 42"}]})
+    weighted = weighted_encoder(processor_of, "react").encode(row)
+    assert weighted.input_ids == make_encoder("qwen3_vl", processor_of).encode(row).input_ids
+    assert weighted.loss_scale is None  # only 0 and 1
+
+
+def test_under_all_each_turn_is_weighed_on_its_own(processor_of):
+    """`all+react`: an answer ending in `Observation:` text does not carry its weight 0 into the next user turn."""
+    row = to_sample({"messages": [{"role": "user", "content": "Q"},
+                                  {"role": "assistant", "content": "Action: f\nAction Input: {}\nObservation: r"},
+                                  {"role": "user", "content": "Thanks"},
+                                  {"role": "assistant", "content": REACT_ANSWER}]})
+    encoder = weighted_encoder(processor_of, "all+react")
+    runs = weights_of(encoder, encoder.encode(row))
+    assert runs[2][1] == 0.0 and runs[2][0] == " r"  # the first answer's observation
+    assert runs[3][1] == 1.0 and runs[3][0].startswith("<|im_end|>\n<|im_start|>user\nThanks<|im_end|>\n")
+
+
+def test_a_messages_own_loss_scale_is_refused_by_field():
+    from vlft.errors import DataError
+
+    with pytest.raises(DataError, match="loss_scale.*not supported") as error:
+        to_sample({"messages": [{"role": "user", "content": "Q"},
+                                {"role": "assistant", "content": "A", "loss_scale": 2.0}]})
+    assert error.value.field == "messages[1].loss_scale"

@@ -12,9 +12,10 @@ from vlft.data.collator import PaddingFreeCollator, VisionTokens
 from vlft.data.encode import IGNORE_INDEX
 from vlft.errors import VlftError
 from vlft.train.attention import ATTENTION_NAME
-from vlft.train.chunked_loss import ChunkedLoss, chunked_cross_entropy, scaled_cross_entropy
+from vlft.train.chunked_loss import ChunkedLoss, chunked_cross_entropy
 from vlft.train.model import load_model
 from vlft.train.tuners import prepare_trainable
+from vlft.train.weighted_loss import scaled_cross_entropy
 
 
 def reference_loss(hidden, weight, labels):

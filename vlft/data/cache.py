@@ -17,6 +17,7 @@ import torch
 
 import vlft
 from vlft.data.formats import rename_columns
+from vlft.data.loss_scale import table
 from vlft.data.media import resolve_media_path
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ def cache_key(rows: list["RawRow"], encoder: "Encoder", model_dir: Path, columns
     h.update(f"vlft {vlft.__version__} cache {CACHE_FORMAT}\n".encode())
     h.update(json.dumps({"family": encoder.family.name, "template": dataclasses.asdict(encoder.template),
                          "settings": dataclasses.asdict(encoder.settings), "columns": columns,
-                         "keep_pixels": keep_pixels},
+                         "keep_pixels": keep_pixels,  # the weightings' tables, not only their names
+                         "loss_scale": {name: table(name) for name in encoder.loss_scale.weightings}},
                         sort_keys=True, default=repr).encode())
     h.update(processor_digest(model_dir))
     for raw in rows:

@@ -18,7 +18,7 @@ from transformers.video_utils import VideoMetadata
 from vlft.data.control_tokens import ControlTokens
 from vlft.data.grounding import ImageGeometry, fill_grounding
 from vlft.data.image_grid import grid_from_size
-from vlft.data.loss_scale import parse_loss_scale
+from vlft.data.loss_scale import LossScale, parse_loss_scale
 from vlft.data.media import MAX_IMAGE_PIXELS, image_size, load_image, local_video_path
 from vlft.data.sample import Message, Sample
 from vlft.data.template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Template, render, template_style
@@ -203,23 +203,22 @@ class Encoder:
         return encoded
 
     def _tokenize(self, segments) -> tuple[list[int], list[int], list[float]]:
-        """Ids, labels and each token's weight (0 where untrained). Runs of equal trainedness are tokenized
-        separately: the prompt before an answer is then exactly the HF processor's (add_generation_prompt=True) and
-        the answer exactly what the model generates after it. (Whole-text BPE could merge an answer's leading "\n"
-        into the prompt's last token.) --loss_scale's weightings split a trained run further, each piece tokenized
-        on its own, as ms-swift does; a piece of weight 0 is not trained."""
+        """Ids, labels and each token's weight (0 where untrained). Runs of equal weight are tokenized separately:
+        the prompt before an answer is then exactly the HF processor's (add_generation_prompt=True) and the answer
+        exactly what the model generates after it. (Whole-text BPE could merge an answer's leading "\n" into the
+        prompt's last token.) --loss_scale's weightings weigh each trained segment (an answer, a turn's end, under
+        `all` any turn) on its own; neighbouring pieces of one weight are then joined, as ms-swift does."""
         input_ids: list[int] = []
         labels: list[int] = []
         weights: list[float] = []
-        for trained, run in _runs(segments):
-            for piece, weight in self.loss_scale.weigh(run) if trained else [(run, 0.0)]:
-                if self.settings.split_special_tokens:
-                    ids = self.control.encode_hidden(self.tokenizer, piece)
-                else:
-                    ids = self.tokenizer.encode(piece, add_special_tokens=False)
-                input_ids += ids
-                labels += ids if weight else [IGNORE_INDEX] * len(ids)
-                weights += [weight] * len(ids)
+        for run, weight in _runs(segments, self.loss_scale):
+            if self.settings.split_special_tokens:
+                ids = self.control.encode_hidden(self.tokenizer, run)
+            else:
+                ids = self.tokenizer.encode(run, add_special_tokens=False)
+            input_ids += ids
+            labels += ids if weight else [IGNORE_INDEX] * len(ids)
+            weights += [weight] * len(ids)
         return input_ids, labels, weights
 
     def _image_size_bounds(self) -> dict:
@@ -364,14 +363,16 @@ class Encoder:
         return turns
 
 
-def _runs(segments) -> list[tuple[bool, str]]:
-    """Adjacent segments merged while their trainedness stays the same."""
-    runs: list[tuple[bool, str]] = []
+def _runs(segments, loss_scale: LossScale) -> list[tuple[str, float]]:
+    """The segments' text in runs of one weight: 0 for untrained segments, a trained segment's pieces weighed by
+    --loss_scale (1 without weightings); neighbours of equal weight joined."""
+    runs: list[tuple[str, float]] = []
     for segment in segments:
-        if runs and runs[-1][0] == segment.trained:
-            runs[-1] = (segment.trained, runs[-1][1] + segment.text)
-        elif segment.text:
-            runs.append((segment.trained, segment.text))
+        for text, weight in loss_scale.weigh(segment.text) if segment.trained else [(segment.text, 0.0)]:
+            if runs and runs[-1][1] == weight:
+                runs[-1] = (runs[-1][0] + text, weight)
+            elif text:
+                runs.append((text, weight))
     return runs
 
 

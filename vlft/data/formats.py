@@ -132,6 +132,9 @@ def _from_messages(messages: Any, images: list, videos: list, field: str) -> lis
         loss = message.get("loss")
         if loss is not None and not isinstance(loss, bool):
             raise DataError(f"expected true or false, got {loss!r}", field=f"{where}.loss")
+        if message.get("loss_scale") is not None:  # ms-swift's per-message weight: never dropped silently
+            raise DataError("a message's own loss_scale (a weight for its tokens) is not supported: use \"loss\": "
+                            "true / false, or --loss_scale for weights", field=f"{where}.loss_scale")
         content = message.get("content")
         if role == "tool_call":
             _add_tool_call(out, content, loss, f"{where}.content")

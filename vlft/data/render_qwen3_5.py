@@ -20,6 +20,7 @@ VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 ASSISTANT = "<|im_start|>assistant\n"
 THINK = "<think>\n"
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+TURN_END = "<|im_end|>"
 TOOLS_HEADER = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
 TOOLS_FOOTER = (
     "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
@@ -141,8 +142,10 @@ def _assistant_turn(answer: str, lead: str, trained: bool, everything: bool, ign
         prompt, prompt_trained = EMPTY_THINK, False
     else:
         prompt, prompt_trained = (lead if lead and answer.startswith(lead) else ""), everything
-    return [Segment(ASSISTANT, everything), Segment(prompt, prompt_trained), Segment(answer[len(prompt):], trained),
-            Segment("\n", everything or (trained and train_separator))]
+    body = answer[len(prompt):].removesuffix(TURN_END)
+    # The turn's end is a segment of its own: --loss_scale's weightings weigh the answer, not it (loss_scale.py).
+    return [Segment(ASSISTANT, everything), Segment(prompt, prompt_trained), Segment(body, trained),
+            Segment(TURN_END, trained), Segment("\n", everything or (trained and train_separator))]
 
 
 def _with_media(message: Message, image: str, video: str) -> str:
@@ -188,7 +191,7 @@ def _answer(message: Message, text: str, shows_think: bool, style: TemplateStyle
         parameters = "".join(f"<parameter={key}>\n{_argument(value, style)}\n</parameter>\n"
                              for key, value in arguments.items())
         calls.append(f"{separator}<tool_call>\n<function={name}>\n{parameters}</function>\n</tool_call>")
-    return think + content + "".join(calls) + "<|im_end|>"
+    return think + content + "".join(calls) + TURN_END
 
 
 def _tool_call(call: dict, field: str) -> tuple[str, dict]:

@@ -152,7 +152,8 @@ def _render_fields(template: Template, messages: list[Message], loss_scale: Base
             trained = message.loss
         segments += [
             Segment(start, everything),
-            Segment(content + _tool_calls(template, message, content) + template.turn_end, trained),
+            Segment(content + _tool_calls(template, message, content), trained),
+            Segment(template.turn_end, trained),  # apart: --loss_scale's weightings weigh the answer, not it
             Segment(template.turn_separator, everything or (trained and train_turn_separator)),
         ]
     if add_generation_prompt:

@@ -98,16 +98,6 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     return total / max(count, 1)
 
 
-def scaled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, loss_scale: torch.Tensor) -> torch.Tensor:
-    """chunked_cross_entropy's weighted loss from whole logits (B, L, V): every position's float32 cross-entropy
-    times its weight, summed, over the number of targets (where the chunked loss is off)."""
-    targets = next_token_targets(labels).flatten()
-    losses = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX,
-                                         reduction="none")
-    scales = next_token_scales(loss_scale.to(losses.device, torch.float32)).flatten()
-    return (losses * scales).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
-
-
 class ChunkedLoss:
     """The model's loss through chunked_cross_entropy: the final norm's output is captured by a forward
     hook during the model's own forward (run with `logits_to_keep=1`), then scored against the labels."""

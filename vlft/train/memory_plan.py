@@ -142,7 +142,7 @@ def probe_activations(model: nn.Module, layers: nn.ModuleList, inputs: dict, hid
         handles.append(layer.register_forward_hook(leave))
         if hasattr(layer, "gradient_checkpointing"):
             layer.gradient_checkpointing = False
-    inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    inputs = model_inputs(inputs)
     tokens = inputs["input_ids"].numel()  # every position runs through the layers, a row's padding too
     try:
         with torch.enable_grad(), step_context(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -158,6 +158,11 @@ def probe_activations(model: nn.Module, layers: nn.ModuleList, inputs: dict, hid
     dtype_bytes = max(p.element_size() for p in model.get_input_embeddings().parameters())
     return ActivationProbe(tokens=tokens, per_layer=per_layer, outside=outside,
                            layer_input=tokens * hidden_size * dtype_bytes)
+
+
+def model_inputs(batch: dict) -> dict:
+    """A collated batch without what only the loss reads (labels, --loss_scale's weights)."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "loss_scale")}
 
 
 def estimate_peak(probe: ActivationProbe, recomputed: frozenset[int], tokens: int, static: int,
@@ -294,7 +299,7 @@ def layer_inputs(model: nn.Module, layers: nn.ModuleList, batch: dict, step_cont
     apply_plan(layers, frozenset())
     try:
         with first_layer_input(layers) as seen, torch.no_grad(), step_context():
-            model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1)
+            model(**model_inputs(batch), logits_to_keep=1)
     finally:
         apply_plan(layers, frozenset(i for i, flag in enumerate(recomputing) if flag))
     return seen

@@ -32,8 +32,10 @@ Trainer (`SftTrainer`, vlft/train/trainer.py, and `AtomicCheckpoints`, vlft/trai
   - `create_optimizer`: per-part learning rates (--vit_lr, --aligner_lr).
   - `training_step`: LoRA inputs kept in half precision under autocast (LoraLayers); CUDA-graph step marks.
   - `compute_loss`: token and FLOP counting; `--chunked_loss` (chunked_loss.py: a forward hook on the final
-    norm captures its output, the loss is computed in chunks); ZeRO-3's and FSDP's balanced vision calls (zero3.py:
-    a forward pre-hook on the language model runs a dummy vision pass on ranks whose batch has no image).
+    norm captures its output, the loss is computed in chunks); `--loss_scale` weightings (data/loss_scale.py: the
+    batch's `loss_scale` weights each target's loss in the chunked loss, or from whole logits in weighted_loss.py);
+    ZeRO-3's and FSDP's balanced vision calls (zero3.py: a forward pre-hook on the language model runs a dummy
+    vision pass on ranks whose batch has no image).
   - `prediction_step`: CUDA-graph step marks. `log`: tokens/s, MFU, memory. `floating_point_ops`: cached count.
   - `_clip_grad_norm` (private in transformers): clips over the trained parameters only.
   - `--sequence_parallel_size N` (sequence_parallel.py, ulysses.py): `get_train_dataloader` / `get_eval_dataloader`

@@ -13,11 +13,12 @@ from transformers import Trainer
 
 from vlft.families.base import Family
 from vlft.train.checkpointing import AtomicCheckpoints
-from vlft.train.chunked_loss import ChunkedLoss, scaled_cross_entropy
+from vlft.train.chunked_loss import ChunkedLoss
 from vlft.train.fsdp import FsdpOnCpu
 from vlft.train.flops import device_peak_flops, sequence_square_sum, training_flops
 from vlft.train.modules import Part, module_part
 from vlft.train.sequence_parallel import SequenceParallel, shard_cross_entropy
+from vlft.train.weighted_loss import scaled_cross_entropy
 from vlft.train.zero3 import BalancedVisionCalls
 
 
