@@ -49,6 +49,8 @@ def encoded_line(result: EncodeResult, tokenizer) -> dict:
            "pixel_values_videos_sha256": (tensor_sha256(s.pixel_values_videos)
                                           if s.pixel_values_videos is not None else None),
            "text": tokenizer.decode(s.input_ids, skip_special_tokens=False)}
+    if s.loss_scale is not None:  # --loss_scale's weight of each token
+        out["loss_scale"] = s.loss_scale
     if s.second_per_grid_ts is not None:
         out["second_per_grid_ts"] = s.second_per_grid_ts
     if s.truncated:
@@ -136,6 +138,10 @@ def check_report(results: list[EncodeResult], max_length: int | None, max_errors
         trained = sum(sum(1 for t in s.labels if t != IGNORE_INDEX) for s in good)
         lines.append(f"tokens: {sum(lengths):,} in all, {trained:,} trained; per sample min {min(lengths)}, "
                      f"median {statistics.median(lengths):g}, max {max(lengths)}")
+        weights = Counter(w for s in good if s.loss_scale is not None for w in s.loss_scale if w not in (0.0, 1.0))
+        if weights:  # --loss_scale's weightings (loss_scale.py)
+            lines.append("weighted tokens (--loss_scale): " + ", ".join(f"{n:,} at {w:g}" for w, n in
+                                                                       sorted(weights.items())))
         lines.append("token lengths:")
         lines += _histogram(lengths)
     if bad and not strict:  # last, where the end of the run shows it
