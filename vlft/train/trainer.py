@@ -168,7 +168,7 @@ class SftTrainer(AtomicCheckpoints, FsdpOnCpu, Trainer):
                                     num_items_in_batch=num_items_in_batch)
 
     def _scaled_loss(self, model, inputs: dict, return_outputs: bool):
-        """--loss_scale's weighted loss (chunked_loss.scaled_cross_entropy) from the model's whole logits, where
+        """--loss_scale's weighted loss (weighted_loss.scaled_cross_entropy) from the model's whole logits, where
         the chunked loss is off; with an MoE's aux loss added as transformers adds it."""
         inputs = dict(inputs)
         labels, loss_scale = inputs.pop("labels"), inputs.pop("loss_scale")
