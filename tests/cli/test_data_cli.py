@@ -328,15 +328,37 @@ def test_new_special_tokens_encode_as_the_hf_tokenizer_with_them_added(vlft_cach
     assert tokenizer.decode(trained) == "one<step>two<step><|im_end|>\n"
 
 
-def test_new_special_tokens_beyond_the_free_embedding_rows_are_refused(vlft_cache, tmp_path, capsys):
+@pytest.mark.slow
+def test_new_special_tokens_beyond_the_free_rows_grow_the_embedding_through_train_infer_export(vlft_cache, tmp_path):
+    """300 new tokens, past the 267 free rows of Qwen3-VL's embedding (151936 - 151669): `vlft sft` grows the
+    embedding to 152064 rows, as ms-swift does, and trains (LoRA, the new rows untrained); `vlft infer --adapters`
+    grows the base alike, and answers as `vlft infer` on the merged model, whose config and tensors have the rows."""
+    from safetensors import safe_open
+
     many = tmp_path / "many.txt"
-    many.write_text(" ".join(f"<t{i}>" for i in range(300)))  # Qwen3-VL leaves 151936 - 151669 = 267 rows free
-    data = tmp_path / "one.jsonl"
-    data.write_text(json.dumps(STEP_ROWS[0]) + "\n")
-    assert main(["data", "check", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--new_special_tokens",
-                 str(many)]) != 0
-    err = capsys.readouterr().err
-    assert "--new_special_tokens: 300 tokens take the tokenizer's ids up to 151968, beyond the 151936 rows" in err
+    many.write_text(" ".join(f"<t{i}>" for i in range(300)))
+    data = tmp_path / "rows.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say token {i}."},
+                          {"role": "assistant", "content": f"<t{299 - i}> done"}]} for i in range(6)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--new_special_tokens", str(many),
+                 "--max_steps", "2", "--learning_rate", "1e-2", "--report_to", "none", "--output_dir", str(out)]) == 0
+    checkpoint = sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
+    first = tmp_path / "adapter.jsonl"
+    assert main(["infer", "--adapters", str(checkpoint), "--val_dataset", str(data), "--max_new_tokens", "4",
+                 "--result_path", str(first)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["export", "--adapters", str(checkpoint), "--merge_lora", "true", "--output_dir", str(merged)]) == 0
+    assert json.loads((merged / "config.json").read_text())["text_config"]["vocab_size"] == 152064
+    with safe_open(str(next(merged.glob("*.safetensors"))), "pt") as f:
+        embedding = [k for k in f.keys() if k.endswith("embed_tokens.weight") and "visual" not in k]
+        assert f.get_slice(embedding[0]).get_shape()[0] == 152064
+    second = tmp_path / "merged.jsonl"
+    assert main(["infer", "--model", str(merged), "--val_dataset", str(data), "--max_new_tokens", "4",
+                 "--result_path", str(second)]) == 0
+    answers = [[json.loads(line)["response"] for line in open(p)] for p in (first, second)]
+    assert answers[0] == answers[1] and len(answers[0]) == 6
 
 
 def test_infer_answers_self_cognition_rows_with_the_names_filled(self_cognition_hub, vlft_cache, tmp_path):

@@ -1,13 +1,13 @@
 """ms-swift's `--new_special_tokens`: tokens added to the tokenizer as special tokens (one id each, never split by
 BPE, kept in answers), given one by one or as .txt files of whitespace-separated tokens. They take the free rows of
-the model's embedding (Qwen's vocab_size leaves a few hundred beyond its tokenizer), so the model keeps its shape:
-its checkpoints, merges and Megatron conversions are unchanged. Every command that builds an encoder adds the same
-tokens in the same order (infer and export read them from the run's args.json), so their ids agree."""
+the model's embedding first (Qwen's vocab_size leaves a few hundred beyond its tokenizer); more grow the embedding
+to the next multiple of 128 rows, the new rows the mean of the others on every load (model/loading.fit_embeddings:
+training, inference and export grow it alike), as ms-swift grows it. Every command that builds an encoder adds the
+same tokens in the same order (infer and export read them from the run's args.json), so their ids agree."""
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from vlft.errors import VlftError
@@ -30,19 +30,11 @@ def read_new_special_tokens(values: list[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tokens))
 
 
-def embedding_rows(model_dir: Path) -> int | None:
-    """The language model's vocab_size in `model_dir`'s config.json (None when it names none)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text())
-    return config.get("text_config", {}).get("vocab_size") or config.get("vocab_size")
-
-
-def with_new_special_tokens(processor, tokens: tuple[str, ...], model_dir: Path, family_tokens: frozenset[str]):
+def with_new_special_tokens(processor, tokens: tuple[str, ...], family_tokens: frozenset[str]):
     """A copy of `processor` whose tokenizer has `tokens` (those it lacks: a checkpoint trained with them has them)
     as special tokens (the processor loaded is left as it was). VlftError for one of the family's own added tokens
-    (`<|im_end|>`, `<think>`, ...: they keep their role) or when they need more ids than the embedding has rows."""
+    (`<|im_end|>`, `<think>`, ...: they keep their role). Beyond the embedding's free rows the model grows
+    (model/loading.fit_embeddings)."""
     if not tokens:
         return processor
     own = [t for t in tokens if t in family_tokens]
@@ -50,12 +42,5 @@ def with_new_special_tokens(processor, tokens: tuple[str, ...], model_dir: Path,
         raise VlftError(f"--new_special_tokens {' '.join(own)}: already the model's own token(s), with their role in "
                         "the chat template")
     processor = copy.deepcopy(processor)
-    tokenizer = processor.tokenizer
-    tokenizer.add_tokens(list(tokens), special_tokens=True)
-    rows = embedding_rows(model_dir)
-    highest = max(tokenizer.convert_tokens_to_ids(list(tokens)))
-    if rows is not None and highest >= rows:
-        raise VlftError(f"--new_special_tokens: {len(tokens)} tokens take the tokenizer's ids up to {highest}, "
-                        f"beyond the {rows} rows of {model_dir}'s embedding (vocab_size); vlft adds tokens only "
-                        "into free rows")
+    processor.tokenizer.add_tokens(list(tokens), special_tokens=True)
     return processor

@@ -46,7 +46,7 @@ def build_encoder(args: ModelArguments | TemplateArguments) -> tuple[Encoder, Pa
     check_agent_template(template, args.agent_template)
     processor = load_processor(model_dir)
     settings = encode_settings(args, family)
-    processor = with_new_special_tokens(processor, settings.new_special_tokens, model_dir,  # saved in checkpoints
+    processor = with_new_special_tokens(processor, settings.new_special_tokens,  # saved in checkpoints
                                         family.tokenizer.token_names)
     try:
         encoder = Encoder(family, template, processor.tokenizer, processor.image_processor,

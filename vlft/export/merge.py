@@ -13,7 +13,7 @@ import torch
 from vlft.errors import VlftError
 from vlft.export.checkpoint import apply_umask, args_json_path, check_output_dir, require_lora_checkpoint
 from vlft.export.unloaded import copy_unloaded_tensors
-from vlft.model.loading import load_pretrained, load_processor, merge_adapter
+from vlft.model.loading import fit_embeddings, load_pretrained, load_processor, merge_adapter
 from vlft.families import detect_family
 
 PEFT_PREFIX = "base_model.model."
@@ -76,6 +76,8 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
     require_lora_checkpoint(checkpoint)
     check_output_dir(output_dir)
     base = load_pretrained(base_model_dir, dtype or "auto")
+    processor = load_processor(checkpoint, fallback=base_model_dir)  # the tokenizer it trained with
+    fit_embeddings(base, len(processor.tokenizer))  # --new_special_tokens beyond the free rows, as in training
     check_adapter_fits(checkpoint, base, base_model_dir)
     merged = merge_adapter(base, checkpoint)
     # Written beside output_dir (same filesystem) and renamed at the end: an interrupted export leaves no
@@ -86,7 +88,7 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         copy_unloaded_tensors(base_model_dir, staging, detect_family(base_model_dir).unloaded_prefixes)
         # the processor saved with the checkpoint (the chat template it trained with), else the base model's
-        load_processor(checkpoint, fallback=base_model_dir).save_pretrained(staging)
+        processor.save_pretrained(staging)
         for source in (base_model_dir / "generation_config.json", args_json_path(checkpoint)):
             if source is not None and source.is_file():
                 shutil.copyfile(source, staging / source.name)

@@ -20,7 +20,7 @@ from vlft.infer.engine_stream import stream_chunks
 from vlft.infer.logprobs import LogprobRecorder, openai_logprobs
 from vlft.infer.protocol import ChatCompletionResponse, ChatMessage, Choice, InferRequest, RequestConfig, Usage
 from vlft.infer.tool_calls import ToolCall, tool_calls
-from vlft.model.loading import load_pretrained, merge_adapter
+from vlft.model.loading import fit_embeddings, load_pretrained, merge_adapter
 from vlft.train.model import resolve_dtype
 
 TEMPLATE_FIELDS = [f.name for f in dataclasses.fields(TemplateArguments)]
@@ -66,6 +66,7 @@ class InferEngine:
         cuda = torch.cuda.is_available()
         loaded = load_pretrained(model_dir, resolve_dtype(self.args.torch_dtype, cuda),
                                  getattr(self.args, "attn_impl", None) or "sdpa")
+        fit_embeddings(loaded, len(self.encoder.tokenizer))  # the run's --new_special_tokens beyond the free rows
         for adapter in specs.merged:
             loaded = _with_adapter(loaded, adapter, model_dir)
         self.model = with_named_adapters(loaded, specs.named, model_dir)

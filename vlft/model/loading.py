@@ -51,3 +51,30 @@ def attach_adapter(model, adapter: Path, name: str):
         model.load_adapter(str(adapter), adapter_name=name)
         return model
     return PeftModel.from_pretrained(model, str(adapter), adapter_name=name)
+
+
+# Rows of a grown embedding come in multiples of this (ms-swift's rounding).
+EMBEDDING_ROW_MULTIPLE = 128
+
+
+def fit_embeddings(model, tokens: int) -> int | None:
+    """Grow the language model's embedding (and an untied output head) to hold `tokens` ids when it has fewer rows
+    (--new_special_tokens beyond the free rows), to the next multiple of EMBEDDING_ROW_MULTIPLE, as ms-swift does;
+    the new rows are the mean of the old ones, the same on every load, so training, inference and export agree
+    without saving them (train them with --modules_to_save embed_tokens lm_head). Returns the new row count, None
+    when the rows already suffice."""
+    embedding = model.get_input_embeddings()
+    rows = embedding.num_embeddings
+    if tokens <= rows:
+        return None
+    grown = -(-tokens // EMBEDDING_ROW_MULTIPLE) * EMBEDDING_ROW_MULTIPLE
+    model.resize_token_embeddings(grown, mean_resizing=False)
+    with torch.no_grad():
+        for module in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                       if m is not None}.values():
+            module.weight[rows:] = module.weight[:rows].float().mean(0).to(module.weight.dtype)
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                bias[rows:] = bias[:rows].float().mean().to(bias.dtype)
+    return grown
+

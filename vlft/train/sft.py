@@ -82,6 +82,7 @@ from vlft.data.packing import pack_samples
 from vlft.data.pipeline import EncodeResult, build_encoder, encode_dataset
 from vlft.data.report import bad_results, listed_errors, one_line, skipped_summary, write_skipped_lines
 from vlft.errors import VlftError
+from vlft.model.loading import fit_embeddings
 from vlft.train.attention import ATTENTION_NAME
 from vlft.train.callbacks import JsonlLogCallback, PlotCallback, reporting_integrations, tensorboard_callbacks
 from vlft.train.checkpointing import check_resumable, clear_interrupted_saves, write_checkpoint_extras
@@ -168,6 +169,10 @@ def run_sft(args: SftArguments, checks: RunChecks | None = None) -> Path:
         logger.warning(qlora_note(quantization, family))
     model = load_model(model_dir, dtype, attn_implementation, quantization and bnb_config(quantization, family),
                        training_args.device)
+    grown = fit_embeddings(model, len(encoder.tokenizer))  # --new_special_tokens beyond the embedding's free rows
+    if main_process and grown:
+        logger.warning(f"--new_special_tokens: the embedding grows to {grown} rows (the new ones the mean of the "
+                       "others); train them with --modules_to_save embed_tokens lm_head")
     set_router_aux_loss(model, args.router_aux_loss_coef)
     if sequence_parallel is not None:  # each rank of a group trains 1/N of a row (sequence_parallel.py)
         sequence_parallel.attach(model)
