@@ -14,6 +14,8 @@ Model, changed once at load (`load_model`, vlft/train/model.py):
     attention call per vision block over all images (attention.py).
   - `linear_attention.replace_linear_attention`: hybrid families' Gated DeltaNet layers swapped for
     PackedGatedDeltaNet, which keeps packed samples apart (linear_attention.py).
+  - `fit_embeddings` (vlft/model/loading.py): --new_special_tokens beyond the embedding's free rows grow it (and an
+    untied head), the new rows the mean of the others.
   - `choose_fast_path` / `FastPath.for_model` (fast_path.py): what is compiled, replayed as CUDA graphs and scored
     by the chunked loss when the user sets none of those flags (on CUDA, where each applies; one line says why not).
   - `checkpoint_choice` (`--gradient_checkpointing auto`, memory_plan.py): one probe forward of the longest row
