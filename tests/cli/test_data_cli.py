@@ -329,10 +329,13 @@ def test_new_special_tokens_encode_as_the_hf_tokenizer_with_them_added(vlft_cach
 
 
 @pytest.mark.slow
-def test_new_special_tokens_beyond_the_free_rows_grow_the_embedding_through_train_infer_export(vlft_cache, tmp_path):
+@pytest.mark.parametrize("trained_rows", [False, True])
+def test_new_special_tokens_beyond_the_free_rows_grow_the_embedding_through_train_infer_export(trained_rows, vlft_cache,
+                                                                                             tmp_path):
     """300 new tokens, past the 267 free rows of Qwen3-VL's embedding (151936 - 151669): `vlft sft` grows the
-    embedding to 152064 rows, as ms-swift does, and trains (LoRA, the new rows untrained); `vlft infer --adapters`
-    grows the base alike, and answers as `vlft infer` on the merged model, whose config and tensors have the rows."""
+    embedding to 152064 rows, as ms-swift does, and trains (LoRA; `trained_rows`: the embedding and head too, as
+    --modules_to_save copies); `vlft infer --adapters` grows the base alike, and answers as `vlft infer` on the merged
+    model, whose config and tensors have the rows. An ungrown base is refused for such an adapter, by name."""
     from safetensors import safe_open
 
     many = tmp_path / "many.txt"
@@ -343,8 +346,18 @@ def test_new_special_tokens_beyond_the_free_rows_grow_the_embedding_through_trai
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "run"
     assert main(["sft", "--model", "vlft/tiny-qwen3-vl", "--dataset", str(data), "--new_special_tokens", str(many),
-                 "--max_steps", "2", "--learning_rate", "1e-2", "--report_to", "none", "--output_dir", str(out)]) == 0
+                 "--max_steps", "2", "--learning_rate", "1e-2", "--report_to", "none", "--output_dir", str(out),
+                 *(["--modules_to_save", "embed_tokens", "lm_head"] if trained_rows else [])]) == 0
     checkpoint = sorted(next(out.iterdir()).glob("checkpoint-*"))[-1]
+    if trained_rows:
+        from vlft.errors import VlftError
+        from vlft.export.merge import check_adapter_fits
+        from vlft.model.hub import resolve_model_dir
+        from vlft.model.loading import load_pretrained
+
+        base_dir = resolve_model_dir("vlft/tiny-qwen3-vl", use_hf=False, cache_root=vlft_cache)
+        with pytest.raises(VlftError, match=r"embed_tokens.weight: \[152064, .*--new_special_tokens grow"):
+            check_adapter_fits(checkpoint, load_pretrained(base_dir, torch.float32), base_dir)
     first = tmp_path / "adapter.jsonl"
     assert main(["infer", "--adapters", str(checkpoint), "--val_dataset", str(data), "--max_new_tokens", "4",
                  "--result_path", str(first)]) == 0

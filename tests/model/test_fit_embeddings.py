@@ -29,3 +29,21 @@ def test_the_embedding_grows_to_hold_the_tokens(family, tiny_model_dir):
     again = load_pretrained(tiny_model_dir(family), torch.float32)
     fit_embeddings(again, rows + 33)
     assert torch.equal(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_a_tied_head_grows_with_the_embedding_and_stays_tied(tiny_model_dir):
+    """Qwen3-VL-2B/4B tie the head to the embedding (the tiny models do not): one weight, grown once."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(tiny_model_dir("qwen3_vl"))
+    config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    rows = model.get_input_embeddings().num_embeddings
+    old = model.get_input_embeddings().weight.detach().clone()
+    grown = fit_embeddings(model, rows + 1)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight.shape[0] == grown
+    torch.testing.assert_close(model.get_input_embeddings().weight[rows:].detach(),
+                               old.double().mean(0).float().expand(grown - rows, -1))

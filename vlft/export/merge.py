@@ -39,6 +39,16 @@ def adapted_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
     return {name: (s["lora_A"][1], s["lora_B"][0]) for name, s in shapes.items() if len(s) == 2}
 
 
+def saved_module_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
+    """The base parameter name -> shape of each tensor the adapter saves besides LoRA's (--modules_to_save's whole
+    copies, saved under the base's names)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as f:
+        return {key.removeprefix(PEFT_PREFIX): tuple(f.get_slice(key).get_shape()) for key in f.keys()
+                if ".lora_" not in key}
+
+
 def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
     """Raise VlftError naming the adapter and the base when the adapter was trained on another model."""
     config = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
@@ -64,6 +74,11 @@ def check_adapter_fits(checkpoint: Path, base, base_model_dir: Path) -> None:
     for name in config.get("target_parameters") or []:  # MoE experts' fused weights, by exact name
         if name not in parameters and not any(n.endswith("." + name) for n in parameters):
             misfits.append(f"{name}: no such parameter in the base")
+    for name, shape in saved_module_shapes(checkpoint).items():  # --modules_to_save's whole copies
+        param = parameters.get(name)
+        if param is not None and tuple(param.shape) != shape:
+            misfits.append(f"{name}: {list(shape)} in the adapter, {list(param.shape)} in the base (the run's "
+                           "--new_special_tokens grow the embedding: give them, or the run's args.json, here too)")
     if misfits:
         more = f"\n  ... and {len(misfits) - MAX_LISTED} more" if len(misfits) > MAX_LISTED else ""
         raise VlftError(f"{adapter} does not fit {base_name}: {len(misfits)} target module(s) differ:\n  "
@@ -80,6 +95,10 @@ def merge_lora(checkpoint: Path, output_dir: Path, base_model_dir: Path, dtype: 
     fit_embeddings(base, len(processor.tokenizer))  # --new_special_tokens beyond the free rows, as in training
     check_adapter_fits(checkpoint, base, base_model_dir)
     merged = merge_adapter(base, checkpoint)
+    if merged.get_output_embeddings() is not None and \
+            merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight:
+        for config in {id(c): c for c in (merged.config, merged.config.get_text_config())}.values():
+            config.tie_word_embeddings = False  # --modules_to_save trained them apart: one flag for both configs
     # Written beside output_dir (same filesystem) and renamed at the end: an interrupted export leaves no
     # half-written model dir where a later command would take it for a model.
     output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,9 @@ _WEIGHTS = {
 }
 _USAGE = {
     "adapter": ("Download the repo, then `vlft infer --adapters DIR` (the base model comes from its `args.json`), "
-                "or load it with PEFT: `PeftModel.from_pretrained(base_model, DIR)`."),
+                "or load it with PEFT: `PeftModel.from_pretrained(base_model, DIR)` (after "
+                "`base_model.resize_token_embeddings` where the run's `--new_special_tokens` outgrew the "
+                "embedding: vlft's new rows are the mean of the others)."),
     "merged": ("`vlft infer --model DIR`, or with transformers: `AutoModelForImageTextToText.from_pretrained(DIR)` "
                "and `AutoProcessor.from_pretrained(DIR)`."),
 }

@@ -91,6 +91,11 @@ def load_peft_tensors(model, family: Family, names: LayerNames, tensors: dict[st
     """Fill this rank's adapters from a PEFT adapter's tensors; a ValueError naming what does not match."""
     from megatron.core import parallel_state
 
+    others = sorted(key for key in tensors if ".lora_A." not in key and ".lora_B." not in key)
+    if others:  # --modules_to_save copies (a grown embedding, say): not LoRA, and Megatron's model has no place
+        raise ValueError(f"{source}: holds {len(others)} tensor(s) besides LoRA's ({others[0]}, ...: "
+                         "--modules_to_save?), which vlft megatron sft does not load; merge the adapter first "
+                         "(vlft export --merge_lora true) and train the merged model")
     layers = family.modules.decoder_layers
     ep_rank = parallel_state.get_expert_model_parallel_rank()
     used = set()

@@ -60,8 +60,9 @@ EMBEDDING_ROW_MULTIPLE = 128
 def fit_embeddings(model, tokens: int) -> int | None:
     """Grow the language model's embedding (and an untied output head) to hold `tokens` ids when it has fewer rows
     (--new_special_tokens beyond the free rows), to the next multiple of EMBEDDING_ROW_MULTIPLE, as ms-swift does;
-    the new rows are the mean of the old ones, the same on every load, so training, inference and export agree
-    without saving them (train them with --modules_to_save embed_tokens lm_head). Returns the new row count, None
+    the new rows are the mean of the old ones (in float64: the same on every load and device; ms-swift samples them
+    around that mean instead), so training, inference and export agree without saving them (train them with
+    --modules_to_save embed_tokens lm_head). Returns the new row count, None
     when the rows already suffice."""
     embedding = model.get_input_embeddings()
     rows = embedding.num_embeddings
@@ -72,9 +73,9 @@ def fit_embeddings(model, tokens: int) -> int | None:
     with torch.no_grad():
         for module in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
                        if m is not None}.values():
-            module.weight[rows:] = module.weight[:rows].float().mean(0).to(module.weight.dtype)
+            module.weight[rows:] = module.weight[:rows].double().mean(0).to(module.weight.dtype)
             bias = getattr(module, "bias", None)
             if bias is not None:
-                bias[rows:] = bias[:rows].float().mean().to(bias.dtype)
+                bias[rows:] = bias[:rows].double().mean().to(bias.dtype)
     return grown
 
