@@ -144,3 +144,20 @@ def test_agent_template_takes_only_the_format_the_template_writes(template, requ
     else:
         with pytest.raises(VlftError, match=re.escape(f"--agent_template {requested}: {error}")):
             check_agent_template(load_template(template), requested)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
+def test_a_tool_name_needing_escapes_is_written_as_each_ground_truth_writes_it(family, processor_of):
+    """ms-swift's hermes (Qwen2-VL / Qwen2.5-VL) writes each call as json.dumps({"name", "arguments"}), escaping
+    the name; Qwen3-VL's official template writes the name as it is."""
+    name = 'say "hi"\\now'
+    encoder = make_encoder(family, processor_of)
+    row = {"messages": [{"role": "user", "content": "Go."},
+                        {"role": "assistant", "content": "", "tool_calls": [call(name, {"a": 1})]}]}
+    text = encoder.tokenizer.decode(encoder.encode(to_sample(row)).input_ids)
+    if family == "qwen3_vl":
+        official = encoder.tokenizer.apply_chat_template(row["messages"], tokenize=False, chat_template=OFFICIAL)
+        assert text == official and f'"name": "{name}"' in official
+    else:
+        written = json.dumps({"name": name, "arguments": {"a": 1}}, ensure_ascii=False)
+        assert f"<tool_call>\n{written}\n</tool_call>" in text

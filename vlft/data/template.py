@@ -47,6 +47,9 @@ class Template:
     tools_header: str | None = None
     tools_footer: str | None = None
     tool_call: str | None = None
+    # The call's name JSON-escaped inside its quotes (ms-swift's hermes json.dumps the call; Qwen3-VL's official
+    # template writes the name as it is): they differ only for a name with `"`, `\` or a control character.
+    tool_call_name_json: bool = False
     # Between an assistant's content and its first tool call: Qwen3-VL's official template writes a line break;
     # ms-swift's hermes (Qwen2-VL, Qwen2.5-VL) joins them with nothing.
     tool_call_after_content: str = "\n"
@@ -188,7 +191,8 @@ def _tool_calls(template: Template, message: Message, content: str) -> str:
     for j, call in enumerate(message.tool_calls or []):
         separator = "\n" if j else template.tool_call_after_content if content else ""
         arguments = json.dumps(call["arguments"], ensure_ascii=False)
-        calls.append(separator + template.tool_call.format(name=call["name"], arguments=arguments))
+        name = json.dumps(call["name"], ensure_ascii=False)[1:-1] if template.tool_call_name_json else call["name"]
+        calls.append(separator + template.tool_call.format(name=name, arguments=arguments))
     return "".join(calls)
 
 
