@@ -19,12 +19,12 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 from vlft.errors import VlftError
 
 BaseStrategy = Literal["default", "last_round", "all"]
-BASE_STRATEGIES = ("default", "last_round", "all")
+BASE_STRATEGIES = get_args(BaseStrategy)
 WEIGHTINGS = ("hermes", "react", "qwen", "alpha_umi", "ignore_think_prefix")
 # ms-swift's that vlft does not weigh: agentflan's weights depend on the user's question too.
 NOT_SUPPORTED = {"agentflan": "its weights also depend on the user's question, which vlft does not read"}

@@ -30,7 +30,8 @@ from torch import nn
 
 from vlft.train.compile import layers_compiled_for_probing
 from vlft.train.summary import GIB, loss_transient_bytes, memory_estimate
-from vlft.train.working_memory import first_layer_input, layer_backward_bytes, loss_working_bytes
+from vlft.train.working_memory import (checkpointing_off, first_layer_input, layer_backward_bytes,
+                                       loss_working_bytes)
 
 logger = logging.getLogger("vlft")
 
@@ -136,23 +137,18 @@ def probe_activations(model: nn.Module, layers: nn.ModuleList, inputs: dict, hid
         held.clear()
 
     handles = []
-    recomputing = [getattr(layer, "gradient_checkpointing", False) for layer in layers]
     for index, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(enter(index)))
         handles.append(layer.register_forward_hook(leave))
-        if hasattr(layer, "gradient_checkpointing"):
-            layer.gradient_checkpointing = False
     inputs = model_inputs(inputs)
     tokens = inputs["input_ids"].numel()  # every position runs through the layers, a row's padding too
     try:
-        with torch.enable_grad(), step_context(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        with checkpointing_off(layers), torch.enable_grad(), step_context(), \
+                torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             model(**inputs, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
-        for layer, flag in zip(layers, recomputing):
-            if hasattr(layer, "gradient_checkpointing"):
-                layer.gradient_checkpointing = flag
         release()
     # The hidden states' dtype is the input embedding's (float32 where a float16 run trains it in float32).
     dtype_bytes = max(p.element_size() for p in model.get_input_embeddings().parameters())
@@ -295,13 +291,8 @@ def measure_run_memory(model: nn.Module, layers: nn.ModuleList, batch: dict, ste
 def layer_inputs(model: nn.Module, layers: nn.ModuleList, batch: dict, step_context) -> dict:
     """The first decoder layer's input and every layer's other arguments (working_memory.first_layer_input), from a
     forward without gradients and without the layers' checkpoints."""
-    recomputing = [getattr(layer, "gradient_checkpointing", False) for layer in layers]
-    apply_plan(layers, frozenset())
-    try:
-        with first_layer_input(layers) as seen, torch.no_grad(), step_context():
-            model(**model_inputs(batch), logits_to_keep=1)
-    finally:
-        apply_plan(layers, frozenset(i for i, flag in enumerate(recomputing) if flag))
+    with checkpointing_off(layers), first_layer_input(layers) as seen, torch.no_grad(), step_context():
+        model(**model_inputs(batch), logits_to_keep=1)
     return seen
 
 

@@ -11,12 +11,26 @@ it, and the allocator's peak above what was allocated before is the answer. CUDA
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from vlft.families import family_of, module_at
+
+
+@contextlib.contextmanager
+def checkpointing_off(layers) -> Iterator[None]:
+    """While open, the `layers` run without their gradient checkpoints (transformers' per-layer switch); their
+    switches are restored afterwards."""
+    recomputing = {layer: layer.gradient_checkpointing for layer in layers if hasattr(layer, "gradient_checkpointing")}
+    for layer in recomputing:
+        layer.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for layer, flag in recomputing.items():
+            layer.gradient_checkpointing = flag
 
 
 def peak_above_now(device: torch.device, work: Callable[[], object]) -> int:
@@ -86,18 +100,13 @@ def layer_backward_bytes(layer: nn.Module, hidden: torch.Tensor, call: tuple, de
     incoming gradient), the layer run without its gradient checkpoint on `hidden` and its recorded arguments
     (first_layer_input); its parameters' gradients are dropped afterwards."""
     hidden_as_arg, args, kwargs = call
-    recomputing = getattr(layer, "gradient_checkpointing", None)
-    if recomputing is not None:
-        layer.gradient_checkpointing = False
     try:
         x = hidden.detach().requires_grad_(True)
-        with torch.enable_grad(), step_context():
+        with checkpointing_off([layer]), torch.enable_grad(), step_context():
             out = layer(x, *args, **kwargs) if hidden_as_arg else layer(*args, hidden_states=x, **kwargs)
         out = out[0] if isinstance(out, tuple) else out
         gradient = torch.ones_like(out)
         return peak_above_now(device, lambda: out.backward(gradient))
     finally:
-        if recomputing is not None:
-            layer.gradient_checkpointing = recomputing
         for param in layer.parameters():
             param.grad = None
